@@ -1,0 +1,1 @@
+"""weftnet.dns: see ARCHITECTURE (pure core; filled in by its issue)."""

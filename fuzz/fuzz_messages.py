@@ -1,0 +1,32 @@
+"""Fuzz the control message decoder: any bytes decode or raise RemoteProtocolError,
+and whatever decodes re-encodes to something that decodes to the same message."""
+
+from __future__ import annotations
+
+import sys
+
+from weftnet.proto.errors import RemoteProtocolError
+from weftnet.proto.messages import (
+    Gossip, GossipKind, Goodbye, Heartbeat, decode_message, encode_message,
+)
+
+SEEDS = [
+    encode_message(Heartbeat()),
+    encode_message(Gossip("topology", GossipKind.BROADCAST, 5, 0, b"abc")),
+    encode_message(Goodbye("bye")),
+]
+
+
+def test_one_input(data: bytes) -> None:
+    try:
+        msg = decode_message(data)
+    except RemoteProtocolError:
+        return
+    assert decode_message(encode_message(msg)) == msg
+
+
+if __name__ == "__main__":
+    import atheris
+
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()

@@ -1,0 +1,1 @@
+"""weftnet.ipam: see ARCHITECTURE (pure core; filled in by its issue)."""

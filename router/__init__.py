@@ -1,0 +1,1 @@
+"""weftnet.router: the trio shell that drives the pure core over sockets, devices and HTTP."""
