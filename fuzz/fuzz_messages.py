@@ -7,7 +7,12 @@ import sys
 
 from weftnet.proto.errors import RemoteProtocolError
 from weftnet.proto.messages import (
-    Gossip, GossipKind, Goodbye, Heartbeat, decode_message, encode_message,
+    Goodbye,
+    Gossip,
+    GossipKind,
+    Heartbeat,
+    decode_message,
+    encode_message,
 )
 
 SEEDS = [

@@ -1,0 +1,136 @@
+"""Fuzz the handshake: hello/confirm decoding, and a fresh Connection fed the bytes.
+
+Invariants:
+* ``decode_hello`` / ``decode_confirm`` accept or raise RemoteProtocolError, nothing else;
+  a hello that decodes re-encodes to one that decodes to the same value;
+* a fresh inbound Connection (with and without a password) fed the bytes, as a raw
+  stream and as the body of one frame, never raises, and produces the same events and
+  output whether fed whole or byte by byte (h11's invariant); it never completes a
+  password handshake without the peer's valid confirmation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import random
+import sys
+
+# Under atheris, give coverage feedback for our code only: instrumenting everything
+# (spake2's pure-Python curve arithmetic included) slows each run a hundredfold.
+_instrumented: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+if __name__ == "__main__":
+    import atheris
+
+    _instrumented = atheris.instrument_imports(include=["weftnet"])
+with _instrumented:
+    from weftnet.proto.connection import (
+        Connection,
+        ConnectionFailed,
+        ConnectionPair,
+        Event,
+        HandshakeCompleted,
+        LocalIdentity,
+        drain_events,
+    )
+    from weftnet.proto.errors import RemoteProtocolError
+    from weftnet.proto.framing import HANDSHAKE_MAX_FRAME, FrameDecoder, encode_frame
+    from weftnet.proto.handshake import decode_confirm, decode_hello, encode_hello
+
+US = LocalIdentity(name=0x0B0000000002, nickname="us", uid=222)
+PEER = LocalIdentity(name=0x0A0000000001, nickname="peer", uid=111)
+PASSWORD = b"fuzz"
+
+
+def _conn(outbound: bool, local: LocalIdentity, password: bytes | None, seed: int) -> Connection:
+    conn = Connection(outbound=outbound, local=local, password=password, now=0.0,
+                      random_bytes=random.Random(seed).randbytes)
+    return conn
+
+
+# Templates are deep-copied per input: spake2's start() is slow pure Python.
+TEMPLATES: dict[str, Connection] = {
+    "plain": _conn(False, US, None, 2),
+    "encrypted": _conn(False, US, PASSWORD, 2),
+}
+for _template in TEMPLATES.values():
+    _template.data_to_send()  # the hello, identical every time
+
+
+def _peer_stream(password: bytes | None) -> bytes:
+    """What a real peer sends to a copy of the template: hello (+ confirm)."""
+    us = copy.deepcopy(TEMPLATES["encrypted" if password else "plain"])
+    pair = ConnectionPair(_conn(True, PEER, password, 1), us)
+    pair.pump(0.0)
+    return bytes(pair.sent_by_a)
+
+
+def _bodies(stream: bytes) -> list[bytes]:
+    decoder = FrameDecoder()
+    decoder.feed(stream)
+    out = []
+    while (body := decoder.next_frame()) is not None:
+        out.append(body)
+    return out
+
+
+_PLAIN_STREAM = _peer_stream(None)
+_ENCRYPTED_STREAM = _peer_stream(PASSWORD)
+SEEDS = [_PLAIN_STREAM, _ENCRYPTED_STREAM, *_bodies(_PLAIN_STREAM), *_bodies(_ENCRYPTED_STREAM)]
+
+
+def _feed(template: Connection, chunks: list[bytes]) -> tuple[list[Event], bytes, bool]:
+    conn = copy.deepcopy(template)
+    out = bytearray()
+    for chunk in chunks:
+        conn.receive_data(chunk, 1.0)
+        out += conn.data_to_send()
+    events = drain_events(conn)
+    failed = [e for e in events if isinstance(e, ConnectionFailed)]
+    assert len(failed) <= 1 and (not failed or events[-1] is failed[0])
+    assert conn.closed == bool(failed)
+    return events, bytes(out), conn.closed
+
+
+def _check_decoders(data: bytes) -> None:
+    try:
+        hello = decode_hello(data)
+    except RemoteProtocolError:
+        pass
+    else:
+        assert decode_hello(encode_hello(hello)) == hello
+    try:
+        tag = decode_confirm(data)
+    except RemoteProtocolError:
+        pass
+    else:
+        assert len(tag) == 32
+
+
+def test_one_input(data: bytes) -> None:
+    _check_decoders(data)
+    streams = [data]
+    if len(data) <= HANDSHAKE_MAX_FRAME:
+        streams.append(encode_frame(data, HANDSHAKE_MAX_FRAME))
+    for name, template in TEMPLATES.items():
+        for stream in streams:
+            whole = _feed(template, [stream])
+            bytewise = _feed(template, [stream[i:i + 1] for i in range(len(stream))])
+            assert whole == bytewise, (name, whole, bytewise)
+            completed = [e for e in whole[0] if isinstance(e, HandshakeCompleted)]
+            if name == "encrypted" and completed:
+                # Only the real peer's own hello + confirmation can get here.
+                assert stream.startswith(_ENCRYPTED_STREAM), stream
+
+
+if __name__ == "__main__":
+    # The seeds go into every corpus folder named on the command line, so mutation
+    # starts from valid streams rather than from nothing.
+    for arg in sys.argv[1:]:
+        if not arg.startswith("-") and os.path.isdir(arg):
+            for i, seed in enumerate(SEEDS):
+                with open(os.path.join(arg, f"seed-{i}"), "wb") as f:
+                    f.write(seed)
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()

@@ -1,0 +1,186 @@
+"""Connection maker: which addresses to dial, and when.
+
+Theory of operation (after Weave mesh's ``connection_maker.go``). Targets come from two
+sources: *direct* targets (the command line, ``weft connect``), kept until ``forget``;
+and *discovered* targets: addresses of peers that our peers are connected to but we
+are not, recomputed from the topology each time it changes (unless discovery is off).
+
+Each target is a small state machine::
+
+             due()                connected()
+    IDLE ───────────▶ CONNECTING ─────────────▶ CONNECTED
+     ▲                  │    ▲                      │
+     │   attempt_failed │    │ due() when           │ disconnected()
+     │                  ▼    │ next_try <= now      ▼
+     └──(forget)───── RETRYING ◀────────────────────┘
+                        │ permanent failure (e.g. "cannot connect to ourself")
+                        ▼
+                      FAILED (never retried until `connect` again)
+
+Retries back off exponentially (1 s doubling to 60 s) with jitter drawn from the rng we
+are given, so peers that lose each other at the same moment do not re-dial in lockstep.
+A connection that lived longer than RESET_AFTER resets the backoff: the next failure
+starts again at 1 s. Nothing is dialled beyond ``conn_limit`` connections, nor an
+address we are already connected to (outbound by address, inbound by IP), nor the
+address of a peer already connected under another address.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .peername import PeerName
+
+INITIAL_BACKOFF = 1.0
+MAX_BACKOFF = 60.0
+RESET_AFTER = 60.0
+
+
+class TargetState(enum.Enum):
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RETRYING = "retrying"
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class Target:
+    address: str
+    direct: bool
+    state: TargetState = TargetState.IDLE
+    attempt: int = 0
+    next_try: float = 0.0
+    last_error: str = ""
+    connected_since: float | None = None
+    peer: PeerName | None = None  # learned from a handshake with whoever answered here
+
+
+def split_host(address: str) -> str:
+    """The host part of ``ip:port`` / ``[v6]:port``."""
+    if address.startswith("["):
+        return address[1:address.index("]")]
+    return address.rsplit(":", 1)[0]
+
+
+class ConnectionMaker:
+    def __init__(self, *, conn_limit: int, discovery: bool, rng: random.Random) -> None:
+        self.conn_limit = conn_limit
+        self.discovery = discovery
+        self._rng = rng
+        self._targets: dict[str, Target] = {}
+
+    # --- what the user asks for -------------------------------------------------------
+
+    def add(self, addresses: Iterable[str], *, replace: bool = False) -> None:
+        wanted = list(dict.fromkeys(addresses))
+        if replace:
+            for addr, target in list(self._targets.items()):
+                if target.direct and addr not in wanted:
+                    self._drop_direct(addr)
+        for addr in wanted:
+            target = self._targets.get(addr)
+            if target is None:
+                self._targets[addr] = Target(addr, direct=True)
+            else:
+                target.direct = True
+                if target.state is TargetState.FAILED:  # an explicit connect retries
+                    target.state, target.attempt, target.next_try = TargetState.IDLE, 0, 0.0
+
+    def forget(self, addresses: Iterable[str]) -> None:
+        for addr in addresses:
+            if addr in self._targets and self._targets[addr].direct:
+                self._drop_direct(addr)
+
+    def _drop_direct(self, addr: str) -> None:
+        target = self._targets[addr]
+        if target.state in (TargetState.CONNECTED, TargetState.CONNECTING):
+            target.direct = False  # keep tracking the live attempt; not a target any more
+        else:
+            del self._targets[addr]
+
+    def set_discovered(self, addresses: Iterable[str]) -> None:
+        """Replace the discovered set; direct targets and live attempts are kept."""
+        found = set(addresses) if self.discovery else set()
+        for addr in sorted(found):
+            if addr not in self._targets:
+                self._targets[addr] = Target(addr, direct=False)
+        for addr, target in list(self._targets.items()):
+            if (not target.direct and addr not in found
+                    and target.state not in (TargetState.CONNECTED, TargetState.CONNECTING)):
+                del self._targets[addr]
+
+    # --- what happened to our attempts -------------------------------------------------
+
+    def due(self, now: float, *, connected: set[str], inbound_ips: set[str],
+            connected_peers: set[PeerName], n_connections: int) -> list[str]:
+        """Targets to dial now; they move to CONNECTING."""
+        dial: list[str] = []
+        for addr in sorted(self._targets):
+            target = self._targets[addr]
+            if target.state not in (TargetState.IDLE, TargetState.RETRYING):
+                continue
+            if addr in connected or split_host(addr) in inbound_ips or (
+                target.peer is not None and target.peer in connected_peers
+            ):
+                continue
+            if target.next_try > now:
+                continue
+            if n_connections + len(dial) >= self.conn_limit:
+                target.last_error = f"connection limit of {self.conn_limit} reached"
+                continue
+            target.state = TargetState.CONNECTING
+            dial.append(addr)
+        return dial
+
+    def connected(self, addr: str, peer: PeerName, now: float) -> None:
+        target = self._targets.get(addr)
+        if target is not None:
+            target.state, target.connected_since, target.peer = TargetState.CONNECTED, now, peer
+            target.last_error = ""
+
+    def attempt_failed(self, addr: str, now: float, reason: str, *, permanent: bool = False,
+                       peer: PeerName | None = None) -> None:
+        target = self._targets.get(addr)
+        if target is None:
+            return
+        if peer is not None:
+            target.peer = peer
+        lived = now - target.connected_since if target.connected_since is not None else 0.0
+        if lived >= RESET_AFTER:
+            target.attempt = 0
+        target.connected_since = None
+        target.last_error = reason
+        if permanent:
+            target.state = TargetState.FAILED
+            return
+        target.attempt += 1
+        delay = min(MAX_BACKOFF, INITIAL_BACKOFF * 2 ** (target.attempt - 1))
+        target.next_try = now + delay * self._rng.uniform(0.5, 1.0)
+        target.state = TargetState.RETRYING
+        if not target.direct and not self.discovery:
+            del self._targets[addr]
+
+    def disconnected(self, addr: str, now: float, reason: str) -> None:
+        self.attempt_failed(addr, now, reason)
+
+    # --- what others need to know --------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        times = [t.next_try for t in self._targets.values()
+                 if t.state in (TargetState.IDLE, TargetState.RETRYING)]
+        return min(times) if times else None
+
+    def direct_targets(self) -> list[str]:
+        return sorted(a for a, t in self._targets.items() if t.direct)
+
+    def target(self, addr: str) -> Target | None:
+        return self._targets.get(addr)
+
+    def waiting(self) -> list[Target]:
+        """Targets that are neither being dialled nor connected: shown in status."""
+        return [self._targets[a] for a in sorted(self._targets)
+                if self._targets[a].state in (TargetState.RETRYING, TargetState.FAILED)]

@@ -1,0 +1,537 @@
+"""MeshNode: the whole control plane of one router, as a pure state machine.
+
+Theory of operation. The router (or the simulator) owns sockets and clocks; the
+MeshNode owns everything else: one ``Connection`` per TCP connection, our ``Topology``,
+the ``Routes`` computed from it, the gossip channels and the ``ConnectionMaker``.
+
+Three inputs, three outputs (aioquic's shape)::
+
+    inputs                                   outputs
+    ──────                                   ───────
+    connection_made / data_received /        next_action(): Dial(address), Close(conn_id)
+      connection_lost / dial_failed          pending_writes() + data_to_send(conn_id, now)
+    handle_timer(now)                        get_timer()
+    add_targets / forget_targets /           next_event(): PeerConnected / PeerDisconnected
+      gossip_* (API calls)
+
+Life of a connection::
+
+    connection_made ──▶ handshake (Connection) ──HandshakeCompleted──▶ established
+         │                     │ ConnectionFailed                        │ lost / failed
+         ▼                     ▼                                         ▼
+      (limit) Close        Close + retry target with backoff     record updated, GC, retry
+
+When two connections join the same pair of peers (both dialled at once), both ends keep
+the one with the lower connection UID (the same number at both ends) and close the other
+as "duplicate connection". A connection to a newer incarnation of a peer (another UID)
+replaces the old one at once.
+
+Every change to our own connections bumps our topology record and floods it as a delta;
+a new neighbour receives the complete state of every channel.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .connection import (
+    Connection,
+    ConnectionFailed,
+    HandshakeCompleted,
+    LocalIdentity,
+    MessageReceived,
+    RemoteIdentity,
+    SessionKeys,
+)
+from .connmaker import ConnectionMaker, TargetState, split_host
+from .errors import LocalProtocolError, RemoteProtocolError
+from .gossip import GossipData, Gossiper, SendQueue
+from .messages import Gossip, GossipKind
+from .peername import PeerName, format_peer_name
+from .routes import Routes
+from .topology import ConnectionInfo, PeerRecord, Topology
+from .topology_gossip import CHANNEL as TOPOLOGY_CHANNEL
+from .topology_gossip import Records, TopologyGossiper
+
+PERMANENT_FAILURES = ("cannot connect to ourself",)
+
+
+@dataclass(frozen=True, slots=True)
+class MeshConfig:
+    name: PeerName
+    nickname: str
+    uid: int
+    password: bytes | None = None
+    port: int = 6783
+    conn_limit: int = 200
+    discovery: bool = True
+    heartbeat_interval: float = 5.0
+    timeout: float = 15.0
+    gossip_interval: float = 30.0
+    initial_version: int = 1
+
+
+# --- outputs ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Dial:
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    conn_id: int
+    reason: str
+
+
+Action = Dial | Close
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConnected:
+    conn_id: int
+    peer: RemoteIdentity
+    conn_uid: int
+    outbound: bool
+    remote_address: str
+    encrypted: bool
+    sleeve_keys: SessionKeys | None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDisconnected:
+    conn_id: int
+    peer: RemoteIdentity
+    reason: str
+
+
+MeshEvent = PeerConnected | PeerDisconnected
+
+
+@dataclass(slots=True)
+class _Conn:
+    conn_id: int
+    conn: Connection
+    outbound: bool
+    remote_address: str
+    target: str | None
+    started: float
+    queue: SendQueue = field(default_factory=SendQueue)
+    remote: RemoteIdentity | None = None
+    conn_uid: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.remote is not None and not self.conn.closed
+
+
+@dataclass(slots=True)
+class MeshStats:
+    gossip_messages_sent: int = 0
+    gossip_bytes_sent: int = 0
+    gossip_messages_received: int = 0
+    dropped_no_route: int = 0
+    dropped_unknown_channel: int = 0
+    handshake_failures: dict[str, int] = field(default_factory=dict)
+
+
+class MeshNode:
+    def __init__(self, config: MeshConfig, *, now: float, random_bytes: Callable[[int], bytes],
+                 rng: random.Random) -> None:
+        self.config = config
+        self.local = LocalIdentity(config.name, config.nickname, config.uid)
+        self._random_bytes = random_bytes
+        self._rng = rng
+        self.topology = Topology(PeerRecord(config.name, config.nickname, config.uid,
+                                            config.initial_version, ()))
+        self.maker = ConnectionMaker(conn_limit=config.conn_limit, discovery=config.discovery,
+                                     rng=rng)
+        self.stats = MeshStats()
+        self._conns: dict[int, _Conn] = {}
+        self._actions: deque[Action] = deque()
+        self._events: deque[MeshEvent] = deque()
+        self._dirty: set[int] = set()
+        self._channels: dict[str, Gossiper] = {}
+        self._routes: Routes | None = None
+        self._routes_generation = -1
+        self._discovery_generation = -1
+        self._next_gossip = now + config.gossip_interval * rng.uniform(0.5, 1.0)
+        self.register_channel(TOPOLOGY_CHANNEL, TopologyGossiper(self.topology, self._topology_changed))
+
+    # --- channels ---------------------------------------------------------------------
+
+    def register_channel(self, name: str, gossiper: Gossiper) -> None:
+        if name in self._channels:
+            raise LocalProtocolError(f"gossip channel {name!r} registered twice")
+        self._channels[name] = gossiper
+
+    def gossip_news(self, channel: str, data: GossipData) -> None:
+        """A local change on ``channel``: send it to every neighbour."""
+        self._flood(channel, data, except_conn=None)
+
+    def gossip_broadcast(self, channel: str, payload: bytes, now: float) -> None:
+        for hop in self.routes.broadcast_next_hops(self.config.name):
+            self._send_raw(hop, Gossip(channel, GossipKind.BROADCAST, self.config.name, 0, payload), now)
+
+    def gossip_unicast(self, channel: str, dst: PeerName, payload: bytes, now: float) -> bool:
+        hop = self.routes.unicast.get(dst)
+        if hop is None:
+            self.stats.dropped_no_route += 1
+            return False
+        return self._send_raw(hop, Gossip(channel, GossipKind.UNICAST, self.config.name, dst, payload), now)
+
+    # --- API: targets -------------------------------------------------------------------
+
+    def add_targets(self, addresses: Iterable[str], now: float, *, replace: bool = False) -> None:
+        self.maker.add(addresses, replace=replace)
+        self._dial_due(now)
+
+    def forget_targets(self, addresses: Iterable[str]) -> None:
+        self.maker.forget(addresses)
+
+    # --- inputs ---------------------------------------------------------------------------
+
+    def connection_made(self, conn_id: int, *, outbound: bool, remote_address: str,
+                        target: str | None, now: float) -> None:
+        if conn_id in self._conns:
+            raise LocalProtocolError(f"connection id {conn_id} in use")
+        if not outbound and len(self._conns) >= self.config.conn_limit:
+            self._actions.append(Close(conn_id, f"connection limit of {self.config.conn_limit} reached"))
+            return
+        conn = Connection(outbound=outbound, local=self.local, password=self.config.password,
+                          now=now, random_bytes=self._random_bytes,
+                          heartbeat_interval=self.config.heartbeat_interval,
+                          timeout=self.config.timeout)
+        self._conns[conn_id] = _Conn(conn_id, conn, outbound, remote_address, target, now)
+        self._dirty.add(conn_id)
+
+    def dial_failed(self, address: str, reason: str, now: float) -> None:
+        self.maker.attempt_failed(address, now, reason)
+
+    def data_received(self, conn_id: int, data: bytes, now: float) -> None:
+        entry = self._conns.get(conn_id)
+        if entry is None:
+            return
+        entry.conn.receive_data(data, now)
+        self._process(entry, now)
+
+    def connection_lost(self, conn_id: int, reason: str, now: float) -> None:
+        entry = self._conns.get(conn_id)
+        if entry is not None:
+            self._drop(entry, reason, now, close=False)
+
+    def handle_timer(self, now: float) -> None:
+        for entry in list(self._conns.values()):
+            deadline = entry.conn.get_timer()
+            if deadline is not None and deadline <= now:
+                entry.conn.handle_timer(now)
+                self._process(entry, now)
+        if now >= self._next_gossip:
+            self._periodic_gossip(now)
+        self._update_discovery()
+        self._dial_due(now)
+
+    # --- outputs --------------------------------------------------------------------------
+
+    def next_action(self) -> Action | None:
+        return self._actions.popleft() if self._actions else None
+
+    def next_event(self) -> MeshEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def pending_writes(self) -> list[int]:
+        dirty = sorted(self._dirty)
+        self._dirty.clear()
+        return dirty
+
+    def data_to_send(self, conn_id: int, now: float) -> bytes:
+        entry = self._conns.get(conn_id)
+        if entry is None:
+            return b""
+        if entry.ready and entry.queue:
+            for channel, kind, data in entry.queue.take():
+                payload = data.encode()
+                entry.conn.send_message(Gossip(channel, GossipKind(kind), self.config.name, 0, payload), now)
+                self.stats.gossip_messages_sent += 1
+                self.stats.gossip_bytes_sent += len(payload)
+        return entry.conn.data_to_send()
+
+    def get_timer(self) -> float | None:
+        times = [self._next_gossip]
+        for entry in self._conns.values():
+            t = entry.conn.get_timer()
+            if t is not None:
+                times.append(t)
+        t = self.maker.get_timer()
+        if t is not None:
+            times.append(t)
+        return min(times)
+
+    # --- queries ----------------------------------------------------------------------------
+
+    @property
+    def routes(self) -> Routes:
+        if self._routes is None or self._routes_generation != self.topology.generation:
+            self._routes = Routes.compute(self.topology.peers, self.config.name)
+            self._routes_generation = self.topology.generation
+        return self._routes
+
+    def connected_peers(self) -> dict[PeerName, int]:
+        return {e.remote.name: e.conn_id for e in self._conns.values() if e.ready and e.remote}
+
+    def connection_info(self, conn_id: int) -> tuple[RemoteIdentity | None, bool]:
+        entry = self._conns[conn_id]
+        return entry.remote, entry.outbound
+
+    # --- internals: connections -----------------------------------------------------------
+
+    def _process(self, entry: _Conn, now: float) -> None:
+        while (event := entry.conn.next_event()) is not None:
+            if isinstance(event, HandshakeCompleted):
+                self._handshake_completed(entry, event, now)
+            elif isinstance(event, MessageReceived):
+                if isinstance(event.message, Gossip) and entry.ready:
+                    self._on_gossip(entry, event.message, now)
+            elif isinstance(event, ConnectionFailed):
+                self._drop(entry, event.reason, now, close=True)
+                return
+            if entry.conn_id not in self._conns:
+                return
+        self._dirty.add(entry.conn_id)  # a heartbeat, handshake reply or gossip may be waiting
+
+    def _handshake_completed(self, entry: _Conn, event: HandshakeCompleted, now: float) -> None:
+        remote = event.remote
+        for other in list(self._conns.values()):
+            if other is entry or other.remote is None or other.remote.name != remote.name:
+                continue
+            if other.remote.uid != remote.uid:
+                self._drop(other, "peer restarted", now, close=True)
+            elif other.conn_uid < event.conn_uid:
+                self._drop(entry, "duplicate connection", now, close=True, duplicate_of=other)
+                return
+            else:
+                self._drop(other, "duplicate connection", now, close=True, duplicate_of=entry)
+        entry.remote, entry.conn_uid = remote, event.conn_uid
+        if entry.target is not None:
+            self.maker.connected(entry.target, remote.name, now)
+        self._events.append(PeerConnected(entry.conn_id, remote, event.conn_uid, entry.outbound,
+                                          entry.remote_address, event.encrypted, event.sleeve_keys))
+        self._update_our_record()
+        for name in sorted(self._channels):
+            full = self._channels[name].gossip()
+            if full is not None:
+                entry.queue.put(name, GossipKind.DELTA, full)
+        self._dirty.add(entry.conn_id)
+
+    def _drop(self, entry: _Conn, reason: str, now: float, *, close: bool,
+              duplicate_of: _Conn | None = None) -> None:
+        del self._conns[entry.conn_id]
+        self._dirty.discard(entry.conn_id)
+        if close:
+            entry.conn.close(reason, now)
+            self._actions.append(Close(entry.conn_id, reason))
+        if entry.remote is None and not entry.outbound:
+            self._count_failure(reason)
+        if entry.target is not None:
+            if duplicate_of is not None and entry.remote is not None:
+                # the pair is connected through the other connection: not a failure
+                self.maker.connected(entry.target, entry.remote.name, now)
+            else:
+                if entry.remote is None:
+                    self._count_failure(reason)
+                permanent = any(reason.startswith(p) for p in PERMANENT_FAILURES)
+                self.maker.attempt_failed(entry.target, now, reason, permanent=permanent)
+        if entry.remote is not None:
+            self._events.append(PeerDisconnected(entry.conn_id, entry.remote, reason))
+            self._update_our_record()
+            self.topology.gc()
+
+    def _count_failure(self, reason: str) -> None:
+        key = reason.split(":")[0]
+        self.stats.handshake_failures[key] = self.stats.handshake_failures.get(key, 0) + 1
+
+    def _update_our_record(self) -> None:
+        infos = []
+        for entry in self._conns.values():
+            if entry.ready and entry.remote is not None:
+                infos.append(ConnectionInfo(entry.remote.name, entry.remote_address,
+                                            entry.outbound, True))
+        infos.sort(key=lambda c: c.remote)
+        record = self.topology.update_ourself(connections=infos)
+        if record is not None:
+            self._flood(TOPOLOGY_CHANNEL, Records((record,)), except_conn=None)
+
+    def _topology_changed(self, delta: list[PeerRecord]) -> None:
+        if any(r.name == self.config.name for r in delta):
+            return  # our own record was bumped over a stale copy: it is in the delta already
+        self.topology.gc()
+
+    def _dial_due(self, now: float) -> None:
+        connected = {e.target for e in self._conns.values() if e.target is not None}
+        inbound_ips = {split_host(e.remote_address) for e in self._conns.values() if not e.outbound}
+        for address in self.maker.due(now, connected=connected, inbound_ips=inbound_ips,
+                                      connected_peers=set(self.connected_peers()),
+                                      n_connections=len(self._conns)):
+            self._actions.append(Dial(address))
+
+    def _update_discovery(self) -> None:
+        if not self.config.discovery or self._discovery_generation == self.topology.generation:
+            return
+        self._discovery_generation = self.topology.generation
+        ours = self.config.name
+        connected = set(self.connected_peers())
+        found: set[str] = set()
+        peers = self.topology.peers
+        for name in sorted(peers):
+            for info in peers[name].connections:
+                if info.remote == ours or info.remote in connected:
+                    continue
+                if info.outbound:
+                    found.add(info.address)
+                else:
+                    found.add(f"{split_host(info.address)}:{self.config.port}"
+                              if ":" not in split_host(info.address)
+                              else f"[{split_host(info.address)}]:{self.config.port}")
+        self.maker.set_discovered(found)
+
+    # --- internals: gossip -------------------------------------------------------------------
+
+    def _neighbours(self, except_conn: int | None) -> list[_Conn]:
+        return [self._conns[c] for c in sorted(self._conns)
+                if c != except_conn and self._conns[c].ready]
+
+    def _flood(self, channel: str, data: GossipData, except_conn: int | None) -> None:
+        for entry in self._neighbours(except_conn):
+            entry.queue.put(channel, GossipKind.DELTA, data)
+            self._dirty.add(entry.conn_id)
+
+    def _send_raw(self, peer: PeerName, msg: Gossip, now: float) -> bool:
+        conn_id = self.connected_peers().get(peer)
+        if conn_id is None:
+            self.stats.dropped_no_route += 1
+            return False
+        entry = self._conns[conn_id]
+        entry.conn.send_message(msg, now)
+        self.stats.gossip_messages_sent += 1
+        self.stats.gossip_bytes_sent += len(msg.payload)
+        self._dirty.add(conn_id)
+        return True
+
+    def _periodic_gossip(self, now: float) -> None:
+        self._next_gossip = now + self.config.gossip_interval * self._rng.uniform(0.8, 1.2)
+        neighbours = self._neighbours(None)
+        if not neighbours:
+            return
+        k = min(len(neighbours), max(1, math.ceil(math.log2(len(neighbours) + 1))))
+        chosen = self._rng.sample(neighbours, k)
+        for name in sorted(self._channels):
+            digest = self._channels[name].digest()
+            for entry in chosen:
+                entry.conn.send_message(Gossip(name, GossipKind.DIGEST, self.config.name, 0, digest), now)
+                self.stats.gossip_messages_sent += 1
+                self.stats.gossip_bytes_sent += len(digest)
+                self._dirty.add(entry.conn_id)
+
+    def _on_gossip(self, entry: _Conn, msg: Gossip, now: float) -> None:
+        self.stats.gossip_messages_received += 1
+        channel = self._channels.get(msg.channel)
+        if channel is None:
+            self.stats.dropped_unknown_channel += 1
+            return
+        try:
+            if msg.kind in (GossipKind.DELTA, GossipKind.PERIODIC):
+                data = channel.decode(msg.payload)
+                delta = channel.on_gossip(data)
+                if delta is not None:
+                    self._flood(msg.channel, delta, except_conn=entry.conn_id)
+                if msg.kind is GossipKind.PERIODIC and channel.digest() != channel.digest_of(data):
+                    full = channel.gossip()
+                    if full is not None:
+                        entry.queue.put(msg.channel, GossipKind.DELTA, full)
+                        self._dirty.add(entry.conn_id)
+            elif msg.kind is GossipKind.DIGEST:
+                if msg.payload != channel.digest():
+                    full = channel.gossip()
+                    if full is not None:
+                        entry.queue.put(msg.channel, GossipKind.PERIODIC, full)
+                        self._dirty.add(entry.conn_id)
+            elif msg.kind is GossipKind.BROADCAST:
+                if msg.src != self.config.name:
+                    channel.on_gossip_broadcast(msg.src, msg.payload)
+                    for hop in self.routes.broadcast_next_hops(msg.src):
+                        if entry.remote is None or hop != entry.remote.name:
+                            self._send_raw(hop, msg, now)
+            elif msg.kind is GossipKind.UNICAST:
+                if msg.dst == self.config.name:
+                    channel.on_gossip_unicast(msg.src, msg.payload)
+                else:
+                    hop = self.routes.unicast.get(msg.dst)
+                    if hop is None:
+                        self.stats.dropped_no_route += 1
+                    else:
+                        self._send_raw(hop, msg, now)
+        except RemoteProtocolError as exc:
+            self._drop(entry, f"bad gossip on channel {msg.channel}: {exc.reason}", now, close=True)
+
+    # --- report ---------------------------------------------------------------------------------
+
+    def report(self, now: float) -> dict[str, Any]:
+        peers = self.topology.peers
+
+        def nick(name: PeerName) -> str:
+            rec = peers.get(name)
+            return rec.nickname if rec is not None else ""
+
+        peer_list = []
+        for name in sorted(peers):
+            rec = peers[name]
+            peer_list.append({
+                "name": format_peer_name(name), "nickname": rec.nickname,
+                "connections": [{"name": format_peer_name(c.remote), "nickname": nick(c.remote),
+                                 "address": c.address, "outbound": c.outbound,
+                                 "established": c.established} for c in rec.connections],
+            })
+        conns: list[dict[str, Any]] = []
+        for conn_id in sorted(self._conns):
+            entry = self._conns[conn_id]
+            remote = entry.remote
+            conns.append({
+                "address": entry.target if entry.outbound and entry.target else entry.remote_address,
+                "outbound": entry.outbound,
+                "state": "established" if entry.ready else "connecting",
+                "info": "",
+                "peer": None if remote is None else {"name": format_peer_name(remote.name),
+                                                     "nickname": remote.nickname},
+                "encrypted": entry.conn.encrypted,
+                "overlay": None, "overlay_reason": "", "mtu": None,
+            })
+        for target in self.maker.waiting():
+            retry = ("never" if target.state is TargetState.FAILED
+                     else f"in {max(0.0, target.next_try - now):.0f}s")
+            conns.append({
+                "address": target.address, "outbound": True, "state": target.state.value,
+                "info": f"{target.last_error}; retry {retry}",
+                "peer": None, "encrypted": self.config.password is not None,
+                "overlay": None, "overlay_reason": "", "mtu": None,
+            })
+        dialled = {e.target for e in self._conns.values()}
+        for address in sorted(a for a in self.maker.direct_targets()
+                              if (t := self.maker.target(a)) is not None
+                              and t.state is TargetState.CONNECTING and a not in dialled):
+            conns.append({"address": address, "outbound": True, "state": "connecting",
+                          "info": "", "peer": None,
+                          "encrypted": self.config.password is not None,
+                          "overlay": None, "overlay_reason": "", "mtu": None})
+        return {
+            "name": format_peer_name(self.config.name),
+            "nickname": self.config.nickname,
+            "encryption": self.config.password is not None,
+            "peers": peer_list,
+            "connections": conns,
+            "targets": self.maker.direct_targets(),
+        }

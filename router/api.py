@@ -1,0 +1,408 @@
+"""The router's HTTP API: a small ASGI app served by hypercorn under trio.
+
+Theory of operation
+-------------------
+The CLI is a thin client of this API; every command maps to one call. The app knows
+nothing of the router's insides: it talks to a ``RouterControl`` (a Protocol the daemon
+implements, and the tests fake). One request goes::
+
+    hypercorn ──scope──▶ ApiApp.__call__ ──▶ read body (≤ 1 MiB, else 413)
+        ──▶ ROUTES[(method, path)]  (unknown path 404, wrong method 405)
+        ──▶ handler(control, Request) -> Response
+        ──▶ JSON out; LocalProtocolError / ApiError -> 4xx {"error": reason};
+            anything else -> 500 {"error": ...}, logged with its traceback
+
+Adding an endpoint is adding a table entry::
+
+    @route("POST", "/attach")
+    async def _attach(control: RouterControl, request: Request) -> Response:
+        body = request.json_object()
+        ...
+        return json_response({...})
+
+Handlers are async so that later ones may await (IPAM consensus, netns work); the
+current ones call the synchronous control methods directly.
+
+``serve_api`` runs hypercorn until ``control.wait_stopped()`` returns (hypercorn's
+shutdown trigger, so in-flight responses such as the one to ``POST /stop`` still go
+out). It reports readiness with ``task_status.started((host, port))`` only once the
+socket is bound and listening; a bind failure raises LocalProtocolError before that.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol, cast
+from urllib.parse import parse_qs, urlsplit
+
+import trio
+from weftnet.proto.errors import LocalProtocolError
+
+import weftnet
+
+if TYPE_CHECKING:
+    from hypercorn.typing import (
+        ASGIReceiveCallable,
+        ASGISendCallable,
+        HTTPScope,
+        LifespanScope,
+        Scope,
+    )
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY = 1024 * 1024
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+JSON_CONTENT_TYPE = "application/json"
+
+
+class RouterControl(Protocol):
+    """What the API needs from the router. Methods raise LocalProtocolError for bad
+    input (answered 400). A control may also offer ``metrics() -> bytes`` (Prometheus
+    text format), served at ``GET /metrics`` when present."""
+
+    def report(self) -> dict[str, Any]: ...
+
+    def connect(self, peers: list[str], replace: bool) -> list[str]: ...
+
+    def forget(self, peers: list[str]) -> list[str]: ...
+
+    def request_stop(self) -> None: ...
+
+    def reset(self) -> None: ...
+
+    async def wait_stopped(self) -> None: ...
+
+
+class ApiError(Exception):
+    """An HTTP error answer with a one-line reason."""
+
+    def __init__(self, status: int, message: str, headers: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = list(headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON; an empty body is ``None``; malformed JSON is a 400."""
+        if not self.body.strip():
+            return None
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"malformed JSON body: {exc}") from None
+
+    def json_object(self, *, required: bool = True) -> dict[str, Any]:
+        """The body as a JSON object (``{}`` for an empty body unless required)."""
+        data = self.json()
+        if data is None and not required:
+            return {}
+        if not isinstance(data, dict):
+            raise ApiError(400, "expected a JSON object as the request body")
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = JSON_CONTENT_TYPE
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(status, json.dumps(data).encode() + b"\n")
+
+
+def error_response(status: int, message: str, headers: Iterable[tuple[str, str]] = ()) -> Response:
+    # One line: the CLI prints it as `weft: <message>`.
+    line = " ".join(message.split()) or "error"
+    return Response(status, json.dumps({"error": line}).encode() + b"\n", headers=list(headers))
+
+
+Handler = Callable[[RouterControl, Request], Awaitable[Response]]
+ROUTES: dict[tuple[str, str], Handler] = {}
+
+
+def route(method: str, path: str) -> Callable[[Handler], Handler]:
+    """Register ``handler`` for ``method path`` in ROUTES."""
+
+    def register(handler: Handler) -> Handler:
+        key = (method.upper(), path)
+        if key in ROUTES:
+            raise LocalProtocolError(f"route {method} {path} is registered twice")
+        ROUTES[key] = handler
+        return handler
+
+    return register
+
+
+# -- body field helpers: wrong types are 400s, never 500s ---------------------------------
+
+
+def field_str_list(body: dict[str, Any], key: str, *, required: bool = True) -> list[str]:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise ApiError(400, f"missing field {key!r} (a list of strings)")
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ApiError(400, f"field {key!r} must be a list of strings")
+    return list(value)
+
+
+def field_bool(body: dict[str, Any], key: str, default: bool = False) -> bool:
+    value = body.get(key, default)
+    if not isinstance(value, bool):
+        raise ApiError(400, f"field {key!r} must be true or false")
+    return value
+
+
+# -- endpoints ----------------------------------------------------------------------------
+
+
+@route("GET", "/version")
+async def _version(control: RouterControl, request: Request) -> Response:
+    return json_response({"version": weftnet.__version__})
+
+
+@route("GET", "/report")
+async def _report(control: RouterControl, request: Request) -> Response:
+    return json_response(control.report())
+
+
+@route("POST", "/connect")
+async def _connect(control: RouterControl, request: Request) -> Response:
+    body = request.json_object()
+    peers = field_str_list(body, "peers", required=False)
+    replace = field_bool(body, "replace")
+    if not peers and not replace:
+        raise ApiError(400, "no peers given")
+    return json_response({"targets": control.connect(peers, replace)})
+
+
+@route("POST", "/forget")
+async def _forget(control: RouterControl, request: Request) -> Response:
+    body = request.json_object()
+    return json_response({"targets": control.forget(field_str_list(body, "peers"))})
+
+
+@route("POST", "/stop")
+async def _stop(control: RouterControl, request: Request) -> Response:
+    control.request_stop()
+    return json_response({"status": "stopping"})
+
+
+@route("POST", "/reset")
+async def _reset(control: RouterControl, request: Request) -> Response:
+    control.reset()
+    return json_response({"status": "resetting"})
+
+
+@route("GET", "/metrics")
+async def _metrics(control: RouterControl, request: Request) -> Response:
+    metrics = getattr(control, "metrics", None)
+    if metrics is None:
+        raise ApiError(404, "metrics are not available")
+    data = metrics()
+    if not isinstance(data, bytes):
+        raise TypeError(f"metrics() returned {type(data).__name__}, not bytes")
+    return Response(200, data, content_type=METRICS_CONTENT_TYPE)
+
+
+# -- the ASGI app -------------------------------------------------------------------------
+
+
+class ApiApp:
+    """ASGI 3 application dispatching through a route table (ROUTES by default)."""
+
+    def __init__(
+        self, control: RouterControl, routes: dict[tuple[str, str], Handler] | None = None
+    ) -> None:
+        self.control = control
+        self.routes = ROUTES if routes is None else routes
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+        # websockets: not served; returning makes hypercorn refuse the handshake.
+
+    async def _lifespan(
+        self, scope: LifespanScope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(
+        self, scope: HTTPScope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        method = scope["method"].upper()
+        path = scope["path"]
+        try:
+            headers = {
+                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
+            }
+            body = await self._read_body(headers, receive)
+            if body is None:
+                return  # the client went away
+            request = Request(
+                method=method,
+                path=path,
+                query=parse_qs(scope["query_string"].decode("latin-1")),
+                headers=headers,
+                body=body,
+            )
+            response = await self._dispatch(request)
+        except ApiError as exc:
+            response = error_response(exc.status, exc.message, exc.headers)
+        await self._send(send, response)
+
+    async def _dispatch(self, request: Request) -> Response:
+        handler = self.routes.get((request.method, request.path))
+        if handler is None:
+            allowed = sorted(m for (m, p) in self.routes if p == request.path)
+            if allowed:
+                raise ApiError(
+                    405,
+                    f"method {request.method} not allowed on {request.path}",
+                    [("allow", ", ".join(allowed))],
+                )
+            raise ApiError(404, f"no such endpoint: {request.path}")
+        try:
+            return await handler(self.control, request)
+        except ApiError:
+            raise
+        except LocalProtocolError as exc:
+            return error_response(400, exc.reason)
+        except Exception as exc:
+            logger.exception("API %s %s failed", request.method, request.path)
+            return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    async def _read_body(headers: dict[str, str], receive: ASGIReceiveCallable) -> bytes | None:
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.strip().isdigit():
+                raise ApiError(400, "invalid Content-Length")
+            if int(length) > MAX_BODY:
+                raise ApiError(413, f"request body over {MAX_BODY} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            if message["type"] != "http.request":
+                continue
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise ApiError(413, f"request body over {MAX_BODY} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    @staticmethod
+    async def _send(send: ASGISendCallable, response: Response) -> None:
+        headers = [
+            (b"content-type", response.content_type.encode("latin-1")),
+            (b"content-length", str(len(response.body)).encode("latin-1")),
+            (b"cache-control", b"no-store"),
+        ] + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": response.body, "more_body": False})
+
+
+def build_app(control: RouterControl) -> ApiApp:
+    return ApiApp(control)
+
+
+# -- serving ------------------------------------------------------------------------------
+
+
+def _bind_text(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _find_oserror(exc: BaseException) -> OSError | None:
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            found = _find_oserror(sub)
+            if found is not None:
+                return found
+    return None
+
+
+def _hypercorn_config(host: str, port: int) -> Any:
+    from hypercorn.config import Config
+
+    config = Config()
+    config.bind = [_bind_text(host, port)]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("weftnet.router.api.http")
+    config.graceful_timeout = 2.0
+    config.include_server_header = False
+    config.h11_max_incomplete_size = 64 * 1024
+    return config
+
+
+async def serve_api(
+    control: RouterControl,
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the API on ``host:port`` until ``control.wait_stopped()`` returns.
+
+    ``task_status.started((host, bound_port))`` once listening (``port=0`` picks one);
+    LocalProtocolError("cannot listen on ADDR: reason") if the bind fails."""
+    from hypercorn.trio import serve
+
+    where = _bind_text(host, port)
+    config = _hypercorn_config(host, port)
+    app = cast(Any, build_app(control))
+    async with trio.open_nursery() as nursery:
+        try:
+            binds = await nursery.start(
+                partial(serve, app, config, shutdown_trigger=control.wait_stopped)
+            )
+        except BaseException as exc:
+            oserror = _find_oserror(exc)
+            if oserror is None:
+                raise
+            reason = (
+                "address in use"
+                if oserror.errno == errno.EADDRINUSE
+                else (oserror.strerror or str(oserror))
+            )
+            raise LocalProtocolError(f"cannot listen on {where}: {reason}") from None
+        bound = urlsplit(binds[0]) if binds else None
+        bound_port = bound.port if bound is not None and bound.port is not None else port
+        logger.info("HTTP API listening on %s", _bind_text(host, bound_port))
+        task_status.started((host, bound_port))

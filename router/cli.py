@@ -1,0 +1,506 @@
+"""``weft``: the command line, a thin client of the router's HTTP API.
+
+Theory of operation
+-------------------
+Every command but ``launch --foreground``, ``version`` and ``demo`` is one HTTP call to
+the API on ``--http-addr`` (env ``WEFT_HTTP_ADDR``, default ``127.0.0.1:6784``), made with
+``urllib.request`` because it imports fast and the CLI runs often. Nothing heavy (trio,
+hypercorn, the router) is imported until a command needs it.
+
+Background launch::
+
+    weft launch ARGS ──validate──▶ data dir locked? API answering? ──▶ error, exit 1
+        │ spawn: python -m weftnet.router.cli launch --foreground <normalised options>
+        │        new session, stdin /dev/null, stdout+stderr appended to DIR/weft.log,
+        │        password in WEFT_PASSWORD (never argv)
+        ├─ poll GET /version every 50 ms (≤ 20 s)
+        │    child exited first ─▶ its last log line as the error, exit 1
+        └─ answered ─▶ GET /report, print router.name, exit 0
+
+Errors: every failure is one line ``weft: <message>`` on stderr and a non-zero exit:
+1 for operational errors (LocalProtocolError, API errors, no router), 2 for usage
+errors and internal errors (``weft: internal error: ...``; the traceback only with
+``WEFT_DEBUG`` set). argparse's usage-and-exit is replaced by the same one-line form.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from weftnet.proto.errors import LocalProtocolError
+
+import weftnet
+
+from .config import (
+    add_launch_arguments,
+    config_from_args,
+    config_to_args,
+    default_data_dir,
+    default_http_addr,
+    format_http_addr,
+    parse_http_addr,
+    parse_peer_address,
+)
+from .datadir import DataDir
+
+PROG = "weft"
+LAUNCH_TIMEOUT = 20.0
+STOP_TIMEOUT = 15.0
+POLL_INTERVAL = 0.05
+REQUEST_TIMEOUT = 30.0
+STATUS_VIEWS = ("targets", "connections", "peers", "dns", "ipam")
+
+
+class UsageError(Exception):
+    """Bad command line (exit 2)."""
+
+
+class NotRunning(Exception):
+    """Nothing answers on the API address (exit 1, like LocalProtocolError)."""
+
+    @property
+    def reason(self) -> str:
+        return str(self.args[0])
+
+
+class Interrupted(Exception):
+    """The API dropped the connection mid-answer (exit 1)."""
+
+    @property
+    def reason(self) -> str:
+        return str(self.args[0])
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        where = self.prog if self.prog != PROG else ""
+        prefix = where.removeprefix(PROG + " ") + ": " if where else ""
+        raise UsageError(f"{prefix}{message} (see '{self.prog} --help')")
+
+
+# -- HTTP client --------------------------------------------------------------------------
+
+
+class ApiClient:
+    """Calls to the router API; errors become one-line LocalProtocolErrors."""
+
+    def __init__(self, addr: tuple[str, int]) -> None:
+        import urllib.request
+
+        self.addr = addr
+        self.where = format_http_addr(addr)
+        self.base = f"http://{self.where}"
+        # No proxies: the API is local, and http_proxy in the environment must not matter.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def call(
+        self, method: str, path: str, body: Any = None, *, timeout: float = REQUEST_TIMEOUT
+    ) -> Any:
+        import http.client
+        import urllib.error
+        import urllib.request
+
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with self._opener.open(request, timeout=timeout) as response:
+                raw = response.read()
+                content_type = response.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as exc:
+            raise LocalProtocolError(self._error_text(exc.code, exc.read())) from None
+        except urllib.error.URLError as exc:
+            raise self._connect_error(exc.reason) from None
+        except (OSError, ValueError) as exc:  # timeouts, resets mid-response
+            raise self._connect_error(exc) from None
+        except http.client.HTTPException as exc:  # cut short (e.g. a router stopping)
+            raise Interrupted(
+                f"the router API on {self.where} closed the connection mid-answer "
+                f"({type(exc).__name__})"
+            ) from None
+        if not content_type.startswith("application/json"):
+            return raw
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise LocalProtocolError(
+                f"the router API on {self.where} sent malformed JSON for {path}"
+            ) from None
+
+    def answers(self) -> bool:
+        """Whether something answers HTTP on the address (any status)."""
+        try:
+            self.call("GET", "/version", timeout=2.0)
+        except NotRunning:
+            return False
+        except (LocalProtocolError, Interrupted):
+            return True
+        return True
+
+    def _connect_error(self, reason: object) -> Exception:
+        if isinstance(reason, ConnectionRefusedError):
+            return NotRunning(f"no router is running (nothing answers on {self.where})")
+        if isinstance(reason, ConnectionResetError | ConnectionAbortedError | BrokenPipeError):
+            return Interrupted(
+                f"the router API on {self.where} closed the connection mid-answer "
+                f"({type(reason).__name__})"
+            )
+        if isinstance(reason, TimeoutError):
+            message = f"the router API on {self.where} did not answer in time"
+        else:
+            text = getattr(reason, "strerror", None) or str(reason)
+            message = f"cannot reach the router API on {self.where}: {text}"
+        error: Exception = LocalProtocolError(message)
+        return error
+
+    @staticmethod
+    def _error_text(status: int, raw: bytes) -> str:
+        try:
+            message = json.loads(raw)["error"]
+            if isinstance(message, str) and message:
+                return message
+        except (ValueError, KeyError, TypeError):
+            pass
+        return f"the router API answered HTTP {status}"
+
+
+def _client(ns: argparse.Namespace) -> ApiClient:
+    if getattr(ns, "http_addr", None) is not None:
+        try:
+            return ApiClient(parse_http_addr(ns.http_addr))
+        except LocalProtocolError as exc:
+            raise LocalProtocolError(f"--http-addr: {exc.reason}") from None
+    return ApiClient(default_http_addr())
+
+
+def _wait_until_gone(client: ApiClient, deadline: float) -> bool:
+    """Poll until the API stops answering; False on timeout."""
+    while time.monotonic() < deadline:
+        if not client.answers():
+            return True
+        time.sleep(POLL_INTERVAL)
+    return False
+
+
+def _wait_unlocked(datadir: DataDir | None, deadline: float) -> None:
+    while datadir is not None and datadir.is_locked() and time.monotonic() < deadline:
+        time.sleep(POLL_INTERVAL)
+
+
+def _router_data_dir(client: ApiClient, explicit: str | None) -> DataDir | None:
+    """The running router's data dir: --data-dir, else what its report says, else None."""
+    if explicit is not None:
+        return DataDir(Path(explicit).absolute())
+    try:
+        report = client.call("GET", "/report", timeout=5.0)
+        path = report["router"].get("data_dir")
+    except (LocalProtocolError, NotRunning, Interrupted, KeyError, TypeError, AttributeError):
+        return None
+    return DataDir(path) if isinstance(path, str) and path else None
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+def cmd_launch(ns: argparse.Namespace) -> int:
+    config = config_from_args(ns)
+    if config.foreground:
+        # Children of the router (ip, iptables...) need not see the password.
+        os.environ.pop("WEFT_PASSWORD", None)
+        run = _import_attr("weftnet.router.daemon", "run", "the router daemon")
+        status: int = run(config)
+        return status
+
+    datadir = DataDir(config.data_dir)
+    if datadir.is_locked():
+        pid = datadir.running_pid()
+        suffix = f" (pid {pid})" if pid is not None else ""
+        raise LocalProtocolError(
+            f"another router is already running with data dir {config.data_dir}{suffix}"
+        )
+    client = ApiClient(config.http_addr)
+    if client.answers():
+        raise LocalProtocolError(f"a router is already running (API on {client.where})")
+
+    datadir.create()
+    log_path = datadir.log_path
+    try:
+        log_start = log_path.stat().st_size
+    except OSError:
+        log_start = 0
+    env = {k: v for k, v in os.environb.items() if k != b"WEFT_PASSWORD"}
+    if config.password is not None:
+        env[b"WEFT_PASSWORD"] = config.password
+    env[b"WEFT_DAEMONIZED"] = b"1"
+    argv = [sys.executable, "-m", "weftnet.router.cli", "launch", "--foreground"]
+    argv += config_to_args(config)
+    try:
+        with open(log_path, "ab") as log:
+            child = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
+    except OSError as exc:
+        raise LocalProtocolError(f"cannot start the router: {exc.strerror or exc}") from None
+
+    deadline = time.monotonic() + LAUNCH_TIMEOUT
+    while True:
+        exit_status = child.poll()
+        if exit_status is not None:
+            line = _last_log_line(log_path, log_start)
+            raise LocalProtocolError(line or f"the router exited with status {exit_status}")
+        try:
+            client.call("GET", "/version", timeout=1.0)
+            break
+        except (NotRunning, Interrupted, LocalProtocolError):
+            pass  # not bound, or bound but not serving yet
+        if time.monotonic() >= deadline:
+            raise LocalProtocolError(
+                f"the router (pid {child.pid}) did not answer on {client.where} within "
+                f"{LAUNCH_TIMEOUT:.0f} s; see {log_path}"
+            )
+        time.sleep(POLL_INTERVAL)
+    report = client.call("GET", "/report")
+    try:
+        name = report["router"]["name"]
+    except (KeyError, TypeError):
+        raise LocalProtocolError("the router's report has no router.name") from None
+    print(name)
+    return 0
+
+
+def _last_log_line(path: Path, start: int) -> str:
+    """The last non-empty line the child wrote, without our own ``weft: `` prefix."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            tail = f.read()[-65536:]
+    except OSError:
+        return ""
+    for raw in reversed(tail.decode("utf-8", "replace").splitlines()):
+        line = raw.strip()
+        if line:
+            return line.removeprefix(f"{PROG}: ")
+    return ""
+
+
+def cmd_stop(ns: argparse.Namespace) -> int:
+    client = _client(ns)
+    datadir = _router_data_dir(client, ns.data_dir)
+    try:
+        client.call("POST", "/stop", {})
+    except NotRunning:
+        print(f"{PROG} router is not running", file=sys.stderr)
+        return 0
+    except Interrupted:
+        pass  # the router went down before its answer was out: what we asked for
+    _wait_for_stop(client, datadir)
+    return 0
+
+
+def cmd_reset(ns: argparse.Namespace) -> int:
+    client = _client(ns)
+    datadir = _router_data_dir(client, ns.data_dir)
+    try:
+        client.call("POST", "/reset", {})
+    except NotRunning:
+        pass
+    except Interrupted:
+        _wait_for_stop(client, datadir)
+    else:
+        _wait_for_stop(client, datadir)
+    (datadir or DataDir(default_data_dir().absolute())).remove()
+    return 0
+
+
+def _wait_for_stop(client: ApiClient, datadir: DataDir | None) -> None:
+    """After POST /stop or /reset: the API gone, then the data dir released."""
+    deadline = time.monotonic() + STOP_TIMEOUT
+    if not _wait_until_gone(client, deadline):
+        raise LocalProtocolError(f"the router did not stop within {STOP_TIMEOUT:.0f} s")
+    _wait_unlocked(datadir, deadline)
+
+
+def _peer_args(texts: Sequence[str]) -> list[str]:
+    """Check PEER arguments here (a clear error before any call), but send them as
+    given: a missing port means the router's own port, which only the router knows."""
+    for text in texts:
+        parse_peer_address(text)
+    return [t.strip() for t in texts]
+
+
+def cmd_connect(ns: argparse.Namespace) -> int:
+    peers = _peer_args(ns.peers)
+    if not peers and not ns.replace:
+        raise UsageError("connect: give at least one PEER (or --replace to drop all targets)")
+    _client(ns).call("POST", "/connect", {"peers": peers, "replace": bool(ns.replace)})
+    return 0
+
+
+def cmd_forget(ns: argparse.Namespace) -> int:
+    peers = _peer_args(ns.peers)
+    _client(ns).call("POST", "/forget", {"peers": peers})
+    return 0
+
+
+def cmd_status(ns: argparse.Namespace) -> int:
+    from .status import render_status
+
+    report = _client(ns).call("GET", "/report")
+    if not isinstance(report, dict):
+        raise LocalProtocolError("the router's report is not a JSON object")
+    sys.stdout.write(render_status(report, ns.view))
+    return 0
+
+
+def cmd_report(ns: argparse.Namespace) -> int:
+    report = _client(ns).call("GET", "/report")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_version(ns: argparse.Namespace) -> int:
+    print(f"{PROG} {weftnet.__version__}")
+    return 0
+
+
+def cmd_demo(ns: argparse.Namespace) -> int:
+    run_demo = _import_attr("weftnet.router.demo", "run_demo", "the demo")
+    status: int = run_demo(list(ns.args))
+    return status
+
+
+def _import_attr(module: str, attr: str, what: str) -> Any:
+    """Import lazily (keeps the CLI fast); a missing piece is a one-line error."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module.startswith(exc.name):
+            raise LocalProtocolError(f"{what} is not available in this installation") from None
+        raise
+    except AttributeError:
+        raise LocalProtocolError(f"{what} is not available in this installation") from None
+
+
+# -- parser -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="weft: a mesh network for containers")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], help_text: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    def api_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--http-addr", metavar="ADDR:PORT", help="router API (env WEFT_HTTP_ADDR)")
+
+    p = command("launch", cmd_launch, "start the router for this host")
+    add_launch_arguments(p)
+
+    p = command("stop", cmd_stop, "stop the router")
+    api_options(p)
+    p.add_argument("--data-dir", metavar="DIR", help="wait for this data dir to be released")
+
+    p = command("reset", cmd_reset, "stop the router and remove its state")
+    api_options(p)
+    p.add_argument("--data-dir", metavar="DIR", help="data dir to remove (env WEFT_DATA_DIR)")
+
+    p = command("connect", cmd_connect, "add connection targets")
+    api_options(p)
+    p.add_argument("--replace", action="store_true", help="replace all targets with these")
+    p.add_argument("peers", nargs="*", metavar="PEER", help="host[:port]")
+
+    p = command("forget", cmd_forget, "remove connection targets")
+    api_options(p)
+    p.add_argument("peers", nargs="+", metavar="PEER", help="host[:port]")
+
+    p = command("status", cmd_status, "human-readable status")
+    api_options(p)
+    p.add_argument("view", nargs="?", choices=STATUS_VIEWS, help="one part in detail")
+
+    p = command("report", cmd_report, "the full state as JSON")
+    api_options(p)
+
+    command("version", cmd_version, "print the version")
+
+    # The demo parses its own arguments (all of them, --help included): see _run.
+    sub.add_parser(
+        "demo", help="the one-machine tour in network namespaces", add_help=False
+    ).set_defaults(handler=cmd_demo, args=[])
+    return parser
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    ns, extra = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+    if extra:
+        if getattr(ns, "handler", None) is not cmd_demo:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        ns.args = extra
+    handler: Callable[[argparse.Namespace], int] | None = getattr(ns, "handler", None)
+    if handler is None:
+        raise UsageError(f"no command given (see '{PROG} --help')")
+    return handler(ns)
+
+
+def _fail(message: str, status: int) -> int:
+    line = " ".join(message.split())
+    print(f"{PROG}: {line}", file=sys.stderr)
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``weft``; returns the exit status, never raises (but SystemExit
+    from ``--help``, turned into its status)."""
+    try:
+        return _run(argv)
+    except UsageError as exc:
+        return _fail(str(exc), 2)
+    except (LocalProtocolError, NotRunning, Interrupted) as exc:
+        return _fail(exc.reason, 1)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except SystemExit as exc:  # argparse --help, or a command that exits
+        code = exc.code
+        if code is None or isinstance(code, int):
+            return code or 0
+        return _fail(str(code), 1)
+    except BrokenPipeError:
+        # `weft report | head`: the reader left; nothing more to say.
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence flush at exit
+        except OSError:
+            pass
+        return 1
+    except Exception as exc:
+        if os.environ.get("WEFT_DEBUG"):
+            traceback.print_exc()
+        return _fail(f"internal error: {type(exc).__name__}: {exc}", 2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

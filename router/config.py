@@ -1,0 +1,481 @@
+"""Launch configuration: the options of ``weft launch`` turned into one validated object.
+
+Theory of operation
+-------------------
+``add_launch_arguments`` declares every option of the contract on an argparse parser
+with *raw* values (strings, ``None`` when not given); ``config_from_args`` then checks each
+one and builds a ``LaunchConfig``, raising ``LocalProtocolError`` with a one-line reason
+(``--port: expected 1..65534, got 70000``) for the first bad value. Validation lives here
+rather than in argparse ``type=`` callables so the messages are ours and the same checks
+serve the daemon, the CLI and tests.
+
+``config_to_args`` is the inverse: the background ``launch`` re-executes itself as
+``launch --foreground`` with the options of an already validated config, so
+``config_from_args(parse(config_to_args(c)))`` reproduces ``c`` (the password travels in
+the environment, never on a command line other users can read in ``ps``).
+
+Defaults that depend on where we run:
+
+* data dir: ``$WEFT_DATA_DIR``; else, when this process lives in a *named* network
+  namespace (``ip netns add NAME``), ``/var/lib/weft-netns/NAME``, so several routers on one
+  machine (the demo, the netns tests) never share state by accident; else ``/var/lib/weft``.
+  The namespace is recognised by comparing ``(st_dev, st_ino)`` of ``/proc/self/ns/net``
+  with the bind-mounted files in ``/var/run/netns``.
+* HTTP API address: ``$WEFT_HTTP_ADDR`` (``ADDR:PORT``), else ``127.0.0.1:6784``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from weftnet.proto.errors import LocalProtocolError
+from weftnet.proto.peername import format_peer_name, parse_peer_name
+
+DEFAULT_PORT = 6783
+DEFAULT_HTTP_ADDR: tuple[str, int] = ("127.0.0.1", 6784)
+DEFAULT_DATA_DIR = Path("/var/lib/weft")
+NETNS_DATA_ROOT = Path("/var/lib/weft-netns")
+NETNS_RUN_DIR = Path("/var/run/netns")
+DEFAULT_IPALLOC_RANGE = "10.32.0.0/12"
+DEFAULT_DNS_DOMAIN = "weft.local."
+DEFAULT_CONN_LIMIT = 200
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MIN_MTU = 576
+MAX_MTU = 65535
+MAX_DNS_TTL = 2**31 - 1
+
+_HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?$")
+_NICKNAME = re.compile(r"^[^\s\x00-\x1f\x7f]{1,255}$")
+
+
+@dataclass
+class LaunchConfig:
+    """Everything ``weft launch`` was told. ``password`` is kept out of ``repr``."""
+
+    peers: list[str] = field(default_factory=list)
+    name: int | None = None
+    nickname: str = field(default_factory=socket.gethostname)
+    password: bytes | None = field(default=None, repr=False)
+    trusted_subnets: list[str] = field(default_factory=list)
+    port: int = DEFAULT_PORT
+    host: str = ""
+    fastdp: bool = True
+    mtu: int | None = None
+    conn_limit: int = DEFAULT_CONN_LIMIT
+    discovery: bool = True
+    ipalloc_range: str = DEFAULT_IPALLOC_RANGE  # "" turns IPAM off (report["ipam"] is null)
+    ipalloc_default_subnet: str | None = None  # None: the whole range
+    ipalloc_init: str | None = None  # normalised; see parse_ipalloc_init
+    dns: bool = True
+    dns_domain: str = DEFAULT_DNS_DOMAIN
+    dns_ttl: int = 1
+    data_dir: Path = field(default_factory=lambda: default_data_dir())
+    http_addr: tuple[str, int] = DEFAULT_HTTP_ADDR
+    foreground: bool = False
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class IpallocInit:
+    """``--ipalloc-init`` parsed: ``consensus[=N]``, ``seed=NAME,...`` or ``observer``."""
+
+    mode: str  # "consensus" | "seed" | "observer"
+    quorum: int | None = None  # consensus=N
+    seeds: tuple[int, ...] = ()  # seed=NAME,...
+
+    def __str__(self) -> str:
+        if self.mode == "consensus":
+            return "consensus" if self.quorum is None else f"consensus={self.quorum}"
+        if self.mode == "seed":
+            return "seed=" + ",".join(format_peer_name(s) for s in self.seeds)
+        return self.mode
+
+
+# ---------------------------------------------------------------------------------------
+# Addresses
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _split_host_port(text: str, what: str) -> tuple[str, str | None]:
+    """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 literal."""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise LocalProtocolError(f"invalid {what} {text!r}: missing ']'")
+        host, rest = text[1:end], text[end + 1 :]
+        if not host or ":" not in host or not _is_ip(host):
+            raise LocalProtocolError(f"invalid {what} {text!r}: [...] must hold an IPv6 address")
+        if not rest:
+            return host, None
+        if not rest.startswith(":"):
+            raise LocalProtocolError(f"invalid {what} {text!r}: expected ':PORT' after ']'")
+        return host, rest[1:]
+    if text.count(":") > 1:  # a bare IPv6 literal, no port
+        if not _is_ip(text):
+            raise LocalProtocolError(
+                f"invalid {what} {text!r}: write IPv6 with a port as [ADDR]:PORT"
+            )
+        return text, None
+    host, sep, port = text.partition(":")
+    return host, (port if sep else None)
+
+
+def _parse_port(text: str, what: str, original: str) -> int:
+    if not text.isdigit():
+        raise LocalProtocolError(f"invalid {what} {original!r}: port must be a number")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise LocalProtocolError(f"invalid {what} {original!r}: port must be 1..65535")
+    return port
+
+
+def _check_host(host: str, what: str, original: str) -> str:
+    if not host:
+        raise LocalProtocolError(f"invalid {what} {original!r}: missing host")
+    if _is_ip(host):
+        return str(ipaddress.ip_address(host))
+    if not _HOSTNAME.match(host):
+        raise LocalProtocolError(f"invalid {what} {original!r}: not an IP address or host name")
+    return host.lower()
+
+
+def _join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_peer_address(text: str, default_port: int = DEFAULT_PORT) -> str:
+    """Normalise ``host[:port]`` / ``[v6]:port`` to ``host:port`` (``[v6]:port``)."""
+    original = text
+    text = text.strip()
+    if not text:
+        raise LocalProtocolError("invalid peer address '': empty")
+    host, port_text = _split_host_port(text, "peer address")
+    host = _check_host(host, "peer address", original)
+    port = default_port if port_text is None else _parse_port(port_text, "peer address", original)
+    return _join_host_port(host, port)
+
+
+def parse_http_addr(text: str) -> tuple[str, int]:
+    """``ADDR:PORT`` (``[v6]:PORT``) of the HTTP API; the port is required."""
+    original = text
+    text = text.strip()
+    if not text:
+        raise LocalProtocolError("invalid HTTP address '': expected ADDR:PORT")
+    host, port_text = _split_host_port(text, "HTTP address")
+    if port_text is None:
+        raise LocalProtocolError(f"invalid HTTP address {original!r}: expected ADDR:PORT")
+    return _check_host(host, "HTTP address", original), _parse_port(
+        port_text, "HTTP address", original
+    )
+
+
+def format_http_addr(addr: tuple[str, int]) -> str:
+    return _join_host_port(addr[0], addr[1])
+
+
+# ---------------------------------------------------------------------------------------
+# Environment-dependent defaults
+
+
+def current_netns_name(run_dir: Path | None = None) -> str | None:
+    """The ``ip netns`` name of this process's network namespace, if it has one."""
+    run_dir = NETNS_RUN_DIR if run_dir is None else run_dir
+    try:
+        ours = os.stat("/proc/self/ns/net")
+        entries = sorted(os.listdir(run_dir))
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            st = os.stat(run_dir / entry)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino):
+            return entry
+    return None
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("WEFT_DATA_DIR")
+    if env:
+        return Path(env)
+    name = current_netns_name()
+    if name is not None:
+        return NETNS_DATA_ROOT / name
+    return DEFAULT_DATA_DIR
+
+
+def default_http_addr() -> tuple[str, int]:
+    env = os.environ.get("WEFT_HTTP_ADDR")
+    if env:
+        try:
+            return parse_http_addr(env)
+        except LocalProtocolError as exc:
+            raise LocalProtocolError(f"WEFT_HTTP_ADDR: {exc.reason}") from None
+    return DEFAULT_HTTP_ADDR
+
+
+# ---------------------------------------------------------------------------------------
+# Option checks (each raises LocalProtocolError naming the option)
+
+
+def _int_option(option: str, text: str, low: int, high: int) -> int:
+    try:
+        value = int(text.strip(), 10)
+    except ValueError:
+        raise LocalProtocolError(f"{option}: expected a number, got {text!r}") from None
+    if not low <= value <= high:
+        raise LocalProtocolError(f"{option}: expected {low}..{high}, got {value}")
+    return value
+
+
+def _cidr_option(
+    option: str, text: str, *, ipv4_only: bool = False
+) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    text = text.strip()
+    if "/" not in text:
+        raise LocalProtocolError(f"{option}: {text!r} is not a CIDR (expected ADDR/LEN)")
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        try:
+            loose = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise LocalProtocolError(f"{option}: {text!r} is not a valid CIDR ({exc})") from None
+        raise LocalProtocolError(
+            f"{option}: {text} has host bits set; did you mean {loose}?"
+        ) from None
+    if ipv4_only and net.version != 4:
+        raise LocalProtocolError(f"{option}: {text} is not an IPv4 range")
+    return net
+
+
+def parse_ipalloc_init(text: str) -> IpallocInit:
+    """``consensus[=N]`` | ``seed=NAME,...`` | ``observer``."""
+    text = text.strip()
+    usage = "expected consensus[=N], seed=NAME,... or observer"
+    mode, sep, arg = text.partition("=")
+    if mode == "observer" and not sep:
+        return IpallocInit("observer")
+    if mode == "consensus":
+        if not sep:
+            return IpallocInit("consensus")
+        quorum = _int_option("--ipalloc-init consensus=N", arg, 1, 1_000_000)
+        return IpallocInit("consensus", quorum=quorum)
+    if mode == "seed" and sep:
+        names = [n for n in arg.split(",")]
+        if not all(n.strip() for n in names):
+            raise LocalProtocolError(f"--ipalloc-init: {text!r}: empty peer name in seed list")
+        seeds: list[int] = []
+        for n in names:
+            try:
+                seeds.append(parse_peer_name(n))
+            except LocalProtocolError as exc:
+                raise LocalProtocolError(f"--ipalloc-init: {exc.reason}") from None
+        if len(set(seeds)) != len(seeds):
+            raise LocalProtocolError(f"--ipalloc-init: {text!r}: duplicate peer name")
+        return IpallocInit("seed", seeds=tuple(seeds))
+    raise LocalProtocolError(f"--ipalloc-init: invalid value {text!r}: {usage}")
+
+
+def _dns_domain_option(text: str) -> str:
+    domain = text.strip().lower()
+    if not domain.endswith("."):
+        domain += "."
+    if domain == "." or not _HOSTNAME.match(domain) or len(domain) > 254:
+        raise LocalProtocolError(f"--dns-domain: {text!r} is not a valid domain")
+    return domain
+
+
+def _read_password(password_file: str | None) -> bytes | None:
+    env = os.environb.get(b"WEFT_PASSWORD")
+    if env is not None and password_file is not None:
+        raise LocalProtocolError(
+            "a password is given both in WEFT_PASSWORD and with --password-file; use one"
+        )
+    if password_file is not None:
+        try:
+            data = Path(password_file).read_bytes()
+        except OSError as exc:
+            raise LocalProtocolError(
+                f"--password-file: cannot read {password_file}: {exc.strerror or exc}"
+            ) from None
+        password = data.rstrip(b"\r\n")
+    elif env is not None:
+        password = env
+    else:
+        return None
+    if not password:
+        raise LocalProtocolError("empty password")
+    return password
+
+
+# ---------------------------------------------------------------------------------------
+# argparse glue
+
+
+def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of ``weft launch``; values stay raw until config_from_args."""
+    add = parser.add_argument
+    add("peers", nargs="*", metavar="PEER", help="host[:port] of a peer to connect to")
+    add("--name", metavar="MAC", help="peer name (default: persisted, else derived or random)")
+    add("--nickname", metavar="NAME", help="nickname shown in status (default: hostname)")
+    add("--password-file", metavar="FILE", help="encrypt with the password in FILE")
+    add("--trusted-subnets", metavar="CIDR,...", help="skip encryption towards these subnets")
+    add("--port", metavar="N", help=f"control TCP and sleeve UDP port (default {DEFAULT_PORT})")
+    add("--host", metavar="ADDR", help="bind address for the control port (default: all)")
+    add("--no-fastdp", action="store_true", help="never use the kernel VXLAN fast path")
+    add("--mtu", metavar="N", help="overlay MTU (default: derived from the path)")
+    add("--conn-limit", metavar="N", help=f"connection limit (default {DEFAULT_CONN_LIMIT})")
+    add("--no-discovery", action="store_true", help="do not connect to peers learned by gossip")
+    add(
+        "--ipalloc-range",
+        metavar="CIDR",
+        help=f"IPAM range (default {DEFAULT_IPALLOC_RANGE}; '' turns IPAM off)",
+    )
+    add("--ipalloc-default-subnet", metavar="CIDR", help="default subnet (default: the range)")
+    add("--ipalloc-init", metavar="MODE", help="consensus[=N] | seed=NAME,... | observer")
+    add("--no-dns", action="store_true", help="no DNS server")
+    add("--dns-domain", metavar="D", help=f"DNS domain (default {DEFAULT_DNS_DOMAIN})")
+    add("--dns-ttl", metavar="S", help="TTL of DNS answers in seconds (default 1)")
+    add("--data-dir", metavar="DIR", help="state, pid file and log (env WEFT_DATA_DIR)")
+    add("--http-addr", metavar="ADDR:PORT", help="HTTP API address (env WEFT_HTTP_ADDR)")
+    add("--foreground", action="store_true", help="run in this process (for service managers)")
+    add("--log-level", metavar="LEVEL", help="debug, info (default), warning or error")
+
+
+def config_from_args(ns: argparse.Namespace) -> LaunchConfig:
+    """Validate the raw options; raise LocalProtocolError with a one-line reason."""
+    cfg = LaunchConfig(data_dir=DEFAULT_DATA_DIR)
+    if ns.port is not None:
+        # The fast path listens on port + 1, which must itself be a port.
+        cfg.port = _int_option("--port", ns.port, 1, 65534)
+    # A peer without a port gets ours: a mesh normally uses one port everywhere.
+    cfg.peers = [parse_peer_address(p, cfg.port) for p in ns.peers]
+    if ns.name is not None:
+        try:
+            cfg.name = parse_peer_name(ns.name)
+        except LocalProtocolError as exc:
+            raise LocalProtocolError(f"--name: {exc.reason}") from None
+    if ns.nickname is not None:
+        if not _NICKNAME.match(ns.nickname):
+            raise LocalProtocolError(
+                f"--nickname: {ns.nickname!r} must be 1..255 characters without spaces"
+            )
+        cfg.nickname = ns.nickname
+    cfg.password = _read_password(ns.password_file)
+    if ns.trusted_subnets is not None:
+        items = [s.strip() for s in ns.trusted_subnets.split(",") if s.strip()]
+        cfg.trusted_subnets = [str(_cidr_option("--trusted-subnets", s)) for s in items]
+    if ns.host is not None and ns.host.strip():
+        host = ns.host.strip().strip("[]")
+        if not _is_ip(host):
+            raise LocalProtocolError(f"--host: {ns.host!r} is not an IP address")
+        cfg.host = str(ipaddress.ip_address(host))
+    cfg.fastdp = not ns.no_fastdp
+    if ns.mtu is not None:
+        cfg.mtu = _int_option("--mtu", ns.mtu, MIN_MTU, MAX_MTU)
+    if ns.conn_limit is not None:
+        cfg.conn_limit = _int_option("--conn-limit", ns.conn_limit, 1, 1_000_000)
+    cfg.discovery = not ns.no_discovery
+    _ipam_options(cfg, ns)
+    cfg.dns = not ns.no_dns
+    if ns.dns_domain is not None:
+        cfg.dns_domain = _dns_domain_option(ns.dns_domain)
+    if ns.dns_ttl is not None:
+        cfg.dns_ttl = _int_option("--dns-ttl", ns.dns_ttl, 0, MAX_DNS_TTL)
+    if ns.data_dir is not None:
+        if not ns.data_dir.strip():
+            raise LocalProtocolError("--data-dir: empty path")
+        cfg.data_dir = Path(ns.data_dir).absolute()
+    else:
+        cfg.data_dir = default_data_dir().absolute()
+    if ns.http_addr is not None:
+        try:
+            cfg.http_addr = parse_http_addr(ns.http_addr)
+        except LocalProtocolError as exc:
+            raise LocalProtocolError(f"--http-addr: {exc.reason}") from None
+    else:
+        cfg.http_addr = default_http_addr()
+    cfg.foreground = bool(ns.foreground)
+    if ns.log_level is not None:
+        level = ns.log_level.strip().lower()
+        if level not in LOG_LEVELS:
+            raise LocalProtocolError(
+                f"--log-level: {ns.log_level!r} is not one of {', '.join(LOG_LEVELS)}"
+            )
+        cfg.log_level = level
+    return cfg
+
+
+def _ipam_options(cfg: LaunchConfig, ns: argparse.Namespace) -> None:
+    if ns.ipalloc_range is not None and not ns.ipalloc_range.strip():
+        cfg.ipalloc_range = ""
+        if ns.ipalloc_default_subnet is not None or ns.ipalloc_init is not None:
+            raise LocalProtocolError(
+                "--ipalloc-default-subnet and --ipalloc-init need IPAM, "
+                "which an empty --ipalloc-range turns off"
+            )
+        return
+    range_text = ns.ipalloc_range if ns.ipalloc_range is not None else DEFAULT_IPALLOC_RANGE
+    net = _cidr_option("--ipalloc-range", range_text, ipv4_only=True)
+    if net.prefixlen > 30:
+        raise LocalProtocolError(f"--ipalloc-range: {net} is too small (at most /30)")
+    cfg.ipalloc_range = str(net)
+    if ns.ipalloc_default_subnet is not None:
+        sub = _cidr_option("--ipalloc-default-subnet", ns.ipalloc_default_subnet, ipv4_only=True)
+        assert isinstance(sub, ipaddress.IPv4Network) and isinstance(net, ipaddress.IPv4Network)
+        if not sub.subnet_of(net):
+            raise LocalProtocolError(
+                f"--ipalloc-default-subnet: {sub} is not inside the range {net}"
+            )
+        cfg.ipalloc_default_subnet = str(sub)
+    if ns.ipalloc_init is not None:
+        cfg.ipalloc_init = str(parse_ipalloc_init(ns.ipalloc_init))
+
+
+def config_to_args(cfg: LaunchConfig) -> list[str]:
+    """Options that make config_from_args rebuild ``cfg``, except the password and
+    ``--foreground`` (the caller passes the password in ``WEFT_PASSWORD``)."""
+    args: list[str] = []
+    if cfg.name is not None:
+        args += ["--name", format_peer_name(cfg.name)]
+    args += ["--nickname", cfg.nickname]
+    if cfg.trusted_subnets:
+        args += ["--trusted-subnets", ",".join(cfg.trusted_subnets)]
+    args += ["--port", str(cfg.port)]
+    if cfg.host:
+        args += ["--host", cfg.host]
+    if not cfg.fastdp:
+        args.append("--no-fastdp")
+    if cfg.mtu is not None:
+        args += ["--mtu", str(cfg.mtu)]
+    args += ["--conn-limit", str(cfg.conn_limit)]
+    if not cfg.discovery:
+        args.append("--no-discovery")
+    args += ["--ipalloc-range", cfg.ipalloc_range]
+    if cfg.ipalloc_default_subnet is not None:
+        args += ["--ipalloc-default-subnet", cfg.ipalloc_default_subnet]
+    if cfg.ipalloc_init is not None:
+        args += ["--ipalloc-init", cfg.ipalloc_init]
+    if not cfg.dns:
+        args.append("--no-dns")
+    args += ["--dns-domain", cfg.dns_domain, "--dns-ttl", str(cfg.dns_ttl)]
+    args += ["--data-dir", str(cfg.data_dir), "--http-addr", format_http_addr(cfg.http_addr)]
+    args += ["--log-level", cfg.log_level]
+    # "--" so that a peer can never be taken for an option.
+    return [*args, "--", *cfg.peers]
+

@@ -1,0 +1,224 @@
+"""``weft status [VIEW]``: the report JSON rendered in Weave's layout.
+
+Theory of operation
+-------------------
+A pure function of the report (the contract's ``weft report`` schema), so it is tested
+with literal dicts and exact expected text. The summary prints ``Key: value`` lines with
+keys right-aligned to one column, one block per service, as ``weave status`` does::
+
+            Version: 0.1.0
+
+            Service: router
+           Protocol: weft 1..1
+               Name: 02:00:00:00:00:01(host1)
+         Encryption: disabled
+      PeerDiscovery: enabled
+            Targets: 1
+        Connections: 2 (1 established, 1 failed)
+              Peers: 2 (with 2 established connections)
+     TrustedSubnets: none
+
+The other views follow ``weave status connections|peers|targets|ipam|dns``. Besides the
+contract's keys, a few optional ones are shown when present: ``router.discovery``
+(bool), ``router.trusted_subnets`` (list of CIDRs), ``router.protocol_min_version`` /
+``protocol_max_version``, ``dns.ttl``, ``dns.upstream`` and ``ipam.peers[].active``.
+A report missing a required key raises LocalProtocolError (one line), never KeyError.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from weftnet.proto.errors import LocalProtocolError
+
+VIEWS = ("targets", "connections", "peers", "dns", "ipam")
+KEY_WIDTH = 15
+PROTOCOL = "weft"
+PROTOCOL_MIN_VERSION = 1
+PROTOCOL_MAX_VERSION = 1
+# Weave's order for the per-state counts of `Connections: N (...)`.
+CONNECTION_STATES = ("established", "pending", "retrying", "failed", "connecting")
+
+
+def render_status(report: Mapping[str, Any], view: str | None = None) -> str:
+    """The text of ``weft status [view]``; empty or newline-terminated."""
+    renderers: dict[str | None, Callable[[Mapping[str, Any]], list[str]]] = {
+        None: _summary,
+        "targets": _targets,
+        "connections": _connections,
+        "peers": _peers,
+        "ipam": _ipam,
+        "dns": _dns,
+    }
+    renderer = renderers.get(view)
+    if renderer is None:
+        raise LocalProtocolError(
+            f"unknown status view {view!r}: expected one of {', '.join(VIEWS)}"
+        )
+    try:
+        lines = renderer(report)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise LocalProtocolError(f"the router's report is malformed: {detail}") from None
+    return "".join(line.rstrip() + "\n" for line in lines)
+
+
+def _kv(key: str, value: object) -> str:
+    return f"{key:>{KEY_WIDTH}}: {value}"
+
+
+def _peer_label(name: str, nickname: str) -> str:
+    return f"{name}({nickname})"
+
+
+def _enabled(flag: bool) -> str:
+    return "enabled" if flag else "disabled"
+
+
+def _counts(counter: Counter[str], order: tuple[str, ...]) -> str:
+    return ", ".join(f"{counter[state]} {state}" for state in order if counter[state])
+
+
+# -- summary ------------------------------------------------------------------------------
+
+
+def _summary(report: Mapping[str, Any]) -> list[str]:
+    router = report["router"]
+    lines = [_kv("Version", report["version"]), ""]
+    lines += _router_section(router)
+    if report.get("ipam") is not None:
+        lines += ["", *_ipam_section(report["ipam"])]
+    if report.get("dns") is not None:
+        lines += ["", *_dns_section(report["dns"])]
+    return lines
+
+
+def _router_section(router: Mapping[str, Any]) -> list[str]:
+    connections = router["connections"]
+    conn_counts = _counts(Counter(c["state"] for c in connections), CONNECTION_STATES)
+    peer_conn_counter: Counter[str] = Counter(
+        "established" if c["established"] else "pending"
+        for p in router["peers"]
+        for c in p["connections"]
+    )
+    peer_counts = _counts(peer_conn_counter, ("established", "pending"))
+    low = router.get("protocol_min_version", PROTOCOL_MIN_VERSION)
+    high = router.get("protocol_max_version", PROTOCOL_MAX_VERSION)
+    lines = [
+        _kv("Service", "router"),
+        _kv("Protocol", f"{PROTOCOL} {low}..{high}"),
+        _kv("Name", _peer_label(router["name"], router["nickname"])),
+        _kv("Encryption", _enabled(router["encryption"])),
+    ]
+    if "discovery" in router:
+        lines.append(_kv("PeerDiscovery", _enabled(router["discovery"])))
+    lines += [
+        _kv("Targets", len(router["targets"])),
+        _kv("Connections", f"{len(connections)}" + (f" ({conn_counts})" if conn_counts else "")),
+        _kv(
+            "Peers",
+            f"{len(router['peers'])}"
+            + (f" (with {peer_counts} connections)" if peer_counts else ""),
+        ),
+    ]
+    if "trusted_subnets" in router:
+        subnets = router["trusted_subnets"]
+        lines.append(_kv("TrustedSubnets", ", ".join(subnets) if subnets else "none"))
+    return lines
+
+
+def _ipam_section(ipam: Mapping[str, Any]) -> list[str]:
+    return [
+        _kv("Service", "ipam"),
+        _kv("Status", ipam["status"]),
+        _kv("Range", ipam["range"]),
+        _kv("DefaultSubnet", ipam["default_subnet"]),
+    ]
+
+
+def _dns_section(dns: Mapping[str, Any]) -> list[str]:
+    lines = [_kv("Service", "dns"), _kv("Domain", dns["domain"]), _kv("Address", dns["address"])]
+    if "upstream" in dns:
+        upstream = dns["upstream"]
+        lines.append(_kv("Upstream", ", ".join(upstream) if upstream else "none"))
+    if "ttl" in dns:
+        lines.append(_kv("TTL", dns["ttl"]))
+    lines.append(_kv("Entries", len(dns["entries"])))
+    return lines
+
+
+# -- views --------------------------------------------------------------------------------
+
+
+def _targets(report: Mapping[str, Any]) -> list[str]:
+    return [str(t) for t in report["router"]["targets"]]
+
+
+def _connections(report: Mapping[str, Any]) -> list[str]:
+    """``weave status connections``: arrow, address, state, then what we know."""
+    lines = []
+    for c in report["router"]["connections"]:
+        arrow = "->" if c["outbound"] else "<-"
+        state = c["state"]
+        details: list[str] = []
+        if state == "established" and c.get("overlay"):
+            details.append(c["overlay"])
+        if c.get("peer"):
+            details.append(_peer_label(c["peer"]["name"], c["peer"]["nickname"]))
+        if state == "established":
+            details.append("encrypted" if c["encrypted"] else "unencrypted")
+            if c.get("mtu") is not None:
+                details.append(f"mtu={c['mtu']}")
+        if state in ("failed", "retrying") and c.get("info"):
+            details.append(c["info"])
+        lines.append(f"{arrow} {c['address']:<21} {state:<11} {' '.join(details)}")
+    return lines
+
+
+def _peers(report: Mapping[str, Any]) -> list[str]:
+    """``weave status peers``: each peer, then its connections indented."""
+    lines = []
+    for p in report["router"]["peers"]:
+        lines.append(_peer_label(p["name"], p["nickname"]))
+        for c in p["connections"]:
+            arrow = "->" if c["outbound"] else "<-"
+            label = _peer_label(c["name"], c["nickname"])
+            state = "established" if c["established"] else "pending"
+            lines.append(f"   {arrow} {c['address']:<21} {label:<32} {state}")
+    return lines
+
+
+def _ipam(report: Mapping[str, Any]) -> list[str]:
+    """``weave status ipam``: each peer's share of the range."""
+    ipam = report.get("ipam")
+    if ipam is None:
+        raise LocalProtocolError("IPAM is disabled")
+    peers = ipam["peers"]
+    if not peers:
+        return [f"{ipam['range']}: {ipam['status']}; no address space is owned yet"]
+    total = ipaddress.ip_network(ipam["range"]).num_addresses
+    lines = []
+    for p in peers:
+        label = _peer_label(p["name"], p["nickname"])
+        pct = 100.0 * p["addresses"] / total
+        line = f"{label:<32} {p['addresses']:>8} IPs ({pct:04.1f}% of total)"
+        if "active" in p:
+            line += f" ({p['active']} active)"
+        if not p["reachable"]:
+            line += " - unreachable!"
+        lines.append(line)
+    return lines
+
+
+def _dns(report: Mapping[str, Any]) -> list[str]:
+    """``weave status dns``: one line per record."""
+    dns = report.get("dns")
+    if dns is None:
+        raise LocalProtocolError("DNS is disabled")
+    return [
+        f"{e['hostname']:<15} {e['address']:<15} {e['container']:<12} {e['origin']}"
+        for e in dns["entries"]
+    ]

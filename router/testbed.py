@@ -1,0 +1,710 @@
+"""Simulated hosts on one machine: network namespaces joined by bridges.
+
+Theory of operation
+-------------------
+A testbed is a handful of network namespaces. Each *host* namespace stands for one machine
+that runs a weft router; each *segment* (an L2 network, a LAN) is a Linux bridge ``br0`` that
+lives in a *switch* namespace of its own. A host on a segment gets one veth pair: one end,
+``ethN``, inside the host (N counts the host's segments in segment order), the other end,
+``v<host index + 1>``, enslaved to the segment's bridge::
+
+      segment "a" (index 0)                   segment "b" (index 1)
+      172.31.1.0/24                           172.31.2.0/24
+    ┌──────── PREFIX-sw0 ────────┐          ┌──────── PREFIX-sw1 ────────┐
+    │          br0               │          │          br0               │
+    │    v1 ─────┴───── v2       │          │    v2 ─────┴───── v3       │
+    └────│──────────────│────────┘          └────│──────────────│────────┘
+         │              │                        │              │
+    ┌────│────┐   ┌─────│───────────────────────│─────┐   ┌────│────┐
+    │  eth0   │   │   eth0                     eth1   │   │  eth0   │
+    │172.31.1.1   │ 172.31.1.2            172.31.2.2  │   │172.31.2.3
+    │ PREFIX-h1   │                PREFIX-h2          │   │ PREFIX-h3
+    └─────────┘   └───────────────────────────────────┘   └─────────┘
+
+Host number i (1-based, in ``hosts`` order) on segment number s (1-based, in ``segments``
+order) has the address ``172.31.<s>.<i>/24``. These addresses exist only inside namespaces
+the testbed creates; nothing is ever routed to or from the machine's own network.
+
+Safety rules the code keeps:
+
+* Nothing is configured in the machine's own (root) network namespace, not even for a moment:
+  each veth pair is created inside its switch namespace with its peer end placed straight
+  into the host namespace (``ip -n SW link add vX type veth peer name ethN netns HOST``).
+  Deleting a namespace destroys the veth ends in it, and so the whole pair.
+* Everything is removed again by ``close()``: on leaving the ``with`` block, on a failure in
+  the middle of the constructor, on Ctrl-C and at interpreter exit (``atexit``). A process
+  that dies by SIGKILL cannot clean up; ``sweep_stale()`` removes what it left behind.
+* A sweep must never take another live run's hosts. Before it creates anything, a testbed
+  claims its prefix by creating ``STATE_DIR/<prefix>.json`` exclusively and writing its pid
+  and process start time there. ``sweep_stale()`` skips every prefix whose owner still runs.
+
+Extra commands for tests: ``block_udp_port``/``unblock`` and ``set_loss`` add nftables rules
+(table ``inet weft_testbed``) inside one host namespace, matching only its underlay
+interfaces, so loopback (the router's HTTP API) is never affected.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+__all__ = [
+    "DEFAULT_PATTERN",
+    "NFT_TABLE",
+    "STATE_DIR",
+    "CommandFailed",
+    "NftablesMissing",
+    "Testbed",
+    "TestbedError",
+    "list_namespaces",
+    "owner_of",
+    "sweep_stale",
+]
+
+# Namespaces made by a testbed with a random prefix ("wt" + 4 hex digits, then "-").
+DEFAULT_PATTERN = r"^wt[0-9a-f]{4}-"
+# Who owns which prefix: one small JSON file per live (or crashed) testbed.
+STATE_DIR = Path(os.environ.get("WEFT_TESTBED_STATE", "/run/weft-testbed"))
+NFT_TABLE = "weft_testbed"
+
+_PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+_SWITCH_RE = re.compile(r"^sw[0-9]+$")
+_KILL_GRACE = 3.0
+_IP_TIMEOUT = 30.0
+
+
+class TestbedError(RuntimeError):
+    """Setting up, using or tearing down the testbed failed; the message says what and why."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+
+class NftablesMissing(TestbedError):
+    """The ``nft`` command is not installed; packet filter helpers cannot work."""
+
+
+class CommandFailed(TestbedError, subprocess.CalledProcessError):
+    """A command run inside a host exited non-zero (or timed out); carries its output."""
+
+    def __init__(
+        self,
+        host: str,
+        argv: Sequence[str],
+        returncode: int,
+        stdout: str,
+        stderr: str,
+        reason: str = "",
+    ) -> None:
+        subprocess.CalledProcessError.__init__(self, returncode, list(argv), stdout, stderr)
+        self.host = host
+        self.reason = reason or f"exit status {returncode}"
+
+    def __str__(self) -> str:
+        out = (self.stdout or "").rstrip()
+        err = (self.stderr or "").rstrip()
+        return (
+            f"on {self.host}: {_show(self.cmd)} failed ({self.reason})\n"
+            f"--- stdout ---\n{out}\n--- stderr ---\n{err}"
+        )
+
+
+def _show(argv: Sequence[str] | str) -> str:
+    return argv if isinstance(argv, str) else " ".join(argv)
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``ip ARGS`` from here; every caller passes ``-n NS`` or a ``netns`` subcommand."""
+    argv = ["ip", *args]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=_IP_TIMEOUT)
+    except FileNotFoundError as exc:
+        raise TestbedError("the `ip` command (iproute2) is not installed") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise TestbedError(f"{_show(argv)} did not finish in {_IP_TIMEOUT:.0f} s") from exc
+    if check and proc.returncode != 0:
+        raise TestbedError(f"{_show(argv)} failed: {proc.stderr.strip() or proc.returncode}")
+    return proc
+
+
+def list_namespaces() -> list[str]:
+    """Names of all named network namespaces (``ip netns list``), sorted."""
+    out = _ip("netns", "list").stdout
+    return sorted(line.split()[0] for line in out.splitlines() if line.strip())
+
+
+def _netns_pids(ns: str) -> list[int]:
+    proc = _ip("netns", "pids", ns, check=False)
+    if proc.returncode != 0:
+        return []
+    return [int(tok) for tok in proc.stdout.split() if tok.isdigit()]
+
+
+def _kill_namespace_processes(namespaces: Sequence[str], grace: float = _KILL_GRACE) -> None:
+    """SIGTERM every process in these namespaces, wait up to ``grace`` s, then SIGKILL."""
+    me = os.getpid()
+
+    def alive() -> list[int]:
+        return sorted({p for ns in namespaces for p in _netns_pids(ns) if p != me})
+
+    def send(pids: list[int], sig: signal.Signals) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+    pids = alive()
+    if not pids:
+        return
+    send(pids, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.05)
+        pids = alive()
+    if pids:
+        send(pids, signal.SIGKILL)
+        deadline = time.monotonic() + grace
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.05)
+            pids = alive()
+
+
+def _delete_namespaces(namespaces: Sequence[str]) -> list[str]:
+    """Delete the namespaces that exist; return one error line per failure."""
+    existing = set(list_namespaces())
+    errors = []
+    for ns in namespaces:
+        if ns in existing:
+            proc = _ip("netns", "delete", ns, check=False)
+            if proc.returncode != 0:
+                errors.append(f"ip netns delete {ns}: {proc.stderr.strip()}")
+    return errors
+
+
+def _links_up(ns: str) -> bool:
+    """True when every link but loopback in ``ns`` is in operational state UP."""
+    for line in _ip("-n", ns, "-o", "link", "show").stdout.splitlines():
+        name = line.split(":", 2)[1].strip().split("@", 1)[0]
+        if name != "lo" and " state UP " not in line:
+            return False
+    return True
+
+
+# --- prefix ownership ---------------------------------------------------------------------
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot, or None when it does not exist."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22; the command name (field 2) may contain spaces, so count after its ')'.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _record_path(prefix: str) -> Path:
+    return STATE_DIR / f"{prefix}.json"
+
+
+def _read_record(prefix: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(_record_path(prefix).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _owner_alive(record: dict[str, Any] | None) -> int | None:
+    """The owner's pid when the process that wrote ``record`` still runs, else None."""
+    if record is None:
+        return None
+    pid = record.get("pid")
+    if not isinstance(pid, int):
+        return None
+    start = _start_time(pid)
+    return pid if start is not None and start == record.get("start") else None
+
+
+def _claim(prefix: str, tmpdir: Path | None) -> bool:
+    """Create the prefix's ownership record; False when it is already taken."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(_record_path(prefix), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    record = {"pid": os.getpid(), "start": _start_time(os.getpid()), "tmpdir": str(tmpdir)}
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
+    return True
+
+
+def _rewrite_record(prefix: str, tmpdir: Path) -> None:
+    record = {"pid": os.getpid(), "start": _start_time(os.getpid()), "tmpdir": str(tmpdir)}
+    _record_path(prefix).write_text(json.dumps(record))
+
+
+def owner_of(prefix: str) -> int | None:
+    """The pid of the live process owning testbed ``prefix``, or None (free, or stale)."""
+    return _owner_alive(_read_record(prefix))
+
+
+def sweep_stale(prefix_pattern: str | re.Pattern[str] = DEFAULT_PATTERN) -> list[str]:
+    """Remove namespaces left behind by testbeds whose owning process is gone.
+
+    Only namespaces whose name matches ``prefix_pattern`` (``re.match`` against the full
+    name, e.g. ``wt1a2b-h1``) are candidates, and of those only the ones whose prefix (the
+    part before the first ``-``) has no live owner. Their processes are killed, the
+    namespaces deleted, and the owner record and temp dir removed. Returns the namespaces
+    removed, sorted.
+    """
+    pattern = re.compile(prefix_pattern)
+    by_prefix: dict[str, list[str]] = {}
+    for ns in list_namespaces():
+        if pattern.match(ns):
+            by_prefix.setdefault(ns.split("-", 1)[0], []).append(ns)
+    if STATE_DIR.is_dir():
+        for path in sorted(STATE_DIR.glob("*.json")):
+            if pattern.match(f"{path.stem}-"):
+                by_prefix.setdefault(path.stem, [])
+    removed: list[str] = []
+    errors: list[str] = []
+    for prefix in sorted(by_prefix):
+        record = _read_record(prefix)
+        if _owner_alive(record) is not None:
+            continue
+        namespaces = by_prefix[prefix]
+        _kill_namespace_processes(namespaces)
+        errors += _delete_namespaces(namespaces)
+        removed += namespaces
+        tmpdir = (record or {}).get("tmpdir")
+        if isinstance(tmpdir, str) and Path(tmpdir).name.startswith(f"weft-testbed-{prefix}-"):
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            _record_path(prefix).unlink()
+    if errors:
+        raise TestbedError("; ".join(errors))
+    return sorted(removed)
+
+
+# --- the testbed --------------------------------------------------------------------------
+
+
+class Testbed:
+    """Hosts (network namespaces) on segments (bridges in switch namespaces); see module doc.
+
+    The constructor builds everything; use it as a context manager (or call ``close()``).
+    """
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    def __init__(
+        self,
+        hosts: Sequence[str] = ("h1", "h2", "h3"),
+        segments: Mapping[str, Sequence[str]] | None = None,
+        prefix: str | None = None,
+    ) -> None:
+        self.hosts: tuple[str, ...] = tuple(hosts)
+        if segments is None:
+            segments = {"lan": self.hosts}
+        self.segments: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in segments.items()}
+        self._validate()
+        self._closed = False
+        self._released = False
+        self._lock = threading.Lock()
+        self._created: list[str] = []
+        self._popens: list[subprocess.Popen[Any]] = []
+        self._tmpdir: Path | None = None
+        self._claimed = False
+        self.prefix = self._claim_prefix(prefix)
+        atexit.register(self.close)
+        try:
+            self._tmpdir = Path(tempfile.mkdtemp(prefix=f"weft-testbed-{self.prefix}-"))
+            _rewrite_record(self.prefix, self._tmpdir)
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- construction --
+
+    def _validate(self) -> None:
+        if not self.hosts:
+            raise ValueError("a testbed needs at least one host")
+        if len(self.hosts) > 254:
+            raise ValueError("at most 254 hosts")
+        if len(set(self.hosts)) != len(self.hosts):
+            raise ValueError(f"duplicate host names in {self.hosts}")
+        for host in self.hosts:
+            if not _HOST_RE.match(host) or _SWITCH_RE.match(host):
+                raise ValueError(f"bad host name {host!r} (letters, digits, _.-; not swN)")
+        if not 1 <= len(self.segments) <= 254:
+            raise ValueError("need between 1 and 254 segments")
+        for seg, members in self.segments.items():
+            unknown = sorted(set(members) - set(self.hosts))
+            if unknown:
+                raise ValueError(f"segment {seg!r} names unknown hosts {unknown}")
+            if len(set(members)) != len(members):
+                raise ValueError(f"segment {seg!r} lists a host twice")
+
+    def _claim_prefix(self, prefix: str | None) -> str:
+        existing = {ns.split("-", 1)[0] for ns in list_namespaces()}
+        if prefix is not None:
+            if not _PREFIX_RE.match(prefix):
+                raise ValueError(f"bad prefix {prefix!r} (a lowercase letter, then a-z0-9, ≤12)")
+            if prefix in existing or not _claim(prefix, None):
+                owner = owner_of(prefix)
+                who = f"the running process {owner}" if owner else "an earlier run"
+                raise TestbedError(
+                    f"namespaces with prefix {prefix!r} belong to {who}; "
+                    f"remove leftovers with sweep_stale({('^' + prefix + '-')!r})"
+                )
+            self._claimed = True
+            return prefix
+        for _ in range(100):
+            candidate = "wt" + secrets.token_hex(2)
+            if candidate not in existing and _claim(candidate, None):
+                self._claimed = True
+                return candidate
+        raise TestbedError("could not find a free random prefix")
+
+    def _add_ns(self, ns: str) -> None:
+        # Record before creating, so an interrupted `ip netns add` is still cleaned up; the
+        # prefix is claimed exclusively, so no one else has a namespace under it.
+        self._created.append(ns)
+        _ip("netns", "add", ns)
+        _ip("-n", ns, "link", "set", "lo", "up")
+
+    def _build(self) -> None:
+        assert self._tmpdir is not None
+        for host in self.hosts:
+            self.data_dir(host).mkdir(parents=True)
+            self._add_ns(self.ns(host))
+        for s, (seg, members) in enumerate(self.segments.items()):
+            sw = self._switch_ns(s)
+            self._add_ns(sw)
+            _ip("-n", sw, "link", "add", "br0", "type", "bridge", "stp_state", "0")
+            _ip("-n", sw, "link", "set", "br0", "up")
+            for host in members:
+                hns, ifname = self.ns(host), self._ifname(host, seg)
+                port = f"v{self.hosts.index(host) + 1}"
+                _ip("-n", sw, "link", "add", port, "type", "veth",
+                    "peer", "name", ifname, "netns", hns)  # fmt: skip
+                _ip("-n", sw, "link", "set", port, "master", "br0", "up")
+                _ip("-n", hns, "addr", "add", f"{self.address(host, seg)}/24", "dev", ifname)
+                _ip("-n", hns, "link", "set", ifname, "up")
+        self._wait_links_up()
+
+    def _wait_links_up(self, timeout: float = 10.0) -> None:
+        """Wait until the kernel reports every underlay link operationally up.
+
+        A veth only carries traffic once the link watcher has run (up to a second after
+        ``ip link set up``); before that, the first pings of a test are silently dropped.
+        """
+        deadline = time.monotonic() + timeout
+        pending = list(self.namespaces)
+        while True:
+            pending = [ns for ns in pending if not _links_up(ns)]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise TestbedError(f"links in {', '.join(pending)} not up after {timeout:.0f} s")
+            time.sleep(0.02)
+
+    # -- naming --
+
+    def ns(self, host: str) -> str:
+        """The network namespace name of ``host``."""
+        self._check_host(host)
+        return f"{self.prefix}-{host}"
+
+    def _switch_ns(self, index: int) -> str:
+        return f"{self.prefix}-sw{index}"
+
+    @property
+    def namespaces(self) -> list[str]:
+        """Every namespace of this testbed: hosts first, then switches."""
+        return [self.ns(h) for h in self.hosts] + [
+            self._switch_ns(i) for i in range(len(self.segments))
+        ]
+
+    def _check_host(self, host: str) -> None:
+        if host not in self.hosts:
+            raise KeyError(f"no host {host!r} in this testbed (hosts: {', '.join(self.hosts)})")
+
+    def host_segments(self, host: str) -> list[str]:
+        """The segments ``host`` is on, in segment order (``eth0`` is on the first)."""
+        self._check_host(host)
+        return [seg for seg, members in self.segments.items() if host in members]
+
+    def _ifname(self, host: str, segment: str) -> str:
+        return f"eth{self.host_segments(host).index(segment)}"
+
+    def interfaces(self, host: str) -> list[str]:
+        """The underlay interface names of ``host`` (``eth0``, ``eth1``, ...)."""
+        return [f"eth{i}" for i in range(len(self.host_segments(host)))]
+
+    def address(self, host: str, segment: str | None = None) -> str:
+        """``host``'s IPv4 address (no prefix length) on ``segment`` (default: its first)."""
+        on = self.host_segments(host)
+        if not on:
+            raise KeyError(f"host {host!r} is on no segment")
+        seg = on[0] if segment is None else segment
+        if seg not in on:
+            raise KeyError(f"host {host!r} is not on segment {seg!r} (it is on {on})")
+        s = list(self.segments).index(seg)
+        return f"172.31.{s + 1}.{self.hosts.index(host) + 1}"
+
+    @property
+    def tmpdir(self) -> Path:
+        """The temp dir the testbed owns (removed by ``close()``)."""
+        if self._tmpdir is None:
+            raise TestbedError("the testbed has no temp dir (setup failed early)")
+        return self._tmpdir
+
+    def data_dir(self, host: str) -> Path:
+        """A private directory for ``host`` (its router's ``WEFT_DATA_DIR``)."""
+        self._check_host(host)
+        return self.tmpdir / "hosts" / host
+
+    def env(self, host: str) -> dict[str, str]:
+        """This process's environment plus ``WEFT_DATA_DIR=data_dir(host)``."""
+        return {**os.environ, "WEFT_DATA_DIR": str(self.data_dir(host))}
+
+    # -- running commands --
+
+    def _exec_argv(self, host: str, argv: Sequence[str]) -> list[str]:
+        self._check_open()
+        return ["ip", "netns", "exec", self.ns(host), *argv]
+
+    def run(
+        self,
+        host: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        check: bool = True,
+        timeout: float = 60,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` inside ``host`` and wait; text mode, output captured.
+
+        ``env`` is laid over ``self.env(host)``. With ``check`` (the default) a non-zero exit
+        or a timeout raises ``CommandFailed`` whose message holds stdout and stderr.
+        """
+        full = self._exec_argv(host, argv)
+        try:
+            proc = subprocess.run(
+                full,
+                env={**self.env(host), **(env or {})},
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                input=input,
+            )
+        except subprocess.TimeoutExpired as exc:
+            if not check:
+                raise
+            raise CommandFailed(
+                host, argv, -1, _text(exc.stdout), _text(exc.stderr), f"timed out after {timeout} s"
+            ) from exc
+        if check and proc.returncode != 0:
+            raise CommandFailed(host, argv, proc.returncode, proc.stdout, proc.stderr)
+        return subprocess.CompletedProcess(list(argv), proc.returncode, proc.stdout, proc.stderr)
+
+    def popen(self, host: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` inside ``host`` without waiting; keyword args go to ``Popen``.
+
+        ``env`` defaults to ``self.env(host)``. ``close()`` kills it with the rest.
+        """
+        kw.setdefault("env", self.env(host))
+        proc: subprocess.Popen[Any] = subprocess.Popen(self._exec_argv(host, argv), **kw)
+        self._popens.append(proc)
+        return proc
+
+    def weft(self, host: str, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        """Run the ``weft`` CLI of this checkout inside ``host`` (see ``run`` for ``kw``)."""
+        return self.run(host, [sys.executable, "-m", "weftnet.router.cli", *args], **kw)
+
+    def ping(self, host: str, address: str, *, timeout: float = 1) -> bool:
+        """One ``ping -c1`` from ``host`` to ``address``: True when answered, else False.
+
+        "Network is unreachable" counts as not answered; a missing ``ping`` raises.
+        """
+        if shutil.which("ping") is None:
+            raise TestbedError("the `ping` command is not installed (apt-get install iputils-ping)")
+        argv = ["ping", "-n", "-q", "-c1", f"-W{max(1, round(timeout))}", address]
+        return self.run(host, argv, check=False, timeout=timeout + 5).returncode == 0
+
+    # -- packet filter (nftables) --
+
+    def _nft(self, host: str, *args: str, script: str | None = None) -> str:
+        if shutil.which("nft") is None:
+            raise NftablesMissing("the `nft` command is not installed (apt-get install nftables)")
+        argv = ["nft", *args] if script is None else ["nft", "-f", "-"]
+        return self.run(host, argv, input=script, timeout=30).stdout
+
+    def _ensure_table(self, host: str) -> None:
+        t = f"inet {NFT_TABLE}"
+        self._nft(host, script=(
+            f"add table {t}\n"
+            f"add chain {t} input {{ type filter hook input priority -5 ; policy accept ; }}\n"
+            f"add chain {t} output {{ type filter hook output priority -5 ; policy accept ; }}\n"
+        ))  # fmt: skip
+
+    def _underlay(self, host: str) -> str:
+        return "{ " + ", ".join(f'"{i}"' for i in self.interfaces(host)) + " }"
+
+    def _delete_rules(self, host: str, comment: str | re.Pattern[str]) -> None:
+        try:
+            listing = json.loads(self._nft(host, "-j", "-a", "list", "table", "inet", NFT_TABLE))
+        except CommandFailed:
+            return  # no table: nothing to delete
+        for item in listing.get("nftables", []):
+            rule = item.get("rule")
+            if not rule:
+                continue
+            text = str(rule.get("comment", ""))
+            hit = comment.match(text) if isinstance(comment, re.Pattern) else text == comment
+            if hit:
+                self._nft(
+                    host, "delete", "rule", "inet", NFT_TABLE, rule["chain"],
+                    "handle", str(rule["handle"]),
+                )  # fmt: skip
+
+    def block_udp_port(self, host: str, port: int) -> None:
+        """Drop UDP from or to ``port`` on ``host``'s underlay interfaces, both directions."""
+        if not 0 < port < 65536:
+            raise ValueError(f"bad port {port}")
+        self.unblock(host, port)
+        self._ensure_table(host)
+        t, tag, dev = f"inet {NFT_TABLE}", f'comment "block-udp-{port}"', self._underlay(host)
+        self._nft(host, script="".join(
+            f"add rule {t} {chain} {io} {dev} udp {field} {port} drop {tag}\n"
+            for chain, io in (("input", "iifname"), ("output", "oifname"))
+            for field in ("dport", "sport")
+        ))  # fmt: skip
+
+    def unblock(self, host: str, port: int | None = None) -> None:
+        """Undo ``block_udp_port`` for ``port``, or for every port when None."""
+        self._check_host(host)
+        tag: str | re.Pattern[str] = (
+            re.compile(r"^block-udp-\d+$") if port is None else f"block-udp-{port}"
+        )
+        self._delete_rules(host, tag)
+
+    def set_loss(self, host: str, percent: int) -> None:
+        """Drop ``percent``% of the UDP arriving on ``host``'s underlay at random; 0 ends it."""
+        if not 0 <= percent <= 100:
+            raise ValueError(f"loss must be 0..100 %, not {percent}")
+        self._delete_rules(host, "loss")
+        if percent == 0:
+            return
+        self._ensure_table(host)
+        chance = "" if percent == 100 else f"numgen random mod 100 < {percent} "
+        self._nft(host, script=(
+            f"add rule inet {NFT_TABLE} input iifname {self._underlay(host)} meta l4proto udp "
+            f'{chance}drop comment "loss"\n'
+        ))  # fmt: skip
+
+    # -- teardown --
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TestbedError("the testbed is closed")
+
+    def release(self) -> None:
+        """Stop owning the hosts: they stay up, ``close()`` does nothing from now on.
+
+        The ownership record stays, naming this process; once it exits, ``sweep_stale``
+        with a pattern matching the prefix removes the hosts.
+        """
+        with self._lock:
+            self._released = self._closed = True
+        atexit.unregister(self.close)
+
+    def close(self) -> None:
+        """Kill every process in the namespaces, delete them and the temp dir. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        atexit.unregister(self.close)
+        with _sigint_deferred():
+            errors: list[str] = []
+            try:
+                _kill_namespace_processes(self._created)
+                for proc in self._popens:
+                    if proc.poll() is None:
+                        proc.kill()
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=_KILL_GRACE)
+                errors += _delete_namespaces(self._created)
+            except Exception as exc:  # keep going: the temp dir and record must still go
+                errors.append(str(exc))
+            if self._tmpdir is not None:
+                shutil.rmtree(self._tmpdir, ignore_errors=True)
+            if self._claimed and not errors:
+                with contextlib.suppress(FileNotFoundError):
+                    _record_path(self.prefix).unlink()
+        if errors:
+            raise TestbedError("cleanup incomplete: " + "; ".join(errors))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Testbed:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else "closed" if self._closed else "up"
+        return f"<Testbed {self.prefix} hosts={list(self.hosts)} {state}>"
+
+
+def _text(data: str | bytes | None) -> str:
+    if data is None:
+        return ""
+    return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C while cleaning up (main thread only), then deliver it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def note(signum: int, frame: object) -> None:
+        pending.append(signum)
+
+    old = signal.signal(signal.SIGINT, note)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if pending and callable(old):
+            old(signal.SIGINT, None)

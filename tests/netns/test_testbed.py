@@ -1,0 +1,278 @@
+"""The testbed itself: hosts reach each other only over shared segments, nothing leaks into
+the machine's own network namespace, and everything goes away again, even after failures."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from weftnet.router import testbed as testbed_mod
+from weftnet.router.testbed import (
+    DEFAULT_PATTERN,
+    CommandFailed,
+    NftablesMissing,
+    Testbed,
+    TestbedError,
+    list_namespaces,
+    sweep_stale,
+)
+
+from .conftest import TestbedFactory
+
+
+def root_links() -> list[str]:
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    return sorted(line.split(":", 2)[1].strip() for line in out.splitlines())
+
+
+def ours(prefix: str) -> list[str]:
+    return [ns for ns in list_namespaces() if ns.startswith(f"{prefix}-")]
+
+
+def assert_gone(tb: Testbed) -> None:
+    assert tb.closed
+    assert ours(tb.prefix) == []
+    assert not tb.tmpdir.exists()
+    assert not testbed_mod._record_path(tb.prefix).exists()
+
+
+def test_hosts_ping_each_other(testbed: Testbed) -> None:
+    assert [testbed.address(h) for h in testbed.hosts] == ["172.31.1.1", "172.31.1.2", "172.31.1.3"]
+    for src in testbed.hosts:
+        for dst in testbed.hosts:
+            assert testbed.ping(src, testbed.address(dst)), f"{src} cannot ping {dst}"
+    # The plain form the brief names, too.
+    testbed.run("h1", ["ping", "-c1", "-W1", testbed.address("h3")])
+
+
+def test_two_segments_reach_only_their_neighbours(testbed_factory: TestbedFactory) -> None:
+    tb = testbed_factory(segments={"a": ["h1", "h2"], "b": ["h2", "h3"]})
+    assert tb.address("h2") == tb.address("h2", "a") == "172.31.1.2"
+    assert tb.address("h2", "b") == "172.31.2.2"
+    assert tb.address("h3") == "172.31.2.3"
+    assert tb.interfaces("h2") == ["eth0", "eth1"]
+    brief = tb.run("h2", ["ip", "-br", "-4", "addr", "show", "dev", "eth1"]).stdout
+    assert "172.31.2.2/24" in brief
+    assert tb.ping("h1", tb.address("h2", "a"))
+    assert tb.ping("h3", tb.address("h2", "b"))
+    assert tb.ping("h2", tb.address("h1")) and tb.ping("h2", tb.address("h3"))
+    # h2 does not forward and h1 has no route to 172.31.2.0/24: h3 is out of reach.
+    assert not tb.ping("h1", tb.address("h3"))
+    assert not tb.ping("h3", tb.address("h1"))
+    with pytest.raises(KeyError):
+        tb.address("h1", "b")
+
+
+def test_close_removes_everything_and_root_namespace_is_untouched() -> None:
+    before = root_links()
+    # Any link created, changed or deleted in the root namespace, even for a moment, shows here.
+    monitor = subprocess.Popen(["ip", "-o", "monitor", "link"], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.2)
+        tb = Testbed(hosts=("a", "b", "c", "d"), segments={"x": ["a", "b", "c"], "y": ["c", "d"]})
+        names = tb.namespaces
+        assert set(names) <= set(list_namespaces())
+        assert tb.data_dir("a").is_dir()
+        tb.close()
+        tb.close()  # idempotent
+        time.sleep(0.2)
+    finally:
+        monitor.terminate()
+        events, _ = monitor.communicate(timeout=5)
+    assert_gone(tb)
+    assert not set(names) & set(list_namespaces())
+    assert events.strip() == ""
+    assert root_links() == before
+    with pytest.raises(TestbedError):
+        tb.run("a", ["true"])
+
+
+def test_exception_in_with_block_cleans_up() -> None:
+    with pytest.raises(RuntimeError, match="boom"), Testbed(hosts=("h1", "h2")) as tb:
+        assert len(ours(tb.prefix)) == 3
+        raise RuntimeError("boom")
+    assert_gone(tb)
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_setup_failing_midway_cleans_up(
+    monkeypatch: pytest.MonkeyPatch, error: type[BaseException]
+) -> None:
+    real_ip: Callable[..., subprocess.CompletedProcess[str]] = testbed_mod._ip
+    added: list[str] = []
+    veths: list[tuple[str, ...]] = []
+
+    def flaky_ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        if args[:2] == ("netns", "add"):
+            added.append(args[2])
+        if "veth" in args:
+            veths.append(args)
+            if len(veths) == 2:  # hosts and switch exist, one veth pair is made
+                raise error("injected failure")
+        return real_ip(*args, check=check)
+
+    monkeypatch.setattr(testbed_mod, "_ip", flaky_ip)
+    before = root_links()
+    with pytest.raises(error, match="injected"):
+        Testbed(hosts=("h1", "h2"))
+    assert len(added) == 3
+    prefix = added[0].split("-")[0]
+    assert ours(prefix) == []
+    assert not testbed_mod._record_path(prefix).exists()
+    assert not list(Path(tempfile.gettempdir()).glob(f"weft-testbed-{prefix}-*"))
+    assert root_links() == before
+
+
+def test_run_env_and_errors(testbed: Testbed) -> None:
+    out = testbed.run("h2", ["sh", "-c", 'echo "$WEFT_DATA_DIR $X"'], env={"X": "extra"}).stdout
+    assert out.split() == [str(testbed.data_dir("h2")), "extra"]
+    assert testbed.data_dir("h1") != testbed.data_dir("h2")
+    assert testbed.run("h1", ["cat"], input="piped").stdout == "piped"
+    with pytest.raises(CommandFailed) as failed:
+        testbed.run("h1", ["sh", "-c", "echo to-out; echo to-err >&2; exit 3"])
+    assert failed.value.returncode == 3
+    assert "to-out" in str(failed.value) and "to-err" in str(failed.value)
+    assert testbed.run("h1", ["false"], check=False).returncode == 1
+    with pytest.raises(CommandFailed, match="timed out"):
+        testbed.run("h1", ["sleep", "5"], timeout=0.5)
+    with pytest.raises(KeyError):
+        testbed.ns("nope")
+    weft = testbed.weft("h1", "--help", check=False)
+    assert weft.args[:3] == [sys.executable, "-m", "weftnet.router.cli"]
+
+
+def test_close_kills_every_process_in_the_namespaces(testbed_factory: TestbedFactory) -> None:
+    tb = testbed_factory(hosts=("h1",))
+    child = tb.popen("h1", ["sleep", "600"])
+    # A daemon that detaches from us, like `weft launch` leaves behind.
+    out = tb.run("h1", ["sh", "-c", "setsid sleep 600 >/dev/null 2>&1 & echo $!"]).stdout
+    daemon = int(out.strip())
+    # One that ignores SIGTERM and must be killed.
+    stubborn = tb.popen("h1", ["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"])
+    time.sleep(0.2)
+    started = time.monotonic()
+    tb.close()
+    assert time.monotonic() - started < 10
+    assert child.poll() is not None and stubborn.poll() is not None
+    assert not Path(f"/proc/{daemon}").exists() or "Z" in Path(f"/proc/{daemon}/stat").read_text()
+    assert_gone(tb)
+
+
+def test_sweep_removes_crashed_runs_only(testbed_factory: TestbedFactory) -> None:
+    live = testbed_factory(hosts=("h1",))
+    crash = (
+        "import os, signal\n"
+        "from weftnet.router.testbed import Testbed\n"
+        "tb = Testbed(hosts=('h1', 'h2'))\n"
+        "tb.popen('h1', ['sleep', '600'], stdout=-3, stderr=-3)  # DEVNULL\n"
+        "print(tb.prefix, tb.tmpdir, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    prefix, tmpdir = proc.stdout.split()
+    left = ours(prefix)
+    assert len(left) == 3 and Path(tmpdir).is_dir()
+    try:
+        with pytest.raises(TestbedError, match="earlier run"):
+            Testbed(hosts=("h1",), prefix=prefix)
+        removed = sweep_stale(DEFAULT_PATTERN)
+        assert set(left) <= set(removed)
+        assert not set(live.namespaces) & set(removed)
+        assert ours(prefix) == [] and not Path(tmpdir).exists()
+        assert live.ping("h1", live.address("h1"))
+    finally:
+        sweep_stale(f"^{prefix}-")
+
+
+_RECEIVE = """\
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("", 5000))
+s.settimeout(1)
+n = 0
+print("ready", flush=True)
+try:
+    while True:
+        s.recv(100)
+        n += 1
+except TimeoutError:
+    print(n)
+"""
+_SEND = """\
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(int(sys.argv[2])):
+    s.sendto(b"x", (sys.argv[1], 5000))
+    time.sleep(0.0005)
+"""
+
+
+def udp_received(tb: Testbed, src: str, dst: str, count: int) -> int:
+    receiver = tb.popen(dst, [sys.executable, "-c", _RECEIVE], stdout=subprocess.PIPE, text=True)
+    assert receiver.stdout is not None
+    assert receiver.stdout.readline().strip() == "ready"
+    tb.run(src, [sys.executable, "-c", _SEND, tb.address(dst), str(count)])
+    out, _ = receiver.communicate(timeout=30)
+    return int(out)
+
+
+def test_block_udp_port_and_loss(testbed_factory: TestbedFactory) -> None:
+    tb = testbed_factory(hosts=("h1", "h2"))
+    try:
+        tb.block_udp_port("h2", 5000)
+    except NftablesMissing as exc:
+        pytest.skip(str(exc))
+    tb.block_udp_port("h2", 5000)  # idempotent
+    assert udp_received(tb, "h1", "h2", 50) == 0
+    assert tb.ping("h1", tb.address("h2")), "only UDP is blocked"
+    tb.unblock("h2", 5000)
+    assert udp_received(tb, "h1", "h2", 50) == 50
+
+    tb.set_loss("h2", 30)
+    got = udp_received(tb, "h1", "h2", 400)
+    assert 400 * 0.55 < got < 400 * 0.85, got  # ~30 % dropped, more than 6 sigma of slack
+    tb.set_loss("h2", 100)
+    assert udp_received(tb, "h1", "h2", 20) == 0
+    tb.set_loss("h2", 0)
+    assert udp_received(tb, "h1", "h2", 50) == 50
+    with pytest.raises(ValueError):
+        tb.set_loss("h2", 101)
+
+
+def _launch_available() -> bool:
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "weftnet.router.cli", "launch", "--help"],
+            capture_output=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return proc.returncode == 0
+
+
+@pytest.mark.timeout(240)
+def test_demo_runs() -> None:
+    if not _launch_available():
+        pytest.skip("the router CLI has no `launch` yet")
+    before = root_links()
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from weftnet.router.demo import run_demo; "
+         "sys.exit(run_demo([]))"],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "encrypted" in proc.stdout
+    assert not [ns for ns in list_namespaces() if ns.startswith("weftdemo-")]
+    assert root_links() == before

@@ -1,0 +1,245 @@
+"""``weft status`` rendering from literal reports, compared with exact text."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from weftnet.proto.errors import LocalProtocolError
+from weftnet.router.status import render_status
+
+REPORT: dict[str, Any] = {
+    "version": "0.1.0",
+    "router": {
+        "name": "02:00:00:00:00:01",
+        "nickname": "host1",
+        "encryption": True,
+        "discovery": True,
+        "trusted_subnets": [],
+        "peers": [
+            {
+                "name": "02:00:00:00:00:01",
+                "nickname": "host1",
+                "connections": [
+                    {
+                        "name": "02:00:00:00:00:02",
+                        "nickname": "host2",
+                        "address": "10.0.0.2:6783",
+                        "outbound": True,
+                        "established": True,
+                    },
+                    {
+                        "name": "02:00:00:00:00:03",
+                        "nickname": "host3",
+                        "address": "10.0.0.3:41234",
+                        "outbound": False,
+                        "established": False,
+                    },
+                ],
+            },
+            {
+                "name": "02:00:00:00:00:02",
+                "nickname": "host2",
+                "connections": [
+                    {
+                        "name": "02:00:00:00:00:01",
+                        "nickname": "host1",
+                        "address": "10.0.0.1:45678",
+                        "outbound": False,
+                        "established": True,
+                    }
+                ],
+            },
+        ],
+        "connections": [
+            {
+                "address": "10.0.0.2:6783",
+                "outbound": True,
+                "state": "established",
+                "info": "",
+                "peer": {"name": "02:00:00:00:00:02", "nickname": "host2"},
+                "encrypted": True,
+                "overlay": "sleeve",
+                "overlay_reason": "encryption",
+                "mtu": 1376,
+            },
+            {
+                "address": "10.0.0.3:41234",
+                "outbound": False,
+                "state": "pending",
+                "info": "",
+                "peer": {"name": "02:00:00:00:00:03", "nickname": "host3"},
+                "encrypted": True,
+                "overlay": None,
+                "overlay_reason": "",
+                "mtu": None,
+            },
+            {
+                "address": "10.0.0.9:6783",
+                "outbound": True,
+                "state": "failed",
+                "info": "connection refused, retry: 2026-11-23 10:00:00",
+                "peer": None,
+                "encrypted": False,
+                "overlay": None,
+                "overlay_reason": "",
+                "mtu": None,
+            },
+        ],
+        "targets": ["10.0.0.2:6783", "10.0.0.9:6783"],
+    },
+    "ipam": {
+        "range": "10.32.0.0/12",
+        "default_subnet": "10.32.0.0/12",
+        "status": "ready",
+        "peers": [
+            {
+                "name": "02:00:00:00:00:01",
+                "nickname": "host1",
+                "addresses": 524288,
+                "reachable": True,
+            },
+            {
+                "name": "02:00:00:00:00:02",
+                "nickname": "host2",
+                "addresses": 524288,
+                "reachable": False,
+            },
+        ],
+    },
+    "dns": {
+        "domain": "weft.local.",
+        "address": "172.17.0.1:53",
+        "entries": [
+            {
+                "hostname": "web.weft.local.",
+                "address": "10.32.0.1",
+                "container": "c1",
+                "origin": "02:00:00:00:00:01",
+            }
+        ],
+    },
+}
+
+
+def test_summary() -> None:
+    assert render_status(REPORT, None) == (
+        "        Version: 0.1.0\n"
+        "\n"
+        "        Service: router\n"
+        "       Protocol: weft 1..1\n"
+        "           Name: 02:00:00:00:00:01(host1)\n"
+        "     Encryption: enabled\n"
+        "  PeerDiscovery: enabled\n"
+        "        Targets: 2\n"
+        "    Connections: 3 (1 established, 1 pending, 1 failed)\n"
+        "          Peers: 2 (with 2 established, 1 pending connections)\n"
+        " TrustedSubnets: none\n"
+        "\n"
+        "        Service: ipam\n"
+        "         Status: ready\n"
+        "          Range: 10.32.0.0/12\n"
+        "  DefaultSubnet: 10.32.0.0/12\n"
+        "\n"
+        "        Service: dns\n"
+        "         Domain: weft.local.\n"
+        "        Address: 172.17.0.1:53\n"
+        "        Entries: 1\n"
+    )
+
+
+def test_summary_of_a_lone_router_without_ipam_and_dns() -> None:
+    report = {
+        "version": "0.1.0",
+        "router": {
+            "name": "02:00:00:00:00:01",
+            "nickname": "host1",
+            "encryption": False,
+            "discovery": False,
+            "trusted_subnets": ["10.0.0.0/8", "192.168.0.0/16"],
+            "peers": [{"name": "02:00:00:00:00:01", "nickname": "host1", "connections": []}],
+            "connections": [],
+            "targets": [],
+        },
+        "ipam": None,
+        "dns": None,
+    }
+    assert render_status(report) == (
+        "        Version: 0.1.0\n"
+        "\n"
+        "        Service: router\n"
+        "       Protocol: weft 1..1\n"
+        "           Name: 02:00:00:00:00:01(host1)\n"
+        "     Encryption: disabled\n"
+        "  PeerDiscovery: disabled\n"
+        "        Targets: 0\n"
+        "    Connections: 0\n"
+        "          Peers: 1\n"
+        " TrustedSubnets: 10.0.0.0/8, 192.168.0.0/16\n"
+    )
+
+
+def test_connections() -> None:
+    assert render_status(REPORT, "connections") == (
+        "-> 10.0.0.2:6783         established sleeve 02:00:00:00:00:02(host2) encrypted mtu=1376\n"
+        "<- 10.0.0.3:41234        pending     02:00:00:00:00:03(host3)\n"
+        "-> 10.0.0.9:6783         failed      connection refused, retry: 2026-11-23 10:00:00\n"
+    )
+
+
+def test_peers() -> None:
+    assert render_status(REPORT, "peers") == (
+        "02:00:00:00:00:01(host1)\n"
+        "   -> 10.0.0.2:6783         02:00:00:00:00:02(host2)         established\n"
+        "   <- 10.0.0.3:41234        02:00:00:00:00:03(host3)         pending\n"
+        "02:00:00:00:00:02(host2)\n"
+        "   <- 10.0.0.1:45678        02:00:00:00:00:01(host1)         established\n"
+    )
+
+
+def test_targets() -> None:
+    assert render_status(REPORT, "targets") == "10.0.0.2:6783\n10.0.0.9:6783\n"
+    empty = copy.deepcopy(REPORT)
+    empty["router"]["targets"] = []
+    assert render_status(empty, "targets") == ""
+
+
+def test_ipam() -> None:
+    assert render_status(REPORT, "ipam") == (
+        "02:00:00:00:00:01(host1)           524288 IPs (50.0% of total)\n"
+        "02:00:00:00:00:02(host2)           524288 IPs (50.0% of total) - unreachable!\n"
+    )
+    waiting = copy.deepcopy(REPORT)
+    waiting["ipam"]["peers"] = []
+    waiting["ipam"]["status"] = "awaiting consensus"
+    assert render_status(waiting, "ipam") == (
+        "10.32.0.0/12: awaiting consensus; no address space is owned yet\n"
+    )
+
+
+def test_dns() -> None:
+    assert render_status(REPORT, "dns") == (
+        "web.weft.local. 10.32.0.1       c1           02:00:00:00:00:01\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("view", "message"), [("ipam", "IPAM is disabled"), ("dns", "DNS is disabled")]
+)
+def test_disabled_services_are_one_line_errors(view: str, message: str) -> None:
+    report = copy.deepcopy(REPORT)
+    report[view] = None
+    with pytest.raises(LocalProtocolError) as info:
+        render_status(report, view)
+    assert info.value.reason == message
+    assert f"Service: {view}" not in render_status(report)
+
+
+def test_malformed_report_is_a_one_line_error() -> None:
+    report = copy.deepcopy(REPORT)
+    del report["router"]["connections"]
+    with pytest.raises(LocalProtocolError, match="report is malformed: missing 'connections'"):
+        render_status(report)
+    with pytest.raises(LocalProtocolError, match="unknown status view"):
+        render_status(REPORT, "bogus")
