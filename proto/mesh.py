@@ -156,6 +156,7 @@ class MeshNode:
         self._actions: deque[Action] = deque()
         self._events: deque[MeshEvent] = deque()
         self._dirty: set[int] = set()
+        self._final: dict[int, bytes] = {}  # last bytes (a Goodbye) of connections we closed
         self._channels: dict[str, Gossiper] = {}
         self._routes: Routes | None = None
         self._routes_generation = -1
@@ -221,9 +222,15 @@ class MeshNode:
         self._process(entry, now)
 
     def connection_lost(self, conn_id: int, reason: str, now: float) -> None:
+        self._final.pop(conn_id, None)
         entry = self._conns.get(conn_id)
         if entry is not None:
             self._drop(entry, reason, now, close=False)
+
+    def shutdown(self, reason: str, now: float) -> None:
+        """Close every connection, telling established peers why (the router is stopping)."""
+        for entry in [self._conns[c] for c in sorted(self._conns)]:
+            self._drop(entry, reason, now, close=True)
 
     def handle_timer(self, now: float) -> None:
         for entry in list(self._conns.values()):
@@ -252,7 +259,7 @@ class MeshNode:
     def data_to_send(self, conn_id: int, now: float) -> bytes:
         entry = self._conns.get(conn_id)
         if entry is None:
-            return b""
+            return self._final.pop(conn_id, b"")
         if entry.ready and entry.queue:
             for channel, kind, data in entry.queue.take():
                 payload = data.encode()
@@ -334,6 +341,9 @@ class MeshNode:
         self._dirty.discard(entry.conn_id)
         if close:
             entry.conn.close(reason, now)
+            final = entry.conn.data_to_send()
+            if final:
+                self._final[entry.conn_id] = final
             self._actions.append(Close(entry.conn_id, reason))
         if entry.remote is None and not entry.outbound:
             self._count_failure(reason)

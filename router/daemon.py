@@ -160,15 +160,12 @@ class Router:
             nursery.cancel_scope.cancel()
 
     async def _say_goodbye(self) -> None:
-        now = trio.current_time()
-        for conn_id in list(self._streams):
-            self.mesh.connection_lost(conn_id, "router stopping", now)
+        """Tell every peer why we go (a Goodbye), and give the writers a moment to send it."""
+        self.mesh.shutdown("router stopping", trio.current_time())
+        self._pump()
         with trio.move_on_after(1.0):
-            for s in list(self._streams.values()):
-                try:
-                    await s.stream.aclose()
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    pass
+            while self._streams:
+                await trio.sleep(0.01)
 
     def _persist(self) -> None:
         state = self.datadir.load_state()
@@ -275,8 +272,9 @@ class Router:
                         if not data:
                             reason = "connection closed by peer"
                             break
-                        self.mesh.data_received(conn_id, data, trio.current_time())
-                        self._pump()
+                        if s.closing is None:
+                            self.mesh.data_received(conn_id, data, trio.current_time())
+                            self._pump()
                 except (trio.BrokenResourceError, OSError) as exc:
                     reason = f"connection error: {exc}"
                 if s.closing is None:
@@ -300,7 +298,11 @@ class Router:
                 if data:
                     await s.stream.send_all(data)
                 if s.closing is not None:
-                    break
+                    # half-close and let the reader wait (briefly) for the peer to hang up, so
+                    # our last words are read rather than discarded by a reset
+                    await s.stream.send_eof()
+                    scope.deadline = min(scope.deadline, trio.current_time() + 1.0)
+                    return
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         scope.cancel()
