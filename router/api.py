@@ -41,9 +41,9 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import parse_qs, urlsplit
 
 import trio
-from weftnet.proto.errors import LocalProtocolError
 
 import weftnet
+from weftnet.proto.errors import LocalProtocolError
 
 if TYPE_CHECKING:
     from hypercorn.typing import (

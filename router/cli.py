@@ -36,9 +36,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from weftnet.proto.errors import LocalProtocolError
-
 import weftnet
+from weftnet.proto.errors import LocalProtocolError
 
 from .config import (
     add_launch_arguments,

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+
+import weftnet
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.proto.mesh import Close, Dial, MeshConfig, MeshNode, PeerConnected, PeerDisconnected
 from weftnet.proto.peername import (
@@ -37,8 +39,6 @@ from weftnet.proto.peername import (
     random_peer_name,
     random_uid,
 )
-
-import weftnet
 
 from .api import serve_api
 from .config import LaunchConfig, parse_peer_address

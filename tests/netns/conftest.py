@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from weftnet.router.testbed import DEFAULT_PATTERN, Testbed, sweep_stale
 
 HERE = Path(__file__).resolve().parent

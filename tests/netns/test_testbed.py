@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from weftnet.router import testbed as testbed_mod
 from weftnet.router.testbed import (
     DEFAULT_PATTERN,

@@ -12,6 +12,7 @@ from functools import cache
 
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+
 from weftnet.proto.connection import (
     Connection,
     ConnectionFailed,

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from hypothesis import given
 from hypothesis import strategies as st
+
 from weftnet.proto.peername import PeerName
 from weftnet.proto.routes import Routes
 from weftnet.proto.topology import ConnectionInfo, PeerRecord

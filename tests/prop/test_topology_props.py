@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import strategies as st
+
 from weftnet.proto.peername import MAX_NAME, PeerName
 from weftnet.proto.topology import (
     MAX_UID,

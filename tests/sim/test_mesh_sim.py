@@ -7,6 +7,7 @@ notes come from ``python3 -m tests.sim.scale`` (same engine, bigger runs).
 from __future__ import annotations
 
 import pytest
+
 from weftnet.proto.routes import Routes
 
 from .simnet import SimNet

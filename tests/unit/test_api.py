@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 import trio
+
+import weftnet
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.router import api
 from weftnet.router.api import MAX_BODY, ApiApp, Request, Response, json_response, serve_api
-
-import weftnet
 
 SAMPLE_REPORT: dict[str, Any] = {
     "version": weftnet.__version__,

@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 import trio
+
+from tests.unit.test_api import FakeControl
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.router import cli
 from weftnet.router.api import serve_api
@@ -38,8 +40,6 @@ from weftnet.router.config import (
     parse_peer_address,
 )
 from weftnet.router.datadir import DataDir
-
-from tests.unit.test_api import FakeControl
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,7 @@ import random
 from typing import Any
 
 import pytest
+
 from weftnet.proto.connection import (
     Connection,
     ConnectionFailed,

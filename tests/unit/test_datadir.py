@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
+
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.router.datadir import DataDir
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from spake2 import SPAKE2_Symmetric
+
 from weftnet.proto.aead import COUNTER_LIMIT, Opener, Sealer, counter_nonce
 from weftnet.proto.errors import LocalProtocolError, RemoteProtocolError
 from weftnet.proto.framing import pack

@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import pytest
+
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.router.status import render_status
 

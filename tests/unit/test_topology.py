@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+
 from weftnet.proto.errors import LocalProtocolError, RemoteProtocolError
 from weftnet.proto.framing import pack
 from weftnet.proto.peername import MAX_NAME
