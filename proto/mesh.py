@@ -74,6 +74,9 @@ class MeshConfig:
     timeout: float = 15.0
     gossip_interval: float = 30.0
     initial_version: int = 1
+    # with a data plane, a connection is only "established" once the data plane says its
+    # overlay works both ways (set_overlay); until then it is "pending"
+    require_overlay: bool = False
 
 
 # --- outputs ---------------------------------------------------------------------------
@@ -124,6 +127,10 @@ class _Conn:
     queue: SendQueue = field(default_factory=SendQueue)
     remote: RemoteIdentity | None = None
     conn_uid: int = 0
+    overlay_ready: bool = False
+    overlay: str | None = None
+    overlay_reason: str = ""
+    mtu: int | None = None
 
     @property
     def ready(self) -> bool:
@@ -291,6 +298,21 @@ class MeshNode:
     def connected_peers(self) -> dict[PeerName, int]:
         return {e.remote.name: e.conn_id for e in self._conns.values() if e.ready and e.remote}
 
+    def set_overlay(self, conn_id: int, *, ready: bool, overlay: str | None, reason: str = "",
+                    mtu: int | None = None) -> None:
+        """The data plane's verdict on a connection: which overlay carries it, and whether
+        it works both ways (only then is the connection established in the topology)."""
+        entry = self._conns.get(conn_id)
+        if entry is None:
+            return
+        changed = entry.overlay_ready != ready
+        entry.overlay_ready, entry.overlay, entry.overlay_reason, entry.mtu = ready, overlay, reason, mtu
+        if changed and entry.ready:
+            self._update_our_record()
+
+    def _established(self, entry: _Conn) -> bool:
+        return entry.ready and (entry.overlay_ready or not self.config.require_overlay)
+
     def connection_info(self, conn_id: int) -> tuple[RemoteIdentity | None, bool]:
         entry = self._conns[conn_id]
         return entry.remote, entry.outbound
@@ -370,7 +392,7 @@ class MeshNode:
         for entry in self._conns.values():
             if entry.ready and entry.remote is not None:
                 infos.append(ConnectionInfo(entry.remote.name, entry.remote_address,
-                                            entry.outbound, True))
+                                            entry.outbound, self._established(entry)))
         infos.sort(key=lambda c: c.remote)
         record = self.topology.update_ourself(connections=infos)
         if record is not None:
@@ -513,12 +535,14 @@ class MeshNode:
             conns.append({
                 "address": entry.target if entry.outbound and entry.target else entry.remote_address,
                 "outbound": entry.outbound,
-                "state": "established" if entry.ready else "connecting",
-                "info": "",
+                "state": ("established" if self._established(entry)
+                          else "pending" if entry.ready else "connecting"),
+                "info": "" if self._established(entry) or not entry.ready
+                        else entry.overlay_reason or "waiting for the data plane",
                 "peer": None if remote is None else {"name": format_peer_name(remote.name),
                                                      "nickname": remote.nickname},
                 "encrypted": entry.conn.encrypted,
-                "overlay": None, "overlay_reason": "", "mtu": None,
+                "overlay": entry.overlay, "overlay_reason": entry.overlay_reason, "mtu": entry.mtu,
             })
         for target in self.maker.waiting():
             retry = ("never" if target.state is TargetState.FAILED
