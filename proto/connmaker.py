@@ -22,7 +22,8 @@ are given, so peers that lose each other at the same moment do not re-dial in lo
 A connection that lived longer than RESET_AFTER resets the backoff: the next failure
 starts again at 1 s. Nothing is dialled beyond ``conn_limit`` connections, nor an
 address we are already connected to (outbound by address, inbound by IP), nor the
-address of a peer already connected under another address.
+address of a peer already connected under another address; such a target is looked at
+again INITIAL_BACKOFF later (a poll while covered, never a deadline left in the past).
 """
 
 from __future__ import annotations
@@ -119,18 +120,24 @@ class ConnectionMaker:
             connected_peers: set[PeerName], n_connections: int) -> list[str]:
         """Targets to dial now; they move to CONNECTING."""
         dial: list[str] = []
+        # dials already handed out but not yet connections count against the limit too
+        in_flight = sum(1 for a, t in self._targets.items()
+                        if t.state is TargetState.CONNECTING and a not in connected)
         for addr in sorted(self._targets):
             target = self._targets[addr]
             if target.state not in (TargetState.IDLE, TargetState.RETRYING):
                 continue
-            if addr in connected or split_host(addr) in inbound_ips or (
-                target.peer is not None and target.peer in connected_peers
-            ):
-                continue
             if target.next_try > now:
                 continue
-            if n_connections + len(dial) >= self.conn_limit:
-                target.last_error = f"connection limit of {self.conn_limit} reached"
+            covered = addr in connected or split_host(addr) in inbound_ips or (
+                target.peer is not None and target.peer in connected_peers)
+            full = n_connections + in_flight + len(dial) >= self.conn_limit
+            if covered or full:
+                # Not now, but look again later: a deadline left in the past would make
+                # get_timer() due forever and the caller's timer loop spin.
+                target.next_try = now + INITIAL_BACKOFF
+                if full and not covered:
+                    target.last_error = f"connection limit of {self.conn_limit} reached"
                 continue
             target.state = TargetState.CONNECTING
             dial.append(addr)

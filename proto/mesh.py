@@ -544,7 +544,13 @@ class MeshNode:
                 "encrypted": entry.conn.encrypted,
                 "overlay": entry.overlay, "overlay_reason": entry.overlay_reason, "mtu": entry.mtu,
             })
+        live_peers = set(self.connected_peers())
+        inbound_ips = {split_host(e.remote_address) for e in self._conns.values()
+                       if not e.outbound and e.remote is not None}
         for target in self.maker.waiting():
+            if (target.peer is not None and target.peer in live_peers) or (
+                    split_host(target.address) in inbound_ips):
+                continue  # covered by another connection (shown above), as the dialler sees it
             retry = ("never" if target.state is TargetState.FAILED
                      else f"in {max(0.0, target.next_try - now):.0f}s")
             conns.append({
