@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg_cmd in iproute2:ip nftables:nft iperf3:iperf3 tcpdump:tcpdump dnsutils:dig procps:pgrep iputils-ping:ping; do
+for pkg_cmd in iproute2:ip nftables:nft iperf3:iperf3 tcpdump:tcpdump dnsutils:dig procps:pgrep iputils-ping:ping dnsmasq-base:dnsmasq dnsperf:dnsperf; do
   pkg=${pkg_cmd%%:*}; cmd=${pkg_cmd##*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
