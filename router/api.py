@@ -78,6 +78,13 @@ class RouterControl(Protocol):
 
     async def wait_stopped(self) -> None: ...
 
+    async def attach(self, container: str, addresses: list[str], name: str | None,
+                     without_dns: bool) -> list[str]: ...
+
+    async def detach(self, container: str, addresses: list[str]) -> list[str]: ...
+
+    async def ps(self) -> list[dict[str, Any]]: ...
+
 
 class ApiError(Exception):
     """An HTTP error answer with a one-line reason."""
@@ -211,6 +218,42 @@ async def _stop(control: RouterControl, request: Request) -> Response:
 async def _reset(control: RouterControl, request: Request) -> Response:
     control.reset()
     return json_response({"status": "resetting"})
+
+
+def field_str(body: dict[str, Any], key: str, *, required: bool = True) -> str | None:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise ApiError(400, f"missing field {key!r} (a string)")
+        return None
+    if not isinstance(value, str) or not value:
+        raise ApiError(400, f"field {key!r} must be a non-empty string")
+    return value
+
+
+@route("POST", "/attach")
+async def _attach(control: RouterControl, request: Request) -> Response:
+    body = request.json_object()
+    container = field_str(body, "container")
+    assert container is not None
+    cidrs = await control.attach(container, field_str_list(body, "addresses", required=False),
+                                 field_str(body, "name", required=False),
+                                 field_bool(body, "without_dns"))
+    return json_response({"cidrs": cidrs})
+
+
+@route("POST", "/detach")
+async def _detach(control: RouterControl, request: Request) -> Response:
+    body = request.json_object()
+    container = field_str(body, "container")
+    assert container is not None
+    removed = await control.detach(container, field_str_list(body, "addresses", required=False))
+    return json_response({"removed": removed})
+
+
+@route("GET", "/ps")
+async def _ps(control: RouterControl, request: Request) -> Response:
+    return json_response({"containers": await control.ps()})
 
 
 @route("GET", "/metrics")

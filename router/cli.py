@@ -56,6 +56,7 @@ LAUNCH_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
 POLL_INTERVAL = 0.05
 REQUEST_TIMEOUT = 30.0
+ATTACH_TIMEOUT = 60.0
 STATUS_VIEWS = ("targets", "connections", "peers", "dns", "ipam")
 
 
@@ -375,6 +376,36 @@ def cmd_report(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attach(ns: argparse.Namespace) -> int:
+    *addresses, container = ns.args
+    answer = _client(ns).call("POST", "/attach", {
+        "container": container, "addresses": addresses, "name": ns.name,
+        "without_dns": bool(ns.without_dns)}, timeout=ATTACH_TIMEOUT)
+    for cidr in answer.get("cidrs", []) if isinstance(answer, dict) else []:
+        print(cidr)
+    return 0
+
+
+def cmd_detach(ns: argparse.Namespace) -> int:
+    *addresses, container = ns.args
+    _client(ns).call("POST", "/detach", {"container": container, "addresses": addresses},
+                     timeout=ATTACH_TIMEOUT)
+    return 0
+
+
+def cmd_ps(ns: argparse.Namespace) -> int:
+    answer = _client(ns).call("GET", "/ps")
+    for c in answer.get("containers", []) if isinstance(answer, dict) else []:
+        print(" ".join([c["container"], c["mac"], *c["cidrs"]]))
+    return 0
+
+
+def cmd_bench(ns: argparse.Namespace) -> int:
+    bench_main = _import_attr("weftnet.router.bench", "main", "the benchmark")
+    status: int = bench_main(list(ns.args))
+    return status
+
+
 def cmd_version(ns: argparse.Namespace) -> int:
     print(f"{PROG} {weftnet.__version__}")
     return 0
@@ -444,7 +475,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("report", cmd_report, "the full state as JSON")
     api_options(p)
 
+    p = command("attach", cmd_attach, "connect a container to the network")
+    api_options(p)
+    p.add_argument("--name", metavar="FQDN", help="DNS name (default: the container's name)")
+    p.add_argument("--without-dns", action="store_true", help="no DNS name, no resolver config")
+    p.add_argument("args", nargs="+", metavar="[ADDR...] CONTAINER",
+                   help="ADDR: IP/LEN, net:CIDR or net:default; CONTAINER: a network namespace")
+
+    p = command("detach", cmd_detach, "disconnect a container (or only some addresses)")
+    api_options(p)
+    p.add_argument("args", nargs="+", metavar="[ADDR...] CONTAINER")
+
+    p = command("ps", cmd_ps, "attached containers: CONTAINER MAC CIDR...")
+    api_options(p)
+
     command("version", cmd_version, "print the version")
+
+    # The benchmark parses its own arguments too.
+    sub.add_parser(
+        "bench", help="measure the data paths side by side", add_help=False
+    ).set_defaults(handler=cmd_bench, args=[])
 
     # The demo parses its own arguments (all of them, --help included): see _run.
     sub.add_parser(
@@ -457,7 +507,7 @@ def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     ns, extra = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
     if extra:
-        if getattr(ns, "handler", None) is not cmd_demo:
+        if getattr(ns, "handler", None) not in (cmd_demo, cmd_bench):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         ns.args = extra
     handler: Callable[[argparse.Namespace], int] | None = getattr(ns, "handler", None)

@@ -40,13 +40,17 @@ from weftnet.proto.peername import (
     random_uid,
 )
 
+from . import netdev
 from .api import serve_api
+from .attachments import Attachments
 from .config import LaunchConfig, parse_peer_address
+from .dataplane import Dataplane
 from .datadir import DataDir
 
 log = logging.getLogger("weft")
 
 DIAL_TIMEOUT = 10.0
+DEFAULT_MTU = netdev.DEFAULT_MTU
 READ_SIZE = 65536
 
 
@@ -77,7 +81,8 @@ class Router:
         self.mesh = MeshNode(
             MeshConfig(name=name, nickname=config.nickname, uid=random_uid(os.urandom),
                        password=config.password, port=config.port, conn_limit=config.conn_limit,
-                       discovery=config.discovery, initial_version=int(time.time() * 1e6)),
+                       discovery=config.discovery, initial_version=int(time.time() * 1e6),
+                       require_overlay=True),
             now=now, random_bytes=os.urandom, rng=random.Random(os.urandom(16)),
         )
         self._initial_targets = targets
@@ -86,6 +91,13 @@ class Router:
         self._timer_changed = trio.Event()
         self._stopped = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self._pumping = False
+        self._pump_again = False
+        self.dataplane = Dataplane(self.mesh, port=config.port, host=config.host,
+                                   mtu=config.mtu or DEFAULT_MTU,
+                                   trusted_subnets=config.trusted_subnets, fastdp=config.fastdp,
+                                   on_change=self._pump)
+        self.attachments = Attachments(datadir, mtu=config.mtu or DEFAULT_MTU)
 
     # --- RouterControl -----------------------------------------------------------------
 
@@ -95,6 +107,11 @@ class Router:
         router["trusted_subnets"] = list(self.config.trusted_subnets)
         router["data_dir"] = str(self.config.data_dir)
         router["port"] = self.config.port
+        for conn in router["connections"]:
+            extra = self.dataplane.connection_report(conn["address"], conn["outbound"])
+            if extra is not None:
+                conn["sleeve"] = extra
+        router["dataplane"] = self.dataplane.report()
         return {
             "version": weftnet.__version__,
             "router": router,
@@ -132,6 +149,22 @@ class Router:
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
+    async def attach(self, container: str, addresses: list[str], name: str | None,
+                     without_dns: bool) -> list[str]:
+        try:
+            return await self.attachments.attach(container, addresses)
+        except netdev.NetdevError as exc:
+            raise LocalProtocolError(str(exc)) from None
+
+    async def detach(self, container: str, addresses: list[str]) -> list[str]:
+        try:
+            return await self.attachments.detach(container, addresses)
+        except netdev.NetdevError as exc:
+            raise LocalProtocolError(str(exc)) from None
+
+    async def ps(self) -> list[dict[str, Any]]:
+        return await self.attachments.ps()
+
     # --- main ----------------------------------------------------------------------------
 
     async def main(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -140,8 +173,22 @@ class Router:
         except OSError as exc:
             raise LocalProtocolError(
                 f"cannot listen on port {self.config.port}: {exc.strerror or exc}") from None
+        try:
+            self.dataplane.open()
+        except OSError as exc:
+            raise LocalProtocolError(f"cannot set up the data plane: {exc.strerror or exc}") from None
+        except netdev.NetdevError as exc:
+            raise LocalProtocolError(f"cannot set up the data plane: {exc}") from None
+        try:
+            await self._main(listeners, task_status)
+        finally:
+            self.dataplane.close()
+
+    async def _main(self, listeners: list[trio.SocketListener], task_status: Any) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self.dataplane.run)
+            await self.attachments.restore()
             for listener in listeners:
                 nursery.start_soon(self._accept_loop, listener)
             host, port = self.config.http_addr
@@ -176,7 +223,21 @@ class Router:
     # --- the pump: carry out what the mesh asked for ------------------------------------
 
     def _pump(self) -> None:
+        if self._pumping:  # called back from inside (the data plane changed the mesh)
+            self._pump_again = True
+            return
+        self._pumping = True
+        try:
+            self._pump_again = True
+            while self._pump_again:
+                self._pump_again = False
+                self._pump_once()
+        finally:
+            self._pumping = False
+
+    def _pump_once(self) -> None:
         mesh = self.mesh
+        now = trio.current_time()
         while (action := mesh.next_action()) is not None:
             if isinstance(action, Dial):
                 assert self._nursery is not None
@@ -192,9 +253,12 @@ class Router:
                          "to" if event.outbound else "from", event.remote_address,
                          describe_peer(event.peer.name, event.peer.nickname),
                          " (encrypted)" if event.encrypted else "")
+                self.dataplane.peer_connected(event, now)
             elif isinstance(event, PeerDisconnected):
                 log.info("connection with %s lost: %s",
                          describe_peer(event.peer.name, event.peer.nickname), event.reason)
+                self.dataplane.peer_disconnected(event)
+        self.dataplane.routes_changed()
         for conn_id in mesh.pending_writes():
             s = self._streams.get(conn_id)
             if s is not None:

@@ -38,6 +38,13 @@ Safety rules the code keeps:
   claims its prefix by creating ``STATE_DIR/<prefix>.json`` exclusively and writing its pid
   and process start time there. ``sweep_stale()`` skips every prefix whose owner still runs.
 
+*Containers* are bare namespaces of the same testbed, ``PREFIX-<name>`` with only ``lo`` (up):
+``add_container("c1")``. They are not wired to anything; a router on a host attaches one
+(``weft attach 10.2.1.1/24 PREFIX-c1`` creates a veth in the host and moves its other end into
+the container), or a test wires it by hand. ``run``/``popen``/``ping`` accept container names
+wherever they accept host names. Containers share the prefix, so ``close()`` and
+``sweep_stale()`` remove them with the rest; ``remove_container`` removes one earlier.
+
 Extra commands for tests: ``block_udp_port``/``unblock`` and ``set_loss`` add nftables rules
 (table ``inet weft_testbed``) inside one host namespace, matching only its underlay
 interfaces, so loopback (the router's HTTP API) is never affected.
@@ -327,6 +334,7 @@ class Testbed:
         self._released = False
         self._lock = threading.Lock()
         self._created: list[str] = []
+        self._containers: dict[str, str] = {}  # container name -> namespace
         self._popens: list[subprocess.Popen[Any]] = []
         self._tmpdir: Path | None = None
         self._claimed = False
@@ -428,7 +436,9 @@ class Testbed:
     # -- naming --
 
     def ns(self, host: str) -> str:
-        """The network namespace name of ``host``."""
+        """The network namespace name of ``host`` (or of a container of that name)."""
+        if host in self._containers:
+            return self._containers[host]
         self._check_host(host)
         return f"{self.prefix}-{host}"
 
@@ -437,10 +447,17 @@ class Testbed:
 
     @property
     def namespaces(self) -> list[str]:
-        """Every namespace of this testbed: hosts first, then switches."""
-        return [self.ns(h) for h in self.hosts] + [
-            self._switch_ns(i) for i in range(len(self.segments))
-        ]
+        """Every namespace of this testbed: hosts first, then switches, then containers."""
+        return (
+            [self.ns(h) for h in self.hosts]
+            + [self._switch_ns(i) for i in range(len(self.segments))]
+            + list(self._containers.values())
+        )
+
+    @property
+    def containers(self) -> tuple[str, ...]:
+        """Names of the containers made by ``add_container`` (and not removed), in order."""
+        return tuple(self._containers)
 
     def _check_host(self, host: str) -> None:
         if host not in self.hosts:
@@ -482,8 +499,72 @@ class Testbed:
         return self.tmpdir / "hosts" / host
 
     def env(self, host: str) -> dict[str, str]:
-        """This process's environment plus ``WEFT_DATA_DIR=data_dir(host)``."""
+        """This process's environment plus ``WEFT_DATA_DIR=data_dir(host)``.
+
+        For a container: this process's environment as it is (no router runs there).
+        """
+        if host in self._containers:
+            return dict(os.environ)
         return {**os.environ, "WEFT_DATA_DIR": str(self.data_dir(host))}
+
+    def _env_over(self, host: str, env: Mapping[str, str | None] | None) -> dict[str, str]:
+        """``self.env(host)`` with ``env`` laid over it; a None value removes that variable."""
+        merged = self.env(host)
+        for key, value in (env or {}).items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        return merged
+
+    # -- containers --
+
+    def add_container(self, name: str) -> str:
+        """Create the bare namespace ``PREFIX-<name>`` (``lo`` up) and return its name.
+
+        ``name`` must not be a host's or another container's name, nor ``swN``.
+        """
+        self._check_open()
+        if not _HOST_RE.match(name) or _SWITCH_RE.match(name):
+            raise ValueError(f"bad container name {name!r} (letters, digits, _.-; not swN)")
+        if name in self.hosts or name in self._containers:
+            raise ValueError(f"the name {name!r} is taken in this testbed")
+        ns = f"{self.prefix}-{name}"
+        self._containers[name] = ns
+        try:
+            self._add_ns(ns)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.remove_container(name)
+            raise
+        return ns
+
+    def remove_container(self, name: str) -> None:
+        """Kill the processes in container ``name``, delete its links (a veth's peer in a
+        host goes with it) and its namespace."""
+        self._check_open()
+        if name not in self._containers:
+            raise KeyError(f"no container {name!r} in this testbed")
+        ns = self._containers[name]
+        _kill_namespace_processes([ns])
+        # Deleting a namespace frees its devices later, in the kernel's own time; deleting
+        # them first makes the veth pairs (and their host ends) go away now.
+        if ns in list_namespaces():
+            for line in _ip("-n", ns, "-o", "link", "show", check=False).stdout.splitlines():
+                link = line.split(":", 2)[1].strip().split("@", 1)[0]
+                if link != "lo":
+                    _ip("-n", ns, "link", "del", link, check=False)
+        errors = _delete_namespaces([ns])
+        if errors:
+            raise TestbedError("; ".join(errors))
+        del self._containers[name]
+        if ns in self._created:
+            self._created.remove(ns)
+
+    def kill_processes(self, host: str) -> None:
+        """SIGTERM (then SIGKILL) every process inside ``host`` (or a container)."""
+        self._check_open()
+        _kill_namespace_processes([self.ns(host)])
 
     # -- running commands --
 
@@ -496,21 +577,22 @@ class Testbed:
         host: str,
         argv: Sequence[str],
         *,
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str | None] | None = None,
         check: bool = True,
         timeout: float = 60,
         input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` inside ``host`` and wait; text mode, output captured.
+        """Run ``argv`` inside ``host`` (or a container) and wait; text mode, output captured.
 
-        ``env`` is laid over ``self.env(host)``. With ``check`` (the default) a non-zero exit
-        or a timeout raises ``CommandFailed`` whose message holds stdout and stderr.
+        ``env`` is laid over ``self.env(host)`` (a None value unsets that variable). With
+        ``check`` (the default) a non-zero exit or a timeout raises ``CommandFailed`` whose
+        message holds stdout and stderr.
         """
         full = self._exec_argv(host, argv)
         try:
             proc = subprocess.run(
                 full,
-                env={**self.env(host), **(env or {})},
+                env=self._env_over(host, env),
                 capture_output=True,
                 text=True,
                 timeout=timeout,
@@ -527,7 +609,8 @@ class Testbed:
         return subprocess.CompletedProcess(list(argv), proc.returncode, proc.stdout, proc.stderr)
 
     def popen(self, host: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
-        """Start ``argv`` inside ``host`` without waiting; keyword args go to ``Popen``.
+        """Start ``argv`` inside ``host`` (or a container) without waiting; keyword args go
+        to ``Popen``.
 
         ``env`` defaults to ``self.env(host)``. ``close()`` kills it with the rest.
         """

@@ -1,0 +1,870 @@
+"""``weft bench``: the data paths measured side by side, in one run, on this machine.
+
+Theory of operation
+-------------------
+The bench builds its own ``Testbed``: two hosts ``h1`` and ``h2`` on one underlay segment
+(172.31.1.0/24) and, for each path, two fresh containers ``c1`` and ``c2`` (bare
+namespaces). Every path puts ``c1`` (10.2.1.1/24) and ``c2`` (10.2.1.2/24) on one virtual
+Ethernet spanning the two hosts, then the same measurements run container to container::
+
+      c1 10.2.1.1 ──┐                                   ┌── c2 10.2.1.2   (iperf3 server)
+                    │ h1                            h2  │
+                    └─ path ══ eth0 ── switch ── eth0 ══ path ─┘
+
+    kernel-vxlan      the BASELINE, built by hand in each host: a bridge, a kernel VXLAN
+                      device (VNI 42, UDP 4789, remote = the other host) and a veth (MTU 1450)
+    sleeve-plain      weft launch --no-fastdp (no password); weft attach
+    sleeve-encrypted  the same with WEFT_PASSWORD set on both routers
+    fastdp            weft launch with the fast path allowed; skipped (with the router's
+                      reason) when the connection's overlay is not "fastdp"
+
+Per path: set it up; wait until ``c1`` gets an answer from ``c2``; ping (``PING_COUNT``
+pings ``PING_INTERVAL`` s apart: average and median RTT); iperf3 TCP, one stream, for
+``--duration`` s (throughput as received by the server, which must be more than zero
+bytes); then, unless ``--no-loss``, the same iperf3 run again with ``LOSS_PERCENT``% of
+the UDP arriving on each host's underlay dropped at random (``Testbed.set_loss`` on both
+hosts: an nft ``numgen random mod 100 < 1 drop`` rule on input, so each direction loses
+1%; both the VXLAN and the sleeve carry the containers' traffic in UDP). Then the path is
+torn down (routers stopped, containers deleted, every link the testbed did not make
+removed from the hosts) before the next one starts, so paths cannot disturb each other.
+
+Ratios are to the baseline of the same run: absolute figures vary from machine to machine
+and from minute to minute, ratios much less. A path that fails is one row in the table with
+a one-line reason; the other paths still run. Everything is removed at the end, on errors
+and on Ctrl-C or SIGTERM too (``Testbed.close``).
+
+Suites: ``weft bench [data] [OPTIONS]`` runs the data paths (the default suite). Another
+suite (``weft bench dns ...``) is one more entry in ``SUITES``: a name and a function
+``(argv) -> exit status`` with its own parser.
+
+Exit status: 0 when every path was measured (or skipped), 1 when one failed or the bench
+could not run, 2 for bad arguments, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .testbed import CommandFailed, Testbed, TestbedError
+
+__all__ = [
+    "BASELINE",
+    "LOSS_PERCENT",
+    "PATHS",
+    "SUITES",
+    "BenchResult",
+    "Measurement",
+    "MeasurementFailed",
+    "PathResult",
+    "PathSkipped",
+    "PingResult",
+    "TcpResult",
+    "check_overlay",
+    "format_table",
+    "machine_info",
+    "main",
+    "one_line",
+    "parse_data_args",
+    "parse_iperf3",
+    "parse_ping",
+    "run_data_bench",
+]
+
+PATHS = ("kernel-vxlan", "sleeve-plain", "sleeve-encrypted", "fastdp")
+BASELINE = "kernel-vxlan"
+LOSS_PERCENT = 1
+HOSTS = ("h1", "h2")
+CONTAINERS = ("c1", "c2")  # c1 lives on h1, c2 on h2
+ADDRESSES = ("10.2.1.1", "10.2.1.2")
+PREFIX_LEN = 24
+VXLAN_ID = 42
+VXLAN_PORT = 4789
+BASELINE_MTU = 1450  # 1500 underlay - 50 bytes of VXLAN/UDP/IP/Ethernet headers
+IPERF_PORT = 5201
+PING_COUNT = 20
+PING_COUNT_QUICK = 5
+PING_INTERVAL = 0.05
+DEFAULT_DURATION = 5
+QUICK_DURATION = 1
+DEFAULT_WAIT = 30.0  # seconds a path may take to come up (routers connected, first ping)
+POLL = 0.25
+# Links of the baseline, inside each host (veth end "benchve" peers with "eth0" in the container).
+_BRIDGE, _VXLAN, _VETH = "benchbr", "benchvx", "benchve"
+
+Status = Literal["ok", "failed", "skipped"]
+Progress = Callable[[str], None]
+
+
+class MeasurementFailed(Exception):
+    """A path or one of its measurements did not work; the message is the one-line reason."""
+
+
+class PathSkipped(Exception):
+    """The path cannot be measured on this setup (not an error); the message says why."""
+
+
+# --- results ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TcpResult:
+    """One iperf3 run: what the server received."""
+
+    gbps: float
+    bytes: int
+    retransmits: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PingResult:
+    """Round-trip times of one ping run, in milliseconds."""
+
+    sent: int
+    received: int
+    avg_ms: float
+    median_ms: float
+    min_ms: float
+    max_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """The outcome of measuring one path under one condition (clean or lossy underlay)."""
+
+    status: Status
+    reason: str = ""
+    tcp: TcpResult | None = None
+    ping: PingResult | None = None
+
+    @classmethod
+    def failed(cls, reason: str) -> Measurement:
+        return cls("failed", reason)
+
+    @classmethod
+    def skipped(cls, reason: str) -> Measurement:
+        return cls("skipped", reason)
+
+
+@dataclass(frozen=True, slots=True)
+class PathResult:
+    path: str
+    clean: Measurement
+    lossy: Measurement | None = None  # None when the bench ran with --no-loss
+
+
+@dataclass(slots=True)
+class BenchResult:
+    """A whole run: every path's results and what they ran on."""
+
+    duration: int
+    loss_percent: int | None  # None: no lossy measurements (--no-loss)
+    machine: dict[str, Any]
+    paths: list[PathResult] = field(default_factory=list)
+    ping_count: int = PING_COUNT
+    interrupted: bool = False
+
+    def _find(self, path: str) -> PathResult | None:
+        return next((p for p in self.paths if p.path == path), None)
+
+    def ratio(self, path: str, lossy: bool = False) -> float | None:
+        """Throughput of ``path`` over the baseline's, same run and condition; None when
+        either is missing."""
+        mine, base = self._find(path), self._find(BASELINE)
+        if mine is None or base is None:
+            return None
+        a, b = (mine.lossy, base.lossy) if lossy else (mine.clean, base.clean)
+        if a is None or b is None or a.tcp is None or b.tcp is None or b.tcp.gbps <= 0:
+            return None
+        return a.tcp.gbps / b.tcp.gbps
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed (skipped paths are fine) and the run was not cut short."""
+        return not self.interrupted and all(
+            m.status != "failed" for p in self.paths for m in (p.clean, p.lossy) if m is not None
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        paths: dict[str, Any] = {}
+        for p in self.paths:
+            entry = _measurement_json(p.clean)
+            entry["ratio"] = _round(self.ratio(p.path))
+            ping = p.clean.ping
+            entry["ping_ms"] = None if ping is None else {
+                "avg": round(ping.avg_ms, 4), "median": round(ping.median_ms, 4),
+                "min": round(ping.min_ms, 4), "max": round(ping.max_ms, 4),
+                "sent": ping.sent, "received": ping.received,
+            }  # fmt: skip
+            if p.lossy is not None:
+                entry["loss"] = {**_measurement_json(p.lossy), "ratio": _round(self.ratio(p.path, True))}
+            else:
+                entry["loss"] = None
+            paths[p.path] = entry
+        return {
+            "bench": "data",
+            "baseline": BASELINE,
+            "duration_s": self.duration,
+            "loss_percent": self.loss_percent,
+            "ping_count": self.ping_count,
+            "ping_interval_s": PING_INTERVAL,
+            "machine": self.machine,
+            "paths": paths,
+            "interrupted": self.interrupted,
+        }
+
+
+def _round(x: float | None, digits: int = 4) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def _measurement_json(m: Measurement) -> dict[str, Any]:
+    return {
+        "status": m.status,
+        "reason": m.reason,
+        "tcp_gbps": None if m.tcp is None else round(m.tcp.gbps, 4),
+        "tcp_bytes": None if m.tcp is None else m.tcp.bytes,
+        "tcp_retransmits": None if m.tcp is None else m.tcp.retransmits,
+    }
+
+
+# --- the table --------------------------------------------------------------------------------
+
+
+def format_table(result: BenchResult) -> str:
+    """The human-readable report: a title line, one row per path, and under a row that
+    failed or was skipped, one indented line per reason. Newline-terminated."""
+    loss = result.loss_percent
+    header = ["path", "TCP Gbit/s", "x baseline", "ping ms avg/med"]
+    if loss is not None:
+        header += [f"TCP Gbit/s @{loss}% loss", "x baseline@loss"]
+    rows: list[list[str]] = []
+    notes: list[list[str]] = []
+    for p in result.paths:
+        row = [p.path, _gbps_cell(p.clean), _ratio_cell(result.ratio(p.path)), _ping_cell(p.clean)]
+        why = []
+        if p.clean.status != "ok":
+            why.append(f"{p.clean.status}: {p.clean.reason}")
+        if loss is not None:
+            lossy = p.lossy or Measurement.failed("not measured")
+            row += [_gbps_cell(lossy), _ratio_cell(result.ratio(p.path, True))]
+            # A lossy run that did not happen because the clean one failed needs no second line.
+            if lossy.status != "ok" and lossy.reason != p.clean.reason:
+                why.append(f"@{loss}% loss {lossy.status}: {lossy.reason}")
+        rows.append(row)
+        notes.append(why)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
+        return "  ".join([first, *rest]).rstrip()
+
+    m = result.machine
+    title = (
+        f"weft bench: container to container across two namespace hosts; iperf3 TCP, "
+        f"1 stream, {result.duration} s; {result.ping_count} pings; kernel {m.get('kernel')}, "
+        f"{m.get('cpus')} CPUs, Python {m.get('python')}"
+    )
+    out = [title, "", line(header), line(["-" * w for w in widths])]
+    for row, why in zip(rows, notes, strict=True):
+        out.append(line(row))
+        out += [f"    {w}" for w in why]
+    if result.interrupted:
+        out.append("(interrupted: the paths not listed were not measured)")
+    if all(p.path != BASELINE for p in result.paths):
+        out.append(f"(no ratios: the baseline {BASELINE} was not among the paths)")
+    return "\n".join(out) + "\n"
+
+
+def _gbps_cell(m: Measurement) -> str:
+    if m.status != "ok":
+        return m.status
+    return "-" if m.tcp is None else f"{m.tcp.gbps:.2f}"
+
+
+def _ratio_cell(r: float | None) -> str:
+    return "-" if r is None else f"{r:.2f}"
+
+
+def _ping_cell(m: Measurement) -> str:
+    if m.ping is None:
+        return "-"
+    return f"{m.ping.avg_ms:.3f}/{m.ping.median_ms:.3f}"
+
+
+# --- parsing tool output ----------------------------------------------------------------------
+
+
+def parse_iperf3(text: str) -> TcpResult:
+    """The result of ``iperf3 -c ... -J``; MeasurementFailed when it reports an error or
+    when no data reached the server."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        raise MeasurementFailed(f"iperf3 gave no JSON: {_first_line(text) or 'no output'}") from None
+    if not isinstance(doc, dict):
+        raise MeasurementFailed("iperf3 gave JSON that is not an object")
+    if doc.get("error"):
+        raise MeasurementFailed(f"iperf3: {_first_line(str(doc['error']))}")
+    end = doc.get("end")
+    received = end.get("sum_received") if isinstance(end, dict) else None
+    sent = end.get("sum_sent") if isinstance(end, dict) else None
+    if not isinstance(received, dict):
+        raise MeasurementFailed("iperf3 JSON has no end.sum_received")
+    bps, nbytes = received.get("bits_per_second"), received.get("bytes")
+    if not isinstance(bps, int | float) or not isinstance(nbytes, int):
+        raise MeasurementFailed("iperf3 JSON: end.sum_received lacks bytes or bits_per_second")
+    if nbytes <= 0 or bps <= 0:
+        raise MeasurementFailed("iperf3: no data reached the server")
+    retransmits = sent.get("retransmits") if isinstance(sent, dict) else None
+    return TcpResult(
+        gbps=float(bps) / 1e9,
+        bytes=nbytes,
+        retransmits=retransmits if isinstance(retransmits, int) else None,
+    )
+
+
+_RTT_RE = re.compile(r"\btime[=<]([0-9.]+) ?ms\b")
+_COUNTS_RE = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
+
+
+def parse_ping(text: str) -> PingResult:
+    """RTTs from iputils ``ping -n`` output (one ``time=X ms`` line per reply); duplicate
+    replies are not counted. MeasurementFailed when nothing came back."""
+    counts = _COUNTS_RE.search(text)
+    if counts is None:
+        raise MeasurementFailed(f"ping: no summary in its output: {_first_line(text) or 'no output'}")
+    sent, received = int(counts.group(1)), int(counts.group(2))
+    rtts = [float(m.group(1)) for line in text.splitlines() if "DUP!" not in line
+            for m in [_RTT_RE.search(line)] if m]  # fmt: skip
+    if received == 0 or not rtts:
+        raise MeasurementFailed(f"ping: none of {sent} pings was answered")
+    return PingResult(
+        sent=sent,
+        received=received,
+        avg_ms=statistics.fmean(rtts),
+        median_ms=statistics.median(rtts),
+        min_ms=min(rtts),
+        max_ms=max(rtts),
+    )
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[0] if lines else ""
+
+
+def one_line(exc: BaseException) -> str:
+    """A one-line reason for ``exc``; a failed command shows as ``on HOST: `cmd` failed: why``."""
+    if isinstance(exc, CommandFailed):
+        detail = [ln.strip() for ln in (exc.stderr or "").splitlines() if ln.strip()]
+        if not detail:
+            detail = [ln.strip() for ln in (exc.stdout or "").splitlines() if ln.strip()]
+        cmd = " ".join(str(a) for a in exc.cmd)
+        cmd = cmd.replace(f"{sys.executable} -m weftnet.router.cli", "weft")
+        return f"on {exc.host}: `{cmd}` failed: {detail[-1] if detail else exc.reason}"
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on."""
+    info: dict[str, Any] = {
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "cpu_model": None,
+        "iperf3": None,
+    }
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    if shutil.which("iperf3"):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(["iperf3", "--version"], capture_output=True, text=True, timeout=10)
+            info["iperf3"] = _first_line(out.stdout) or None
+    return info
+
+
+# --- arguments --------------------------------------------------------------------------------
+
+
+class UsageError(Exception):
+    """Bad command line; the message is the one-line reason."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise UsageError(message)
+
+
+@dataclass(frozen=True, slots=True)
+class DataOptions:
+    paths: tuple[str, ...]
+    duration: int
+    loss: bool
+    json: bool
+    ping_count: int
+    wait: float
+
+
+def _data_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="weft bench [data]",
+        description="Measure the data paths side by side, container to container, on two "
+        "simulated hosts (network namespaces) built for the purpose: TCP throughput "
+        "(iperf3) and ping RTT, with and without 1%% underlay loss; ratios to the kernel "
+        "VXLAN baseline of the same run. Needs root, iproute2, iperf3, ping and nft.",
+        epilog=f"paths: {', '.join(PATHS)} (baseline: {BASELINE}). Other suites: none yet.",
+    )
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument(
+        "--duration", type=int, metavar="S",
+        help=f"seconds per iperf3 run (default {DEFAULT_DURATION}; {QUICK_DURATION} with --quick)",
+    )  # fmt: skip
+    p.add_argument(
+        "--paths", metavar="LIST", default=",".join(PATHS),
+        help=f"comma-separated paths to measure, in order (default: {','.join(PATHS)})",
+    )  # fmt: skip
+    p.add_argument("--no-loss", action="store_true", help="skip the runs with 1%% underlay loss")
+    p.add_argument(
+        "--quick", action="store_true",
+        help=f"a smoke run: {QUICK_DURATION} s per iperf3 run (unless --duration), "
+        f"{PING_COUNT_QUICK} pings",
+    )  # fmt: skip
+    p.add_argument(
+        "--wait", type=float, metavar="S", default=DEFAULT_WAIT,
+        help=f"seconds a path may take to come up (default {DEFAULT_WAIT:.0f})",
+    )  # fmt: skip
+    return p
+
+
+def parse_data_args(argv: Sequence[str]) -> DataOptions:
+    """The options of ``weft bench [data]``; UsageError for bad ones (SystemExit for --help)."""
+    ns = _data_parser().parse_args(list(argv))
+    paths: list[str] = []
+    for name in (s.strip() for s in ns.paths.split(",")):
+        if not name:
+            continue
+        if name not in PATHS:
+            raise UsageError(f"unknown path {name!r} (paths: {', '.join(PATHS)})")
+        if name not in paths:
+            paths.append(name)
+    if not paths:
+        raise UsageError("--paths names no path")
+    duration = ns.duration
+    if duration is None:
+        duration = QUICK_DURATION if ns.quick else DEFAULT_DURATION
+    if not 1 <= duration <= 3600:
+        raise UsageError(f"--duration must be 1..3600 seconds, not {duration}")
+    if not 0 < ns.wait <= 600:
+        raise UsageError(f"--wait must be more than 0 and at most 600 seconds, not {ns.wait}")
+    return DataOptions(
+        paths=tuple(paths),
+        duration=duration,
+        loss=not ns.no_loss,
+        json=ns.json,
+        ping_count=PING_COUNT_QUICK if ns.quick else PING_COUNT,
+        wait=ns.wait,
+    )
+
+
+# --- running the paths ------------------------------------------------------------------------
+
+
+class _Runner:
+    """Measures paths one after another on one testbed."""
+
+    def __init__(self, tb: Testbed, opts: DataOptions, progress: Progress) -> None:
+        self.tb = tb
+        self.opts = opts
+        self.progress = progress
+
+    # -- one path --
+
+    def run_path(self, path: str) -> PathResult:
+        setups: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
+            "kernel-vxlan": self._kernel_vxlan,
+            "sleeve-plain": lambda: self._weft(path, password=None, fastdp=False),
+            "sleeve-encrypted": lambda: self._weft(path, password=secrets.token_hex(16), fastdp=False),
+            "fastdp": lambda: self._weft(path, password=None, fastdp=True),
+        }
+        say = self._say(path)
+        lossy: Measurement | None = None
+        try:
+            for c in CONTAINERS:
+                self.tb.add_container(c)
+            say("setting up")
+            with setups[path]():
+                clean = self._measure(say)
+                if self.opts.loss:
+                    lossy = self._measure_lossy(say)
+        except PathSkipped as exc:
+            clean = Measurement.skipped(one_line(exc))
+        except (MeasurementFailed, TestbedError, OSError, subprocess.SubprocessError) as exc:
+            clean = Measurement.failed(one_line(exc))
+        finally:
+            self._clean_up(say)
+        if self.opts.loss and lossy is None:
+            lossy = Measurement(clean.status if clean.status != "ok" else "failed",
+                                clean.reason or "not measured")  # fmt: skip
+        say(_summary(clean, lossy))
+        return PathResult(path, clean, lossy)
+
+    def _say(self, path: str) -> Progress:
+        return lambda text: self.progress(f"[{path}] {text}")
+
+    def _measure(self, say: Progress) -> Measurement:
+        say(f"waiting until c1 reaches c2 ({ADDRESSES[1]})")
+        self._wait_reachable()
+        say(f"ping x{self.opts.ping_count}")
+        ping = self._ping()
+        say(f"iperf3 TCP {self.opts.duration} s")
+        tcp = self._iperf3()
+        return Measurement("ok", tcp=tcp, ping=ping)
+
+    def _measure_lossy(self, say: Progress) -> Measurement:
+        try:
+            for host in HOSTS:
+                self.tb.set_loss(host, LOSS_PERCENT)
+            say(f"iperf3 TCP {self.opts.duration} s with {LOSS_PERCENT}% underlay loss")
+            return Measurement("ok", tcp=self._iperf3())
+        except (MeasurementFailed, TestbedError, OSError, subprocess.SubprocessError) as exc:
+            return Measurement.failed(one_line(exc))
+        finally:
+            for host in HOSTS:
+                with contextlib.suppress(TestbedError):
+                    self.tb.set_loss(host, 0)
+
+    def _clean_up(self, say: Progress) -> None:
+        """Delete the containers and every link the testbed did not make in the hosts."""
+        for c in CONTAINERS:
+            if c in self.tb.containers:
+                try:
+                    self.tb.remove_container(c)
+                except TestbedError as exc:
+                    say(f"warning: removing {c}: {one_line(exc)}")
+        for host in HOSTS:
+            keep = {"lo", *self.tb.interfaces(host)}
+            listing = self.tb.run(host, ["ip", "-o", "link", "show"], check=False).stdout
+            for line in listing.splitlines():
+                name = line.split(":", 2)[1].strip().split("@", 1)[0]
+                if name not in keep:
+                    self.tb.run(host, ["ip", "link", "del", name], check=False)
+
+    # -- measurements --
+
+    def _wait_reachable(self) -> None:
+        deadline = time.monotonic() + self.opts.wait
+        while not self.tb.ping(CONTAINERS[0], ADDRESSES[1]):
+            if time.monotonic() > deadline:
+                raise MeasurementFailed(f"c1 got no answer from {ADDRESSES[1]} within {self.opts.wait:.0f} s")
+            time.sleep(POLL)
+
+    def _ping(self) -> PingResult:
+        n = self.opts.ping_count
+        argv = ["ping", "-n", "-c", str(n), "-i", str(PING_INTERVAL), "-W", "1", ADDRESSES[1]]
+        proc = self.tb.run(CONTAINERS[0], argv, check=False, timeout=n * PING_INTERVAL + 30)
+        return parse_ping(proc.stdout + proc.stderr)
+
+    def _iperf3(self) -> TcpResult:
+        port = str(IPERF_PORT)
+        server = self.tb.popen(
+            CONTAINERS[1], ["iperf3", "-s", "-1", "-B", ADDRESSES[1], "-p", port],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            _wait_listening(self.tb, CONTAINERS[1], server, IPERF_PORT, timeout=15)
+            client = [
+                "iperf3", "-c", ADDRESSES[1], "-p", port, "-t", str(self.opts.duration),
+                "-P", "1", "-J", "--connect-timeout", "5000",
+            ]  # fmt: skip
+            proc = self.tb.run(CONTAINERS[0], client, check=False, timeout=self.opts.duration + 60)
+            return parse_iperf3(proc.stdout)
+        finally:
+            if server.poll() is None:
+                server.terminate()
+            try:
+                server.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+            if server.stdout is not None:
+                server.stdout.close()
+
+    # -- the paths --
+
+    @contextlib.contextmanager
+    def _kernel_vxlan(self) -> Iterator[None]:
+        tb = self.tb
+        try:
+            for i, host in enumerate(HOSTS):
+                other = HOSTS[1 - i]
+                container_ns = tb.ns(CONTAINERS[i])
+                for argv in (
+                    ["ip", "link", "add", _BRIDGE, "type", "bridge", "stp_state", "0"],
+                    ["ip", "link", "set", _BRIDGE, "up"],
+                    ["ip", "link", "add", _VXLAN, "type", "vxlan", "id", str(VXLAN_ID),
+                     "dstport", str(VXLAN_PORT), "local", tb.address(host),
+                     "remote", tb.address(other), "dev", tb.interfaces(host)[0]],
+                    ["ip", "link", "set", _VXLAN, "mtu", str(BASELINE_MTU), "master", _BRIDGE, "up"],
+                    ["ip", "link", "add", _VETH, "mtu", str(BASELINE_MTU), "type", "veth",
+                     "peer", "name", "eth0", "netns", container_ns],
+                    ["ip", "link", "set", _VETH, "master", _BRIDGE, "up"],
+                ):  # fmt: skip
+                    tb.run(host, argv)
+                for argv in (
+                    ["ip", "link", "set", "eth0", "mtu", str(BASELINE_MTU)],
+                    ["ip", "addr", "add", f"{ADDRESSES[i]}/{PREFIX_LEN}", "dev", "eth0"],
+                    ["ip", "link", "set", "eth0", "up"],
+                ):
+                    tb.run(CONTAINERS[i], argv)
+            yield
+        finally:
+            for host in HOSTS:
+                for link in (_VETH, _VXLAN, _BRIDGE):
+                    tb.run(host, ["ip", "link", "del", link], check=False)
+
+    @contextlib.contextmanager
+    def _weft(self, path: str, *, password: str | None, fastdp: bool) -> Iterator[None]:
+        tb = self.tb
+        # A data dir per path and host: no state (peer names, IPAM) carries over between paths.
+        envs = {}
+        for host in HOSTS:
+            data_dir = tb.tmpdir / "bench" / path / host
+            data_dir.mkdir(parents=True, exist_ok=True)
+            envs[host] = {"WEFT_DATA_DIR": str(data_dir), "WEFT_PASSWORD": password}
+        launched: list[str] = []
+        attached: list[tuple[str, str]] = []
+        try:
+            for i, host in enumerate(HOSTS):
+                args = ["launch"] + ([] if fastdp else ["--no-fastdp"])
+                args += [tb.address(h) for h in HOSTS[:i]]
+                launched.append(host)
+                tb.weft(host, *args, env=envs[host], timeout=60)
+            conns = self._wait_established(envs)
+            for host, conn in conns.items():
+                check_overlay(host, conn, password=password, fastdp=fastdp)
+            for i, host in enumerate(HOSTS):
+                target = tb.ns(CONTAINERS[i])
+                tb.weft(host, "attach", f"{ADDRESSES[i]}/{PREFIX_LEN}", target,
+                        env=envs[host], timeout=60)  # fmt: skip
+                attached.append((host, target))
+            yield
+        finally:
+            for host, target in reversed(attached):
+                with contextlib.suppress(subprocess.SubprocessError):
+                    tb.weft(host, "detach", target, env=envs[host], check=False, timeout=30)
+            for host in reversed(launched):
+                stopped = False
+                with contextlib.suppress(subprocess.SubprocessError):
+                    stopped = tb.weft(host, "stop", env=envs[host], check=False, timeout=30).returncode == 0
+                if not stopped:
+                    tb.kill_processes(host)
+
+    def _wait_established(self, envs: dict[str, dict[str, str | None]]) -> dict[str, dict[str, Any]]:
+        """Poll ``weft report`` on both hosts until each has an established connection;
+        return it per host."""
+        deadline = time.monotonic() + self.opts.wait
+        why = "no report yet"
+        while True:
+            found: dict[str, dict[str, Any]] = {}
+            lacking = []
+            for host in HOSTS:
+                try:
+                    report = json.loads(self.tb.weft(host, "report", env=envs[host], timeout=30).stdout)
+                    conns = report["router"]["connections"]
+                except CommandFailed as exc:
+                    # `launch` returned once the API answered: the router has died since.
+                    last = _last_line(Path(str(envs[host]["WEFT_DATA_DIR"])) / "weft.log")
+                    raise MeasurementFailed(
+                        f"{host}'s router stopped answering: {last or one_line(exc)}"
+                    ) from None
+                except (ValueError, KeyError, TypeError) as exc:
+                    lacking.append(f"{host}: weft report: {one_line(exc)}")
+                    continue
+                up = [c for c in conns if isinstance(c, dict) and c.get("state") == "established"]
+                if up:
+                    found[host] = up[0]
+                else:
+                    shown = ", ".join(_conn_text(c) for c in conns) or "no connections"
+                    lacking.append(f"{host}: {shown}")
+            if len(found) == len(HOSTS):
+                return found
+            why = "; ".join(lacking)
+            if time.monotonic() > deadline:
+                raise MeasurementFailed(f"routers not connected after {self.opts.wait:.0f} s: {why}")
+            time.sleep(POLL)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def _conn_text(conn: Any) -> str:
+    if not isinstance(conn, dict):
+        return "?"
+    text = f"{conn.get('address', '?')} {conn.get('state', '?')}"
+    return f"{text} ({conn['info']})" if conn.get("info") else text
+
+
+def check_overlay(host: str, conn: dict[str, Any], *, password: str | None, fastdp: bool) -> None:
+    """Make sure the connection is the path we claim to measure."""
+    overlay, reason = conn.get("overlay"), conn.get("overlay_reason") or "no reason given"
+    if fastdp and overlay != "fastdp":
+        raise PathSkipped(f"{host}'s connection runs over {overlay or 'no overlay'}: {reason}")
+    if not fastdp and overlay != "sleeve":
+        raise MeasurementFailed(f"{host}'s connection runs over {overlay or 'no overlay'}, not sleeve")
+    if bool(conn.get("encrypted")) != (password is not None):
+        state = "encrypted" if conn.get("encrypted") else "not encrypted"
+        raise MeasurementFailed(f"{host}'s connection is {state}")
+
+
+def _wait_listening(
+    tb: Testbed, where: str, proc: subprocess.Popen[bytes], port: int, timeout: float
+) -> None:
+    """Wait until a TCP socket listens on ``port`` in ``where``; MeasurementFailed if
+    ``proc`` (the server) exits first or the time is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listing = tb.run(where, ["ss", "-Hltn", f"sport = :{port}"], check=False).stdout
+        if listing.strip():
+            return
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            raise MeasurementFailed(f"iperf3 server exited: {_first_line(out) or 'no output'}")
+        if time.monotonic() > deadline:
+            raise MeasurementFailed(f"iperf3 server not listening after {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def _summary(clean: Measurement, lossy: Measurement | None) -> str:
+    if clean.status != "ok" or clean.tcp is None or clean.ping is None:
+        return f"{clean.status}: {clean.reason}"
+    text = f"{clean.tcp.gbps:.2f} Gbit/s, ping {clean.ping.avg_ms:.3f} ms"
+    if lossy is not None:
+        text += f"; at {LOSS_PERCENT}% loss: " + (
+            f"{lossy.tcp.gbps:.2f} Gbit/s" if lossy.tcp else f"{lossy.status}: {lossy.reason}"
+        )
+    return text
+
+
+# --- entry points -----------------------------------------------------------------------------
+
+
+def _preflight(loss: bool) -> None:
+    if os.geteuid() != 0:
+        raise MeasurementFailed("needs root: it creates network namespaces (try: sudo weft bench)")
+    needed = ["ip", "iperf3", "ping"] + (["nft"] if loss else [])
+    missing = [tool for tool in needed if shutil.which(tool) is None]
+    if missing:
+        hint = "; or run with --no-loss" if missing == ["nft"] else ""
+        raise MeasurementFailed(f"needs {', '.join(missing)} (apt-get install iproute2 iperf3 "
+                                f"iputils-ping nftables){hint}")  # fmt: skip
+
+
+def run_data_bench(argv: Sequence[str], *, progress: Progress | None = None) -> int:
+    """``weft bench [data] OPTIONS``: measure, print the table (or JSON), return the status."""
+    try:
+        opts = parse_data_args(argv)
+    except UsageError as exc:
+        print(f"weft bench: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    say = progress or (lambda text: print(text, file=sys.stderr, flush=True))
+    try:
+        _preflight(opts.loss)
+    except MeasurementFailed as exc:
+        print(f"weft bench: {exc}", file=sys.stderr)
+        return 1
+    result = BenchResult(
+        duration=opts.duration,
+        loss_percent=LOSS_PERCENT if opts.loss else None,
+        machine=machine_info(),
+        ping_count=opts.ping_count,
+    )
+    tb: Testbed | None = None
+    error: str | None = None
+    try:
+        with _sigterm_as_interrupt():
+            tb = Testbed(hosts=HOSTS)
+            say(f"testbed {tb.prefix}: hosts {', '.join(tb.ns(h) for h in HOSTS)}")
+            runner = _Runner(tb, opts, say)
+            for path in opts.paths:
+                result.paths.append(runner.run_path(path))
+    except KeyboardInterrupt:
+        result.interrupted = True
+        say("interrupted, cleaning up")
+    except (TestbedError, OSError) as exc:
+        error = one_line(exc)
+    finally:
+        if tb is not None:
+            try:
+                tb.close()
+            except TestbedError as exc:
+                error = error or one_line(exc)
+    if error is not None:
+        print(f"weft bench: {error}", file=sys.stderr)
+    if opts.json:
+        print(json.dumps(result.to_json(), indent=2))
+    elif result.paths or not error:
+        print(format_table(result), end="")
+    sys.stdout.flush()
+    if result.interrupted:
+        return 130
+    return 0 if result.ok and error is None else 1
+
+
+SUITES: dict[str, Callable[[Sequence[str]], int]] = {"data": run_data_bench}
+
+
+def main(argv: list[str]) -> int:
+    """``weft bench [SUITE] [OPTIONS]``; SUITE is one of ``SUITES`` (default ``data``)."""
+    if argv and argv[0] in SUITES:
+        return SUITES[argv[0]](argv[1:])
+    return SUITES["data"](argv)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Let SIGTERM clean up like Ctrl-C does (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

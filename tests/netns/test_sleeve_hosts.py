@@ -1,0 +1,266 @@
+"""The sleeve data plane on real hosts: containers (namespaces) on different hosts share one
+virtual Ethernet through weft routers, driven by the CLI as a user would."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from weftnet.router.testbed import Testbed
+
+from .weftctl import established, launch, report, wait_for
+
+TCP_SERVER = textwrap.dedent("""
+    import hashlib, socket, sys
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], 5001))
+    s.listen(1)
+    print("ready", flush=True)
+    c, _ = s.accept()
+    h, n = hashlib.sha256(), 0
+    while True:
+        d = c.recv(1 << 16)
+        if not d:
+            break
+        h.update(d)
+        n += len(d)
+    print(n, h.hexdigest(), flush=True)
+""")
+
+TCP_CLIENT = textwrap.dedent("""
+    import hashlib, random, socket, sys
+    data = random.Random(7).randbytes(int(sys.argv[2]))
+    s = socket.create_connection((sys.argv[1], 5001), timeout=30)
+    s.sendall(data)
+    s.close()
+    print(len(data), hashlib.sha256(data).hexdigest())
+""")
+
+UDP_LISTENER = textwrap.dedent("""
+    import socket, sys
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((sys.argv[1], 5002))
+    s.settimeout(float(sys.argv[2]))
+    print("ready", flush=True)
+    got = 0
+    try:
+        while True:
+            s.recv(65536)
+            got += 1
+    except socket.timeout:
+        pass
+    print(got, flush=True)
+""")
+
+UDP_SEND = ("import socket,sys; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); "
+            "s.sendto(sys.argv[2].encode(), (sys.argv[1], 5002))")
+
+REPLAY = textwrap.dedent("""
+    import socket, sys
+    data = bytearray.fromhex(sys.argv[3])
+    if sys.argv[4] == "flip":  # a fresh counter (past the replay check), a flipped payload bit
+        data[12] ^= 0x01
+        data[len(data) // 2] ^= 0x01
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(bytes(data), (sys.argv[1], int(sys.argv[2])))
+""")
+
+
+@contextlib.contextmanager
+def capture(tb: Testbed, host: str, pcap: Path, bpf: str) -> Iterator[None]:
+    """tcpdump on the host's underlay into ``pcap``, listening before the block runs."""
+    proc = tb.popen(host, ["tcpdump", "-i", "eth0", "--immediate-mode", "-U", "-w", str(pcap), bpf],
+                    stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "listening on" in line, line
+        yield
+        time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def attach(tb: Testbed, host: str, cidr: str, container: str) -> str:
+    ns = tb.ns(container) if container in tb.containers else tb.add_container(container)
+    out = tb.weft(host, "attach", cidr, ns).stdout.split()
+    assert out == [cidr]
+    return ns
+
+
+def drops(tb: Testbed, host: str) -> dict[str, int]:
+    return report(tb, host)["router"]["dataplane"]["drops"]  # type: ignore[no-any-return]
+
+
+def bulk_tcp(tb: Testbed, server: str, server_ip: str, client: str, size: int) -> None:
+    srv = tb.popen(server, ["python3", "-c", TCP_SERVER, server_ip], stdout=subprocess.PIPE,
+                   text=True)
+    try:
+        assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
+        sent = tb.run(client, ["python3", "-c", TCP_CLIENT, server_ip, str(size)],
+                      timeout=120).stdout.split()
+        got = srv.stdout.readline().split()
+        assert got == sent, "the bytes received differ from the bytes sent"
+        assert int(got[0]) == size
+    finally:
+        srv.kill()
+        srv.wait()
+
+
+def two_hosts_connected(tb: Testbed, password: str | None) -> None:
+    launch(tb, "h1", password=password)
+    launch(tb, "h2", tb.address("h1"), password=password)
+    wait_for("h1-h2 established over UDP", lambda: established(report(tb, "h1")) == {"h2"}
+             and established(report(tb, "h2")) == {"h1"})
+
+
+@pytest.fixture
+def pair(testbed_factory: Any) -> Testbed:
+    return testbed_factory(hosts=("h1", "h2"))  # type: ignore[no-any-return]
+
+
+def test_encrypted_containers_ping_transfer_and_detach(pair: Testbed) -> None:
+    tb = pair
+    two_hosts_connected(tb, "sesame")
+    conn = report(tb, "h1")["router"]["connections"][0]
+    assert conn["overlay"] == "sleeve" and conn["encrypted"]
+    assert "encrypted sleeve" in conn["overlay_reason"]
+    attach(tb, "h1", "10.2.1.1/24", "c1")
+    attach(tb, "h2", "10.2.1.2/24", "c2")
+    assert tb.ping("c1", "10.2.1.2", timeout=5)
+    assert tb.ping("c2", "10.2.1.1", timeout=5)
+    # a large ping: fragments of an 8000-byte datagram, each carried whole
+    tb.run("c1", ["ping", "-c", "3", "-i", "0.2", "-W", "3", "-s", "8000", "10.2.1.2"])
+    bulk_tcp(tb, "c2", "10.2.1.2", "c1", 30_000_000)
+    bulk_tcp(tb, "c1", "10.2.1.1", "c2", 10_000_000)
+
+    ps = tb.weft("h1", "ps").stdout.splitlines()
+    assert len(ps) == 1
+    name, mac, cidr = ps[0].split()
+    assert name == tb.ns("c1") and cidr == "10.2.1.1/24" and mac.count(":") == 5
+    conn = report(tb, "h1")["router"]["connections"][0]
+    assert conn["sleeve"]["packets_out"] > 0 and conn["sleeve"]["bytes_in"] > 10_000_000
+
+    tb.weft("h2", "detach", tb.ns("c2"))
+    assert tb.weft("h2", "ps").stdout == ""
+    assert not tb.ping("c1", "10.2.1.2", timeout=1)
+    assert "ethwe" not in tb.run("c2", ["ip", "-br", "link"]).stdout
+
+
+def test_encryption_hides_payloads_and_rejects_replays_and_tampering(pair: Testbed) -> None:
+    tb = pair
+    two_hosts_connected(tb, "sesame")
+    attach(tb, "h1", "10.2.1.1/24", "c1")
+    attach(tb, "h2", "10.2.1.2/24", "c2")
+    assert tb.ping("c1", "10.2.1.2", timeout=5)
+    marker = "WEFT-SECRET-MARKER-0123456789"
+    pcap = tb.tmpdir / "underlay.pcap"
+    listener = tb.popen("c2", ["python3", "-c", UDP_LISTENER, "10.2.1.2", "4"],
+                        stdout=subprocess.PIPE, text=True)
+    assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
+    with capture(tb, "h2", pcap, "udp port 6783 and src host " + tb.address("h1")):
+        tb.run("c1", ["python3", "-c", UDP_SEND, "10.2.1.2", marker])
+    raw = pcap.read_bytes()
+    assert marker.encode() not in raw, "the payload appears in clear on the underlay"
+    datagrams = _udp_payloads(raw)
+    # the one DATA datagram that carried the marker: kind 1, the largest of the burst
+    data = [d for d in datagrams if d[0] == 1 and d[1] == 1]
+    assert data, "no DATA datagram captured"
+    victim = max(data, key=len)
+    before = drops(tb, "h2")
+    for how in ("replay", "flip"):
+        tb.run("h1", ["python3", "-c", REPLAY, tb.address("h2"), "6783", victim.hex(), how])
+    assert listener.stdout.readline().strip() == "1", "a replayed or forged datagram got through"
+    listener.wait()
+    after = drops(tb, "h2")
+    assert after.get("replay", 0) > before.get("replay", 0)
+    assert after.get("authentication", 0) > before.get("authentication", 0)
+
+
+def _udp_payloads(pcap: bytes) -> list[bytes]:
+    """UDP payloads of an Ethernet pcap (classic format, IPv4 without options assumed
+    only where the header says so)."""
+    import struct
+
+    out = []
+    off = 24
+    while off + 16 <= len(pcap):
+        incl = struct.unpack_from("<I", pcap, off + 8)[0]
+        pkt = pcap[off + 16: off + 16 + incl]
+        off += 16 + incl
+        if len(pkt) < 14 + 20 + 8 or pkt[12:14] != b"\x08\x00":
+            continue
+        ihl = (pkt[14] & 0x0F) * 4
+        frag = struct.unpack_from(">H", pkt, 14 + 6)[0]
+        if pkt[14 + 9] != 17 or frag & 0x1FFF:
+            continue  # not UDP, or a later fragment
+        out.append(pkt[14 + ihl + 8:])
+    return out
+
+
+def test_without_a_password_the_capture_shows_the_payload(pair: Testbed) -> None:
+    """The control for the test above: the same capture does see a payload in the clear."""
+    tb = pair
+    two_hosts_connected(tb, None)
+    conn = report(tb, "h1")["router"]["connections"][0]
+    assert not conn["encrypted"] and "without encryption" in conn["overlay_reason"]
+    attach(tb, "h1", "10.2.1.1/24", "c1")
+    attach(tb, "h2", "10.2.1.2/24", "c2")
+    assert tb.ping("c1", "10.2.1.2", timeout=5)
+    marker = "WEFT-PLAIN-MARKER-9876543210"
+    pcap = tb.tmpdir / "plain.pcap"
+    with capture(tb, "h2", pcap, "udp port 6783"):
+        tb.run("c1", ["python3", "-c", UDP_SEND, "10.2.1.2", marker])
+    assert marker.encode() in pcap.read_bytes()
+
+
+def test_relay_across_two_segments_and_broadcast(testbed_factory: Any) -> None:
+    """h1 and h3 share no underlay: h2, on both segments, relays their containers' frames."""
+    tb: Testbed = testbed_factory(hosts=("h1", "h2", "h3"),
+                                  segments={"a": ("h1", "h2"), "b": ("h2", "h3")})
+    launch(tb, "h2")
+    launch(tb, "h1", tb.address("h2", "a"))
+    launch(tb, "h3", tb.address("h2", "b"))
+    wait_for("h2 connected to both", lambda: established(report(tb, "h2")) == {"h1", "h3"})
+    wait_for("h1 knows h3", lambda: "h3" in {p["nickname"] for p in
+                                             report(tb, "h1")["router"]["peers"]})
+    attach(tb, "h1", "10.2.1.1/24", "c1")
+    attach(tb, "h2", "10.2.1.2/24", "c2")
+    attach(tb, "h3", "10.2.1.3/24", "c3")
+    assert tb.ping("c1", "10.2.1.3", timeout=5)
+    assert tb.ping("c3", "10.2.1.1", timeout=5)
+    assert established(report(tb, "h1")) == {"h2"}  # no direct link: relayed
+    bulk_tcp(tb, "c3", "10.2.1.3", "c1", 5_000_000)
+    # a broadcast ping reaches the containers on every host (one copy each)
+    for c in ("c2", "c3"):
+        tb.run(c, ["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_broadcasts=0"])
+    out = tb.run("c1", ["ping", "-b", "-c", "2", "-i", "0.5", "-W", "2", "10.2.1.255"],
+                 check=False).stdout
+    assert "from 10.2.1.2" in out and "from 10.2.1.3" in out
+    assert "DUP!" not in out
+
+
+def test_blocked_udp_keeps_the_connection_pending_with_the_reason(pair: Testbed) -> None:
+    tb = pair
+    tb.block_udp_port("h2", 6783)
+    launch(tb, "h1", password=None)
+    launch(tb, "h2", tb.address("h1"), password=None)
+
+    def pending_with_reason() -> bool:
+        conns = report(tb, "h2")["router"]["connections"]
+        return bool(conns) and conns[0]["state"] == "pending" and "UDP" in conns[0]["info"]
+
+    wait_for("the connection to wait for UDP, saying so", pending_with_reason)
+    assert established(report(tb, "h1")) == set()
+    tb.unblock("h2", 6783)
+    wait_for("established once UDP flows", lambda: established(report(tb, "h1")) == {"h2"}
+             and established(report(tb, "h2")) == {"h1"})
