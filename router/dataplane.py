@@ -354,7 +354,7 @@ class Dataplane:
                         break
             if found is not None and found != link.pmtu:
                 link.pmtu = found
-                link.mtu = min(self.mtu, found - OVERLAY_OVERHEAD + ethernet.ETH_HLEN)
+                link.mtu = min(self.mtu, found - OVERLAY_OVERHEAD)
                 log.info("path MTU to %s is %d: overlay MTU %d",
                          describe_peer(link.peer, link.nickname), found, link.mtu)
                 if link.up:
@@ -551,8 +551,13 @@ class Dataplane:
             if seg is None:
                 self._receive(view[:n], addr, now)
             else:  # GRO: consecutive datagrams of `seg` bytes
-                for off in range(0, n, seg):
-                    self._receive(view[off:min(off + seg, n)], addr, now)
+                reasm = self._reassembler
+                bad = reasm.malformed
+                for item in reasm.add_batch(addr, view[:n], seg, now):
+                    self._datagram(item if isinstance(item, memoryview) else memoryview(item),
+                                   addr, now)
+                if reasm.malformed != bad:
+                    self._drop("malformed", reasm.malformed - bad)
         self._flush(now)
         return more
 

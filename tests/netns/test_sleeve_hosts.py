@@ -264,3 +264,29 @@ def test_blocked_udp_keeps_the_connection_pending_with_the_reason(pair: Testbed)
     tb.unblock("h2", 6783)
     wait_for("established once UDP flows", lambda: established(report(tb, "h1")) == {"h2"}
              and established(report(tb, "h2")) == {"h1"})
+
+
+def test_small_underlay_mtu_gets_df_senders_told_and_the_rest_carried(pair: Testbed) -> None:
+    tb = pair
+    for h in ("h1", "h2"):
+        tb.run(h, ["ip", "link", "set", "eth0", "mtu", "1280"])
+    two_hosts_connected(tb, "sesame")
+    wait_for("the path MTU probed", lambda: report(tb, "h1")["router"]["connections"][0]
+             ["sleeve"]["path_mtu"] == 1280)
+    conn = report(tb, "h1")["router"]["connections"][0]
+    mtu = conn["mtu"]
+    assert mtu is not None and mtu < 1280 - 28
+    attach(tb, "h1", "10.2.1.1/24", "c1")
+    attach(tb, "h2", "10.2.1.2/24", "c2")
+    assert tb.ping("c1", "10.2.1.2", timeout=5)
+    # DF set and bigger than the overlay MTU of the link: ICMP "fragmentation needed"
+    out = tb.run("c1", ["ping", "-c", "2", "-i", "0.3", "-W", "2", "-M", "do", "-s", "1300",
+                        "10.2.1.2"], check=False)
+    text = out.stdout + out.stderr
+    assert f"mtu = {mtu}" in text or f"mtu={mtu}" in text, text
+    assert drops(tb, "h1").get("too big", 0) >= 1
+    # without DF the same size is carried (in several underlay datagrams)
+    tb.run("c1", ["ping", "-c", "2", "-i", "0.3", "-W", "3", "-M", "dont", "-s", "1300",
+                  "10.2.1.2"])
+    # and TCP adapts its segments to what the ICMP said
+    bulk_tcp(tb, "c2", "10.2.1.2", "c1", 5_000_000)
