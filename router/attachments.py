@@ -58,7 +58,8 @@ def parse_cidrs(texts: list[str]) -> list[ipaddress.IPv4Interface]:
             raise LocalProtocolError(f"{text}: not an IPv4 address with prefix length") from None
         net = iface.network
         if net.prefixlen < 31 and iface.ip in (net.network_address, net.broadcast_address):
-            raise LocalProtocolError(f"{text}: that is the {'network' if iface.ip == net.network_address else 'broadcast'} address of {net}")
+            which = "network" if iface.ip == net.network_address else "broadcast"
+            raise LocalProtocolError(f"{text}: that is the {which} address of {net}")
         if iface.ip.is_loopback or iface.ip.is_multicast or iface.ip.is_unspecified:
             raise LocalProtocolError(f"{text}: not a usable host address")
         out.append(iface)

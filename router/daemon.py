@@ -44,8 +44,8 @@ from . import netdev
 from .api import serve_api
 from .attachments import Attachments
 from .config import LaunchConfig, parse_peer_address
-from .dataplane import Dataplane
 from .datadir import DataDir
+from .dataplane import Dataplane
 
 log = logging.getLogger("weft")
 
