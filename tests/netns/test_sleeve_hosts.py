@@ -290,3 +290,37 @@ def test_small_underlay_mtu_gets_df_senders_told_and_the_rest_carried(pair: Test
                   "10.2.1.2"])
     # and TCP adapts its segments to what the ICMP said
     bulk_tcp(tb, "c2", "10.2.1.2", "c1", 5_000_000)
+
+
+def test_trusted_subnets_carry_data_in_the_clear_only_when_both_ends_trust(pair: Testbed) -> None:
+    tb = pair
+    subnet = ("--trusted-subnets", "172.31.1.0/24")
+    launch(tb, "h1", password="sesame", extra=subnet)
+    launch(tb, "h2", tb.address("h1"), password="sesame", extra=subnet)
+    wait_for("h1-h2 established", lambda: established(report(tb, "h1")) == {"h2"}
+             and established(report(tb, "h2")) == {"h1"})
+    conn = report(tb, "h2")["router"]["connections"][0]
+    assert conn["encrypted"]  # the control connection stays encrypted
+    assert "in the clear" in conn["overlay_reason"] and not conn["sleeve"]["encrypted_data"]
+    attach(tb, "h1", "10.2.1.1/24", "c1")
+    attach(tb, "h2", "10.2.1.2/24", "c2")
+    assert tb.ping("c1", "10.2.1.2", timeout=5)
+    marker = "WEFT-TRUSTED-MARKER-55555"
+    pcap = tb.tmpdir / "trusted.pcap"
+    with capture(tb, "h2", pcap, "udp port 6783"):
+        tb.run("c1", ["python3", "-c", UDP_SEND, "10.2.1.2", marker])
+    assert marker.encode() in pcap.read_bytes()
+
+
+def test_trust_on_one_side_only_keeps_encryption(pair: Testbed) -> None:
+    tb = pair
+    launch(tb, "h1", password="sesame", extra=("--trusted-subnets", "172.31.1.0/24"))
+    launch(tb, "h2", tb.address("h1"), password="sesame")
+    wait_for("h1-h2 established", lambda: established(report(tb, "h1")) == {"h2"}
+             and established(report(tb, "h2")) == {"h1"})
+    for h in ("h1", "h2"):
+        conn = report(tb, h)["router"]["connections"][0]
+        assert conn["sleeve"]["encrypted_data"] and "encrypted sleeve" in conn["overlay_reason"]
+    attach(tb, "h1", "10.2.1.1/24", "c1")
+    attach(tb, "h2", "10.2.1.2/24", "c2")
+    assert tb.ping("c1", "10.2.1.2", timeout=5)
