@@ -152,7 +152,7 @@ class Reassembler:
             if end - off > HEADER_LEN:
                 _v, _k, index, count, msg_id = unpack(view, off)
                 last = off + (count - 1) * seg
-                if index == 0 and 2 <= count <= MAX_FRAGMENTS and last < n:
+                if index == 0 and 2 <= count <= MAX_FRAGMENTS and last + HEADER_LEN < n:
                     lv, lk, lindex, lcount, lmsg = unpack(view, last)
                     if (lv, lk, lindex, lcount, lmsg) == (VERSION, FRAGMENT, count - 1, count,
                                                          msg_id) and (
