@@ -79,8 +79,8 @@ class ConnectionMaker:
     def add(self, addresses: Iterable[str], *, replace: bool = False) -> None:
         wanted = list(dict.fromkeys(addresses))
         if replace:
-            for addr, target in list(self._targets.items()):
-                if target.direct and addr not in wanted:
+            for addr, existing in list(self._targets.items()):
+                if existing.direct and addr not in wanted:
                     self._drop_direct(addr)
         for addr in wanted:
             target = self._targets.get(addr)

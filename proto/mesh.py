@@ -61,6 +61,9 @@ from .topology_gossip import Records, TopologyGossiper
 PERMANENT_FAILURES = ("cannot connect to ourself",)
 
 
+MIN_FANOUT = 8  # up to this many neighbours, news goes to all of them
+
+
 @dataclass(frozen=True, slots=True)
 class MeshConfig:
     name: PeerName
@@ -227,6 +230,8 @@ class MeshNode:
             return
         entry.conn.receive_data(data, now)
         self._process(entry, now)
+        if self._update_discovery():  # dial newly discovered peers now, not at the next tick
+            self._dial_due(now)
 
     def connection_lost(self, conn_id: int, reason: str, now: float) -> None:
         self._final.pop(conn_id, None)
@@ -411,9 +416,10 @@ class MeshNode:
                                       n_connections=len(self._conns)):
             self._actions.append(Dial(address))
 
-    def _update_discovery(self) -> None:
+    def _update_discovery(self) -> bool:
+        """Refresh the discovered targets from the topology; True if it looked again."""
         if not self.config.discovery or self._discovery_generation == self.topology.generation:
-            return
+            return False
         self._discovery_generation = self.topology.generation
         ours = self.config.name
         connected = set(self.connected_peers())
@@ -430,6 +436,7 @@ class MeshNode:
                               if ":" not in split_host(info.address)
                               else f"[{split_host(info.address)}]:{self.config.port}")
         self.maker.set_discovered(found)
+        return True
 
     # --- internals: gossip -------------------------------------------------------------------
 
@@ -438,9 +445,46 @@ class MeshNode:
                 if c != except_conn and self._conns[c].ready]
 
     def _flood(self, channel: str, data: GossipData, except_conn: int | None) -> None:
-        for entry in self._neighbours(except_conn):
+        """News goes to every neighbour of a sparsely connected peer (at most MIN_FANOUT),
+        else to every sparsely connected neighbour (it may hear it from nobody else) plus a
+        topology-sensitive subset of the others (Weave mesh's ``randomNeighbours``):
+        the next hops towards log2(N)+1 random destinations, so a
+        neighbour behind which many peers sit (a bottleneck link) is picked more often, and
+        a neighbour that is the only way to some peers is picked whenever those are. Every
+        peer forwarding news this way reaches all peers with high probability in O(log N)
+        hops at O(N log N) messages per change, not O(links); the periodic digest
+        exchange repairs what chance missed."""
+        for entry in self._gossip_targets(except_conn):
             entry.queue.put(channel, GossipKind.DELTA, data)
             self._dirty.add(entry.conn_id)
+
+    def _gossip_targets(self, except_conn: int | None) -> list[_Conn]:
+        neighbours = self._neighbours(except_conn)
+        peers = len(self.topology.peers)
+        count = max(MIN_FANOUT, math.ceil(math.log2(peers)) + 1 if peers > 1 else 1)
+        if len(neighbours) <= count:  # sparse meshes: every neighbour, deterministic
+            return neighbours
+        by_peer = {e.remote.name: e for e in neighbours if e.remote is not None}
+        records = self.topology.peers
+        chosen: dict[int, _Conn] = {}
+        for name, entry in by_peer.items():
+            rec = records.get(name)
+            if rec is None or len(rec.connections) <= MIN_FANOUT:
+                chosen[entry.conn_id] = entry  # a sparsely connected neighbour relies on us
+        routes = self.routes.unicast
+        destinations = [d for d in routes if routes[d] in by_peer]
+        self._rng.shuffle(destinations)
+        count += len(chosen)
+        for dst in destinations:
+            entry = by_peer[routes[dst]]
+            chosen[entry.conn_id] = entry
+            if len(chosen) >= count:
+                break
+        if len(chosen) < count:  # too few routed destinations (routes lag a new link)
+            rest = [e for e in neighbours if e.conn_id not in chosen]
+            for entry in self._rng.sample(rest, min(len(rest), count - len(chosen))):
+                chosen[entry.conn_id] = entry
+        return [chosen[c] for c in sorted(chosen)]
 
     def _send_raw(self, peer: PeerName, msg: Gossip, now: float) -> bool:
         conn_id = self.connected_peers().get(peer)
@@ -502,11 +546,11 @@ class MeshNode:
                 if msg.dst == self.config.name:
                     channel.on_gossip_unicast(msg.src, msg.payload)
                 else:
-                    hop = self.routes.unicast.get(msg.dst)
-                    if hop is None:
+                    next_hop = self.routes.unicast.get(msg.dst)
+                    if next_hop is None:
                         self.stats.dropped_no_route += 1
                     else:
-                        self._send_raw(hop, msg, now)
+                        self._send_raw(next_hop, msg, now)
         except RemoteProtocolError as exc:
             self._drop(entry, f"bad gossip on channel {msg.channel}: {exc.reason}", now, close=True)
 

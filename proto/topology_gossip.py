@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .gossip import GossipData
 from .peername import PeerName
-from .topology import PeerRecord, Topology, decode_records, digest_of_records, encode_records, rank
+from .topology import PeerRecord, Topology, decode_records, digest_of_records, encode_records, outranks
 
 CHANNEL = "topology"
 
@@ -26,7 +26,7 @@ class Records:
         best: dict[PeerName, PeerRecord] = {}
         for rec in records:
             old = best.get(rec.name)
-            if old is None or rank(rec) > rank(old):
+            if old is None or outranks(rec, old):
                 best[rec.name] = rec
         return cls(tuple(best[n] for n in sorted(best)))
 

@@ -1,0 +1,1 @@
+../../weftnet/__init__.py
