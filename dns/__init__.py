@@ -10,11 +10,18 @@ Modules (all pure but ``server`` and ``bench``)::
     codec       DNS wire format: query reader (fast path + dnslib), reply writer, TCP framing
     answer      ``answer(query_bytes, ...)``: the reply, or None = forward upstream
     resolvconf  parsing resolv.conf, ``container_resolv_conf`` for attached containers
-    server      ``serve_dns``: trio UDP+TCP server and upstream forwarder
+    service     ``DnsService``: the router's DNS duties (names of containers, dns-add/remove,
+                news to gossip, persisted claims, peers gone from the topology), pure
+    server      ``serve_dns``: trio UDP+TCP server and upstream forwarder, any number of
+                listeners (``open_sockets`` + ``DnsServer.add_listener/remove_listener``)
     bench       ``bench_dns``: weftDNS vs dnsmasq under dnsperf, in a namespace of its own
 
 Router integration (the API the daemon, CLI and HTTP API call)
 -----------------------------------------------------------------
+``router/daemon.py`` follows this recipe through ``service.DnsService``, which wraps
+steps 1-6 (the store, its gossiper, ``news``, claims, ``remove_peer`` after a grace
+period); its docstring and the daemon's say how. The steps, as the store sees them:
+
 ``now`` arguments of the store are wall-clock seconds (``time.time()``): tombstone
 expiry compares them across routers (see ``records``). Deltas are ``list[Entry]``.
 

@@ -22,6 +22,7 @@ from weftnet.proto.errors import LocalProtocolError
 from .names import DEFAULT_DOMAIN, normalize_domain
 
 MAX_NAMESERVERS = 3        # glibc's MAXNS: further lines are ignored
+MAX_SEARCH = 6             # glibc's MAXDNSRCH
 DEFAULT_TIMEOUT = 5.0      # resolv.conf(5) defaults
 DEFAULT_ATTEMPTS = 2
 MAX_TIMEOUT = 30.0
@@ -74,10 +75,17 @@ def parse(text: str) -> ResolvConf:
     return ResolvConf(tuple(nameservers), search, timeout, attempts, tuple(options))
 
 
-def container_resolv_conf(server: str, domain: str = DEFAULT_DOMAIN) -> str:
-    """The resolv.conf of an attached container: our server, our domain as search."""
+def container_resolv_conf(server: str, domain: str = DEFAULT_DOMAIN,
+                          search: tuple[str, ...] = ()) -> str:
+    """The resolv.conf of an attached container: our server, our domain first in the search
+    list, then ``search`` (e.g. the host's own search domains; glibc reads at most six)."""
     address = _address(server)
     if address is None:
         raise LocalProtocolError(f"not an IP address: {server!r}")
-    return f"nameserver {address}\nsearch {normalize_domain(domain).rstrip('.')}\n"
-
+    ours = normalize_domain(domain).rstrip(".")
+    domains = [ours]
+    for extra in search:
+        name = extra.strip().rstrip(".").lower()
+        if name and name not in domains and all(c.isalnum() or c in "-_." for c in name):
+            domains.append(name)
+    return f"nameserver {address}\nsearch {' '.join(domains[:MAX_SEARCH])}\n"

@@ -16,12 +16,21 @@ is ``answer()``'s. The pipeline::
        When none answers: the best error reply seen, else our own SERVFAIL. A forward
        therefore ends within 3 x timeout (resolv.conf holds at most three resolvers).
 
+Listeners. One server answers on any number of address pairs (a UDP socket and a
+listening TCP socket on the same address and port), added and removed while it runs
+(``add_listener`` / ``remove_listener``): the router gives it one pair per attached
+container, made inside that container's network namespace (``open_sockets`` makes plain
+sockets, so any thread that joined a namespace can make them), and one in its own. A
+listener runs as its own task under its own cancel scope; removing it cancels that task
+(its TCP clients and pending forwards with it) and closes both sockets. Forwarding always
+happens from the router's namespace; a listener marked ``local`` lives there, and its
+address and port are never used as an upstream (no forwarding loops).
+
 Local answers never wait for upstreams: forwards run as their own tasks, at most
 ``MAX_FORWARDS`` at once (beyond that a query gets SERVFAIL at once, rather than memory
 growing under a flood). At most ``MAX_TCP_CLIENTS`` TCP connections are served; one idle
 for ``TCP_IDLE`` seconds is closed. The resolv.conf is re-read whenever its inode, size
-or mtime changes (checked on each forward: one ``stat``). Our own address and port are
-never used as an upstream (no forwarding loops).
+or mtime changes (checked on each forward: one ``stat``).
 
 ``python3 -m weftnet.dns.server --address A --records FILE ...`` serves a fixed set of
 records: the stand-in for tests and benchmarks.
@@ -82,6 +91,7 @@ class DnsStatistics:
     tcp_connections: int = 0
     tcp_refused: int = 0         # over MAX_TCP_CLIENTS
     resolv_conf_reloads: int = 0
+    listeners: int = 0
 
 
 class UpstreamSource:
@@ -122,6 +132,44 @@ def _rcode(message: bytes) -> int:
     return message[3] & 0xF
 
 
+def open_sockets(address: str, port: int = 53) -> tuple[socket.socket, socket.socket]:
+    """A bound non-blocking UDP socket and a listening TCP socket on ``address``:``port``.
+
+    ``port=0`` picks a free port (the same for both). Plain sockets, no trio: call this in
+    whichever network namespace they should live in, then pass them to ``add_listener``.
+    Raises OSError (the sockets made so far are closed).
+    """
+    family = _family(address)
+    udp = socket.socket(family, socket.SOCK_DGRAM)
+    tcp: socket.socket | None = None
+    try:
+        udp.setblocking(False)
+        udp.bind((address, port))
+        bound = udp.getsockname()[1]
+        tcp = socket.socket(family, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tcp.bind((address, bound))
+        tcp.listen(128)
+        tcp.setblocking(False)
+    except BaseException:
+        udp.close()
+        if tcp is not None:
+            tcp.close()
+        raise
+    return udp, tcp
+
+
+@dataclass(slots=True)
+class _Listener:
+    key: str
+    address: str
+    port: int
+    local: bool
+    udp: socket.socket
+    tcp: socket.socket
+    scope: trio.CancelScope
+
+
 class DnsServer:
     """A running server; ``serve_dns`` hands it to ``task_status.started``."""
 
@@ -141,11 +189,64 @@ class DnsServer:
         self.stats = DnsStatistics()
         self._forwarding = 0
         self._tcp_clients = 0
+        self._listeners: dict[str, _Listener] = {}
+        self._nursery: trio.Nursery | None = None
 
     def statistics(self) -> DnsStatistics:
         """A snapshot of the counters."""
         self.stats.resolv_conf_reloads = self.upstreams.reloads
+        self.stats.listeners = len(self._listeners)
         return DnsStatistics(**asdict(self.stats))
+
+    # --- listeners -------------------------------------------------------------------------
+
+    def add_listener(self, key: str, udp: socket.socket, tcp: socket.socket, *,
+                     local: bool = False) -> None:
+        """Serve a socket pair from ``open_sockets`` under ``key`` until it is removed.
+
+        The server owns the sockets from now on (it closes them). A listener already
+        under ``key`` is removed first. ``local``: the sockets live in the namespace
+        forwards are sent from, so their address is never used as an upstream.
+        """
+        if self._nursery is None:
+            udp.close()
+            tcp.close()
+            raise LocalProtocolError("the DNS server is not running")
+        self.remove_listener(key)
+        address, port = udp.getsockname()[:2]
+        listener = _Listener(key, address, port, local, udp, tcp, trio.CancelScope())
+        self._listeners[key] = listener
+        self._nursery.start_soon(self._serve_listener, listener)
+
+    def remove_listener(self, key: str) -> bool:
+        """Stop serving ``key`` and close its sockets; False when there is no such listener."""
+        listener = self._listeners.pop(key, None)
+        if listener is None:
+            return False
+        listener.scope.cancel()
+        return True
+
+    def listeners(self) -> list[str]:
+        """The keys of the listeners, sorted."""
+        return sorted(self._listeners)
+
+    async def _serve_listener(self, listener: _Listener) -> None:
+        tcp = trio.socket.from_stdlib_socket(listener.tcp)
+        try:
+            with listener.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._udp_loop, listener.udp, nursery)
+                    nursery.start_soon(trio.serve_listeners, self._tcp_client,
+                                       [trio.SocketListener(tcp)])
+        finally:
+            tcp.close()
+            listener.udp.close()
+            if self._listeners.get(listener.key) is listener:
+                del self._listeners[listener.key]
+
+    def _is_ours(self, server: str) -> bool:
+        return any(lst.local and lst.address == server and lst.port == self.upstream_port
+                   for lst in self._listeners.values())
 
     # --- answering -------------------------------------------------------------------------
 
@@ -176,7 +277,7 @@ class DnsServer:
         timeout = min(self.upstream_timeout, conf.timeout)
         fallback: bytes | None = None
         for server in conf.nameservers:
-            if server == self.address and self.upstream_port == self.port:
+            if self._is_ours(server):
                 continue
             reply = None
             with trio.move_on_after(timeout):
@@ -324,44 +425,44 @@ class DnsServer:
         await send(reply)
 
 
-async def serve_dns(store_getter: StoreGetter, *, address: str, port: int = 53,
+async def serve_dns(store_getter: StoreGetter, *, address: str | None = None, port: int = 53,
                     domain: str = DEFAULT_DOMAIN, ttl: int = DEFAULT_TTL,
                     resolv_conf: str | os.PathLike[str] = "/etc/resolv.conf",
                     task_status: trio.TaskStatus[DnsServer] = trio.TASK_STATUS_IGNORED,
                     rng: random.Random | None = None, max_udp: int = DEFAULT_MAX_UDP,
                     upstream_timeout: float = UPSTREAM_TIMEOUT,
                     upstream_port: int = UPSTREAM_PORT) -> None:
-    """Serve DNS on ``address``:``port`` (UDP and TCP) until cancelled.
+    """Serve DNS until cancelled: on ``address``:``port`` (UDP and TCP) when given, and on
+    whatever listeners are added to the ``DnsServer`` later.
 
     ``store_getter()`` is called for every query (so the router may swap stores).
     ``port=0`` picks a free port (the same for UDP and TCP); ``task_status.started``
-    receives the ``DnsServer`` (its ``port``, ``statistics()``). ``upstream_port`` is
-    for tests: real resolvers listen on 53.
+    receives the ``DnsServer`` (its ``address`` and ``port``, ``statistics()``,
+    ``add_listener``). ``address`` is served as the local listener ``"main"``.
+    ``upstream_port`` is for tests: real resolvers listen on 53.
     """
-    if not 0 < ttl < 2**31:
-        raise LocalProtocolError("DNS ttl must be between 1 and 2^31-1 seconds")
+    if not 0 <= ttl < 2**31:
+        raise LocalProtocolError("DNS ttl must be between 0 and 2^31-1 seconds")
     if not HEADER.size < max_udp <= 65535:
         raise LocalProtocolError("max_udp must be between 13 and 65535")
-    server = DnsServer(store_getter, address=address, domain=domain, ttl=ttl,
+    server = DnsServer(store_getter, address=address or "", domain=domain, ttl=ttl,
                        resolv_conf=resolv_conf, rng=rng or random.Random(), max_udp=max_udp,
                        upstream_timeout=upstream_timeout, upstream_port=upstream_port)
-    family = _family(address)
-    udp = socket.socket(family, socket.SOCK_DGRAM)
+    sockets = open_sockets(address, port) if address is not None else None
     try:
-        udp.setblocking(False)
-        udp.bind((address, port))
-        server.port = udp.getsockname()[1]
-        with trio.socket.socket(family, socket.SOCK_STREAM) as tcp:
-            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            await tcp.bind((address, server.port))
-            tcp.listen(128)
-            listener = trio.SocketListener(tcp)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(server._udp_loop, udp, nursery)
-                nursery.start_soon(trio.serve_listeners, server._tcp_client, [listener])
-                task_status.started(server)
+        async with trio.open_nursery() as nursery:
+            server._nursery = nursery
+            if sockets is not None:
+                server.port = sockets[0].getsockname()[1]
+                server.add_listener("main", *sockets, local=True)
+                sockets = None
+            task_status.started(server)
+            await trio.sleep_forever()
     finally:
-        udp.close()
+        server._nursery = None
+        if sockets is not None:
+            for sock in sockets:
+                sock.close()
 
 
 # --- a stand-alone server with fixed records (tests, benchmarks) ---------------------------

@@ -85,6 +85,13 @@ class RouterControl(Protocol):
 
     async def ps(self) -> list[dict[str, Any]]: ...
 
+    async def dns_add(self, addresses: list[str], container: str | None, name: str) -> int: ...
+
+    async def dns_remove(self, addresses: list[str], container: str | None,
+                         name: str | None) -> int: ...
+
+    def dns_lookup(self, name: str) -> dict[str, Any]: ...
+
 
 class ApiError(Exception):
     """An HTTP error answer with a one-line reason."""
@@ -254,6 +261,33 @@ async def _detach(control: RouterControl, request: Request) -> Response:
 @route("GET", "/ps")
 async def _ps(control: RouterControl, request: Request) -> Response:
     return json_response({"containers": await control.ps()})
+
+
+@route("POST", "/dns/add")
+async def _dns_add(control: RouterControl, request: Request) -> Response:
+    body = request.json_object()
+    name = field_str(body, "name")
+    assert name is not None
+    added = await control.dns_add(field_str_list(body, "addresses", required=False),
+                                  field_str(body, "container", required=False), name)
+    return json_response({"added": added})
+
+
+@route("POST", "/dns/remove")
+async def _dns_remove(control: RouterControl, request: Request) -> Response:
+    body = request.json_object()
+    removed = await control.dns_remove(field_str_list(body, "addresses", required=False),
+                                       field_str(body, "container", required=False),
+                                       field_str(body, "name", required=False))
+    return json_response({"removed": removed})
+
+
+@route("GET", "/dns/lookup")
+async def _dns_lookup(control: RouterControl, request: Request) -> Response:
+    names = request.query.get("name", [])
+    if len(names) != 1 or not names[0]:
+        raise ApiError(400, "give one name: /dns/lookup?name=NAME")
+    return json_response(control.dns_lookup(names[0]))
 
 
 @route("GET", "/metrics")

@@ -8,15 +8,28 @@ what went missing (a pair deleted by hand, addresses flushed) and ``ps`` survive
 the kernel stays the authority on what exists: a container whose namespace is gone is
 dropped from the record.
 
+Resolver config. With DNS, attaching a *named* namespace (one under /var/run/netns) also
+writes ``/etc/netns/NAME/resolv.conf`` (the text the daemon passes: our DNS server, our
+domain as search domain), which ``ip netns exec NAME`` bind-mounts over /etc/resolv.conf
+for everything started in the container. The file starts with ``RESOLV_MARKER``; the
+record keeps its path (``resolv_conf``), and detaching the container (or finding its
+namespace gone) removes it again. A file of someone else's found there is kept aside as
+``resolv.conf.weft-saved`` and put back on detach. A file without our marker is never
+removed. A router that was killed and lost its data dir cannot remember its files:
+``sweep_resolv_confs`` (run at launch) removes ours whose namespace no longer exists.
+
 netlink work runs in a worker thread: it takes milliseconds, and the data path must not
 stall meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -29,6 +42,9 @@ from .datadir import DataDir
 log = logging.getLogger("weft")
 
 GSO_MAX_SIZE = 60000  # a super-frame plus our headers must fit one UDP datagram (65507)
+NETNS_ETC = Path("/etc/netns")
+RESOLV_MARKER = "# written by weft attach; weft detach removes it\n"
+SAVED_SUFFIX = ".weft-saved"
 
 
 @dataclass(slots=True)
@@ -36,9 +52,87 @@ class Record:
     container: str
     mac: str
     cidrs: list[str]
+    resolv_conf: str | None = None   # the resolv.conf we wrote for it
 
     def as_json(self) -> dict[str, Any]:
-        return {"mac": self.mac, "cidrs": list(self.cidrs)}
+        out: dict[str, Any] = {"mac": self.mac, "cidrs": list(self.cidrs)}
+        if self.resolv_conf is not None:
+            out["resolv_conf"] = self.resolv_conf
+        return out
+
+    @property
+    def ips(self) -> list[str]:
+        return [str(ipaddress.IPv4Interface(c).ip) for c in self.cidrs]
+
+
+@dataclass(slots=True)
+class AttachResult:
+    ref: netdev.NetnsRef
+    cidrs: list[str]                 # as asked for
+    record: Record                   # everything the container has now
+
+
+@dataclass(slots=True)
+class DetachResult:
+    container: str                   # the record's key (the namespace's display name)
+    removed: list[str]               # CIDRs taken off the container
+    gone: bool                       # the container is no longer attached at all
+    ips: list[str] = field(default_factory=list)   # addresses it no longer has
+
+
+def named_netns(ref: netdev.NetnsRef) -> str | None:
+    """The name of a namespace under /var/run/netns (however it was given), else None."""
+    path = Path(ref.path)
+    try:
+        if path.parent.resolve() == netdev.NETNS_RUN_DIR.resolve():
+            return path.name
+    except OSError:
+        pass
+    return None
+
+
+def write_resolv_conf(etc: Path, netns: str, text: str) -> Path:
+    """Write ``RESOLV_MARKER + text`` as ``etc/NETNS/resolv.conf``; returns its path.
+
+    Written in place (not renamed over), so processes already running in the container,
+    whose /etc/resolv.conf is a bind mount of this very inode, see the new text too.
+    """
+    directory = etc / netns
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "resolv.conf"
+    content = RESOLV_MARKER + text
+    try:
+        old = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        old = None
+    if old == content:
+        return path
+    if old is not None and not old.startswith(RESOLV_MARKER):
+        saved = path.with_name(path.name + SAVED_SUFFIX)
+        if not saved.exists():
+            os.replace(path, saved)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(content)
+    return path
+
+
+def remove_resolv_conf(path_text: str) -> None:
+    """Undo ``write_resolv_conf``: our file goes (a saved one comes back), then the
+    directory if that left it empty. Never removes a file without our marker."""
+    path = Path(path_text)
+    try:
+        ours = path.read_text(encoding="utf-8", errors="replace").startswith(RESOLV_MARKER)
+    except OSError:
+        ours = False
+    if ours:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    saved = path.with_name(path.name + SAVED_SUFFIX)
+    if saved.exists() and not path.exists():
+        with contextlib.suppress(OSError):
+            os.replace(saved, path)
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()  # only when empty
 
 
 def parse_cidrs(texts: list[str]) -> list[ipaddress.IPv4Interface]:
@@ -66,10 +160,32 @@ def parse_cidrs(texts: list[str]) -> list[ipaddress.IPv4Interface]:
     return out
 
 
+def sweep_resolv_confs(etc: Path = NETNS_ETC, run_dir: Path = netdev.NETNS_RUN_DIR) -> list[str]:
+    """Remove the resolv.conf files we wrote for namespaces that no longer exist (their
+    router was killed, its data dir lost): a namespace made later under that name must not
+    inherit them. Returns the namespace names cleaned up."""
+    cleaned: list[str] = []
+    try:
+        names = sorted(p.name for p in etc.iterdir() if p.is_dir())
+    except OSError:
+        return cleaned
+    for name in names:
+        path = etc / name / "resolv.conf"
+        try:
+            ours = path.read_text(encoding="utf-8", errors="replace").startswith(RESOLV_MARKER)
+        except OSError:
+            continue
+        if ours and not (run_dir / name).exists():
+            remove_resolv_conf(str(path))
+            cleaned.append(name)
+    return cleaned
+
+
 class Attachments:
-    def __init__(self, datadir: DataDir, *, mtu: int) -> None:
+    def __init__(self, datadir: DataDir, *, mtu: int, netns_etc: Path = NETNS_ETC) -> None:
         self.datadir = datadir
         self.mtu = mtu
+        self.netns_etc = netns_etc
         self._lock = trio.Lock()
 
     # --- the record ----------------------------------------------------------------------
@@ -81,9 +197,15 @@ class Attachments:
             for container, rec in raw.items():
                 if (isinstance(rec, dict) and isinstance(rec.get("mac"), str)
                         and isinstance(rec.get("cidrs"), list)):
+                    resolv = rec.get("resolv_conf")
                     out[container] = Record(container, rec["mac"],
-                                            [c for c in rec["cidrs"] if isinstance(c, str)])
+                                            [c for c in rec["cidrs"] if isinstance(c, str)],
+                                            resolv if isinstance(resolv, str) else None)
         return out
+
+    def records(self) -> dict[str, Record]:
+        """What is attached, by container (as persisted)."""
+        return self._load()
 
     def _save(self, records: dict[str, Record]) -> None:
         state = self.datadir.load_state()
@@ -92,7 +214,10 @@ class Attachments:
 
     # --- commands --------------------------------------------------------------------------
 
-    async def attach(self, container: str, addresses: list[str]) -> list[str]:
+    async def attach(self, container: str, addresses: list[str], *,
+                     resolv_conf: str | None = None) -> AttachResult:
+        """Attach with ``addresses``; with ``resolv_conf`` (text), also write it for a named
+        namespace (see the module docstring)."""
         cidrs = parse_cidrs(addresses)
         if not cidrs:
             raise LocalProtocolError("no address given, and allocating one needs IPAM, which "
@@ -108,18 +233,26 @@ class Attachments:
                         raise LocalProtocolError(
                             f"{cidr.ip} is already attached to {other.container}")
             attached = await trio.to_thread.run_sync(self._attach_sync, ref, cidrs)
-            records[ref.name] = Record(ref.name, attached.mac,
-                                       [str(c) for c in attached.cidrs])
+            old = records.get(ref.name)
+            record = Record(ref.name, attached.mac, [str(c) for c in attached.cidrs],
+                            old.resolv_conf if old is not None else None)
+            netns = named_netns(ref)
+            if resolv_conf is not None and netns is not None:
+                try:
+                    record.resolv_conf = str(write_resolv_conf(self.netns_etc, netns, resolv_conf))
+                except OSError as exc:
+                    log.warning("cannot write the resolv.conf of %s: %s", ref.name, exc)
+            records[ref.name] = record
             self._save(records)
             log.info("attached %s (%s): %s", ref.name, attached.mac,
                      " ".join(str(c) for c in attached.cidrs))
-            return [str(c) for c in cidrs]
+            return AttachResult(ref, [str(c) for c in cidrs], record)
 
     def _attach_sync(self, ref: netdev.NetnsRef,
                      cidrs: list[ipaddress.IPv4Interface]) -> netdev.Attached:
         return netdev.attach(ref, cidrs, mtu=self.mtu, gso_max_size=GSO_MAX_SIZE)
 
-    async def detach(self, container: str, addresses: list[str]) -> list[str]:
+    async def detach(self, container: str, addresses: list[str]) -> DetachResult:
         cidrs = parse_cidrs(addresses) if addresses else None
         async with self._lock:
             records = self._load()
@@ -129,47 +262,70 @@ class Attachments:
             except netdev.NetdevError:
                 # the namespace is gone: forget what we recorded about it
                 if container in records:
-                    del records[container]
-                    self._save(records)
-                    return []
+                    rec = self._forget(records, container)
+                    return DetachResult(container, [], True, rec.ips)
                 raise
             removed = await trio.to_thread.run_sync(netdev.detach, ref, cidrs)
-            rec = records.get(key)
-            if rec is not None:
+            held = records.get(key)
+            ips = {str(c.ip) for c in removed}
+            gone = True
+            if held is not None:
                 if cidrs is None:
-                    del records[key]
+                    ips |= set(held.ips)
+                    self._forget(records, key)
                 else:
-                    gone = {str(c) for c in removed} | {str(c) for c in cidrs}
-                    rec.cidrs = [c for c in rec.cidrs if c not in gone]
-                    if not rec.cidrs:
-                        del records[key]
-                self._save(records)
-            log.info("detached %s: %s", key, " ".join(str(c) for c in removed) or "nothing")
-            return [str(c) for c in removed]
+                    asked = {str(c.ip) for c in cidrs}
+                    ips |= asked & set(held.ips)
+                    kept = [c for c in held.cidrs if str(ipaddress.IPv4Interface(c).ip) not in ips]
+                    if kept:
+                        held.cidrs = kept
+                        gone = False
+                        self._save(records)
+                    else:
+                        self._forget(records, key)
+            result = DetachResult(key, [str(c) for c in removed], gone,
+                                  sorted(ips, key=ipaddress.IPv4Address))
+            log.info("detached %s: %s", key, " ".join(result.removed) or "nothing")
+            return result
+
+    async def forget(self, container: str) -> Record | None:
+        """Drop the record of a container whose namespace went away (and its resolv.conf)."""
+        async with self._lock:
+            records = self._load()
+            if container not in records:
+                return None
+            return self._forget(records, container)
+
+    def _forget(self, records: dict[str, Record], key: str) -> Record:
+        rec = records.pop(key)
+        self._save(records)
+        if rec.resolv_conf is not None:
+            remove_resolv_conf(rec.resolv_conf)
+        return rec
 
     async def ps(self) -> list[dict[str, Any]]:
         records = self._load()
         return [{"container": r.container, "mac": r.mac, "cidrs": r.cidrs}
                 for r in sorted(records.values(), key=lambda r: r.container)]
 
-    async def restore(self) -> None:
+    async def restore(self) -> list[tuple[Record, netdev.NetnsRef]]:
         """Put back what went missing while we were away (the kernel keeps veths and
-        addresses across a router restart; a host reboot or a hand-deleted pair does not)."""
+        addresses across a router restart; a host reboot or a hand-deleted pair does not).
+        Returns the containers still there, with their namespaces."""
+        alive: list[tuple[Record, netdev.NetnsRef]] = []
         async with self._lock:
             records = self._load()
-            changed = False
             for key, rec in list(records.items()):
                 try:
                     ref = await trio.to_thread.run_sync(netdev.resolve_netns, rec.container)
                 except netdev.NetdevError:
                     log.info("container %s is gone: forgetting it", rec.container)
-                    del records[key]
-                    changed = True
+                    self._forget(records, key)
                     continue
+                alive.append((rec, ref))
                 cidrs = [ipaddress.IPv4Interface(c) for c in rec.cidrs]
                 try:
                     await trio.to_thread.run_sync(self._attach_sync, ref, cidrs)
                 except (netdev.NetdevError, OSError) as exc:
                     log.warning("cannot restore %s: %s", rec.container, exc)
-            if changed:
-                self._save(records)
+        return alive

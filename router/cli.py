@@ -400,6 +400,56 @@ def cmd_ps(ns: argparse.Namespace) -> int:
     return 0
 
 
+def split_dns_args(args: Sequence[str], command: str) -> tuple[list[str], str | None]:
+    """``[IP...] [CONTAINER]``: the words that are IPv4 addresses (``IP/LEN`` is taken as
+    IP), and the one that is not, the container."""
+    import ipaddress
+
+    addresses: list[str] = []
+    container: str | None = None
+    for word in args:
+        try:
+            addresses.append(str(ipaddress.IPv4Interface(word.strip()).ip))
+            continue
+        except ValueError:
+            pass
+        if container is not None:
+            raise UsageError(f"{command}: give at most one CONTAINER (got {container!r} and {word!r})")
+        container = word
+    return addresses, container
+
+
+def cmd_dns_add(ns: argparse.Namespace) -> int:
+    addresses, container = split_dns_args(ns.args, "dns-add")
+    if not addresses and container is None:
+        raise UsageError("dns-add: give IP addresses, a CONTAINER, or both")
+    _client(ns).call("POST", "/dns/add", {"addresses": addresses, "container": container,
+                                          "name": ns.name})
+    return 0
+
+
+def cmd_dns_remove(ns: argparse.Namespace) -> int:
+    addresses, container = split_dns_args(ns.args, "dns-remove")
+    if not addresses and container is None and ns.name is None:
+        raise UsageError("dns-remove: give IP addresses, a CONTAINER or --name")
+    _client(ns).call("POST", "/dns/remove", {"addresses": addresses, "container": container,
+                                             "name": ns.name})
+    return 0
+
+
+def cmd_dns_lookup(ns: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    answer = _client(ns).call("GET", "/dns/lookup?name=" + quote(ns.dns_name, safe=""))
+    addresses = answer.get("addresses") if isinstance(answer, dict) else None
+    if not addresses:
+        name = answer.get("name", ns.dns_name) if isinstance(answer, dict) else ns.dns_name
+        raise LocalProtocolError(f"no addresses for {name}")
+    for address in addresses:
+        print(address)
+    return 0
+
+
 def cmd_bench(ns: argparse.Namespace) -> int:
     bench_main = _import_attr("weftnet.router.bench", "main", "the benchmark")
     status: int = bench_main(list(ns.args))
@@ -489,6 +539,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("ps", cmd_ps, "attached containers: CONTAINER MAC CIDR...")
     api_options(p)
 
+    p = command("dns-add", cmd_dns_add, "add DNS records: NAME for each IP (or the "
+                "container's addresses); without a CONTAINER, an external record")
+    api_options(p)
+    p.add_argument("--name", metavar="FQDN", required=True,
+                   help="the name (without a dot: in the DNS domain)")
+    p.add_argument("args", nargs="*", metavar="[IP...] [CONTAINER]")
+
+    p = command("dns-remove", cmd_dns_remove, "remove DNS records of this router matching "
+                "every given IP, CONTAINER and --name")
+    api_options(p)
+    p.add_argument("--name", metavar="FQDN", help="only records of this name")
+    p.add_argument("args", nargs="*", metavar="[IP...] [CONTAINER]")
+
+    p = command("dns-lookup", cmd_dns_lookup, "the addresses of a name, one per line")
+    api_options(p)
+    p.add_argument("dns_name", metavar="NAME")
+
     command("version", cmd_version, "print the version")
 
     # The benchmark parses its own arguments too.
@@ -506,11 +573,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     ns, extra = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
-    if extra:
-        if getattr(ns, "handler", None) not in (cmd_demo, cmd_bench):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        ns.args = extra
     handler: Callable[[argparse.Namespace], int] | None = getattr(ns, "handler", None)
+    if extra:
+        if handler in (cmd_attach, cmd_detach, cmd_dns_add, cmd_dns_remove) and not any(
+                word.startswith("-") for word in extra):
+            # positionals after an option (`attach 10.2.1.1/24 --name c1 NS`): argparse
+            # leaves them over; they are more of the same list
+            ns.args = list(ns.args) + extra
+        elif handler not in (cmd_demo, cmd_bench):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        else:
+            ns.args = extra
     if handler is None:
         raise UsageError(f"no command given (see '{PROG} --help')")
     return handler(ns)

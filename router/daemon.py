@@ -12,10 +12,28 @@ Readers and writers are separate tasks so a slow peer never blocks the others; e
 writer is woken by an event and pulls whatever the mesh has for it (gossip waiting for a
 slow link is coalesced in the mesh meanwhile). Times given to the mesh are trio's
 monotonic clock; randomness comes from the OS.
+
+weftDNS (unless ``--no-dns``; the recipe is ``weftnet.dns``'s docstring). ``DnsService``
+(pure) holds the records; its channel "dns" rides on the mesh, and every ``_pump`` first
+floods what it has to say (local changes, corrections of stale copies of our entries)
+and persists our claims when they changed. One ``DnsServer`` answers on 127.0.0.11:53,
+UDP and TCP, in the router's own namespace and inside every attached container's
+namespace (sockets made there by a thread that joined it, served from here, like
+Docker's embedded DNS); names it does not know are forwarded to the resolvers of this
+namespace's /etc/resolv.conf. Launch order matters::
+
+    restore attachments ─▶ restore claims (reconcile) ─▶ DNS server + listeners ─▶
+    accept connections / dial targets (peers only ever see the re-asserted names)
+
+``_dns_loop`` wakes at least every ``WATCH_INTERVAL`` seconds: tombstone expiry, names of
+routers gone from the topology for a while (``PEER_GONE_GRACE``), and containers whose
+namespace disappeared without a detach (their listener, names, resolv.conf and record
+go; the listener's sockets would otherwise keep the dead namespace alive).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -24,12 +42,16 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import trio
 
 import weftnet
+from weftnet.dns.gossip import CHANNEL as DNS_CHANNEL
+from weftnet.dns.resolvconf import container_resolv_conf
+from weftnet.dns.server import DnsServer, open_sockets, serve_dns
+from weftnet.dns.service import DnsService, default_hostname, parse_claims
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.proto.mesh import Close, Dial, MeshConfig, MeshNode, PeerConnected, PeerDisconnected
 from weftnet.proto.peername import (
@@ -42,7 +64,7 @@ from weftnet.proto.peername import (
 
 from . import netdev
 from .api import serve_api
-from .attachments import Attachments
+from .attachments import Attachments, Record, named_netns, sweep_resolv_confs
 from .config import LaunchConfig, parse_peer_address
 from .datadir import DataDir
 from .dataplane import Dataplane
@@ -52,6 +74,10 @@ log = logging.getLogger("weft")
 DIAL_TIMEOUT = 10.0
 DEFAULT_MTU = netdev.DEFAULT_MTU
 READ_SIZE = 65536
+DNS_ADDRESS = "127.0.0.11"   # where containers (and the host) reach weftDNS, as with Docker
+DNS_PORT = 53
+HOST_LISTENER = "host"
+WATCH_INTERVAL = 1.0         # seconds between checks that attached namespaces still exist
 
 
 @dataclass(slots=True)
@@ -98,6 +124,13 @@ class Router:
                                    trusted_subnets=config.trusted_subnets, fastdp=config.fastdp,
                                    on_change=self._pump)
         self.attachments = Attachments(datadir, mtu=config.mtu or DEFAULT_MTU)
+        self.dns: DnsService | None = None
+        self.dns_server: DnsServer | None = None
+        self._dns_containers: dict[str, netdev.NetnsRef] = {}  # watched, with a listener
+        self._dns_lock = trio.Lock()
+        if config.dns:
+            self.dns = DnsService(name, time.time(), domain=config.dns_domain)
+            self.mesh.register_channel(DNS_CHANNEL, self.dns.gossiper)
 
     # --- RouterControl -----------------------------------------------------------------
 
@@ -116,8 +149,20 @@ class Router:
             "version": weftnet.__version__,
             "router": router,
             "ipam": None,
-            "dns": None,
+            "dns": self._dns_report(),
         }
+
+    def _dns_report(self) -> dict[str, Any] | None:
+        if self.dns is None:
+            return None
+        report: dict[str, Any] = {"domain": self.dns.domain, "address": DNS_ADDRESS,
+                                  "ttl": self.config.dns_ttl}
+        if self.dns_server is not None:
+            report["upstream"] = list(self.dns_server.upstreams.get().nameservers)
+            report["listeners"] = len(self.dns_server.listeners())
+            report["statistics"] = asdict(self.dns_server.statistics())
+        report["entries"] = self.dns.entries_report()
+        return report
 
     def connect(self, peers: list[str], replace: bool) -> list[str]:
         addresses = [parse_peer_address(p, self.config.port) for p in peers]
@@ -151,16 +196,90 @@ class Router:
 
     async def attach(self, container: str, addresses: list[str], name: str | None,
                      without_dns: bool) -> list[str]:
+        dns = None if without_dns else self.dns
+        hostname = None if dns is None or name is None else dns.qualify(name)  # refuse early
+        resolv_conf = None
+        if dns is not None:
+            search = self.dns_server.upstreams.get().search if self.dns_server else ()
+            resolv_conf = container_resolv_conf(DNS_ADDRESS, dns.domain, search)
         try:
-            return await self.attachments.attach(container, addresses)
+            result = await self.attachments.attach(container, addresses, resolv_conf=resolv_conf)
         except netdev.NetdevError as exc:
             raise LocalProtocolError(str(exc)) from None
+        key = result.record.container
+        if self.dns is not None:
+            await self._dns_container_attached(key, result.ref)
+        if dns is not None:
+            if hostname is None:
+                netns = named_netns(result.ref)
+                hostname = default_hostname(netns, dns.domain) if netns is not None else None
+            if hostname is not None:
+                dns.register(key, hostname, result.record.ips, time.time())
+            else:
+                log.info("container %s gets no DNS name (give one with --name)", key)
+        self._pump()
+        return result.cidrs
 
     async def detach(self, container: str, addresses: list[str]) -> list[str]:
         try:
-            return await self.attachments.detach(container, addresses)
+            result = await self.attachments.detach(container, addresses)
         except netdev.NetdevError as exc:
             raise LocalProtocolError(str(exc)) from None
+        if self.dns is not None:
+            if result.gone:
+                self.dns.unregister(result.container, time.time())
+                self._dns_container_gone(result.container)
+            elif result.ips:
+                self.dns.unregister(result.container, time.time(), result.ips)
+            self._pump()
+        return result.removed
+
+    # --- DNS commands --------------------------------------------------------------------
+
+    def _need_dns(self) -> DnsService:
+        if self.dns is None:
+            raise LocalProtocolError("DNS is disabled (the router was launched with --no-dns)")
+        return self.dns
+
+    async def _container_key(self, container: str, *, attached: bool) -> str:
+        """The record key of ``container`` (its display name); with ``attached``, it must
+        be attached to this router."""
+        try:
+            ref: netdev.NetnsRef = await trio.to_thread.run_sync(netdev.resolve_netns, container)
+            key: str = ref.name
+        except netdev.NetdevError as exc:
+            if attached:
+                raise LocalProtocolError(str(exc)) from None
+            return container.strip()
+        if attached and key not in self.attachments.records():
+            raise LocalProtocolError(f"container {key} is not attached to the network")
+        return key
+
+    async def dns_add(self, addresses: list[str], container: str | None, name: str) -> int:
+        dns = self._need_dns()
+        dns.qualify(name)  # a bad name is refused before anything else
+        key = None
+        if container is not None:
+            key = await self._container_key(container, attached=True)
+            if not addresses:
+                addresses = self.attachments.records()[key].ips
+        elif not addresses:
+            raise LocalProtocolError("dns-add needs IP addresses (an external record) or a container")
+        added = dns.add(name, addresses, key, time.time())
+        self._pump()
+        return added
+
+    async def dns_remove(self, addresses: list[str], container: str | None,
+                         name: str | None) -> int:
+        dns = self._need_dns()
+        key = None if container is None else await self._container_key(container, attached=False)
+        removed = dns.remove(time.time(), name=name, addresses=addresses, container=key)
+        self._pump()
+        return removed
+
+    def dns_lookup(self, name: str) -> dict[str, Any]:
+        hostname, addresses = self._need_dns().lookup(name)
+        return {"name": hostname, "addresses": list(addresses)}
 
     async def ps(self) -> list[dict[str, Any]]:
         return await self.attachments.ps()
@@ -188,7 +307,9 @@ class Router:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self.dataplane.run)
-            await self.attachments.restore()
+            alive = await self.attachments.restore()
+            if self.dns is not None:
+                await self._start_dns(nursery, self.dns, alive)
             for listener in listeners:
                 nursery.start_soon(self._accept_loop, listener)
             host, port = self.config.http_addr
@@ -220,6 +341,104 @@ class Router:
         state["targets"] = self.mesh.maker.direct_targets()
         self.datadir.save_state(state)
 
+    # --- DNS -------------------------------------------------------------------------------
+
+    async def _start_dns(self, nursery: trio.Nursery, dns: DnsService,
+                         alive: list[tuple[Record, netdev.NetnsRef]]) -> None:
+        """Re-assert our names (before any peer can connect), then serve."""
+        swept = await trio.to_thread.run_sync(sweep_resolv_confs)
+        if swept:
+            log.info("removed the resolv.conf of %d namespaces that no longer exist", len(swept))
+        saved = self.datadir.load_state().get("dns")
+        claims = parse_claims(saved.get("claims") if isinstance(saved, dict) else None)
+        attached = {rec.container for rec, _ in alive}
+        dns.restore(claims, attached.__contains__, time.time())
+        self._persist_dns(dns)
+        self.dns_server = await nursery.start(functools.partial(
+            serve_dns, lambda: dns.store, domain=dns.domain, ttl=self.config.dns_ttl))
+        self._open_host_listener(self.dns_server)
+        for rec, ref in alive:
+            await self._dns_container_attached(rec.container, ref)
+        nursery.start_soon(self._dns_loop, dns)
+
+    def _persist_dns(self, dns: DnsService) -> None:
+        dns.take_claims_changed()
+        state = self.datadir.load_state()
+        state["dns"] = {"claims": [list(c) for c in dns.claims()]}
+        self.datadir.save_state(state)
+
+    def _open_host_listener(self, server: DnsServer) -> None:
+        if DNS_ADDRESS in server.upstreams.get().nameservers:
+            log.warning("this host's resolv.conf names %s as its resolver (a container "
+                        "runtime's own DNS?): weftDNS does not listen there on the host",
+                        DNS_ADDRESS)
+            return
+        try:
+            udp, tcp = open_sockets(DNS_ADDRESS, DNS_PORT)
+        except OSError as exc:
+            log.warning("weftDNS cannot listen on %s:%d on the host: %s", DNS_ADDRESS, DNS_PORT,
+                        exc.strerror or exc)
+            return
+        server.add_listener(HOST_LISTENER, udp, tcp, local=True)
+
+    async def _dns_container_attached(self, container: str, ref: netdev.NetnsRef) -> None:
+        """Serve DNS inside the container's namespace (once per namespace) and watch it."""
+        server = self.dns_server
+        if server is None:
+            return
+        async with self._dns_lock:
+            held = self._dns_containers.get(container)
+            if held is not None and held.key == ref.key:
+                return
+            if held is not None:  # a new namespace under an old name: the old one is gone
+                self._dns_container_gone(container)
+                if self.dns is not None:
+                    self.dns.unregister(container, time.time())
+            self._dns_containers[container] = ref
+            if any(other.key == ref.key for c, other in self._dns_containers.items()
+                   if c != container):
+                return  # the same namespace under another name has the listener
+            try:
+                udp, tcp = await trio.to_thread.run_sync(
+                    netdev.run_in_netns, ref, functools.partial(open_sockets, DNS_ADDRESS, DNS_PORT))
+            except (OSError, netdev.NetdevError) as exc:
+                log.warning("no DNS server inside %s: cannot listen on %s:%d there: %s",
+                            container, DNS_ADDRESS, DNS_PORT, exc)
+                return
+            server.add_listener("container:" + container, udp, tcp)
+
+    def _dns_container_gone(self, container: str) -> None:
+        self._dns_containers.pop(container, None)
+        if self.dns_server is not None:
+            self.dns_server.remove_listener("container:" + container)
+
+    async def _dns_loop(self, dns: DnsService) -> None:
+        while True:
+            now = time.time()
+            await trio.sleep(max(0.0, min(dns.get_timer(), now + WATCH_INTERVAL) - now))
+            gone = dns.handle_timer(time.time(), self.mesh.topology.peers)
+            for name in gone:
+                log.info("peer %s left the mesh: its DNS names are removed", format_peer_name(name))
+            if await self._watch_containers(dns) or gone:
+                self._pump()
+
+    async def _watch_containers(self, dns: DnsService) -> bool:
+        """Detach containers whose namespace is gone; True when there were any."""
+        found = False
+        for container, ref in list(self._dns_containers.items()):
+            try:
+                st = os.stat(ref.path)
+                alive = (st.st_dev, st.st_ino) == ref.key
+            except OSError:
+                alive = False
+            if not alive and self._dns_containers.get(container) is ref:
+                log.info("container %s is gone: detaching it", container)
+                self._dns_container_gone(container)
+                dns.unregister(container, time.time())
+                await self.attachments.forget(container)
+                found = True
+        return found
+
     # --- the pump: carry out what the mesh asked for ------------------------------------
 
     def _pump(self) -> None:
@@ -238,6 +457,11 @@ class Router:
     def _pump_once(self) -> None:
         mesh = self.mesh
         now = trio.current_time()
+        if self.dns is not None:
+            if (news := self.dns.take_news()) is not None:
+                mesh.gossip_news(DNS_CHANNEL, news)
+            if self.dns.take_claims_changed():
+                self._persist_dns(self.dns)
         while (action := mesh.next_action()) is not None:
             if isinstance(action, Dial):
                 assert self._nursery is not None

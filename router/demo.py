@@ -11,8 +11,13 @@ them. Each runs its own router, started with the real CLI::
                    h3: weft launch 172.31.1.2      (knows h2)      a chain: h1 - h2 - h3
     2. discovery   gossip tells h3 about h1; it connects            a triangle
     3. status      weft status / status peers / status connections on each host
-    4. resilience  weft stop on h2; h1 and h3 keep their direct connection
-    5. cleanup     weft stop everywhere, namespaces deleted         (unless --keep)
+    4. containers  one container per host (a bare namespace), attached with a name:
+                   weft attach 10.2.1.N/24 --name cN ...; pings across hosts; names
+                   resolved inside containers with getent and dig (weftDNS on
+                   127.0.0.11 in each); weft ps, weft status dns
+    5. resilience  weft stop on h2; h1 and h3 keep their direct connection
+    6. cleanup     containers detached (their names and resolv.conf go), weft stop
+                   everywhere, namespaces deleted                  (unless --keep)
 
 All routers share one random password (env ``WEFT_PASSWORD``), so every connection is
 encrypted. Waits are bounded (``WAIT`` seconds) and judged from ``weft report`` JSON only:
@@ -35,6 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn
 
 from .testbed import CommandFailed, Testbed, TestbedError, list_namespaces, owner_of, sweep_stale
@@ -44,6 +50,8 @@ __all__ = ["DEMO_PATTERN", "DEMO_PREFIX", "WAIT", "DemoError", "run_demo"]
 DEMO_PREFIX = "weftdemo"
 DEMO_PATTERN = rf"^{DEMO_PREFIX}-"
 HOSTS = ("h1", "h2", "h3")
+CONTAINERS = {"h1": ("c1", "10.2.1.1"), "h2": ("c2", "10.2.1.2"), "h3": ("c3", "10.2.1.3")}
+NETNS_ETC = Path("/etc/netns")
 WAIT = 30.0  # seconds for the mesh to form, and again for it to heal
 POLL = 0.5
 Report = dict[str, Any]
@@ -131,9 +139,10 @@ def survivors_linked(reports: dict[str, Report], gone: str) -> str | None:
 
 
 class _Tour:
-    def __init__(self, tb: Testbed, password: str) -> None:
+    def __init__(self, tb: Testbed, password: str, keep: bool = False) -> None:
         self.tb = tb
         self.password = password
+        self.keep = keep
         self.running: list[str] = []
 
     def weft(self, host: str, *args: str, show: bool = True) -> str:
@@ -171,6 +180,56 @@ class _Tour:
     def stop(self, host: str) -> None:
         self.weft(host, "stop")
         self.running.remove(host)
+
+    def inside(self, container: str, *argv: str) -> str:
+        """Run ``argv`` in a container and show it; its output (a failure is an error)."""
+        say(f"  [{container}] $ {' '.join(argv)}")
+        proc = self.tb.run(container, list(argv), check=False, timeout=30)
+        out = proc.stdout.rstrip("\n")
+        for line in out.splitlines():
+            say(f"      {line}".rstrip())
+        if proc.returncode != 0:
+            detail = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+            raise DemoError(f"in {container}: `{' '.join(argv)}` failed: {detail}")
+        return out
+
+    def until(self, what: str, check: Callable[[], bool]) -> float:
+        """Wait (at most WAIT seconds) until ``check()``; seconds taken."""
+        start = time.monotonic()
+        while not check():
+            if time.monotonic() - start > WAIT:
+                raise DemoError(f"gave up after {WAIT:.0f} s waiting for {what}")
+            time.sleep(0.1)
+        return time.monotonic() - start
+
+    def containers(self) -> None:
+        tb = self.tb
+        for host, (name, ip) in CONTAINERS.items():
+            ns = tb.add_container(name)
+            self.weft(host, "attach", f"{ip}/24", "--name", name, ns)
+        say("Each container got an interface ethwe on the weft bridge of its host, and a")
+        say(f"resolv.conf ({NETNS_ETC}/<container>/resolv.conf, which `ip netns exec` uses)")
+        say("pointing at 127.0.0.11, where its host's router answers DNS inside the container.")
+        took = self.until("c1 to reach c2 and c3", lambda: tb.ping("c1", "10.2.1.2")
+                          and tb.ping("c1", "10.2.1.3"))
+        say(f"  c1 reaches c2 (on h2) and c3 (on h3) after {took:.1f} s:")
+        self.inside("c1", "ping", "-n", "-c", "2", "-i", "0.2", "c2")
+        say("")
+        say("Names spread through the mesh; any container resolves any other, the short name")
+        say("through the search domain weft.local:")
+        self.inside("c1", "getent", "hosts", "c2")
+        self.inside("c3", "getent", "hosts", "c1.weft.local")
+        if shutil.which("dig") is not None:
+            self.inside("c2", "dig", "+short", "c3.weft.local")
+            self.inside("c3", "dig", "+short", "-x", "10.2.1.2")
+        say("")
+        self.weft("h1", "ps")
+        self.weft("h2", "status", "dns")
+
+    def detach_all(self) -> None:
+        for host, (name, _) in CONTAINERS.items():
+            if host in self.running:
+                self.weft(host, "detach", self.tb.ns(name))
 
     def stop_all_quietly(self) -> None:
         for host in reversed(self.running):
@@ -214,7 +273,10 @@ class _Tour:
             self.weft(host, "status", "peers")
             self.weft(host, "status", "connections")
 
-        heading("5. Resilience: h2 goes away")
+        heading("5. Containers on every host, found by name")
+        self.containers()
+
+        heading("6. Resilience: h2 goes away")
         say("Stopping h2's router. h3 first reached h1 through h2, but since discovery it has")
         say("its own connection to h1, which does not depend on h2 at all.")
         self.stop("h2")
@@ -222,6 +284,13 @@ class _Tour:
         say(f"  after {took:.1f} s h1 and h3 no longer list h2 and still reach each other:")
         for host in ("h1", "h3"):
             self.weft(host, "status", "connections")
+        say("c1 still reaches c3 by name:")
+        self.inside("c1", "ping", "-n", "-c", "1", "c3")
+
+        if not self.keep:
+            heading("7. Cleaning up")
+            say("Detaching a container removes its names everywhere and its resolv.conf:")
+            self.detach_all()
 
 
 def run_demo(argv: list[str]) -> int:
@@ -252,7 +321,7 @@ def _tour(keep: bool) -> int:
     try:
         with _sigterm_as_interrupt():
             tb = Testbed(HOSTS, prefix=DEMO_PREFIX)
-            tour = _Tour(tb, secrets.token_urlsafe(16))
+            tour = _Tour(tb, secrets.token_urlsafe(16), keep)
             tour.run()
             ok = True
     except KeyboardInterrupt:
@@ -267,7 +336,10 @@ def _tour(keep: bool) -> int:
         elif tb is not None:
             if tour is not None:
                 tour.stop_all_quietly()
-            tb.close()
+            try:
+                tb.close()
+            finally:
+                _remove_resolv_confs()
             if ok:
                 heading("Done")
                 say("Routers stopped, hosts removed. Keep them up next time with: weft demo --keep")
@@ -279,8 +351,18 @@ def _cleanup() -> int:
     if owner is not None:
         raise DemoError(f"a demo is running (pid {owner}); it removes its hosts when it ends")
     removed = sweep_stale(DEMO_PATTERN)
+    removed += [f"{NETNS_ETC}/{name}" for name in _remove_resolv_confs()]
     say(f"removed {' '.join(removed)}" if removed else "no demo hosts to remove")
     return 0
+
+
+def _remove_resolv_confs() -> list[str]:
+    """Remove what routers wrote for demo containers under /etc/netns (ours by prefix)."""
+    gone = []
+    for path in sorted(NETNS_ETC.glob(f"{DEMO_PREFIX}-*")):
+        shutil.rmtree(path, ignore_errors=True)
+        gone.append(path.name)
+    return gone
 
 
 def _preflight() -> None:
@@ -296,8 +378,9 @@ def _explain_keep(tb: Testbed) -> None:
     for host in HOSTS:
         say(f"  ip netns exec {tb.ns(host)} env WEFT_DATA_DIR={tb.data_dir(host)} weft status")
     say(f"A shell on h1:  ip netns exec {tb.ns('h1')} env WEFT_DATA_DIR={tb.data_dir('h1')} bash")
+    say(f"A shell in c1:  ip netns exec {tb.ns('c1')} bash    (try: getent hosts c3)")
     say(f"Router logs:    {tb.tmpdir}/hosts/*/")
-    say(f"h2's router was stopped in step 5; start it again with: ... weft launch "
+    say(f"h2's router was stopped in step 6; start it again with: ... weft launch "
         f"--nickname host2 {tb.address('h1')}")
     say("Remove everything (routers, hosts, files):  weft demo --cleanup")
 

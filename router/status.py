@@ -214,11 +214,16 @@ def _ipam(report: Mapping[str, Any]) -> list[str]:
 
 
 def _dns(report: Mapping[str, Any]) -> list[str]:
-    """``weave status dns``: one line per record."""
+    """``weave status dns``: one line per record (name, address, container, origin); the
+    columns are Weave's widths, wider when an entry needs it."""
     dns = report.get("dns")
     if dns is None:
         raise LocalProtocolError("DNS is disabled")
+    entries = dns["entries"]
+    widths = [max([minimum, *(len(str(e[key])) for e in entries)])
+              for key, minimum in (("hostname", 15), ("address", 15), ("container", 12))]
     return [
-        f"{e['hostname']:<15} {e['address']:<15} {e['container']:<12} {e['origin']}"
-        for e in dns["entries"]
+        f"{e['hostname']:<{widths[0]}} {e['address']:<{widths[1]}} "
+        f"{e['container']:<{widths[2]}} {e['origin']}"
+        for e in entries
     ]

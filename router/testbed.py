@@ -199,6 +199,8 @@ def _delete_namespaces(namespaces: Sequence[str]) -> list[str]:
             proc = _ip("netns", "delete", ns, check=False)
             if proc.returncode != 0:
                 errors.append(f"ip netns delete {ns}: {proc.stderr.strip()}")
+        # per-namespace config a router wrote (resolv.conf for `ip netns exec`) goes too
+        shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
     return errors
 
 

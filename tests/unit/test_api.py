@@ -44,6 +44,7 @@ class FakeControl:
         self.stopped = trio.Event()
         self.fail_with: Exception | None = None
         self.data_dir: str | None = None
+        self.names: dict[str, list[str]] = {}
         if with_metrics:
             self.metrics = lambda: b"weft_connections 0\n"
 
@@ -79,6 +80,31 @@ class FakeControl:
 
     async def wait_stopped(self) -> None:
         await self.stopped.wait()
+
+    # DNS: a plain dict of name -> addresses stands for the record store
+    async def dns_add(self, addresses: list[str], container: str | None, name: str) -> int:
+        self.calls.append(("dns_add", (addresses, container, name)))
+        if "." not in name:
+            raise LocalProtocolError(f"bad name {name!r}")
+        held = self.names.setdefault(name, [])
+        new = [a for a in addresses if a not in held]
+        held += new
+        return len(new)
+
+    async def dns_remove(self, addresses: list[str], container: str | None,
+                         name: str | None) -> int:
+        self.calls.append(("dns_remove", (addresses, container, name)))
+        removed = 0
+        for held_name, held in self.names.items():
+            if name in (None, held_name):
+                gone = [a for a in held if not addresses or a in addresses]
+                removed += len(gone)
+                held[:] = [a for a in held if a not in gone]
+        return removed
+
+    def dns_lookup(self, name: str) -> dict[str, Any]:
+        self.calls.append(("dns_lookup", name))
+        return {"name": name + ".", "addresses": sorted(self.names.get(name, []))}
 
 
 Reply = tuple[int, dict[str, str], bytes]
@@ -178,6 +204,10 @@ def test_connect_and_forget() -> None:
         ("/forget", b"{}", "missing field 'peers'"),
         ("/forget", b'{"peers": null}', "missing field 'peers'"),
         ("/forget", b'{"peers": [{"a": 1}]}', "field 'peers' must be a list of strings"),
+        ("/dns/add", b'{"addresses": ["10.0.0.1"]}', "missing field 'name'"),
+        ("/dns/add", b'{"name": "a.b", "container": 7}', "field 'container' must be a non-empty"),
+        ("/dns/add", b'{"name": "a.b", "addresses": "10.0.0.1"}', "field 'addresses' must be a list"),
+        ("/dns/remove", b'{"name": ""}', "field 'name' must be a non-empty string"),
     ],
 )
 def test_bad_bodies_are_400(path: str, body: bytes, expected: str) -> None:
@@ -206,6 +236,36 @@ def test_control_errors_map_to_400_and_500() -> None:
         assert status == 200
 
     with_server(test)
+
+
+def test_dns_records() -> None:
+    async def test(port: int, ctl: FakeControl) -> None:
+        body = {"name": "web.weft.local", "addresses": ["10.2.1.1", "10.2.1.2"], "container": None}
+        status, _, data = await call(port, "POST", "/dns/add", json.dumps(body).encode())
+        assert (status, json.loads(data)) == (200, {"added": 2})
+        body = {"name": "web.weft.local", "container": "c1"}
+        status, _, data = await call(port, "POST", "/dns/add", json.dumps(body).encode())
+        assert (status, json.loads(data)) == (200, {"added": 0})
+        status, _, data = await call(port, "GET", "/dns/lookup?name=web.weft.local")
+        assert (status, json.loads(data)) == (
+            200, {"name": "web.weft.local.", "addresses": ["10.2.1.1", "10.2.1.2"]})
+        body = {"addresses": ["10.2.1.1"]}
+        status, _, data = await call(port, "POST", "/dns/remove", json.dumps(body).encode())
+        assert (status, json.loads(data)) == (200, {"removed": 1})
+        status, _, data = await call(port, "POST", "/dns/add", b'{"name": "nodot", "addresses": []}')
+        assert status == 400 and error_of(data) == "bad name 'nodot'"
+        for query in ("", "?name=", "?name=a&name=b"):
+            status, _, data = await call(port, "GET", "/dns/lookup" + query)
+            assert status == 400 and "give one name" in error_of(data)
+
+    ctl = with_server(test)
+    assert ctl.calls == [
+        ("dns_add", (["10.2.1.1", "10.2.1.2"], None, "web.weft.local")),
+        ("dns_add", ([], "c1", "web.weft.local")),
+        ("dns_lookup", "web.weft.local"),
+        ("dns_remove", (["10.2.1.1"], None, None)),
+        ("dns_add", ([], None, "nodot")),
+    ]
 
 
 def test_unknown_path_and_method() -> None:

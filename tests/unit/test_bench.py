@@ -344,3 +344,76 @@ def test_names_missing_tools(capsys: pytest.CaptureFixture[str], monkeypatch: py
     assert main([]) == 1
     err = capsys.readouterr().err
     assert err.startswith("weft bench: needs nft (apt-get install") and err.rstrip().endswith("--no-loss")
+
+
+# --- the dns suite ----------------------------------------------------------------------------
+
+DNS_RESULT = {"names": 1000, "seconds": 10.0, "clients": 4, "outstanding": 100,
+              "weftdns": {"qps": 30000.5, "completed": 300005, "lost": 0},
+              "dnsmasq": {"qps": 90000.0, "completed": 900000, "lost": 2}}
+
+
+def fake_bench_dns(monkeypatch: pytest.MonkeyPatch, outcome: Any) -> list[dict[str, Any]]:
+    from weftnet.dns import bench as dns_bench
+
+    calls: list[dict[str, Any]] = []
+
+    def fake(**kwargs: Any) -> dict[str, Any]:
+        calls.append(kwargs)
+        if isinstance(outcome, Exception):
+            raise outcome
+        result = json.loads(json.dumps(outcome))
+        result["ratio"] = result["weftdns"]["qps"] / result["dnsmasq"]["qps"]
+        return result  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(dns_bench, "bench_dns", fake)
+    return calls
+
+
+def test_dns_suite_table_and_json(capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = fake_bench_dns(monkeypatch, DNS_RESULT)
+    assert main(["dns"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "weft bench dns: 1000 names, 10 s per server, dnsperf -c 4 -q 100"
+    assert re.search(r"^weftdns +30000\.5 +300005 +0$", out, re.M)
+    assert re.search(r"^dnsmasq +90000\.0 +900000 +2$", out, re.M)
+    assert out.rstrip().endswith("weftdns / dnsmasq: 0.33 (meets the target of 0.25)")
+    assert main(["dns", "--json", "--quick", "--names", "50"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ratio"] == pytest.approx(30000.5 / 90000.0) and doc["target_ratio"] == 0.25
+    assert set(doc["machine"]) >= {"kernel", "cpus"}
+    assert calls == [{"names": 1000, "seconds": 10.0, "clients": 4, "outstanding": 100},
+                     {"names": 50, "seconds": 2.0, "clients": 4, "outstanding": 100}]
+    slow = json.loads(json.dumps(DNS_RESULT))
+    slow["weftdns"]["qps"] = 1000.0
+    fake_bench_dns(monkeypatch, slow)
+    assert main(["dns"]) == 0
+    assert "BELOW the target of 0.25" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "status", "message"), [
+    (["dns", "--names", "0"], 2, "--names must be 1..100000"),
+    (["dns", "--seconds", "-1"], 2, "--seconds must be more than 0"),
+    (["dns", "--clients", "0"], 2, "--clients must be 1..256"),
+    (["dns", "--bogus"], 2, "unrecognized arguments"),
+])
+def test_dns_suite_bad_arguments(argv: list[str], status: int, message: str,
+                                 capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = fake_bench_dns(monkeypatch, DNS_RESULT)
+    assert main(argv) == status
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("weft bench dns: ") and message in err and err.count("\n") == 1
+    assert calls == []
+
+
+def test_dns_suite_says_what_is_missing(capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from weftnet.dns.bench import BenchUnavailable
+
+    missing = "the DNS benchmark needs `dnsperf` (apt-get install dnsperf)"
+    fake_bench_dns(monkeypatch, BenchUnavailable(missing))
+    assert main(["dns"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"weft bench dns: {missing}\n"

@@ -405,6 +405,47 @@ def test_client_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert ctl.calls[:2] == [("connect", (["h2", "10.0.0.3:7000"], False)), ("forget", ["h2"])]
 
 
+def test_dns_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with api_server() as (addr, ctl):
+        assert run_cli(capsys, "dns-add", "--http-addr", addr, "10.2.1.7", "10.2.1.8/24", "c1",
+                       "--name", "web.weft.local") == (0, "", "")
+        # positionals after the option are more of the same list
+        assert run_cli(capsys, "dns-add", "10.2.1.9", "--name", "web.weft.local", "--http-addr",
+                       addr, "c2") == (0, "", "")
+        status, out, _ = run_cli(capsys, "dns-lookup", "--http-addr", addr, "web.weft.local")
+        assert (status, out) == (0, "10.2.1.7\n10.2.1.8\n10.2.1.9\n")
+        assert run_cli(capsys, "dns-remove", "--http-addr", addr, "10.2.1.8") == (0, "", "")
+        status, _, err = run_cli(capsys, "dns-lookup", "--http-addr", addr, "nothing.here")
+        assert (status, assert_one_line_error(err)) == (1, "no addresses for nothing.here.")
+        status, _, err = run_cli(capsys, "dns-add", "--http-addr", addr, "10.2.1.7", "--name", "x")
+        assert (status, assert_one_line_error(err)) == (1, "bad name 'x'")
+    assert ctl.calls == [
+        ("dns_add", (["10.2.1.7", "10.2.1.8"], "c1", "web.weft.local")),
+        ("dns_add", (["10.2.1.9"], "c2", "web.weft.local")),
+        ("dns_lookup", "web.weft.local"),
+        ("dns_remove", (["10.2.1.8"], None, None)),
+        ("dns_lookup", "nothing.here"),
+        ("dns_add", (["10.2.1.7"], None, "x")),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["dns-add", "10.0.0.1"], "the following arguments are required: --name"),
+        (["dns-add", "--name", "a.b"], "dns-add: give IP addresses, a CONTAINER, or both"),
+        (["dns-add", "c1", "c2", "--name", "a.b"], "give at most one CONTAINER"),
+        (["dns-remove"], "dns-remove: give IP addresses, a CONTAINER or --name"),
+        (["dns-lookup"], "the following arguments are required: NAME"),
+        (["attach", "10.2.1.1/24", "--name", "c1", "ns", "--bogus"], "unrecognized arguments"),
+    ],
+)
+def test_dns_usage_errors(capsys: pytest.CaptureFixture[str], argv: list[str], expected: str) -> None:
+    status, out, err = run_cli(capsys, *argv)
+    assert status == 2 and out == ""
+    assert expected in assert_one_line_error(err)
+
+
 def test_client_env_http_addr(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,15 +10,19 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import dnslib
+import pytest
 import trio
+import trio.testing
 
 from weftnet.dns.codec import StreamDecoder, frame
 from weftnet.dns.resolvconf import container_resolv_conf, parse
-from weftnet.dns.server import DnsServer, UpstreamSource, load_records, serve_dns
+from weftnet.dns.server import DnsServer, UpstreamSource, load_records, open_sockets, serve_dns
+from weftnet.proto.errors import LocalProtocolError
 
 T0 = 1_700_000_000.0
 LOCAL = load_records("web.weft.local 10.32.0.1\n" +
@@ -35,7 +39,18 @@ async def running(store: Any, address: str, **kw: Any) -> AsyncIterator[DnsServe
         nursery.cancel_scope.cancel()
 
 
-async def udp_ask(server: DnsServer, name: str, qtype: str = "A") -> dnslib.DNSRecord:
+class Where(Protocol):
+    address: str
+    port: int
+
+
+@dataclass
+class At:
+    address: str
+    port: int
+
+
+async def udp_ask(server: Where, name: str, qtype: str = "A") -> dnslib.DNSRecord:
     q = dnslib.DNSRecord.question(name, qtype)
     with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         await s.connect((server.address, server.port))
@@ -45,7 +60,7 @@ async def udp_ask(server: DnsServer, name: str, qtype: str = "A") -> dnslib.DNSR
     return r
 
 
-async def tcp_ask(server: DnsServer, *names: str) -> list[dnslib.DNSRecord]:
+async def tcp_ask(server: Where, *names: str) -> list[dnslib.DNSRecord]:
     """Pipelined queries on one connection; replies by id, in the order of ``names``."""
     queries = [dnslib.DNSRecord.question(n) for n in names]
     stream = await trio.open_tcp_stream(server.address, server.port)
@@ -184,3 +199,84 @@ def test_resolv_conf_parsing_and_rendering() -> None:
     assert c.search == ("a.example", "b.example") and c.timeout == 3.0 and c.attempts == 5
     assert container_resolv_conf("172.17.0.1", "Weft.Local.") == (
         "nameserver 172.17.0.1\nsearch weft.local\n")
+    # the host's search domains follow ours (once, at most six in all, junk left out)
+    assert container_resolv_conf("127.0.0.11", "weft.local", (
+        "corp.example.", "weft.local", "bad/name", "a.example", "b.example", "c.example",
+        "d.example", "e.example")) == (
+        "nameserver 127.0.0.11\nsearch weft.local corp.example a.example b.example c.example "
+        "d.example\n")
+
+
+async def ask_at(address: str, port: int, name: str) -> dnslib.DNSRecord:
+    return await udp_ask(At(address, port), name)
+
+
+def test_listeners_come_and_go_while_the_server_runs(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            srv: DnsServer = await nursery.start(lambda task_status: serve_dns(
+                lambda: LOCAL, resolv_conf=conf(tmp_path), task_status=task_status))
+            assert srv.listeners() == []
+            first = open_sockets("127.0.0.4", 0)
+            port4 = first[0].getsockname()[1]
+            assert first[1].getsockname()[1] == port4
+            srv.add_listener("c4", *first)
+            srv.add_listener("c5", *open_sockets("127.0.0.5", 0))
+            port5 = srv._listeners["c5"].port
+            assert srv.listeners() == ["c4", "c5"]
+            r = await ask_at("127.0.0.4", port4, "web.weft.local")
+            assert [str(rr.rdata) for rr in r.rr] == ["10.32.0.1"]
+            (t,) = await tcp_ask(At("127.0.0.5", port5), "big.weft.local")
+            assert len(t.rr) == 50
+            # removing one closes its sockets (the port is free again), the other still answers
+            assert srv.remove_listener("c4") and not srv.remove_listener("c4")
+            await trio.testing.wait_all_tasks_blocked()
+            assert first[0].fileno() == -1 and first[1].fileno() == -1
+            again = open_sockets("127.0.0.4", port4)
+            srv.add_listener("c4", *again)
+            r = await ask_at("127.0.0.4", port4, "web.weft.local")
+            assert len(r.rr) == 1
+            # a new listener under a key replaces the old one
+            srv.add_listener("c4", *open_sockets("127.0.0.6", 0))
+            await trio.testing.wait_all_tasks_blocked()
+            assert again[0].fileno() == -1 and srv.listeners() == ["c4", "c5"]
+            assert srv.statistics().listeners == 2
+            nursery.cancel_scope.cancel()
+        # the server's end closes every listener
+        assert srv.listeners() == []
+    trio.run(main)
+
+
+def test_a_local_listener_is_never_its_own_upstream(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            # the upstream port is the listener's port: without the rule, a loop
+            sockets = open_sockets("127.0.0.7", 0)
+            port = sockets[0].getsockname()[1]
+            srv: DnsServer = await nursery.start(lambda task_status: serve_dns(
+                lambda: LOCAL, resolv_conf=conf(tmp_path, "127.0.0.7"), upstream_port=port,
+                upstream_timeout=5, task_status=task_status))
+            srv.add_listener("host", *sockets, local=True)
+            r = await ask_at("127.0.0.7", port, "www.example.com")
+            assert r.header.rcode == dnslib.RCODE.SERVFAIL
+            stats = srv.statistics()
+            assert stats.udp_queries == 1 and stats.upstream_failures == 0 and stats.servfail == 1
+            # not local (a container's namespace): its address is a fine upstream
+            srv.remove_listener("host")
+            await trio.testing.wait_all_tasks_blocked()
+            async with running(OUTSIDE, "127.0.0.7", port=port, domain="example.com"):
+                srv.add_listener("c8", *open_sockets("127.0.0.8", port))
+                r = await ask_at("127.0.0.8", port, "www.example.com")
+                assert [str(rr.rdata) for rr in r.rr] == ["192.0.2.80"]
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+
+
+def test_add_listener_needs_a_running_server() -> None:
+    srv = DnsServer(lambda: LOCAL, address="", domain="weft.local", ttl=1, resolv_conf="/nonexistent",
+                    rng=__import__("random").Random(1), max_udp=4096, upstream_timeout=1,
+                    upstream_port=53)
+    udp, tcp = open_sockets("127.0.0.1", 0)
+    with pytest.raises(LocalProtocolError):
+        srv.add_listener("x", udp, tcp)
+    assert udp.fileno() == -1 and tcp.fileno() == -1

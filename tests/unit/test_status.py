@@ -225,6 +225,17 @@ def test_dns() -> None:
     )
 
 
+def test_dns_columns_widen_for_long_entries() -> None:
+    report = copy.deepcopy(REPORT)
+    report["dns"]["entries"].append({
+        "hostname": "a-rather-long-name.weft.local.", "address": "10.32.0.2",
+        "container": "wt12ab-container", "origin": "02:00:00:00:00:02"})
+    assert render_status(report, "dns") == (
+        "web.weft.local.                10.32.0.1       c1               02:00:00:00:00:01\n"
+        "a-rather-long-name.weft.local. 10.32.0.2       wt12ab-container 02:00:00:00:00:02\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("view", "message"), [("ipam", "IPAM is disabled"), ("dns", "DNS is disabled")]
 )
