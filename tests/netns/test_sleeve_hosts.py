@@ -324,3 +324,25 @@ def test_trust_on_one_side_only_keeps_encryption(pair: Testbed) -> None:
     attach(tb, "h1", "10.2.1.1/24", "c1")
     attach(tb, "h2", "10.2.1.2/24", "c2")
     assert tb.ping("c1", "10.2.1.2", timeout=5)
+
+
+def test_the_link_follows_the_peer_to_a_new_udp_address(pair: Testbed) -> None:
+    """What a NAT rebinding looks like from h2: h1's datagrams suddenly come from another
+    address (here: h1 changes its source address; the TCP connection keeps the old one)."""
+    tb = pair
+    two_hosts_connected(tb, "sesame")
+    attach(tb, "h1", "10.2.1.1/24", "c1")
+    attach(tb, "h2", "10.2.1.2/24", "c2")
+    assert tb.ping("c1", "10.2.1.2", timeout=5)
+
+    def udp_address() -> str:
+        return str(report(tb, "h2")["router"]["connections"][0]["sleeve"]["udp_address"])
+
+    assert udp_address() == f"{tb.address('h1')}:6783"
+    tb.run("h1", ["ip", "addr", "add", "172.31.1.101/24", "dev", "eth0"])
+    tb.run("h1", ["ip", "route", "replace", "172.31.1.0/24", "dev", "eth0", "proto", "kernel",
+                  "scope", "link", "src", "172.31.1.101"])
+    wait_for("h2 to follow h1's new address", lambda: udp_address() == "172.31.1.101:6783",
+             timeout=15)
+    assert tb.ping("c1", "10.2.1.2", timeout=5) and tb.ping("c2", "10.2.1.1", timeout=5)
+    assert established(report(tb, "h2")) == {"h1"}
