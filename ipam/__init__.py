@@ -1,1 +1,52 @@
-"""weftnet.ipam: see ARCHITECTURE (pure core; filled in by its issue)."""
+"""weftnet.ipam: address allocation without a key-value store (pure, sans-IO core).
+
+Modules (each opens with its theory of operation)::
+
+    ring.py        the ring CRDT: entries [token, end) -> owner, version, free hint; merge,
+                   grant, give_all (rmpeer / handoff), rival rings (ring_id)
+    space.py       addresses in use on this peer and the searches over them
+    consensus.py   single-decree Paxos over gossiped claims (--ipalloc-init consensus=N)
+    mode.py        InitMode = ConsensusInit(count) | SeedInit(names) | ObserverInit();
+                   parse_init_mode(text, initial_peers)
+    codec.py       wire formats: IpamGossip (gossip payload), RequestSpace / Donation /
+                   Refused / RequestClaim (unicasts); decoders raise only RemoteProtocolError
+    allocator.py   Allocator: the facade the router drives
+    gossip.py      IpamGossiper: the Allocator as mesh channel "ipam" (CHANNEL)
+    persist.py     the persisted state: encode_state / decode_state (StateError)
+    status.py      status() and the reasons operations wait or fail; format_status(dict)
+                   renders ``weft status ipam`` (Weave's layout plus problems/warnings)
+
+The router's part (nothing here does I/O, reads a clock or draws its own randomness)::
+
+    alloc = Allocator(name, nickname, universe: IPv4Network, default_subnet: IPv4Network | None,
+                      init: InitMode, now, rng: random.Random, timeout=30.0)
+    alloc.load_state(decode_state(bytes_from_data_dir))   # if the file exists; returns warnings;
+                                                          # StateError: refuse to start, say why
+    mesh.register_channel(CHANNEL, IpamGossiper(alloc))
+
+    inputs (API):  alloc.allocate(op_id, ident, subnet | None, now)         -> Result later
+                   alloc.claim(op_id, ident, IPv4Interface, now)           -> Result later
+                   alloc.free(ident, IPv4Address | None, now) -> int       (freed count)
+                   alloc.lookup(ident) -> list[IPv4Interface]
+                   alloc.rmpeer(name_or_nickname, now) -> int               (addresses taken;
+                                  LocalProtocolError if the peer is reachable or unknown)
+                   alloc.handoff(now) -> (peer, addresses) | None          (weft reset)
+                   alloc.stats -> dict[str, int]  (counters for /metrics)
+                   alloc.status() -> dict   ("ipam" of the report: range, default_subnet,
+                                  status, peers[{name, nickname, addresses, share, free,
+                                  reachable}], problems[str], warnings[str], init, ring,
+                                  allocated, pending)
+    inputs (mesh): alloc.peers_changed({name: nickname} of reachable peers, now)
+                   (unicasts and gossip arrive through IpamGossiper)
+    timers:        alloc.get_timer() -> float | None;  alloc.handle_timer(now)
+    outputs, after every input above and after every mesh input (data_received, handle_timer
+    and connection events may call into the gossiper), in this order:
+        if alloc.dirty: write encode_state(alloc.to_state()) atomically (tmp, fsync, rename)
+        if (news := alloc.take_news()) is not None: mesh.gossip_news(CHANNEL, news)
+        for dst, payload in alloc.messages_to_send(): mesh.gossip_unicast(CHANNEL, dst, payload, now)
+        while (r := alloc.next_result()) is not None: answer op r.op_id with
+              r.address (IPv4Interface) or r.error (one line, says why and what to do)
+
+Every allocate/claim ends with a Result by ``now + timeout`` at the latest. ``ident`` is the
+container id (1..256 chars); allocation is idempotent per (ident, subnet).
+"""
