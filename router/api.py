@@ -92,6 +92,8 @@ class RouterControl(Protocol):
 
     def dns_lookup(self, name: str) -> dict[str, Any]: ...
 
+    def rmpeer(self, peer: str) -> dict[str, Any]: ...
+
 
 class ApiError(Exception):
     """An HTTP error answer with a one-line reason."""
@@ -288,6 +290,13 @@ async def _dns_lookup(control: RouterControl, request: Request) -> Response:
     if len(names) != 1 or not names[0]:
         raise ApiError(400, "give one name: /dns/lookup?name=NAME")
     return json_response(control.dns_lookup(names[0]))
+
+
+@route("POST", "/rmpeer")
+async def _rmpeer(control: RouterControl, request: Request) -> Response:
+    peer = field_str(request.json_object(), "peer")
+    assert peer is not None
+    return json_response(control.rmpeer(peer))
 
 
 @route("GET", "/metrics")

@@ -46,6 +46,8 @@ NETNS_ETC = Path("/etc/netns")
 RESOLV_MARKER = "# written by weft attach; weft detach removes it\n"
 SAVED_SUFFIX = ".weft-saved"
 
+AddressSpec = ipaddress.IPv4Interface | ipaddress.IPv4Network | None   # see parse_address_specs
+
 
 @dataclass(slots=True)
 class Record:
@@ -135,14 +137,35 @@ def remove_resolv_conf(path_text: str) -> None:
         path.parent.rmdir()  # only when empty
 
 
+def parse_address_specs(texts: list[str]) -> list[AddressSpec]:
+    """``attach``'s ADDR arguments: ``IP/LEN`` (that address, claimed from IPAM when inside
+    its range), ``net:CIDR`` (allocate one inside that subnet), ``net:default`` (allocate
+    one from the default subnet, ``None`` here); no argument at all means ``net:default``."""
+    if not texts:
+        return [None]
+    out: list[AddressSpec] = []
+    for text in texts:
+        if text == "net:default":
+            out.append(None)
+        elif text.startswith("net:"):
+            try:
+                out.append(ipaddress.IPv4Network(text.removeprefix("net:")))
+            except ValueError:
+                raise LocalProtocolError(f"{text}: not an IPv4 subnet (net:CIDR with the host "
+                                         "bits zero, e.g. net:10.32.1.0/24)") from None
+        else:
+            out.extend(parse_cidrs([text]))
+    return out
+
+
 def parse_cidrs(texts: list[str]) -> list[ipaddress.IPv4Interface]:
-    """ADDR arguments: ``IP/LEN``. ``net:CIDR``/``net:default`` and no address at all ask
-    IPAM for one, which this router cannot serve yet: a clear error, nothing half-done."""
+    """ADDR arguments that are addresses: ``IP/LEN``. ``net:CIDR``/``net:default`` ask IPAM
+    for one (``parse_address_specs``) and are refused here."""
     out: list[ipaddress.IPv4Interface] = []
     for text in texts:
         if text.startswith("net:"):
-            raise LocalProtocolError(f"{text}: allocating addresses needs IPAM, which this "
-                                     "router does not run yet; give an address as IP/LEN")
+            raise LocalProtocolError(f"{text}: allocating an address needs IPAM (attach); "
+                                     "give an address as IP/LEN")
         if "/" not in text:
             raise LocalProtocolError(f"{text}: give the address with its prefix length, "
                                      "e.g. 10.2.1.1/24")
@@ -221,7 +244,7 @@ class Attachments:
         cidrs = parse_cidrs(addresses)
         if not cidrs:
             raise LocalProtocolError("no address given, and allocating one needs IPAM, which "
-                                     "this router does not run yet; give IP/LEN")
+                                     "is off (--ipalloc-range ''); give IP/LEN")
         async with self._lock:
             ref = await trio.to_thread.run_sync(netdev.resolve_netns, container)
             records = self._load()

@@ -326,7 +326,8 @@ def cmd_reset(ns: argparse.Namespace) -> int:
         _wait_for_stop(client, datadir)
     else:
         _wait_for_stop(client, datadir)
-    (datadir or DataDir(default_data_dir().absolute())).remove()
+    target = datadir or DataDir(default_data_dir().absolute())
+    target.remove()
     return 0
 
 
@@ -450,6 +451,14 @@ def cmd_dns_lookup(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rmpeer(ns: argparse.Namespace) -> int:
+    answer = _client(ns).call("POST", "/rmpeer", {"peer": ns.peer})
+    if not isinstance(answer, dict) or not isinstance(answer.get("taken"), int):
+        raise LocalProtocolError("the router's answer to rmpeer is not understood")
+    print(f"{answer['taken']} IPs taken over from {answer.get('peer') or ns.peer}")
+    return 0
+
+
 def cmd_bench(ns: argparse.Namespace) -> int:
     bench_main = _import_attr("weftnet.router.bench", "main", "the benchmark")
     status: int = bench_main(list(ns.args))
@@ -555,6 +564,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("dns-lookup", cmd_dns_lookup, "the addresses of a name, one per line")
     api_options(p)
     p.add_argument("dns_name", metavar="NAME")
+
+    p = command("rmpeer", cmd_rmpeer, "take over the IPAM space of a dead peer")
+    api_options(p)
+    p.add_argument("peer", metavar="PEER", help="peer name or nickname")
 
     command("version", cmd_version, "print the version")
 

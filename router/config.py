@@ -34,6 +34,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from weftnet.ipam.mode import ConsensusInit, InitMode, ObserverInit, SeedInit
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.proto.peername import format_peer_name, parse_peer_name
 
@@ -289,6 +290,19 @@ def parse_ipalloc_init(text: str) -> IpallocInit:
             raise LocalProtocolError(f"--ipalloc-init: {text!r}: duplicate peer name")
         return IpallocInit("seed", seeds=tuple(seeds))
     raise LocalProtocolError(f"--ipalloc-init: invalid value {text!r}: {usage}")
+
+
+
+
+def ipalloc_init_mode(text: str | None, peer_args: int) -> InitMode:
+    """The IPAM core's InitMode for ``--ipalloc-init`` (normalised text or None);
+    ``consensus`` without N means 1 + the number of PEER arguments given to launch."""
+    init = parse_ipalloc_init(text) if text is not None else IpallocInit("consensus")
+    if init.mode == "consensus":
+        return ConsensusInit(init.quorum if init.quorum is not None else 1 + peer_args)
+    if init.mode == "seed":
+        return SeedInit(tuple(sorted(init.seeds)))
+    return ObserverInit()
 
 
 def _dns_domain_option(text: str) -> str:

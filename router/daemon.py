@@ -29,6 +29,17 @@ namespace's /etc/resolv.conf. Launch order matters::
 routers gone from the topology for a while (``PEER_GONE_GRACE``), and containers whose
 namespace disappeared without a detach (their listener, names, resolv.conf and record
 go; the listener's sockets would otherwise keep the dead namespace alive).
+
+IPAM (unless ``--ipalloc-range ""``; the recipe is ``weftnet.ipam``'s docstring). The pure
+``Allocator`` rides on the mesh as channel "ipam"; ``_pump`` tells it when the set of
+reachable peers changed, then drains its outputs in the core's order: persist
+``DATA_DIR/ipam.json`` (atomically) when dirty, gossip its news, send its unicasts, answer
+the API calls waiting on results (each op has a deadline in the core, so no call hangs).
+The timer task wakes for the earlier of the mesh's and the allocator's timers. ``attach``
+allocates (no ADDR, ``net:default``, ``net:CIDR``) or claims (``IP/LEN``) before plumbing,
+and frees what it got if plumbing fails; ``detach`` and a vanished namespace free at once;
+at launch, addresses of containers no longer attached are freed. ``weft reset`` hands our
+space to a live peer (``handoff``) before stopping; ``weft rmpeer`` takes a dead one's.
 """
 
 from __future__ import annotations
@@ -43,6 +54,8 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -52,6 +65,10 @@ from weftnet.dns.gossip import CHANNEL as DNS_CHANNEL
 from weftnet.dns.resolvconf import container_resolv_conf
 from weftnet.dns.server import DnsServer, open_sockets, serve_dns
 from weftnet.dns.service import DnsService, default_hostname, parse_claims
+from weftnet.ipam.allocator import Allocator
+from weftnet.ipam.gossip import CHANNEL as IPAM_CHANNEL
+from weftnet.ipam.gossip import IpamGossiper
+from weftnet.ipam.persist import StateError, decode_state, encode_state
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.proto.mesh import Close, Dial, MeshConfig, MeshNode, PeerConnected, PeerDisconnected
 from weftnet.proto.peername import (
@@ -64,9 +81,16 @@ from weftnet.proto.peername import (
 
 from . import netdev
 from .api import serve_api
-from .attachments import Attachments, Record, named_netns, sweep_resolv_confs
-from .config import LaunchConfig, parse_peer_address
-from .datadir import DataDir
+from .attachments import (
+    AddressSpec,
+    Attachments,
+    Record,
+    named_netns,
+    parse_address_specs,
+    sweep_resolv_confs,
+)
+from .config import LaunchConfig, ipalloc_init_mode, parse_peer_address
+from .datadir import IPAM_FILE, DataDir
 from .dataplane import Dataplane
 
 log = logging.getLogger("weft")
@@ -78,6 +102,7 @@ DNS_ADDRESS = "127.0.0.11"   # where containers (and the host) reach weftDNS, as
 DNS_PORT = 53
 HOST_LISTENER = "host"
 WATCH_INTERVAL = 1.0         # seconds between checks that attached namespaces still exist
+IPAM_ANSWER_SLACK = 5.0      # beyond the core's own deadline, in case an answer got lost
 
 
 @dataclass(slots=True)
@@ -131,6 +156,14 @@ class Router:
         if config.dns:
             self.dns = DnsService(name, time.time(), domain=config.dns_domain)
             self.mesh.register_channel(DNS_CHANNEL, self.dns.gossiper)
+        self.ipam: Allocator | None = None
+        self._ipam_alive: dict[int, str] = {}
+        self._ipam_waiting: dict[int, tuple[trio.Event, list[Any]]] = {}
+        self._next_op = 1
+        self._ipam_watched: dict[str, netdev.NetnsRef] = {}  # without DNS: namespaces to watch
+        if config.ipalloc_range:
+            self.ipam = self._make_allocator(name, now)
+            self.mesh.register_channel(IPAM_CHANNEL, IpamGossiper(self.ipam))
 
     # --- RouterControl -----------------------------------------------------------------
 
@@ -148,7 +181,7 @@ class Router:
         return {
             "version": weftnet.__version__,
             "router": router,
-            "ipam": None,
+            "ipam": self.ipam.status() if self.ipam is not None else None,
             "dns": self._dns_report(),
         }
 
@@ -189,24 +222,75 @@ class Router:
         self._stopped.set()
 
     def reset(self) -> None:
+        """Hand our IPAM space to a live peer (gossiped and sent before the Goodbye), stop."""
+        if self.ipam is not None:
+            handed = self.ipam.handoff(trio.current_time())
+            if handed is None:
+                log.warning("reset: no peer is reachable to take over this peer's address space")
+            else:
+                peer, count = handed
+                log.info("reset: handed %d addresses to %s", count, self.ipam.describe(peer))
+            self._pump()
         self.request_stop()
+
+    def rmpeer(self, peer: str) -> dict[str, Any]:
+        """Take over the IPAM space of a dead peer (name or nickname)."""
+        ipam = self._need_ipam()
+        count = ipam.rmpeer(peer.strip(), trio.current_time())
+        target = ipam.describe(ipam.resolve_peer(peer.strip()))
+        log.info("rmpeer: %d addresses taken over from %s", count, target)
+        self._pump()
+        return {"taken": count, "peer": target}
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
     async def attach(self, container: str, addresses: list[str], name: str | None,
                      without_dns: bool) -> list[str]:
+        specs = parse_address_specs(addresses)
         dns = None if without_dns else self.dns
         hostname = None if dns is None or name is None else dns.qualify(name)  # refuse early
         resolv_conf = None
         if dns is not None:
             search = self.dns_server.upstreams.get().search if self.dns_server else ()
             resolv_conf = container_resolv_conf(DNS_ADDRESS, dns.domain, search)
+        ipam = self.ipam
+        fresh: list[IPv4Interface] = []  # what IPAM gave for this call only: undone on failure
+        ident = ""
+        if ipam is None:
+            if not all(isinstance(spec, IPv4Interface) for spec in specs):
+                raise LocalProtocolError("allocating an address needs IPAM, which is off (the "
+                                         "router was launched with --ipalloc-range ''); give IP/LEN")
+            cidrs = [str(spec) for spec in specs]
+        else:
+            try:
+                ref = await trio.to_thread.run_sync(netdev.resolve_netns, container)
+            except netdev.NetdevError as exc:
+                raise LocalProtocolError(str(exc)) from None
+            ident = ref.name  # the attachment record's key
+            held = set(ipam.lookup(ident))
+            got: list[IPv4Interface] = []
+            try:
+                for spec in specs:
+                    iface = await self._ipam_get(ipam, ident, spec)
+                    got.append(iface)
+                    if iface not in held and iface.ip in ipam.universe:
+                        fresh.append(iface)
+            except BaseException:
+                self._ipam_release(ident, fresh)
+                raise
+            cidrs = [str(g) for g in dict.fromkeys(got)]
         try:
-            result = await self.attachments.attach(container, addresses, resolv_conf=resolv_conf)
+            result = await self.attachments.attach(container, cidrs, resolv_conf=resolv_conf)
         except netdev.NetdevError as exc:
+            self._ipam_release(ident, fresh)
             raise LocalProtocolError(str(exc)) from None
+        except BaseException:
+            self._ipam_release(ident, fresh)
+            raise
         key = result.record.container
+        if self.dns is None and self.ipam is not None:
+            self._ipam_watched[key] = result.ref
         if self.dns is not None:
             await self._dns_container_attached(key, result.ref)
         if dns is not None:
@@ -231,8 +315,155 @@ class Router:
                 self._dns_container_gone(result.container)
             elif result.ips:
                 self.dns.unregister(result.container, time.time(), result.ips)
-            self._pump()
+        if self.ipam is not None:
+            if result.gone:
+                self.ipam.free(result.container, None, trio.current_time())
+            else:
+                for ip in result.ips:
+                    self.ipam.free(result.container, IPv4Address(ip), trio.current_time())
+        self._pump()
         return result.removed
+
+    # --- IPAM ------------------------------------------------------------------------------
+
+    def _make_allocator(self, name: int, now: float) -> Allocator:
+        """The allocator, with its persisted state (a damaged file: refuse to start)."""
+        config = self.config
+        universe = IPv4Network(config.ipalloc_range)
+        subnet = (IPv4Network(config.ipalloc_default_subnet)
+                  if config.ipalloc_default_subnet else None)
+        init = ipalloc_init_mode(config.ipalloc_init, len(config.peers))
+        alloc = Allocator(name, config.nickname, universe, subnet, init, now,
+                          random.Random(os.urandom(16)))
+        path = self._ipam_path
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raw = None
+        except OSError as exc:
+            raise LocalProtocolError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if raw is not None:
+            try:
+                warnings = alloc.load_state(decode_state(raw))
+            except StateError as exc:
+                raise LocalProtocolError(
+                    f"{path}: {exc.reason}; refusing to start rather than risk handing out "
+                    "addresses twice (move the file away to start this peer's IPAM afresh, "
+                    "then `weft rmpeer` this peer's old name elsewhere if needed)") from None
+            for warning in warnings:
+                log.warning("ipam: %s", warning)
+        return alloc
+
+    @property
+    def _ipam_path(self) -> Path:
+        return self.datadir.path / IPAM_FILE
+
+    def _need_ipam(self) -> Allocator:
+        if self.ipam is None:
+            raise LocalProtocolError("IPAM is disabled (the router was launched with "
+                                     "--ipalloc-range '')")
+        return self.ipam
+
+    async def _ipam_get(self, ipam: Allocator, ident: str, spec: AddressSpec) -> IPv4Interface:
+        """Allocate (``net:``) or claim (``IP/LEN``) one address; a one-line error otherwise."""
+        if isinstance(spec, IPv4Interface):
+            return await self._ipam_op(
+                ipam, lambda op: ipam.claim(op, ident, spec, trio.current_time()))
+        return await self._ipam_op(
+            ipam, lambda op: ipam.allocate(op, ident, spec, trio.current_time()))
+
+    async def _ipam_op(self, ipam: Allocator, start: Callable[[int], None]) -> IPv4Interface:
+        op_id = self._next_op
+        self._next_op += 1
+        done = trio.Event()
+        box: list[Any] = []
+        self._ipam_waiting[op_id] = (done, box)
+        try:
+            start(op_id)
+            self._pump()
+            with trio.move_on_after(ipam.timeout + IPAM_ANSWER_SLACK):
+                await done.wait()
+        finally:
+            self._ipam_waiting.pop(op_id, None)
+        if not box:
+            raise LocalProtocolError(f"IPAM gave no answer in time: {ipam.why()}")
+        result = box[0]
+        if result.address is None:
+            raise LocalProtocolError(result.error or "IPAM refused the address")
+        address: IPv4Interface = result.address
+        return address
+
+    def _ipam_release(self, ident: str, addresses: list[IPv4Interface]) -> None:
+        if self.ipam is None or not addresses:
+            return
+        for iface in addresses:
+            self.ipam.free(ident, iface.ip, trio.current_time())
+        self._pump()
+
+    def _ipam_pump(self, now: float) -> None:
+        """Tell the allocator who is reachable; carry out what it asked for, in its order."""
+        ipam = self.ipam
+        assert ipam is not None
+        mesh = self.mesh
+        alive: dict[int, str] = {}
+        for peer in mesh.routes.reachable:
+            rec = mesh.topology.get(peer)
+            if peer != mesh.config.name and rec is not None:
+                alive[peer] = rec.nickname
+        if alive != self._ipam_alive:
+            self._ipam_alive = alive
+            ipam.peers_changed(alive, now)
+        if ipam.dirty:
+            self._persist_ipam(ipam)
+        if (news := ipam.take_news()) is not None:
+            mesh.gossip_news(IPAM_CHANNEL, news)
+        for dst, payload in ipam.messages_to_send():
+            if dst is not None:
+                mesh.gossip_unicast(IPAM_CHANNEL, dst, payload, now)
+        while (result := ipam.next_result()) is not None:
+            waiting = self._ipam_waiting.get(result.op_id)
+            if waiting is not None:
+                waiting[1].append(result)
+                waiting[0].set()
+
+    def _persist_ipam(self, ipam: Allocator) -> None:
+        self.datadir.create()
+        self.datadir.write_atomically(self._ipam_path, encode_state(ipam.to_state()))
+
+    async def _ipam_watch_loop(self, watched: dict[str, netdev.NetnsRef]) -> None:
+        """Without DNS (whose loop does it otherwise): free the addresses of containers
+        whose namespace disappeared without a detach."""
+        while True:
+            await trio.sleep(WATCH_INTERVAL)
+            records = self.attachments.records()
+            for key in list(watched):
+                if key not in records:
+                    del watched[key]
+            found = False
+            for key, ref in list(watched.items()):
+                try:
+                    st = os.stat(ref.path)
+                    alive = (st.st_dev, st.st_ino) == ref.key
+                except OSError:
+                    alive = False
+                if not alive and self.ipam is not None and watched.get(key) is ref:
+                    del watched[key]
+                    await self.attachments.forget(key)
+                    count = self.ipam.free(key, None, trio.current_time())
+                    log.info("container %s is gone: detached, %d address(es) freed", key, count)
+                    found = True
+            if found:
+                self._pump()
+
+    def _ipam_reconcile(self, attached: set[str]) -> None:
+        """Free the addresses of containers no longer attached (gone while we were away)."""
+        ipam = self.ipam
+        if ipam is None:
+            return
+        gone = sorted({ident for _, ident in ipam.space.items()} - attached)
+        for ident in gone:
+            count = ipam.free(ident, None, trio.current_time())
+            log.info("container %s is no longer attached: %d address(es) freed", ident, count)
 
     # --- DNS commands --------------------------------------------------------------------
 
@@ -308,8 +539,12 @@ class Router:
             self._nursery = nursery
             nursery.start_soon(self.dataplane.run)
             alive = await self.attachments.restore()
+            self._ipam_reconcile({rec.container for rec, _ in alive})
             if self.dns is not None:
                 await self._start_dns(nursery, self.dns, alive)
+            elif self.ipam is not None:
+                self._ipam_watched.update({rec.container: ref for rec, ref in alive})
+                nursery.start_soon(self._ipam_watch_loop, self._ipam_watched)
             for listener in listeners:
                 nursery.start_soon(self._accept_loop, listener)
             host, port = self.config.http_addr
@@ -436,6 +671,9 @@ class Router:
                 self._dns_container_gone(container)
                 dns.unregister(container, time.time())
                 await self.attachments.forget(container)
+                if self.ipam is not None:
+                    count = self.ipam.free(container, None, trio.current_time())
+                    log.info("container %s: %d address(es) freed", container, count)
                 found = True
         return found
 
@@ -462,6 +700,8 @@ class Router:
                 mesh.gossip_news(DNS_CHANNEL, news)
             if self.dns.take_claims_changed():
                 self._persist_dns(self.dns)
+        if self.ipam is not None:
+            self._ipam_pump(now)
         while (action := mesh.next_action()) is not None:
             if isinstance(action, Dial):
                 assert self._nursery is not None
@@ -492,12 +732,20 @@ class Router:
     async def _timer_loop(self) -> None:
         while True:
             deadline = self.mesh.get_timer()
+            ipam_deadline = self.ipam.get_timer() if self.ipam is not None else None
             self._timer_changed = trio.Event()
-            with trio.move_on_at(deadline if deadline is not None else math.inf):
+            wake = min((t for t in (deadline, ipam_deadline) if t is not None), default=math.inf)
+            with trio.move_on_at(wake):
                 await self._timer_changed.wait()
             now = trio.current_time()
+            due = False
             if deadline is not None and now >= deadline:
                 self.mesh.handle_timer(now)
+                due = True
+            if self.ipam is not None and ipam_deadline is not None and now >= ipam_deadline:
+                self.ipam.handle_timer(now)
+                due = True
+            if due:
                 self._pump()
 
     # --- connections -----------------------------------------------------------------------

@@ -41,8 +41,9 @@ LOCK_FILE = "weft.lock"
 PID_FILE = "weft.pid"
 STATE_FILE = "state.json"
 LOG_FILE = "weft.log"
+IPAM_FILE = "ipam.json"  # the allocator's persisted state
 # What `weft reset` may delete: the files this module names, plus save_state's temporaries.
-OWNED_FILES = (STATE_FILE, PID_FILE, LOCK_FILE, LOG_FILE)
+OWNED_FILES = (STATE_FILE, PID_FILE, LOCK_FILE, LOG_FILE, IPAM_FILE)
 _TMP_PREFIX = ".state.json."
 
 
@@ -227,6 +228,10 @@ class DataDir:
             f"corrupt state file {self.state_path}: {why}; move it away to start afresh "
             "(this router then forgets its peer name, IP allocations and targets)"
         )
+
+    def write_atomically(self, target: Path, data: bytes) -> None:
+        """Write ``data`` to ``target`` in this dir: temp file, fsync, rename."""
+        self._write_atomically(target, data)
 
     def _write_atomically(self, target: Path, data: bytes) -> None:
         try:

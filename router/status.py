@@ -27,7 +27,6 @@ A report missing a required key raises LocalProtocolError (one line), never KeyE
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -192,25 +191,14 @@ def _peers(report: Mapping[str, Any]) -> list[str]:
 
 
 def _ipam(report: Mapping[str, Any]) -> list[str]:
-    """``weave status ipam``: each peer's share of the range."""
+    """``weave status ipam``: each peer's share of the range, then what needs doing
+    (``weftnet.ipam.status.format_status``)."""
+    from weftnet.ipam.status import format_status
+
     ipam = report.get("ipam")
     if ipam is None:
         raise LocalProtocolError("IPAM is disabled")
-    peers = ipam["peers"]
-    if not peers:
-        return [f"{ipam['range']}: {ipam['status']}; no address space is owned yet"]
-    total = ipaddress.ip_network(ipam["range"]).num_addresses
-    lines = []
-    for p in peers:
-        label = _peer_label(p["name"], p["nickname"])
-        pct = 100.0 * p["addresses"] / total
-        line = f"{label:<32} {p['addresses']:>8} IPs ({pct:04.1f}% of total)"
-        if "active" in p:
-            line += f" ({p['active']} active)"
-        if not p["reachable"]:
-            line += " - unreachable!"
-        lines.append(line)
-    return lines
+    return format_status(ipam).splitlines()
 
 
 def _dns(report: Mapping[str, Any]) -> list[str]:

@@ -207,16 +207,41 @@ def test_targets() -> None:
 
 
 def test_ipam() -> None:
-    assert render_status(REPORT, "ipam") == (
-        "02:00:00:00:00:01(host1)           524288 IPs (50.0% of total)\n"
-        "02:00:00:00:00:02(host2)           524288 IPs (50.0% of total) - unreachable!\n"
+    ipam = REPORT["ipam"] | {"init": "consensus=2", "problems": ["host2 is unreachable"],
+                             "warnings": []}
+    ipam["peers"] = [p | {"share": 50.0, "free": 524000 - i} for i, p in enumerate(ipam["peers"])]
+    report = REPORT | {"ipam": ipam}
+    assert render_status(report, "ipam") == (
+        "        Status: ready\n"
+        "         Range: 10.32.0.0/12\n"
+        " DefaultSubnet: 10.32.0.0/12\n"
+        "          Init: consensus=2\n"
+        "\n"
+        "02:00:00:00:00:01(host1)                    524288 IPs (50.0% of total) (524000 free)\n"
+        "02:00:00:00:00:02(host2)                    524288 IPs (50.0% of total) (523999 free)"
+        " - unreachable!\n"
+        "problem: host2 is unreachable\n"
     )
-    waiting = copy.deepcopy(REPORT)
-    waiting["ipam"]["peers"] = []
-    waiting["ipam"]["status"] = "awaiting consensus"
-    assert render_status(waiting, "ipam") == (
-        "10.32.0.0/12: awaiting consensus; no address space is owned yet\n"
-    )
+
+
+def test_ipam_of_a_live_allocator_waiting_for_consensus() -> None:
+    import random
+    from ipaddress import IPv4Network
+
+    from weftnet.ipam.allocator import Allocator
+    from weftnet.ipam.mode import ConsensusInit
+
+    alloc = Allocator(0x020000000001, "host1", IPv4Network("10.32.0.0/12"), None,
+                      ConsensusInit(3), 0.0, random.Random(1))
+    alloc.allocate(1, "c1", None, 0.0)
+    text = render_status(REPORT | {"ipam": alloc.status()}, "ipam")
+    assert "Status: awaiting consensus: 1 of 3 peers known" in text
+    assert "02:00:00:00:00:01(host1)" in text and "Init: consensus=3" in text
+
+
+def test_ipam_report_missing_keys_is_a_one_line_error() -> None:
+    with pytest.raises(LocalProtocolError, match="malformed"):
+        render_status(REPORT, "ipam")  # no init / share / free: an older router's report
 
 
 def test_dns() -> None:
