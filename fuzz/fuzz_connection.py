@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
-import random
+import pathlib
 import sys
 
 # Under atheris, give coverage feedback for our code only: instrumenting everything
@@ -23,39 +22,19 @@ _instrumented: contextlib.AbstractContextManager[object] = contextlib.nullcontex
 if __name__ == "__main__":
     import atheris
 
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for tests.pairs
     _instrumented = atheris.instrument_imports(include=["weftnet"])
 with _instrumented:
+    from tests.pairs import ALPHA as PEER
+    from tests.pairs import BETA as US
+    from tests.pairs import established_pair
     from weftnet.proto.aead import Sealer
-    from weftnet.proto.connection import (
-        Connection,
-        ConnectionFailed,
-        ConnectionPair,
-        Event,
-        LocalIdentity,
-        MessageReceived,
-        drain_events,
-    )
+    from weftnet.proto.connection import Connection, ConnectionFailed, Event, MessageReceived, drain_events
     from weftnet.proto.framing import encode_frame
     from weftnet.proto.messages import Goodbye, Gossip, GossipKind, Heartbeat, encode_message
 
-US = LocalIdentity(name=0x0B0000000002, nickname="us", uid=222)
-PEER = LocalIdentity(name=0x0A0000000001, nickname="peer", uid=111)
-
-
-def _established(password: bytes | None) -> ConnectionPair:
-    pair = ConnectionPair(
-        Connection(outbound=True, local=PEER, password=password, now=0.0,
-                   random_bytes=random.Random(1).randbytes),
-        Connection(outbound=False, local=US, password=password, now=0.0,
-                   random_bytes=random.Random(2).randbytes))
-    pair.pump(0.0)
-    pair.events()
-    assert pair.a.established and pair.b.established
-    return pair
-
-
-_PLAIN = _established(None)
-_ENCRYPTED = _established(b"fuzz")
+_PLAIN = established_pair(None)  # the peer dials (a), we answer (b)
+_ENCRYPTED = established_pair(b"fuzz")
 # White-box: the peer's control sealer, so inputs can be sealed as the real peer would.
 _PEER_SEALER: Sealer = _ENCRYPTED.a._sealer  # type: ignore[assignment]
 assert _PEER_SEALER is not None
@@ -118,12 +97,6 @@ def test_one_input(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    # The seeds go into every corpus folder named on the command line, so mutation
-    # starts from valid streams rather than from nothing.
-    for arg in sys.argv[1:]:
-        if not arg.startswith("-") and os.path.isdir(arg):
-            for i, seed in enumerate(SEEDS):
-                with open(os.path.join(arg, f"seed-{i}"), "wb") as f:
-                    f.write(seed)
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    from _harness import fuzz
+
+    fuzz(test_one_input, SEEDS)

@@ -5,8 +5,6 @@ merging the same entries again is no news, lookups agree with the live entries).
 
 from __future__ import annotations
 
-import sys
-
 from weftnet.dns.gossip import DnsGossiper, Entries
 from weftnet.dns.records import Entry, RecordStore, decode_entries, digest_of_entries, encode_entries
 from weftnet.proto.errors import RemoteProtocolError
@@ -57,7 +55,7 @@ def test_one_input(data: bytes) -> None:
 
 if __name__ == "__main__":
     import atheris
+    from _harness import fuzz
 
     atheris.instrument_all()
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    fuzz(test_one_input, SEEDS)

@@ -6,7 +6,6 @@ chunk or byte by byte, and checking an upstream's reply never raises."""
 from __future__ import annotations
 
 import random
-import sys
 
 import dnslib
 
@@ -74,7 +73,7 @@ def test_one_input(data: bytes) -> None:
 
 if __name__ == "__main__":
     import atheris
+    from _harness import fuzz
 
     atheris.instrument_all()
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    fuzz(test_one_input, SEEDS)

@@ -10,7 +10,6 @@ the MTU asked for, and quotes the start of the original packet.
 from __future__ import annotations
 
 import struct
-import sys
 
 from weftnet.proto.errors import RemoteProtocolError
 from weftnet.proto.ethernet import (
@@ -87,9 +86,9 @@ def _check_reply(frame: bytes, reply: bytes, mtu: int) -> None:
 
 if __name__ == "__main__":
     import atheris
+    from _harness import fuzz
 
     # the modules under test are imported above already, where instrument_imports() would
     # no longer see them: instrument every loaded function instead
     atheris.instrument_all()
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    fuzz(test_one_input, SEEDS)

@@ -20,7 +20,6 @@ sends; MAC tables stay within their bound and their timers are consistent.
 from __future__ import annotations
 
 import functools
-import sys
 
 from weftnet.proto.errors import RemoteProtocolError
 from weftnet.proto.ethernet import BROADCAST, VNET_HDR_LEN, macs
@@ -142,9 +141,9 @@ def test_one_input(data: bytes) -> None:
 
 if __name__ == "__main__":
     import atheris
+    from _harness import fuzz
 
     # the modules under test are imported above already, where instrument_imports() would
     # no longer see them: instrument every loaded function instead
     atheris.instrument_all()
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    fuzz(test_one_input, SEEDS)

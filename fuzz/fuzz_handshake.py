@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
-import random
+import pathlib
 import sys
 
 # Under atheris, give coverage feedback for our code only: instrumenting everything
@@ -23,36 +22,28 @@ _instrumented: contextlib.AbstractContextManager[object] = contextlib.nullcontex
 if __name__ == "__main__":
     import atheris
 
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for tests.pairs
     _instrumented = atheris.instrument_imports(include=["weftnet"])
 with _instrumented:
+    from tests.pairs import connection
     from weftnet.proto.connection import (
         Connection,
         ConnectionFailed,
         ConnectionPair,
         Event,
         HandshakeCompleted,
-        LocalIdentity,
         drain_events,
     )
     from weftnet.proto.errors import RemoteProtocolError
     from weftnet.proto.framing import HANDSHAKE_MAX_FRAME, FrameDecoder, encode_frame
     from weftnet.proto.handshake import decode_confirm, decode_hello, encode_hello
 
-US = LocalIdentity(name=0x0B0000000002, nickname="us", uid=222)
-PEER = LocalIdentity(name=0x0A0000000001, nickname="peer", uid=111)
 PASSWORD = b"fuzz"
-
-
-def _conn(outbound: bool, local: LocalIdentity, password: bytes | None, seed: int) -> Connection:
-    conn = Connection(outbound=outbound, local=local, password=password, now=0.0,
-                      random_bytes=random.Random(seed).randbytes)
-    return conn
-
 
 # Templates are deep-copied per input: spake2's start() is slow pure Python.
 TEMPLATES: dict[str, Connection] = {
-    "plain": _conn(False, US, None, 2),
-    "encrypted": _conn(False, US, PASSWORD, 2),
+    "plain": connection(False, seed=2),
+    "encrypted": connection(False, password=PASSWORD, seed=2),
 }
 for _template in TEMPLATES.values():
     _template.data_to_send()  # the hello, identical every time
@@ -61,7 +52,7 @@ for _template in TEMPLATES.values():
 def _peer_stream(password: bytes | None) -> bytes:
     """What a real peer sends to a copy of the template: hello (+ confirm)."""
     us = copy.deepcopy(TEMPLATES["encrypted" if password else "plain"])
-    pair = ConnectionPair(_conn(True, PEER, password, 1), us)
+    pair = ConnectionPair(connection(True, password=password, seed=1), us)
     pair.pump(0.0)
     return bytes(pair.sent_by_a)
 
@@ -125,12 +116,6 @@ def test_one_input(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    # The seeds go into every corpus folder named on the command line, so mutation
-    # starts from valid streams rather than from nothing.
-    for arg in sys.argv[1:]:
-        if not arg.startswith("-") and os.path.isdir(arg):
-            for i, seed in enumerate(SEEDS):
-                with open(os.path.join(arg, f"seed-{i}"), "wb") as f:
-                    f.write(seed)
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    from _harness import fuzz
+
+    fuzz(test_one_input, SEEDS)

@@ -7,7 +7,6 @@ digest of its full state consistent."""
 from __future__ import annotations
 
 import random
-import sys
 from ipaddress import IPv4Network
 
 from weftnet.ipam.allocator import Allocator
@@ -78,7 +77,7 @@ def test_one_input(data: bytes) -> None:
 
 if __name__ == "__main__":
     import atheris
+    from _harness import fuzz
 
     atheris.instrument_all()
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    fuzz(test_one_input, SEEDS)

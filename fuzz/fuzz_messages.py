@@ -4,8 +4,6 @@ and whatever decodes re-encodes to something that decodes to the same message.""
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 
 # Under atheris, give coverage feedback for our code only (msgpack is a C extension and
 # the standard library is noise); imported normally, e.g. by the hypothesis runner.
@@ -41,12 +39,6 @@ def test_one_input(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    # The seeds go into every corpus folder named on the command line, so mutation
-    # starts from valid encodings rather than from nothing.
-    for arg in sys.argv[1:]:
-        if not arg.startswith("-") and os.path.isdir(arg):
-            for i, seed in enumerate(SEEDS):
-                with open(os.path.join(arg, f"seed-{i}"), "wb") as f:
-                    f.write(seed)
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    from _harness import fuzz
+
+    fuzz(test_one_input, SEEDS)

@@ -9,8 +9,13 @@ bytes) and frames it hands out are long enough for the Ethernet header it will r
 
 from __future__ import annotations
 
+import pathlib
 import sys
 
+if __name__ == "__main__":
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for tests.pairs
+
+from tests.pairs import sleeve_pair
 from weftnet.proto.errors import RemoteProtocolError
 from weftnet.proto.ethernet import ETH_HLEN, VNET_HDR_LEN, VnetHeader, macs
 from weftnet.proto.sleeve import (
@@ -28,16 +33,14 @@ from weftnet.proto.sleeve import (
     peek,
 )
 
-UID = 0x0102030405060708
-KEY = bytes(range(32))
+UID = 0x0102030405060708  # the connection the corpus in corpus/sleeve was sealed on
 FRAME = bytes.fromhex("ffffffffffff0a0000000001") + b"\x08\x06" + bytes(28)
 VNET_FRAME = bytes([1, 1]) + bytes(8) + FRAME
 
 
-def _sessions() -> tuple[SleeveSession, SleeveSession]:
-    plain = SleeveSession(conn_uid=UID, send_key=None, recv_key=None, now=0.0, window=64)
-    secret = SleeveSession(conn_uid=UID, send_key=KEY, recv_key=KEY, now=0.0, window=64)
-    return plain, secret
+def _receivers() -> list[SleeveSession]:
+    """Fresh receiving ends, plain and encrypted, of the connections the seeds were sealed on."""
+    return [sleeve_pair(encrypted, conn_uid=UID, window=64)[1] for encrypted in (False, True)]
 
 
 def _seeds() -> list[bytes]:
@@ -49,8 +52,8 @@ def _seeds() -> list[bytes]:
         (Kind.PROBE, encode_probe(5, 64)),
         (Kind.PROBE_ACK, encode_probe(5, 8)),
     ]
-    plain, secret = _sessions()
-    return [s.seal(kind, body, 0.0) for s in (plain, secret) for kind, body in bodies]
+    senders = [sleeve_pair(encrypted, conn_uid=UID, window=64)[0] for encrypted in (False, True)]
+    return [s.seal(kind, body, 0.0) for s in senders for kind, body in bodies]
 
 
 SEEDS = _seeds()
@@ -86,7 +89,7 @@ def test_one_input(data: bytes) -> None:
     except RemoteProtocolError as exc:
         assert isinstance(exc, SleeveDrop) and exc.reason == "malformed"
         header = None
-    for session in _sessions():
+    for session in _receivers():
         try:
             kind, body = session.open(data, 1.0)
         except SleeveDrop as drop:
@@ -108,9 +111,9 @@ def test_one_input(data: bytes) -> None:
 
 if __name__ == "__main__":
     import atheris
+    from _harness import fuzz
 
     # the modules under test are imported above already, where instrument_imports() would
     # no longer see them: instrument every loaded function instead
     atheris.instrument_all()
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    fuzz(test_one_input, SEEDS)

@@ -4,8 +4,6 @@ the table of pending reassemblies stays bounded."""
 
 from __future__ import annotations
 
-import sys
-
 from weftnet.proto.errors import RemoteProtocolError
 from weftnet.proto.sleeve_frag import HEADER_LEN, Reassembler, fragment
 
@@ -49,7 +47,7 @@ def test_one_input(data: bytes) -> None:
 
 if __name__ == "__main__":
     import atheris
+    from _harness import fuzz
 
     atheris.instrument_all()
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    fuzz(test_one_input, SEEDS)

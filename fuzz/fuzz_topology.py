@@ -5,8 +5,6 @@ merging the same records again changes nothing)."""
 
 from __future__ import annotations
 
-import sys
-
 from weftnet.proto.errors import RemoteProtocolError
 from weftnet.proto.routes import Routes
 from weftnet.proto.topology import (
@@ -65,7 +63,7 @@ def test_one_input(data: bytes) -> None:
 
 if __name__ == "__main__":
     import atheris
+    from _harness import fuzz
 
     atheris.instrument_all()  # coverage feedback for the already imported decoder and CRDT
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    fuzz(test_one_input, SEEDS)

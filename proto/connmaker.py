@@ -10,7 +10,7 @@ Each target is a small state machine::
              due()                connected()
     IDLE ───────────▶ CONNECTING ─────────────▶ CONNECTED
      ▲                  │    ▲                      │
-     │   attempt_failed │    │ due() when           │ disconnected()
+     │   attempt_failed │    │ due() when           │ attempt_failed()
      │                  ▼    │ next_try <= now      ▼
      └──(forget)───── RETRYING ◀────────────────────┘
                         │ permanent failure (e.g. "cannot connect to ourself")
@@ -20,10 +20,11 @@ Each target is a small state machine::
 Retries back off exponentially (1 s doubling to 60 s) with jitter drawn from the rng we
 are given, so peers that lose each other at the same moment do not re-dial in lockstep.
 A connection that lived longer than RESET_AFTER resets the backoff: the next failure
-starts again at 1 s. Nothing is dialled beyond ``conn_limit`` connections, nor an
-address we are already connected to (outbound by address, inbound by IP), nor the
-address of a peer already connected under another address; such a target is looked at
-again INITIAL_BACKOFF later (a poll while covered, never a deadline left in the past).
+starts again at 1 s. Nothing is dialled beyond ``conn_limit`` connections, nor a target
+a live connection already covers (``LiveConnections.covers``: an address we are connected
+to, outbound by address or inbound by IP, or the address of a peer already connected
+under another one); such a target is looked at again INITIAL_BACKOFF later (a poll while
+covered, never a deadline left in the past), and is not listed as waiting either.
 """
 
 from __future__ import annotations
@@ -65,6 +66,21 @@ def split_host(address: str) -> str:
     if address.startswith("["):
         return address[1:address.index("]")]
     return address.rsplit(":", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveConnections:
+    """What the caller's connections are, as far as the maker judges targets by them."""
+
+    targets: frozenset[str] = frozenset()  # the target addresses of connections we dialled
+    inbound_ips: frozenset[str] = frozenset()  # hosts connected to us, handshaken or not
+    peers: frozenset[PeerName] = frozenset()  # peers connected, under whatever address
+    count: int = 0  # connections of every kind, against conn_limit
+
+    def covers(self, target: Target) -> bool:
+        """A connection already reaches ``target``: it needs no dial of its own."""
+        return (target.address in self.targets or split_host(target.address) in self.inbound_ips
+                or (target.peer is not None and target.peer in self.peers))
 
 
 class ConnectionMaker:
@@ -116,22 +132,20 @@ class ConnectionMaker:
 
     # --- what happened to our attempts -------------------------------------------------
 
-    def due(self, now: float, *, connected: set[str], inbound_ips: set[str],
-            connected_peers: set[PeerName], n_connections: int) -> list[str]:
+    def due(self, now: float, live: LiveConnections) -> list[str]:
         """Targets to dial now; they move to CONNECTING."""
         dial: list[str] = []
         # dials already handed out but not yet connections count against the limit too
         in_flight = sum(1 for a, t in self._targets.items()
-                        if t.state is TargetState.CONNECTING and a not in connected)
+                        if t.state is TargetState.CONNECTING and a not in live.targets)
         for addr in sorted(self._targets):
             target = self._targets[addr]
             if target.state not in (TargetState.IDLE, TargetState.RETRYING):
                 continue
             if target.next_try > now:
                 continue
-            covered = addr in connected or split_host(addr) in inbound_ips or (
-                target.peer is not None and target.peer in connected_peers)
-            full = n_connections + in_flight + len(dial) >= self.conn_limit
+            covered = live.covers(target)
+            full = live.count + in_flight + len(dial) >= self.conn_limit
             if covered or full:
                 # Not now, but look again later: a deadline left in the past would make
                 # get_timer() due forever and the caller's timer loop spin.
@@ -171,9 +185,6 @@ class ConnectionMaker:
         if not target.direct and not self.discovery:
             del self._targets[addr]
 
-    def disconnected(self, addr: str, now: float, reason: str) -> None:
-        self.attempt_failed(addr, now, reason)
-
     # --- what others need to know --------------------------------------------------------
 
     def get_timer(self) -> float | None:
@@ -187,7 +198,9 @@ class ConnectionMaker:
     def target(self, addr: str) -> Target | None:
         return self._targets.get(addr)
 
-    def waiting(self) -> list[Target]:
-        """Targets that are neither being dialled nor connected: shown in status."""
-        return [self._targets[a] for a in sorted(self._targets)
-                if self._targets[a].state in (TargetState.RETRYING, TargetState.FAILED)]
+    def waiting(self, live: LiveConnections) -> list[Target]:
+        """Targets shown in status on their own: neither being dialled nor connected, nor
+        covered by another connection (which status shows instead, as ``due`` sees it)."""
+        return [t for a in sorted(self._targets)
+                if (t := self._targets[a]).state in (TargetState.RETRYING, TargetState.FAILED)
+                and not live.covers(t)]

@@ -36,9 +36,10 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .admission import REFUSED_RATE, REFUSED_SOURCE, AcceptLimiter
 from .connection import (
     Connection,
     ConnectionFailed,
@@ -48,7 +49,7 @@ from .connection import (
     RemoteIdentity,
     SessionKeys,
 )
-from .connmaker import ConnectionMaker, TargetState, split_host
+from .connmaker import ConnectionMaker, LiveConnections, TargetState, split_host
 from .errors import LocalProtocolError, RemoteProtocolError
 from .gossip import GossipData, Gossiper, SendQueue
 from .messages import Gossip, GossipKind
@@ -148,6 +149,10 @@ class MeshStats:
     dropped_no_route: int = 0
     dropped_unknown_channel: int = 0
     handshake_failures: dict[str, int] = field(default_factory=dict)
+    # --- inbound connections refused before authentication (proto/admission.py) ---
+    accepts_refused_rate: int = 0        # the source's token bucket was empty
+    accepts_refused_source: int = 0      # the source has too many connections in handshake
+    accepts_refused_pending: int = 0     # too many connections in handshake altogether
 
 
 class MeshNode:
@@ -162,6 +167,7 @@ class MeshNode:
         self.maker = ConnectionMaker(conn_limit=config.conn_limit, discovery=config.discovery,
                                      rng=rng)
         self.stats = MeshStats()
+        self.admission = AcceptLimiter()  # inbound connections, before authentication
         self._conns: dict[int, _Conn] = {}
         self._actions: deque[Action] = deque()
         self._events: deque[MeshEvent] = deque()
@@ -206,6 +212,32 @@ class MeshNode:
         self.maker.forget(addresses)
 
     # --- inputs ---------------------------------------------------------------------------
+
+    # --- hostile input: admission before authentication (proto/admission.py) ----------
+
+    def admit_inbound(self, remote_address: str, now: float) -> str | None:
+        """Whether to take an inbound connection from ``remote_address`` at all (None) or
+        drop it before reading a byte (the reason); ask before ``connection_made``."""
+        source = split_host(remote_address)
+        pending = from_source = 0
+        for entry in self._conns.values():
+            if entry.remote is None and not entry.outbound:
+                pending += 1
+                if split_host(entry.remote_address) == source:
+                    from_source += 1
+        reason = self.admission.admit(source, now, pending=pending, pending_from_source=from_source)
+        if reason == REFUSED_RATE:
+            self.stats.accepts_refused_rate += 1
+        elif reason == REFUSED_SOURCE:
+            self.stats.accepts_refused_source += 1
+        elif reason is not None:
+            self.stats.accepts_refused_pending += 1
+        return reason
+
+    def handshakes_pending(self) -> int:
+        return sum(1 for e in self._conns.values() if e.remote is None)
+
+    # --- end of admission ----------------------------------------------------------------
 
     def connection_made(self, conn_id: int, *, outbound: bool, remote_address: str,
                         target: str | None, now: float) -> None:
@@ -318,10 +350,6 @@ class MeshNode:
     def _established(self, entry: _Conn) -> bool:
         return entry.ready and (entry.overlay_ready or not self.config.require_overlay)
 
-    def connection_info(self, conn_id: int) -> tuple[RemoteIdentity | None, bool]:
-        entry = self._conns[conn_id]
-        return entry.remote, entry.outbound
-
     # --- internals: connections -----------------------------------------------------------
 
     def _process(self, entry: _Conn, now: float) -> None:
@@ -408,12 +436,15 @@ class MeshNode:
             return  # our own record was bumped over a stale copy: it is in the delta already
         self.topology.gc()
 
+    def _live(self) -> LiveConnections:
+        entries = self._conns.values()
+        return LiveConnections(
+            targets=frozenset(e.target for e in entries if e.target is not None),
+            inbound_ips=frozenset(split_host(e.remote_address) for e in entries if not e.outbound),
+            peers=frozenset(self.connected_peers()), count=len(self._conns))
+
     def _dial_due(self, now: float) -> None:
-        connected = {e.target for e in self._conns.values() if e.target is not None}
-        inbound_ips = {split_host(e.remote_address) for e in self._conns.values() if not e.outbound}
-        for address in self.maker.due(now, connected=connected, inbound_ips=inbound_ips,
-                                      connected_peers=set(self.connected_peers()),
-                                      n_connections=len(self._conns)):
+        for address in self.maker.due(now, self._live()):
             self._actions.append(Dial(address))
 
     def _update_discovery(self) -> bool:
@@ -431,10 +462,10 @@ class MeshNode:
                     continue
                 if info.outbound:
                     found.add(info.address)
-                else:
-                    found.add(f"{split_host(info.address)}:{self.config.port}"
-                              if ":" not in split_host(info.address)
-                              else f"[{split_host(info.address)}]:{self.config.port}")
+                else:  # it dialled in from an ephemeral port: assume it listens on ours
+                    host = split_host(info.address)
+                    found.add(f"[{host}]:{self.config.port}" if ":" in host
+                              else f"{host}:{self.config.port}")
         self.maker.set_discovered(found)
         return True
 
@@ -588,13 +619,8 @@ class MeshNode:
                 "encrypted": entry.conn.encrypted,
                 "overlay": entry.overlay, "overlay_reason": entry.overlay_reason, "mtu": entry.mtu,
             })
-        live_peers = set(self.connected_peers())
-        inbound_ips = {split_host(e.remote_address) for e in self._conns.values()
-                       if not e.outbound and e.remote is not None}
-        for target in self.maker.waiting():
-            if (target.peer is not None and target.peer in live_peers) or (
-                    split_host(target.address) in inbound_ips):
-                continue  # covered by another connection (shown above), as the dialler sees it
+        live = self._live()
+        for target in self.maker.waiting(live):
             retry = ("never" if target.state is TargetState.FAILED
                      else f"in {max(0.0, target.next_try - now):.0f}s")
             conns.append({
@@ -603,10 +629,9 @@ class MeshNode:
                 "peer": None, "encrypted": self.config.password is not None,
                 "overlay": None, "overlay_reason": "", "mtu": None,
             })
-        dialled = {e.target for e in self._conns.values()}
         for address in sorted(a for a in self.maker.direct_targets()
                               if (t := self.maker.target(a)) is not None
-                              and t.state is TargetState.CONNECTING and a not in dialled):
+                              and t.state is TargetState.CONNECTING and a not in live.targets):
             conns.append({"address": address, "outbound": True, "state": "connecting",
                           "info": "", "peer": None,
                           "encrypted": self.config.password is not None,
@@ -618,4 +643,6 @@ class MeshNode:
             "peers": peer_list,
             "connections": conns,
             "targets": self.maker.direct_targets(),
+            "stats": {**asdict(self.stats), "handshakes_pending": self.handshakes_pending(),
+                      "admission_sources": self.admission.sources},
         }

@@ -1,9 +1,12 @@
 """The sleeve data plane on real hosts: containers (namespaces) on different hosts share one
-virtual Ethernet through weft routers, driven by the CLI as a user would."""
+virtual Ethernet through weft routers, driven by the CLI as a user would. Every router runs
+with ``--no-fastdp``: unencrypted links would otherwise go over the kernel VXLAN, which
+tests/netns/test_fastdp_hosts.py covers."""
 
 from __future__ import annotations
 
 import contextlib
+import struct
 import subprocess
 import textwrap
 import time
@@ -15,34 +18,9 @@ import pytest
 
 from weftnet.router.testbed import Testbed
 
-from .weftctl import established, launch, report, wait_for
+from .weftctl import bulk_tcp, established, launch, report, wait_for
 
-TCP_SERVER = textwrap.dedent("""
-    import hashlib, socket, sys
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((sys.argv[1], 5001))
-    s.listen(1)
-    print("ready", flush=True)
-    c, _ = s.accept()
-    h, n = hashlib.sha256(), 0
-    while True:
-        d = c.recv(1 << 16)
-        if not d:
-            break
-        h.update(d)
-        n += len(d)
-    print(n, h.hexdigest(), flush=True)
-""")
-
-TCP_CLIENT = textwrap.dedent("""
-    import hashlib, random, socket, sys
-    data = random.Random(7).randbytes(int(sys.argv[2]))
-    s = socket.create_connection((sys.argv[1], 5001), timeout=30)
-    s.sendall(data)
-    s.close()
-    print(len(data), hashlib.sha256(data).hexdigest())
-""")
+SLEEVE_ONLY = ("--no-fastdp",)
 
 UDP_LISTENER = textwrap.dedent("""
     import socket, sys
@@ -101,26 +79,27 @@ def drops(tb: Testbed, host: str) -> dict[str, int]:
     return report(tb, host)["router"]["dataplane"]["drops"]  # type: ignore[no-any-return]
 
 
-def bulk_tcp(tb: Testbed, server: str, server_ip: str, client: str, size: int) -> None:
-    srv = tb.popen(server, ["python3", "-c", TCP_SERVER, server_ip], stdout=subprocess.PIPE,
-                   text=True)
-    try:
-        assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
-        sent = tb.run(client, ["python3", "-c", TCP_CLIENT, server_ip, str(size)],
-                      timeout=120).stdout.split()
-        got = srv.stdout.readline().split()
-        assert got == sent, "the bytes received differ from the bytes sent"
-        assert int(got[0]) == size
-    finally:
-        srv.kill()
-        srv.wait()
-
-
-def two_hosts_connected(tb: Testbed, password: str | None) -> None:
-    launch(tb, "h1", password=password)
-    launch(tb, "h2", tb.address("h1"), password=password)
+def two_hosts_connected(tb: Testbed, password: str | None, *, h1_extra: tuple[str, ...] = (),
+                        h2_extra: tuple[str, ...] = ()) -> None:
+    launch(tb, "h1", password=password, extra=SLEEVE_ONLY + h1_extra)
+    launch(tb, "h2", tb.address("h1"), password=password, extra=SLEEVE_ONLY + h2_extra)
     wait_for("h1-h2 established over UDP", lambda: established(report(tb, "h1")) == {"h2"}
              and established(report(tb, "h2")) == {"h1"})
+
+
+def containers_reach_each_other(tb: Testbed) -> None:
+    """c1 (10.2.1.1) on h1 and c2 (10.2.1.2) on h2, one overlay subnet, c1 pings c2."""
+    attach(tb, "h1", "10.2.1.1/24", "c1")
+    attach(tb, "h2", "10.2.1.2/24", "c2")
+    assert tb.ping("c1", "10.2.1.2", timeout=5)
+
+
+def seen_in_clear(tb: Testbed, marker: str) -> bool:
+    """Whether ``marker``, sent by c1 to c2 in one UDP datagram, shows on h2's underlay."""
+    pcap = tb.tmpdir / f"{marker}.pcap"
+    with capture(tb, "h2", pcap, "udp port 6783"):
+        tb.run("c1", ["python3", "-c", UDP_SEND, "10.2.1.2", marker])
+    return marker.encode() in pcap.read_bytes()
 
 
 @pytest.fixture
@@ -134,9 +113,7 @@ def test_encrypted_containers_ping_transfer_and_detach(pair: Testbed) -> None:
     conn = report(tb, "h1")["router"]["connections"][0]
     assert conn["overlay"] == "sleeve" and conn["encrypted"]
     assert "encrypted sleeve" in conn["overlay_reason"]
-    attach(tb, "h1", "10.2.1.1/24", "c1")
-    attach(tb, "h2", "10.2.1.2/24", "c2")
-    assert tb.ping("c1", "10.2.1.2", timeout=5)
+    containers_reach_each_other(tb)
     assert tb.ping("c2", "10.2.1.1", timeout=5)
     # a large ping: fragments of an 8000-byte datagram, each carried whole
     tb.run("c1", ["ping", "-c", "3", "-i", "0.2", "-W", "3", "-s", "8000", "10.2.1.2"])
@@ -159,9 +136,7 @@ def test_encrypted_containers_ping_transfer_and_detach(pair: Testbed) -> None:
 def test_encryption_hides_payloads_and_rejects_replays_and_tampering(pair: Testbed) -> None:
     tb = pair
     two_hosts_connected(tb, "sesame")
-    attach(tb, "h1", "10.2.1.1/24", "c1")
-    attach(tb, "h2", "10.2.1.2/24", "c2")
-    assert tb.ping("c1", "10.2.1.2", timeout=5)
+    containers_reach_each_other(tb)
     marker = "WEFT-SECRET-MARKER-0123456789"
     pcap = tb.tmpdir / "underlay.pcap"
     listener = tb.popen("c2", ["python3", "-c", UDP_LISTENER, "10.2.1.2", "4"],
@@ -189,8 +164,6 @@ def test_encryption_hides_payloads_and_rejects_replays_and_tampering(pair: Testb
 def _udp_payloads(pcap: bytes) -> list[bytes]:
     """UDP payloads of an Ethernet pcap (classic format, IPv4 without options assumed
     only where the header says so)."""
-    import struct
-
     out = []
     off = 24
     while off + 16 <= len(pcap):
@@ -213,23 +186,17 @@ def test_without_a_password_the_capture_shows_the_payload(pair: Testbed) -> None
     two_hosts_connected(tb, None)
     conn = report(tb, "h1")["router"]["connections"][0]
     assert not conn["encrypted"] and "without encryption" in conn["overlay_reason"]
-    attach(tb, "h1", "10.2.1.1/24", "c1")
-    attach(tb, "h2", "10.2.1.2/24", "c2")
-    assert tb.ping("c1", "10.2.1.2", timeout=5)
-    marker = "WEFT-PLAIN-MARKER-9876543210"
-    pcap = tb.tmpdir / "plain.pcap"
-    with capture(tb, "h2", pcap, "udp port 6783"):
-        tb.run("c1", ["python3", "-c", UDP_SEND, "10.2.1.2", marker])
-    assert marker.encode() in pcap.read_bytes()
+    containers_reach_each_other(tb)
+    assert seen_in_clear(tb, "WEFT-PLAIN-MARKER-9876543210")
 
 
 def test_relay_across_two_segments_and_broadcast(testbed_factory: Any) -> None:
     """h1 and h3 share no underlay: h2, on both segments, relays their containers' frames."""
     tb: Testbed = testbed_factory(hosts=("h1", "h2", "h3"),
                                   segments={"a": ("h1", "h2"), "b": ("h2", "h3")})
-    launch(tb, "h2")
-    launch(tb, "h1", tb.address("h2", "a"))
-    launch(tb, "h3", tb.address("h2", "b"))
+    launch(tb, "h2", extra=SLEEVE_ONLY)
+    launch(tb, "h1", tb.address("h2", "a"), extra=SLEEVE_ONLY)
+    launch(tb, "h3", tb.address("h2", "b"), extra=SLEEVE_ONLY)
     wait_for("h2 connected to both", lambda: established(report(tb, "h2")) == {"h1", "h3"})
     wait_for("h1 knows h3", lambda: "h3" in {p["nickname"] for p in
                                              report(tb, "h1")["router"]["peers"]})
@@ -252,8 +219,8 @@ def test_relay_across_two_segments_and_broadcast(testbed_factory: Any) -> None:
 def test_blocked_udp_keeps_the_connection_pending_with_the_reason(pair: Testbed) -> None:
     tb = pair
     tb.block_udp_port("h2", 6783)
-    launch(tb, "h1", password=None)
-    launch(tb, "h2", tb.address("h1"), password=None)
+    launch(tb, "h1", password=None, extra=SLEEVE_ONLY)
+    launch(tb, "h2", tb.address("h1"), password=None, extra=SLEEVE_ONLY)
 
     def pending_with_reason() -> bool:
         conns = report(tb, "h2")["router"]["connections"]
@@ -276,9 +243,7 @@ def test_small_underlay_mtu_gets_df_senders_told_and_the_rest_carried(pair: Test
     conn = report(tb, "h1")["router"]["connections"][0]
     mtu = conn["mtu"]
     assert mtu is not None and mtu < 1280 - 28
-    attach(tb, "h1", "10.2.1.1/24", "c1")
-    attach(tb, "h2", "10.2.1.2/24", "c2")
-    assert tb.ping("c1", "10.2.1.2", timeout=5)
+    containers_reach_each_other(tb)
     # DF set and bigger than the overlay MTU of the link: ICMP "fragmentation needed"
     out = tb.run("c1", ["ping", "-c", "2", "-i", "0.3", "-W", "2", "-M", "do", "-s", "1300",
                         "10.2.1.2"], check=False)
@@ -295,35 +260,21 @@ def test_small_underlay_mtu_gets_df_senders_told_and_the_rest_carried(pair: Test
 def test_trusted_subnets_carry_data_in_the_clear_only_when_both_ends_trust(pair: Testbed) -> None:
     tb = pair
     subnet = ("--trusted-subnets", "172.31.1.0/24")
-    launch(tb, "h1", password="sesame", extra=subnet)
-    launch(tb, "h2", tb.address("h1"), password="sesame", extra=subnet)
-    wait_for("h1-h2 established", lambda: established(report(tb, "h1")) == {"h2"}
-             and established(report(tb, "h2")) == {"h1"})
+    two_hosts_connected(tb, "sesame", h1_extra=subnet, h2_extra=subnet)
     conn = report(tb, "h2")["router"]["connections"][0]
     assert conn["encrypted"]  # the control connection stays encrypted
     assert "in the clear" in conn["overlay_reason"] and not conn["sleeve"]["encrypted_data"]
-    attach(tb, "h1", "10.2.1.1/24", "c1")
-    attach(tb, "h2", "10.2.1.2/24", "c2")
-    assert tb.ping("c1", "10.2.1.2", timeout=5)
-    marker = "WEFT-TRUSTED-MARKER-55555"
-    pcap = tb.tmpdir / "trusted.pcap"
-    with capture(tb, "h2", pcap, "udp port 6783"):
-        tb.run("c1", ["python3", "-c", UDP_SEND, "10.2.1.2", marker])
-    assert marker.encode() in pcap.read_bytes()
+    containers_reach_each_other(tb)
+    assert seen_in_clear(tb, "WEFT-TRUSTED-MARKER-55555")
 
 
 def test_trust_on_one_side_only_keeps_encryption(pair: Testbed) -> None:
     tb = pair
-    launch(tb, "h1", password="sesame", extra=("--trusted-subnets", "172.31.1.0/24"))
-    launch(tb, "h2", tb.address("h1"), password="sesame")
-    wait_for("h1-h2 established", lambda: established(report(tb, "h1")) == {"h2"}
-             and established(report(tb, "h2")) == {"h1"})
+    two_hosts_connected(tb, "sesame", h1_extra=("--trusted-subnets", "172.31.1.0/24"))
     for h in ("h1", "h2"):
         conn = report(tb, h)["router"]["connections"][0]
         assert conn["sleeve"]["encrypted_data"] and "encrypted sleeve" in conn["overlay_reason"]
-    attach(tb, "h1", "10.2.1.1/24", "c1")
-    attach(tb, "h2", "10.2.1.2/24", "c2")
-    assert tb.ping("c1", "10.2.1.2", timeout=5)
+    containers_reach_each_other(tb)
 
 
 def test_the_link_follows_the_peer_to_a_new_udp_address(pair: Testbed) -> None:
@@ -331,9 +282,7 @@ def test_the_link_follows_the_peer_to_a_new_udp_address(pair: Testbed) -> None:
     address (here: h1 changes its source address; the TCP connection keeps the old one)."""
     tb = pair
     two_hosts_connected(tb, "sesame")
-    attach(tb, "h1", "10.2.1.1/24", "c1")
-    attach(tb, "h2", "10.2.1.2/24", "c2")
-    assert tb.ping("c1", "10.2.1.2", timeout=5)
+    containers_reach_each_other(tb)
 
     def udp_address() -> str:
         return str(report(tb, "h2")["router"]["connections"][0]["sleeve"]["udp_address"])

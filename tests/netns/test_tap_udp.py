@@ -10,15 +10,12 @@ refuses a segment size, and DF probes for path MTU discovery.
 from __future__ import annotations
 
 import errno
-import hashlib
 import ipaddress
 import json
 import random
 import select
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -49,6 +46,7 @@ from weftnet.router.udpsock import (
 )
 
 from .conftest import TestbedFactory
+from .weftctl import bulk_tcp
 
 MTU = 1376
 PORT = 6783
@@ -236,34 +234,6 @@ class Ferry:
                         self.errors.append(str(exc))
 
 
-_RECEIVER = """\
-import hashlib, socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], 5001))
-s.listen(1)
-print("ready", flush=True)
-c, _ = s.accept()
-h, n = hashlib.sha256(), 0
-while True:
-    b = c.recv(1 << 20)
-    if not b:
-        break
-    h.update(b)
-    n += len(b)
-print(n, h.hexdigest(), flush=True)
-"""
-
-_SENDER = """\
-import random, socket, sys
-data = random.Random(int(sys.argv[2])).randbytes(int(sys.argv[3]))
-c = socket.create_connection((sys.argv[1], 5001), timeout=60)
-c.sendall(data)
-c.shutdown(socket.SHUT_WR)
-c.recv(1)
-"""
-
-
 def test_tcp_bulk_crosses_two_taps_as_superframes(testbed_factory: TestbedFactory) -> None:
     tb = testbed_factory(hosts=("h1", "h2", "c1", "c2"), segments={"lan": ["h1", "h2"]})
     taps = []
@@ -274,23 +244,15 @@ def test_tcp_bulk_crosses_two_taps_as_superframes(testbed_factory: TestbedFactor
     ferry = Ferry(taps[0], taps[1])
     thread = threading.Thread(target=ferry.run, daemon=True)
     thread.start()
-    seed, size = random.randrange(1 << 32), 32 << 20
+    seed = random.randrange(1 << 32)
     print(f"seed {seed}")
     try:
-        receiver = tb.popen("c2", [sys.executable, "-c", _RECEIVER, "10.99.4.2"],
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
-        assert receiver.stdout is not None
-        assert receiver.stdout.readline().strip() == "ready"
-        tb.run("c1", [sys.executable, "-c", _SENDER, "10.99.4.2", str(seed), str(size)], timeout=120)
-        got = receiver.stdout.readline().split()
-        receiver.wait(timeout=30)
+        bulk_tcp(tb, "c2", "10.99.4.2", "c1", 32 << 20, seed=seed)
     finally:
         ferry.stop.set()
         thread.join()
         for t in taps:
             t.close()
-    want = hashlib.sha256(random.Random(seed).randbytes(size)).hexdigest()
-    assert got == [str(size), want]
     assert ferry.errors == []
     big = [s for s in ferry.sizes if s > MTU + 14]
     tso = [h for h in ferry.headers if h[1] == GSO_TCPV4]

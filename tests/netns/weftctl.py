@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,3 +38,53 @@ def launch(tb: Testbed, host: str, *peers: str, password: str | None = PASSWORD,
     env = {"WEFT_PASSWORD": password} if password is not None else {}
     out = tb.weft(host, "launch", "--nickname", host, *extra, *peers, env=env)
     return out.stdout.strip()
+
+
+# --- bulk TCP between containers: every byte arrives, in order (sha256 at both ends) ----------
+
+TCP_SINK = """\
+import hashlib, socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(1)
+print("ready", flush=True)
+c, _ = s.accept()
+h, n = hashlib.sha256(), 0
+while True:
+    b = c.recv(1 << 20)
+    if not b:
+        break
+    h.update(b)
+    n += len(b)
+c.close()
+print(n, h.hexdigest(), flush=True)
+"""
+
+TCP_SOURCE = """\
+import hashlib, random, socket, sys
+data = random.Random(int(sys.argv[3])).randbytes(int(sys.argv[4]))
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
+c.sendall(data)
+c.shutdown(socket.SHUT_WR)
+c.recv(1)  # returns when the sink has read everything and closed
+print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
+"""
+
+
+def bulk_tcp(tb: Testbed, server: str, server_ip: str, client: str, size: int, *,
+             seed: int = 7, port: int = 5001, timeout: float = 120.0) -> None:
+    """Send ``size`` seeded random bytes over one TCP connection from ``client`` to
+    ``server_ip`` (an address of ``server``) and assert that exactly those bytes arrived."""
+    sink = tb.popen(server, [sys.executable, "-c", TCP_SINK, server_ip, str(port)],
+                    stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+        sent = tb.run(client, [sys.executable, "-c", TCP_SOURCE, server_ip, str(port), str(seed),
+                               str(size)], timeout=timeout).stdout.split()
+        got = sink.stdout.readline().split()
+        assert got == sent, f"sent {sent} (seed {seed}), received {got}: the bytes differ"
+        assert int(got[0]) == size
+    finally:
+        sink.kill()
+        sink.wait()

@@ -7,12 +7,12 @@ connection produces the same events and the same output, and raises nothing.
 from __future__ import annotations
 
 import copy
-import random
 from functools import cache
 
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from tests.pairs import ALPHA, PEER_SEED, connection, connection_pair, established_pair
 from weftnet.proto.connection import (
     Connection,
     ConnectionFailed,
@@ -26,21 +26,15 @@ from weftnet.proto.connection import (
 )
 from weftnet.proto.messages import Gossip, GossipKind
 
-ALPHA = LocalIdentity(name=0x0A0000000001, nickname="alpha", uid=111)
-BETA = LocalIdentity(name=0x0B0000000002, nickname="beta", uid=222)
 SECRET = b"s3cret"
 PASSWORDS = st.sampled_from([None, SECRET])
-
-
-def _conn(outbound: bool, password: bytes | None, seed: int) -> Connection:
-    return Connection(outbound=outbound, local=ALPHA if outbound else BETA, password=password,
-                      now=0.0, random_bytes=random.Random(seed).randbytes)
+RECORDED_SEED = 1  # the pair whose initiator's stream is replayed to a copy of its responder
 
 
 @cache
 def _template(outbound: bool, password: bytes | None, seed: int) -> Connection:
     """A fresh connection to deepcopy: spake2's start() is pure Python and slow."""
-    return _conn(outbound, password, seed)
+    return connection(outbound, password=password, seed=seed)
 
 
 def _fresh(outbound: bool, password: bytes | None, seed: int) -> Connection:
@@ -52,7 +46,7 @@ def _fresh(outbound: bool, password: bytes | None, seed: int) -> Connection:
 @cache
 def _recorded_stream(password: bytes | None, payloads: tuple[bytes, ...]) -> bytes:
     """Everything the initiator sends in a handshake followed by gossip and a close."""
-    p = ConnectionPair(_conn(True, password, 1), _conn(False, password, 2))
+    p = connection_pair(password, password, seed=RECORDED_SEED)
     p.pump(0.0)
     for i, payload in enumerate(payloads):
         p.a.send_message(Gossip("ch", GossipKind.DELTA, ALPHA.name, 0, payload), float(i))
@@ -102,8 +96,9 @@ def test_random_chunking_gives_identical_events(password: bytes | None,
     # cut the recorded stream short of its goodbye sometimes, then append garbage
     if tail:
         stream = stream[:-10] + tail
-    whole = _feed(_fresh(False, password, 2), [stream])
-    chunked_conn = _fresh(False, password, 2)
+    responder = RECORDED_SEED + PEER_SEED  # the same randomness as the one recorded with
+    whole = _feed(_fresh(False, password, responder), [stream])
+    chunked_conn = _fresh(False, password, responder)
     chunked = _feed(chunked_conn, _chunk(stream, sizes))
     assert whole == chunked
     events = chunked[0]
@@ -138,11 +133,7 @@ def test_garbage_to_a_fresh_connection_fails_or_waits(password: bytes | None, ou
 
 @cache
 def _established(password: bytes | None) -> ConnectionPair:
-    p = ConnectionPair(_conn(True, password, 11), _conn(False, password, 12))
-    p.pump(0.0)
-    p.events()
-    assert p.a.established and p.b.established
-    return p
+    return established_pair(password, seed=11)
 
 
 @settings(max_examples=300)
@@ -174,11 +165,8 @@ def test_any_identities_agree_on_conn_uid_and_keys(seed_a: int, seed_b: int,
     assume(seed_a != seed_b)
     local = LocalIdentity(name, nick, uid)
     other = LocalIdentity(name ^ 1 or 2, "other", 5)
-    a = Connection(outbound=True, local=local, password=password, now=0.0,
-                   random_bytes=random.Random(seed_a).randbytes)
-    b = Connection(outbound=False, local=other, password=password, now=0.0,
-                   random_bytes=random.Random(seed_b).randbytes)
-    p = ConnectionPair(a, b)
+    p = ConnectionPair(connection(True, local=local, password=password, seed=seed_a),
+                       connection(False, local=other, password=password, seed=seed_b))
     p.pump(0.0)
     (ea,), (eb,) = p.events()
     assert isinstance(ea, HandshakeCompleted) and isinstance(eb, HandshakeCompleted)

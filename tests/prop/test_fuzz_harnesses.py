@@ -1,4 +1,4 @@
-"""Every harness in fuzz/ runs under hypothesis in the normal suite, plus its corpus."""
+"""Every harness in fuzz/ runs under hypothesis in the normal suite, plus its seeds and corpus."""
 
 from __future__ import annotations
 
@@ -45,8 +45,12 @@ def test_harness_random_bytes(path: pathlib.Path) -> None:
 
 
 @pytest.mark.parametrize("path", HARNESSES, ids=lambda p: p.stem)
-def test_harness_corpus(path: pathlib.Path) -> None:
+def test_harness_seeds_and_corpus(path: pathlib.Path) -> None:
+    """Every seed and every corpus file, each once: the inputs atheris starts from."""
     module = _load(path)
     corpus = FUZZ_DIR / "corpus" / path.stem.removeprefix("fuzz_")
-    for item in sorted(corpus.glob("*")) if corpus.is_dir() else []:
-        module.test_one_input(item.read_bytes())
+    inputs = list(getattr(module, "SEEDS", []))
+    inputs += [item.read_bytes() for item in sorted(corpus.glob("*"))]
+    assert inputs, f"{path.name} has neither SEEDS nor files in {corpus}"
+    for data in inputs:
+        module.test_one_input(data)

@@ -23,6 +23,7 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.pairs import sleeve_pair
 from weftnet.proto.errors import RemoteProtocolError
 from weftnet.proto.sleeve import (
     HEADER_LEN,
@@ -80,9 +81,7 @@ def test_probe_round_trip(probe_id: int, size: int) -> None:
                                min_size=1, max_size=20), st.integers(0, 2**64 - 1))
 def test_seal_open_round_trip(encrypted: bool, messages: list[tuple[Kind, bytes]],
                               uid: int) -> None:
-    key_a, key_b = (bytes(32), bytes(range(32))) if encrypted else (None, None)
-    a = SleeveSession(conn_uid=uid, send_key=key_a, recv_key=key_b, now=0.0, rekey_after=3)
-    b = SleeveSession(conn_uid=uid, send_key=key_b, recv_key=key_a, now=0.0, rekey_after=3)
+    a, b = sleeve_pair(encrypted, conn_uid=uid, rekey_after=3)
     for i, (kind, body) in enumerate(messages):
         datagram = a.seal(kind, body, float(i))
         assert peek(datagram)[0] == kind and peek(datagram)[2] == uid
@@ -150,12 +149,8 @@ def test_sessions_over_a_lossy_reordering_duplicating_channel(
     interval, after = (0.15, 2**32) if by_time else (120.0, 37)
     k1, k2 = rng.randbytes(32), rng.randbytes(32)
     uid = rng.getrandbits(64)
-    a = SleeveSession(conn_uid=uid, send_key=k1 if encrypted else None,
-                      recv_key=k2 if encrypted else None, now=0.0, rekey_interval=interval,
-                      rekey_after=after, window=256)
-    b = SleeveSession(conn_uid=uid, send_key=k2 if encrypted else None,
-                      recv_key=k1 if encrypted else None, now=0.0, rekey_interval=interval,
-                      rekey_after=after, window=256)
+    a, b = sleeve_pair(encrypted, conn_uid=uid, keys=(k1, k2), rekey_interval=interval,
+                       rekey_after=after, window=256)
     ends = {"a": (a, Receiver(b, interval)), "b": (b, Receiver(a, interval))}
     # (arrival time, sequence, direction, datagram, packet id, what it is)
     queue: list[tuple[float, int, str, bytes, int, str]] = []

@@ -16,6 +16,7 @@ from weftnet.proto.connmaker import (
     MAX_BACKOFF,
     RESET_AFTER,
     ConnectionMaker,
+    LiveConnections,
     TargetState,
     split_host,
 )
@@ -38,8 +39,8 @@ def maker(seed: int = 1, *, conn_limit: int = 100, discovery: bool = True) -> Co
 def due(cm: ConnectionMaker, now: float, *, connected: Iterable[str] = (),
         inbound_ips: Iterable[str] = (), peers: Iterable[PeerName] = (),
         n: int = 0) -> list[str]:
-    return cm.due(now, connected=set(connected), inbound_ips=set(inbound_ips),
-                  connected_peers=set(peers), n_connections=n)
+    return cm.due(now, LiveConnections(frozenset(connected), frozenset(inbound_ips),
+                                       frozenset(peers), n))
 
 
 def state(cm: ConnectionMaker, addr: str) -> TargetState | None:
@@ -113,7 +114,7 @@ def test_backoff_resets_after_a_connection_that_lived_long_enough() -> None:
     assert due(cm, now) == [A]
     cm.connected(A, PEER_A, now)
     assert state(cm, A) is TargetState.CONNECTED and cm.get_timer() is None
-    cm.disconnected(A, now + RESET_AFTER, "peer timed out")
+    cm.attempt_failed(A, now + RESET_AFTER, "peer timed out")
     target = cm.target(A)
     assert target is not None
     assert target.attempt == 1 and target.last_error == "peer timed out"
@@ -127,7 +128,7 @@ def test_backoff_keeps_growing_after_a_short_lived_connection() -> None:
     now = next_try(cm, A)
     assert due(cm, now) == [A]
     cm.connected(A, PEER_A, now)
-    cm.disconnected(A, now + RESET_AFTER - 1.0, "peer timed out")
+    cm.attempt_failed(A, now + RESET_AFTER - 1.0, "peer timed out")
     target = cm.target(A)
     assert target is not None and target.attempt == 5
     assert 8.0 <= target.next_try - (now + RESET_AFTER - 1.0) <= 16.0
@@ -146,7 +147,7 @@ def test_permanent_failure_is_never_due_until_added_again() -> None:
     assert target is not None and target.state is TargetState.FAILED
     assert target.last_error == "cannot connect to ourself"
     assert cm.get_timer() == next_try(cm, B)  # B's retry only: FAILED sets no timer
-    assert [t.address for t in cm.waiting()] == [A, B]
+    assert [t.address for t in cm.waiting(LiveConnections())] == [A, B]
     for now in (1.0, 100.0, 1e9):
         assert A not in due(cm, now)
     assert state(cm, A) is TargetState.FAILED
@@ -166,7 +167,7 @@ def test_forgetting_a_failed_target_removes_it() -> None:
     due(cm, 0.0)
     cm.attempt_failed(A, 0.0, "cannot connect to ourself", permanent=True)
     cm.forget([A])
-    assert cm.target(A) is None and cm.waiting() == [] and cm.get_timer() is None
+    assert cm.target(A) is None and cm.waiting(LiveConnections()) == [] and cm.get_timer() is None
 
 
 # --- what is not dialled -------------------------------------------------------------------------
@@ -187,7 +188,7 @@ def test_conn_limit_counts_connections_and_dials_in_flight() -> None:
     cm.connected(B, PEER_A + 1, 2.0)
     assert due(cm, 3.0, connected=[A, B], n=3) == []
     # B's connection ends: one slot, and B (sorted first, due again) takes it
-    cm.disconnected(B, 5.0, "peer timed out")
+    cm.attempt_failed(B, 5.0, "peer timed out")
     assert due(cm, 10.0, connected=[A], n=2) == [B]
     assert [state(cm, a) for a in (C, D, E)] == [TargetState.IDLE] * 3
 
@@ -222,7 +223,7 @@ def test_connected_peer_is_not_dialled_under_its_address() -> None:
     cm.add([A])
     assert due(cm, 0.0) == [A]
     cm.connected(A, PEER_A, 0.0)
-    cm.disconnected(A, 10.0, "peer timed out")
+    cm.attempt_failed(A, 10.0, "peer timed out")
     # meanwhile the peer dialled us from another address: A's retry is covered
     assert due(cm, 20.0, peers=[PEER_A]) == []
     assert due(cm, 40.0) == [A]
@@ -234,6 +235,24 @@ def test_peer_learned_from_a_failed_attempt_is_remembered() -> None:
     assert due(cm, 0.0) == [A]
     cm.attempt_failed(A, 0.0, "duplicate", peer=PEER_A)
     assert due(cm, 10.0, peers=[PEER_A]) == []
+
+
+@pytest.mark.parametrize("live", [
+    LiveConnections(targets=frozenset({A})),
+    LiveConnections(inbound_ips=frozenset({"10.0.0.1"})),
+    LiveConnections(peers=frozenset({PEER_A})),
+], ids=["dialled address", "inbound ip", "peer"])
+def test_a_covered_target_is_neither_dialled_nor_listed_as_waiting(live: LiveConnections) -> None:
+    """``due`` and ``waiting`` (what status shows) judge coverage the same way."""
+    cm = maker(1)
+    cm.add([A, B])
+    assert due(cm, 0.0) == [A, B]
+    cm.attempt_failed(A, 0.0, REFUSED, peer=PEER_A)
+    cm.attempt_failed(B, 0.0, REFUSED)
+    assert [t.address for t in cm.waiting(LiveConnections())] == [A, B]
+    assert [t.address for t in cm.waiting(live)] == [B]
+    assert cm.due(100.0, live) == [B]
+    assert [t.address for t in cm.waiting(live)] == []  # B is being dialled now
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -279,7 +298,7 @@ def test_forget_keeps_a_live_attempt_as_non_direct() -> None:
         assert target is not None and target.state is st and not target.direct
     # the attempt still ends normally, and then (discovery off) the target is gone
     cm.attempt_failed(A, 1.0, REFUSED)
-    cm.disconnected(B, 1.0, "peer timed out")
+    cm.attempt_failed(B, 1.0, "peer timed out")
     assert cm.target(A) is None and cm.target(B) is None
     assert cm.get_timer() is None and due(cm, 100.0) == []
 
@@ -364,7 +383,7 @@ def test_get_timer_covers_only_idle_and_retrying_targets() -> None:
     cm.attempt_failed(B, 0.2, REFUSED)
     cm.attempt_failed(C, 0.2, "cannot connect to ourself", permanent=True)
     assert cm.get_timer() == next_try(cm, B)
-    assert [(t.address, t.state) for t in cm.waiting()] == [
+    assert [(t.address, t.state) for t in cm.waiting(LiveConnections())] == [
         (B, TargetState.RETRYING), (C, TargetState.FAILED)]
 
 
@@ -372,7 +391,7 @@ def test_unknown_addresses_are_ignored() -> None:
     cm = maker(1)
     cm.connected(A, PEER_A, 0.0)
     cm.attempt_failed(A, 0.0, REFUSED)
-    cm.disconnected(A, 0.0, REFUSED)
+    cm.attempt_failed(A, 0.0, REFUSED)
     assert cm.target(A) is None and cm.get_timer() is None
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from spake2 import SPAKE2_Symmetric
 
+from tests.pairs import ALPHA, BETA, PEER_SEED
 from weftnet.proto.aead import COUNTER_LIMIT, Opener, Sealer, counter_nonce
 from weftnet.proto.errors import LocalProtocolError, RemoteProtocolError
 from weftnet.proto.framing import pack
@@ -30,9 +31,6 @@ from weftnet.proto.handshake import (
     negotiate,
     transcript_hash,
 )
-
-A = LocalIdentity(name=0x0A0000000001, nickname="alpha", uid=111)
-B = LocalIdentity(name=0x0B0000000002, nickname="beta", uid=222)
 
 
 def rng(seed: int) -> Any:
@@ -198,8 +196,8 @@ def test_confirmation_tag_binds_transcript() -> None:
 # ------------------------------------------------------------------ machine
 
 def _pair(pw_a: bytes | None, pw_b: bytes | None, seed: int = 1) -> tuple[Handshake, Handshake]:
-    return (Handshake(outbound=True, local=A, password=pw_a, random_bytes=rng(seed)),
-            Handshake(outbound=False, local=B, password=pw_b, random_bytes=rng(seed + 1000)))
+    return (Handshake(outbound=True, local=ALPHA, password=pw_a, random_bytes=rng(seed)),
+            Handshake(outbound=False, local=BETA, password=pw_b, random_bytes=rng(seed + PEER_SEED)))
 
 
 def _run(a: Handshake, b: Handshake) -> tuple[str | None, str | None]:
@@ -228,7 +226,7 @@ def test_machine_with_password_agrees() -> None:
     assert a.result.conn_uid == b.result.conn_uid
     assert a.result.keys.control_send == b.result.keys.control_recv
     assert a.result.keys.sleeve.sleeve_send == b.result.keys.sleeve.sleeve_recv
-    assert a.result.remote.name == B.name and b.result.remote.nickname == "alpha"
+    assert a.result.remote.name == BETA.name and b.result.remote.nickname == "alpha"
     with pytest.raises(LocalProtocolError):
         a.receive_frame(b"")
 
@@ -247,7 +245,7 @@ def test_machine_is_deterministic_given_randomness() -> None:
 
 
 def _hello_with(a: Handshake, **fields: Any) -> bytes:
-    base = Handshake(outbound=False, local=B, password=b"pw", random_bytes=rng(9)).hello
+    base = Handshake(outbound=False, local=BETA, password=b"pw", random_bytes=rng(9)).hello
     doc = {"proto": "weft", "vmin": 1, "vmax": 1, "name": base.name, "nick": base.nickname,
            "uid": base.uid, "nonce": base.nonce, "pw": True, "spake": base.spake,
            "x25519": base.x25519}
@@ -277,7 +275,7 @@ def test_low_order_x25519_key_is_refused() -> None:
 
 def test_spake_symmetric_parameters_interoperate_with_the_library() -> None:
     # Our side against a bare spake2 peer using the documented parameters.
-    ours = Handshake(outbound=True, local=A, password=b"pw", random_bytes=rng(3))
+    ours = Handshake(outbound=True, local=ALPHA, password=b"pw", random_bytes=rng(3))
     peer = SPAKE2_Symmetric(b"pw", idSymmetric=b"weft-v1", entropy_f=rng(4))
     msg = peer.start()
     assert ours.hello.spake is not None
@@ -292,7 +290,7 @@ def test_spake_symmetric_parameters_interoperate_with_the_library() -> None:
     dict(local=LocalIdentity(1, "x" * 256, 1)),
 ])
 def test_constructor_misuse(kwargs: dict[str, Any]) -> None:
-    args: dict[str, Any] = dict(outbound=True, local=A, password=None, random_bytes=rng(1))
+    args: dict[str, Any] = dict(outbound=True, local=ALPHA, password=None, random_bytes=rng(1))
     args.update(kwargs)
     with pytest.raises(LocalProtocolError):
         Handshake(**args)

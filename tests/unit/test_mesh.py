@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.pairs import connection
 from weftnet.proto.connection import (
     Connection,
     ConnectionFailed,
@@ -374,6 +375,10 @@ def test_covered_target_does_not_spin_the_timer() -> None:
     assert peer_conn(b, a)
     net.advance(30)  # raises if a timer stays due
     assert len(b.mesh.connected_peers()) == 1
+    # status shows the connection a made, not b's covered retry beside it
+    target = b.mesh.maker.target(a.address)
+    assert target is not None and target.state.value == "retrying"
+    assert [c["state"] for c in b.mesh.report(net.now)["connections"]] == ["established"]
 
 
 def test_conn_limit_counts_dials_in_flight() -> None:
@@ -642,8 +647,7 @@ BAD_TOPOLOGY = {
 
 def _mallory_connected(net: MiniNet, a: Host) -> Connection:
     """A hand-driven peer that speaks the handshake properly, then misbehaves."""
-    m = Connection(outbound=True, local=MALLORY, password=None, now=net.now,
-                   random_bytes=random.Random(net.seed).randbytes)
+    m = connection(True, local=MALLORY, seed=net.seed, now=net.now)
     a.mesh.connection_made(500, outbound=False, remote_address="10.0.0.66:40500", target=None,
                            now=net.now)
     _shuttle(net, a, m)

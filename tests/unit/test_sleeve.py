@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
+from tests.pairs import SLEEVE_KEYS, SLEEVE_UID, sleeve_pair
 from weftnet.proto.errors import LocalProtocolError, RemoteProtocolError
 from weftnet.proto.sleeve import (
     DROP_REASONS,
@@ -29,17 +30,8 @@ from weftnet.proto.sleeve import (
     peek,
 )
 
-K1 = bytes(range(32))
-K2 = bytes(range(100, 132))
-UID = 0x1122334455667788
-
-
-def pair(encrypted: bool = True, **kw: object) -> tuple[SleeveSession, SleeveSession]:
-    """Sessions of both ends of one connection: a's send key is b's receive key."""
-    ka, kb = (K1, K2) if encrypted else (None, None)
-    a = SleeveSession(conn_uid=UID, send_key=ka, recv_key=kb, now=0.0, **kw)  # type: ignore[arg-type]
-    b = SleeveSession(conn_uid=UID, send_key=kb, recv_key=ka, now=0.0, **kw)  # type: ignore[arg-type]
-    return a, b
+K1, K2 = SLEEVE_KEYS  # a seals with K1, b with K2
+UID = SLEEVE_UID
 
 
 def drop_reason(session: SleeveSession, datagram: bytes, now: float = 0.0) -> str:
@@ -56,7 +48,7 @@ def independent_ratchet(key: bytes, steps: int) -> bytes:
 
 
 def test_wire_layout_and_nonce() -> None:
-    a, b = pair()
+    a, b = sleeve_pair()
     d0 = a.seal(Kind.DATA, b"hello", 0.0)
     d1 = a.seal(Kind.HEARTBEAT, b"again", 0.0)
     assert len(d0) == HEADER_LEN + 5 + TAG_LEN
@@ -72,7 +64,7 @@ def test_wire_layout_and_nonce() -> None:
 
 
 def test_plain_session_carries_the_body_in_clear() -> None:
-    a, b = pair(encrypted=False)
+    a, b = sleeve_pair(encrypted=False)
     d = a.seal(Kind.DATA, memoryview(b"payload"), 0.0)
     assert d == struct.pack(">BBHQQ", 1, 1, 0, UID, 0) + b"payload"
     assert b.open(d, 0.0) == (Kind.DATA, b"payload")
@@ -82,7 +74,7 @@ def test_plain_session_carries_the_body_in_clear() -> None:
 
 @pytest.mark.parametrize("encrypted", [True, False])
 def test_replay_and_reorder(encrypted: bool) -> None:
-    a, b = pair(encrypted)
+    a, b = sleeve_pair(encrypted)
     ds = [a.seal(Kind.DATA, bytes([i]), 0.0) for i in range(10)]
     for i in [3, 0, 9, 1, 2, 8, 4, 5, 7, 6]:
         assert b.open(ds[i], 0.0) == (Kind.DATA, bytes([i]))
@@ -93,7 +85,7 @@ def test_replay_and_reorder(encrypted: bool) -> None:
 
 
 def test_tampering_is_refused_and_does_not_burn_the_counter() -> None:
-    a, b = pair()
+    a, b = sleeve_pair()
     d = a.seal(Kind.DATA, b"secret frame", 0.0)
     for i in [1, 4, 12, 19, 20, 25, len(d) - 1]:
         bad = bytearray(d)
@@ -114,7 +106,7 @@ def test_tampering_is_refused_and_does_not_burn_the_counter() -> None:
     (struct.pack(">BBHQQ", 1, 1, 0, UID, 2**64 - 1) + bytes(16), "counter"),
 ])
 def test_malformed(datagram: bytes, why: str) -> None:
-    _, b = pair()
+    _, b = sleeve_pair()
     assert drop_reason(b, datagram) == "malformed", why
 
 
@@ -132,7 +124,7 @@ def test_wrong_connection() -> None:
 
 
 def test_rekey_by_time_follows_the_ratchet() -> None:
-    a, b = pair(rekey_interval=10.0)
+    a, b = sleeve_pair(rekey_interval=10.0)
     assert b.open(a.seal(Kind.DATA, b"e0", 0.0), 0.0) == (Kind.DATA, b"e0")
     d = a.seal(Kind.DATA, b"e1", 10.0)
     assert peek(d) == (Kind.DATA, 1, UID, 0)          # new epoch, counter from 0
@@ -145,7 +137,7 @@ def test_rekey_by_time_follows_the_ratchet() -> None:
 
 
 def test_rekey_by_count() -> None:
-    a, b = pair(rekey_after=3)
+    a, b = sleeve_pair(rekey_after=3)
     ds = [a.seal(Kind.DATA, bytes([i]), 0.0) for i in range(10)]
     assert [peek(d)[1:4:2] for d in ds] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2),
                                             (2, 0), (2, 1), (2, 2), (3, 0)]
@@ -155,7 +147,7 @@ def test_rekey_by_count() -> None:
 
 
 def test_reordering_across_an_epoch_boundary() -> None:
-    a, b = pair(rekey_after=2)
+    a, b = sleeve_pair(rekey_after=2)
     ds = [a.seal(Kind.DATA, bytes([i]), 0.0) for i in range(4)]   # epochs 0 0 1 1
     assert b.open(ds[2], 0.0)[1] == b"\x02"                       # epoch 1 first
     assert b.open(ds[0], 0.0)[1] == b"\x00"                       # previous epoch still opens
@@ -169,7 +161,7 @@ def test_reordering_across_an_epoch_boundary() -> None:
 
 
 def test_previous_epoch_is_erased_after_the_interval() -> None:
-    a, b = pair(rekey_interval=10.0)
+    a, b = sleeve_pair(rekey_interval=10.0)
     old = a.seal(Kind.DATA, b"old", 0.0)
     new = a.seal(Kind.DATA, b"new", 10.0)
     assert b.open(new, 10.5)[1] == b"new"
@@ -178,7 +170,7 @@ def test_previous_epoch_is_erased_after_the_interval() -> None:
 
 
 def test_handle_timer_erases_the_previous_key() -> None:
-    a, b = pair(rekey_interval=10.0)
+    a, b = sleeve_pair(rekey_interval=10.0)
     old = a.seal(Kind.DATA, b"old", 0.0)
     assert b.open(a.seal(Kind.DATA, b"new", 10.0), 10.0)[1] == b"new"
     timer = b.get_timer()
@@ -188,7 +180,7 @@ def test_handle_timer_erases_the_previous_key() -> None:
 
 
 def test_idle_sender_rotates_once() -> None:
-    a, b = pair(rekey_interval=10.0)
+    a, b = sleeve_pair(rekey_interval=10.0)
     assert a.get_timer() is None                   # nothing sealed: nothing to erase
     b.open(a.seal(Kind.DATA, b"0", 1.0), 1.0)
     assert a.get_timer() == 10.0
@@ -202,7 +194,7 @@ def test_idle_sender_rotates_once() -> None:
 
 
 def test_catching_up_lost_epochs() -> None:
-    a, b = pair(rekey_after=1)
+    a, b = sleeve_pair(rekey_after=1)
     ds = [a.seal(Kind.DATA, bytes([i]), 0.0) for i in range(12)]  # one epoch each
     assert b.open(ds[0], 0.0)[1] == b"\x00"
     assert b.open(ds[4], 0.0)[1] == b"\x04"        # 4 epochs ahead: derived and verified
@@ -213,7 +205,7 @@ def test_catching_up_lost_epochs() -> None:
 
 
 def test_a_forged_future_epoch_moves_nothing() -> None:
-    a, b = pair()
+    a, b = sleeve_pair()
     d = a.seal(Kind.DATA, b"x", 0.0)
     forged = struct.pack(">BBHQQ", 1, 1, 1, UID, 0) + bytes(40)
     assert drop_reason(b, forged) == "authentication"
@@ -222,7 +214,7 @@ def test_a_forged_future_epoch_moves_nothing() -> None:
 
 
 def test_epoch_numbers_wrap() -> None:
-    a, b = pair(encrypted=False, rekey_after=1)
+    a, b = sleeve_pair(encrypted=False, rekey_after=1)
     last = None
     for i in range(65536 + 5):
         d = a.seal(Kind.DATA, i.to_bytes(4, "big"), 0.0)
@@ -235,7 +227,7 @@ def test_epoch_numbers_wrap() -> None:
 
 
 def test_encrypted_ratchet_across_the_wrap() -> None:
-    a, b = pair(rekey_after=1)
+    a, b = sleeve_pair(rekey_after=1)
     for _ in range(65536 + 2):
         d = a.seal(Kind.DATA, b"x", 0.0)
         b.open(d, 0.0)
@@ -246,7 +238,7 @@ def test_encrypted_ratchet_across_the_wrap() -> None:
 
 def test_body_limits() -> None:
     for encrypted in (True, False):
-        a, b = pair(encrypted)
+        a, b = sleeve_pair(encrypted)
         d = a.seal(Kind.DATA, bytes(max_body(encrypted)), 0.0)
         assert len(d) == MAX_DATAGRAM
         assert b.open(d, 0.0)[1] == bytes(max_body(encrypted))
@@ -261,13 +253,13 @@ def test_bad_arguments() -> None:
         SleeveSession(conn_uid=1, send_key=b"short", recv_key=K1, now=0.0)
     with pytest.raises(LocalProtocolError):
         SleeveSession(conn_uid=1, send_key=K1, recv_key=K2, now=0.0, rekey_after=0)
-    a, _ = pair()
+    a, _ = sleeve_pair()
     with pytest.raises(LocalProtocolError):
         a.seal(7, b"", 0.0)  # type: ignore[arg-type]
 
 
 def test_stats_snapshot() -> None:
-    a, b = pair()
+    a, b = sleeve_pair()
     b.open(a.seal(Kind.DATA, b"abc", 0.0), 0.0)
     drop_reason(b, b"")
     s = b.stats
@@ -312,7 +304,7 @@ def entry(src: int, dst: int, flags: int, n: int, payload: bytes | None = None) 
     (entry(1, 2, 1, 23), "shorter than vnet + Ethernet"),
     (entry(3, 3, 0, 60), "to itself"),
     (entry(0, 3, 0, 60), "from peer 0"),
-    (entry(1, 2, 2, 60), "unknown flag"),
+    (entry(1, 2, 4, 60), "unknown flag"),  # bits 0 (vnet) and 1 (relay only) are known
     (entry(1, 2, 0, 60, bytes(10)), "length beyond the body"),
 ])
 def test_entries_are_strict(body: bytes, why: str) -> None:
