@@ -9,8 +9,12 @@ Modules (each opens with its theory of operation)::
     mode.py        InitMode = ConsensusInit(count) | SeedInit(names) | ObserverInit();
                    parse_init_mode(text, initial_peers)
     codec.py       wire formats: IpamGossip (gossip payload), RequestSpace / Donation /
-                   Refused / RequestClaim (unicasts); decoders raise only RemoteProtocolError
+                   Refused / RequestClaim / Released (unicasts); decoders raise only
+                   RemoteProtocolError
     allocator.py   Allocator: the facade the router drives
+    serve.py       serving other peers: donations and claims
+    merge.py       two independently seeded rings that meet: holds, duplicates, records
+    release.py     vanished containers' addresses, freed after a grace period (30 s)
     gossip.py      IpamGossiper: the Allocator as mesh channel "ipam" (CHANNEL)
     persist.py     the persisted state: encode_state / decode_state (StateError)
     status.py      status() and the reasons operations wait or fail; format_status(dict)
@@ -19,23 +23,30 @@ Modules (each opens with its theory of operation)::
 The router's part (nothing here does I/O, reads a clock or draws its own randomness)::
 
     alloc = Allocator(name, nickname, universe: IPv4Network, default_subnet: IPv4Network | None,
-                      init: InitMode, now, rng: random.Random, timeout=30.0)
+                      init: InitMode, now, rng: random.Random, timeout=30.0,
+                      grace=RELEASE_GRACE (30 s; the router reads WEFT_IPAM_GRACE),
+                      wall_offset=wall clock - now (persists release deadlines))
     alloc.load_state(decode_state(bytes_from_data_dir))   # if the file exists; returns warnings;
                                                           # StateError: refuse to start, say why
     mesh.register_channel(CHANNEL, IpamGossiper(alloc))
 
     inputs (API):  alloc.allocate(op_id, ident, subnet | None, now)         -> Result later
                    alloc.claim(op_id, ident, IPv4Interface, now)           -> Result later
-                   alloc.free(ident, IPv4Address | None, now) -> int       (freed count)
+                   alloc.free(ident, IPv4Address | None, now) -> int       (freed count;
+                                  weft detach: at once, pending release or not)
+                   alloc.container_died(ident, now) -> int   (its namespace is gone: freed
+                                  after the grace period unless ident asks again first)
                    alloc.lookup(ident) -> list[IPv4Interface]
                    alloc.rmpeer(name_or_nickname, now) -> int               (addresses taken;
                                   LocalProtocolError if the peer is reachable or unknown)
                    alloc.handoff(now) -> (peer, addresses) | None          (weft reset)
                    alloc.stats -> dict[str, int]  (counters for /metrics)
-                   alloc.status() -> dict   ("ipam" of the report: range, default_subnet,
+                   alloc.status(now) -> dict   ("ipam" of the report: range, default_subnet,
                                   status, peers[{name, nickname, addresses, share, free,
                                   reachable}], problems[str], warnings[str], init, ring,
-                                  allocated, pending)
+                                  allocated, pending, releasing[{container, addresses,
+                                  in}], merges[{ring, winner, ours_lost, owners, in_use,
+                                  since, hold, text}])
     inputs (mesh): alloc.peers_changed({name: nickname} of reachable peers, now)
                    (unicasts and gossip arrive through IpamGossiper)
     timers:        alloc.get_timer() -> float | None;  alloc.handle_timer(now)

@@ -27,10 +27,16 @@ Addresses in use that the ring no longer gives us (a ring seeded elsewhere won, 
 rmpeer took our space, a restart found the range changed) are *orphans*: we ask their
 current owner for them (RequestClaim) until it grants them or says another container uses
 them, which ``status()`` then reports as a conflict. Two differently seeded rings thus
-merge without a crash: the higher ``seed_rank`` wins and the others re-claim their
-addresses in use.
+merge without a crash: the higher ``ring_id`` wins and the others re-claim their
+addresses in use, while every peer that hears of the losing ring holds the ranges it had
+in use until they have (``merge.py``: how, and what is reported).
 
-Inputs: ``allocate / claim / free / lookup / peers_changed / rmpeer / handoff`` (API),
+A container whose namespace disappeared (``container_died``) keeps its addresses for a
+grace period (``release.py``, 30 s as in Weave) in case it comes back; ``free`` (``weft
+detach``) frees at once.
+
+Inputs: ``allocate / claim / free / container_died / lookup / peers_changed / rmpeer /
+handoff`` (API),
 ``on_gossip`` and ``on_unicast`` (the mesh), ``handle_timer(now)``. Outputs:
 ``next_result()``, ``take_news()`` (ring/claims to gossip), ``messages_to_send()``
 (unicasts), ``get_timer()``, ``dirty`` (state to persist *before* sending the outputs:
@@ -56,17 +62,21 @@ from .codec import (
     Donation,
     IpamGossip,
     Refused,
+    Released,
     RequestClaim,
     RequestSpace,
     decode_unicast,
     encode_unicast,
 )
 from .consensus import Claim, Paxos, digest_of_claims
+from .merge import HOLD_REASON, HOLD_RETRY, Meetings, carve, within
 from .mode import ConsensusInit, InitMode, SeedInit
 from .persist import PersistedState, load_into, state_of
+from .release import RELEASE_GRACE, Releases, check_grace
 from .ring import NO_RING, Ring, RingUpdate, digest_of_update
+from .serve import serve_claim, serve_space
 from .space import Space
-from .status import describe_status, why_waiting
+from .status import describe_status, ring_text, why_waiting
 
 DEFAULT_TIMEOUT = 30.0    # an operation's deadline
 REQUEST_TIMEOUT = 3.0     # a peer that has not answered a request by then is skipped
@@ -93,6 +103,7 @@ class _Op:
     addr: int | None          # a claim's address; None for an allocation
     deadline: float
     asked: dict[PeerName, str] = field(default_factory=dict)
+    retry_at: float = 0.0     # a donor held its space for a merge: ask again then
 
 
 @dataclass(slots=True)
@@ -109,12 +120,16 @@ class _Orphan:
     ident: str
     retry_at: float = 0.0
     conflict: str = ""
+    owner: PeerName | None = None   # who refused it (a duplicate): told when we let it go
 
 
 class Allocator:
     def __init__(self, name: PeerName, nickname: str, universe: IPv4Network,
                  default_subnet: IPv4Network | None, init: InitMode, now: float,
-                 rng: random.Random, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+                 rng: random.Random, *, timeout: float = DEFAULT_TIMEOUT,
+                 grace: float = RELEASE_GRACE, wall_offset: float = 0.0) -> None:
+        """``grace``: seconds a vanished container keeps its addresses; ``wall_offset``:
+        wall-clock time minus ``now`` (only to persist those deadlines across restarts)."""
         default_subnet = default_subnet or universe
         if not default_subnet.subnet_of(universe):
             raise LocalProtocolError(f"default subnet {default_subnet} is not inside the range {universe}")
@@ -124,6 +139,8 @@ class Allocator:
         self.default_subnet = default_subnet
         self.init = init
         self.timeout = timeout
+        self.grace = check_grace(grace)
+        self.wall_offset = wall_offset
         self.rng = rng
         self.now = now
         self.start = int(universe.network_address)
@@ -137,10 +154,12 @@ class Allocator:
         self.nicknames: dict[PeerName, str] = {name: nickname}
         self.warnings: list[str] = []
         self.foreign_ranges: dict[tuple[int, int], int] = {}
-        self.replaced: list[str] = []
+        self.merges = Meetings()
+        self.releases = Releases()
+        self._loading = False
         self.stats = {"gossip_merged": 0, "unicast_received": 0, "bad_unicast": 0,
                       "donations_given": 0, "donations_received": 0, "claims_granted": 0,
-                      "claims_refused": 0}
+                      "claims_refused": 0, "released_after_grace": 0, "rings_met": 0}
         self._ops: dict[int, _Op] = {}
         self._results: deque[Result] = deque()
         self._out: list[tuple[PeerName | None, bytes]] = []
@@ -175,6 +194,7 @@ class Allocator:
         if problem is not None:
             self._results.append(Result(op_id, None, problem))
             return
+        self._revive(ident)
         self._ops[op_id] = _Op(op_id, ident, net, None, now + self.timeout)
         self._process(now)
 
@@ -189,6 +209,7 @@ class Allocator:
         if addr.ip not in self.universe:
             self._results.append(Result(op_id, addr))
             return
+        self._revive(ident)
         self._ops[op_id] = _Op(op_id, ident, addr.network, int(addr.ip), now + self.timeout)
         self._process(now)
 
@@ -204,12 +225,41 @@ class Allocator:
         for a in targets:
             self.space.remove(a)
             self.prefix.pop(a, None)
-            self._orphans.pop(a, None)
             self._touched.add(a)
+            orphan = self._orphans.pop(a, None)
+            dup = self.merges.drop_duplicate(a)
+            # the other user of a duplicate learns it is settled (it re-claims, or forgets)
+            told = orphan.owner if orphan is not None else dup.peer if dup is not None else None
+            if told is not None:
+                self._send(told, Released(a))
+        if ident in self.releases and not self.space.of(ident):
+            self.releases.cancel(ident)
+            self.dirty = True
         if targets:
             self.dirty = True
             self._flush_free()
         return len(targets)
+
+    def container_died(self, ident: str, now: float) -> int:
+        """``ident``'s namespace is gone (no detach): free its addresses after the grace
+        period, unless it asks for them again first. Pending operations of ``ident`` end.
+        Returns how many addresses are pending release (freed at once with no grace)."""
+        self._tick(now)
+        for op in [o for o in self._ops.values() if o.ident == ident]:
+            self._finish(op, None, f"cancelled: {ident} is gone")
+        count = len(self.space.of(ident))
+        if count and self.releases.mark(ident, now + self.grace):
+            self.dirty = True
+        self._process(now)
+        return count
+
+    def releasing(self) -> list[tuple[str, list[IPv4Interface], float]]:
+        """(identifier, addresses, when they are freed) of vanished containers, soonest first."""
+        return [(ident, self.lookup(ident), at) for ident, at in self.releases.items()]
+
+    def _revive(self, ident: str) -> None:
+        if self.releases.cancel(ident):  # it came back within the grace period
+            self.dirty = True
 
     def lookup(self, ident: str) -> list[IPv4Interface]:
         return [self._iface(a) for a in self.space.of(ident)]
@@ -256,6 +306,7 @@ class Allocator:
             self.space.remove(a)
         self.prefix.clear()
         self._orphans.clear()
+        self.releases.clear()
         self.dirty = True
         if not others or not self.ring.seeded_yet:
             return None
@@ -281,10 +332,16 @@ class Allocator:
 
     def get_timer(self) -> float | None:
         times = [op.deadline for op in self._ops.values()]
+        times += [op.retry_at for op in self._ops.values() if op.retry_at > self.now]
         times += [r.until for r in self._reqs.values()]
         times += [o.retry_at for o in self._orphans.values() if o.retry_at > 0]
         if self._propose_at is not None:
             times.append(self._propose_at)
+        # a hold's end changes what we may hand out or donate: be woken for it
+        for t in (self.releases.next_time(), self.merges.next_expiry(),
+                  self.merges.hold_ends(self.now)):
+            if t is not None:
+                times.append(t)
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
@@ -296,8 +353,10 @@ class Allocator:
 
     # --- mesh inputs ----------------------------------------------------------------------------
 
-    def on_gossip(self, data: IpamGossip) -> IpamGossip | None:
+    def on_gossip(self, data: IpamGossip, now: float | None = None) -> IpamGossip | None:
         """Merge gossip; return the news worth passing on (the mesh forwards it)."""
+        if now is not None:
+            self._tick(now)
         self.stats["gossip_merged"] += 1
         ring = data.ring
         if (ring.start, ring.end) != (self.start, self.end):
@@ -305,6 +364,13 @@ class Allocator:
             if key in self.foreign_ranges or len(self.foreign_ranges) < MAX_NOTES:
                 self.foreign_ranges[key] = self.foreign_ranges.get(key, 0) + 1
             return None
+        if NO_RING != ring.ring_id < self.ring.ring_id:
+            # a ring that gave way to ours, from a peer that has not heard yet, or relayed:
+            # hold what it had in use, and pass the news on so our other peers hold too
+            self.stats["rings_met"] += ring.ring_id not in self.merges.met
+            relay = self.merges.heard(ring, self.ring.ring_id, self.now)
+            self._process(self.now)
+            return None if relay is None else IpamGossip(relay)
         delta = self._merge_ring(ring)
         claims: list[Claim] = []
         if not self.ring.seeded_yet and data.claims:
@@ -325,11 +391,18 @@ class Allocator:
             self.stats["bad_unicast"] += 1
             return
         if isinstance(msg, RequestSpace):
-            self._serve_space(src, msg)
+            serve_space(self, src, msg)
         elif isinstance(msg, RequestClaim):
-            self._serve_claim(src, msg)
+            serve_claim(self, src, msg)
+        elif isinstance(msg, Released):
+            self.merges.drop_duplicate(msg.addr, src)
+            orphan = self._orphans.get(msg.addr)
+            if orphan is not None:
+                orphan.retry_at = 0.0  # the other user let it go: re-claim it now
         elif isinstance(msg, Donation):
             if (msg.ring.start, msg.ring.end) == (self.start, self.end):
+                if NO_RING != msg.ring.ring_id < self.ring.ring_id:
+                    self.merges.heard(msg.ring, self.ring.ring_id, self.now)
                 delta = self._merge_ring(msg.ring)
                 if delta is not None:
                     self._add_news(delta)  # pass it on: the donor's gossip may now stop at us
@@ -381,8 +454,9 @@ class Allocator:
         nick = self.nicknames.get(peer)
         return nick if nick else format_peer_name(peer)
 
-    def status(self) -> dict[str, Any]:
-        return describe_status(self)
+    def status(self, now: float | None = None) -> dict[str, Any]:
+        """The ``ipam`` part of the report (``now``: for the seconds shown; optional)."""
+        return describe_status(self, now)
 
     def why(self, op: _Op | None = None) -> str:
         return why_waiting(self, op)
@@ -407,7 +481,13 @@ class Allocator:
     def load_state(self, state: Mapping[str, Any] | PersistedState) -> list[str]:
         """Restore ``to_state`` output (validated; call before any other input). Returns
         warnings (also kept in ``status()``)."""
-        warnings = load_into(self, state)
+        self._loading = True  # a ring replaced while loading is no meeting: it is our past
+        try:
+            warnings = load_into(self, state)
+        finally:
+            self._loading = False
+        if self._news is not None and NO_RING != self._news.ring.ring_id != self.ring.ring_id:
+            self._news = None  # e.g. a seed= ring made at construction, since given way
         self.warnings.extend(warnings)
         self._orphan_gen = -1
         self._process(self.now)
@@ -428,34 +508,24 @@ class Allocator:
 
     def _merge_ring(self, update: RingUpdate) -> RingUpdate | None:
         before = self.ring.ring_id
-        before_text = self._ring_text() if update.ring_id > before != NO_RING else ""
+        old = None
+        if update.ring_id > before != NO_RING and not self._loading:
+            old = (self.ring.snapshot(), self.ring.seed_names)
         delta = self.ring.merge(update)
         if delta is None:
             return None
         if self.ring.ring_id != before:
             self.dirty = True
             self.paxos.settle()
-        if before != NO_RING and self.ring.ring_id != before:
-            notes = self.replaced if len(self.space) else self.warnings
-            del notes[:-MAX_NOTES]
-            notes.append(
-                f"this peer's ring ({before_text}) met another ring ({self._ring_text()}), "
-                "which wins (more seed peers, then a hash); addresses in use here are re-claimed "
-                "from their new owners")
+        if old is not None and self.ring.ring_id != before:
+            # our ring gave way: re-claim what we use (orphans), hold what it had in use
+            self.merges.lost(old[0], old[1], self.ring.ring_id, self.now, len(self.space))
+            self.stats["rings_met"] += 1
         self._propose_at = None
         return delta
 
     def _ring_text(self) -> str:
-        count, tag = self.ring.ring_id
-        if count == 0:
-            return "not seeded"
-        if self.ring.seed_names:
-            who = ", ".join(self.describe(n) for n in self.ring.seed_names)
-        else:
-            owners = sorted(self.ring.owners())
-            who = "now owned by " + ", ".join(self.describe(n) for n in owners[:8]) + (
-                f" and {len(owners) - 8} more" if len(owners) > 8 else "")
-        return f"seeded among {count} peer{'s' if count > 1 else ''} [{tag:016x}]: {who}"
+        return ring_text(self, self.ring.ring_id, self.ring.seed_names, self.ring.owners())
 
     def _add_news(self, update: RingUpdate, claims: tuple[Claim, ...] = ()) -> None:
         g = IpamGossip(update, claims)
@@ -496,6 +566,11 @@ class Allocator:
         self._results.append(Result(op.op_id, address, error))
 
     def _process(self, now: float) -> None:
+        for ident in self.releases.expired(now):
+            self.stats["released_after_grace"] += 1
+            self.free(ident)
+            self.dirty = True
+        self.merges.expire(now)
         self._consensus_step(now)
         self._serve_ops(now)
         if self._demand and not self.ring.seeded_yet:
@@ -531,13 +606,22 @@ class Allocator:
             if lo <= a < hi and self.prefix.get(a) == op.net.prefixlen:
                 self._finish(op, IPv4Interface((a, op.net.prefixlen)), None)
                 return
+        held = self.merges.held(now)
+        waiting = False
         for r_lo, r_hi in self.ring.owned(self.name):
-            found = self.space.lowest_free(max(lo, r_lo), min(hi, r_hi), skip)
-            if found is not None:
-                self._take(found, op.ident, op.net.prefixlen)
-                self._finish(op, IPv4Interface((found, op.net.prefixlen)), None)
-                return
-        self._ask_for_space(op, lo, hi, now)
+            a, b = max(lo, r_lo), min(hi, r_hi)
+            if a >= b:
+                continue
+            for p, q in carve(a, b, held) if held else ((a, b),):
+                found = self.space.lowest_free(p, q, skip)
+                if found is not None:
+                    self._take(found, op.ident, op.net.prefixlen)
+                    self._finish(op, IPv4Interface((found, op.net.prefixlen)), None)
+                    return
+            waiting = waiting or any(self.space.lowest_free(p, q, skip) is not None
+                                     for p, q in within(a, b, held))
+        if not waiting:  # else wait for the hold to end (a timer): it is our space after all
+            self._ask_for_space(op, lo, hi, now)
 
     def _take(self, addr: int, ident: str, prefixlen: int) -> None:
         self.space.add(addr, ident)
@@ -549,6 +633,11 @@ class Allocator:
         if any(r.kind == "space" and r.key == (lo, hi) for r in self._reqs.values()):
             return
         donor = self._choose_donor(lo, hi, op.asked)
+        if donor is None and any(r.startswith(HOLD_REASON) for r in op.asked.values()):
+            if now < op.retry_at:
+                return  # donors hold their space while rings merge: ask again soon
+            op.asked = {p: r for p, r in op.asked.items() if not r.startswith(HOLD_REASON)}
+            donor = self._choose_donor(lo, hi, op.asked)
         if donor is None:
             if not self.ring.covers(lo, hi):
                 return  # the ring is still arriving: someone we do not know of yet may have space
@@ -582,6 +671,8 @@ class Allocator:
             for op in self._ops.values():
                 if op.addr is None and self._net_bounds(op.net)[:2] == (lo, hi):
                     op.asked[req.peer] = reason
+                    if reason.startswith(HOLD_REASON):
+                        op.retry_at = self.now + HOLD_RETRY
         elif req.kind == "claim":
             claim = self._ops.get(req.key)
             if claim is not None:
@@ -593,6 +684,7 @@ class Allocator:
             orphan = self._orphans.get(req.key)
             if orphan is not None and reason.startswith("in use by"):
                 orphan.conflict = f"{self.describe(req.peer)}: {reason}"
+                orphan.owner = req.peer
 
     def _try_claim(self, op: _Op, now: float) -> None:
         addr = op.addr
@@ -620,84 +712,6 @@ class Allocator:
         req = self._new_req(e.owner, "claim", op.op_id, now)
         self._send(e.owner, RequestClaim(req, addr, op.ident))
 
-    # --- internals: serving peers -----------------------------------------------------------------
-
-    def _reply(self, src: PeerName, req: int, msg: Any) -> None:
-        payload = encode_unicast(msg)
-        self._served[src] = (req, payload)
-        self._out.append((src, payload))
-
-    def _serve_space(self, src: PeerName, msg: RequestSpace) -> None:
-        done = self._served.get(src)
-        if done is not None and done[0] == msg.req:
-            self._out.append((src, done[1]))  # a duplicate request: the same answer again
-            return
-        if not self.ring.seeded_yet:
-            self._reply(src, msg.req, Refused(msg.req, "the ring is not seeded here yet"))
-            return
-        if any(op.addr is None and self._overlaps(op.net, msg.start, msg.end) for op in self._ops.values()):
-            # we are short of space there ourselves: giving it away would only ping-pong
-            self._reply(src, msg.req, Refused(msg.req, f"{self.nickname} is short of space there itself"))
-            return
-        # never the requester's network or broadcast address: it could not use them
-        lo_ok, hi_ok = (msg.start + 1, msg.end - 1) if msg.end - msg.start > 2 else (msg.start, msg.end)
-        best: tuple[int, int] | None = None
-        for r_lo, r_hi in self.ring.owned(self.name):
-            lo, hi = max(r_lo, lo_ok), min(r_hi, hi_ok)
-            if lo >= hi:
-                continue
-            run = self.space.largest_free_run(lo, hi)
-            if run is not None and (best is None or run[1] - run[0] > best[1] - best[0]):
-                best = run
-        if best is None:
-            self._touched.update(e.token for e in self.ring.entries() if e.owner == self.name)
-            self._reply(src, msg.req, Refused(msg.req, f"no free space on {self.nickname}"))
-            return
-        lo, hi = best
-        start = lo + (hi - lo) // 2  # keep the lower half: our own allocations grow upwards
-        update = self._grant(start, hi, src)
-        self.stats["donations_given"] += 1
-        self._reply(src, msg.req, Donation(msg.req, update))
-
-    @staticmethod
-    def _overlaps(net: IPv4Network, lo: int, hi: int) -> bool:
-        start = int(net.network_address)
-        return start < hi and lo < start + net.num_addresses
-
-    def _grant(self, lo: int, hi: int, to: PeerName) -> RingUpdate:
-        """Grant ``[lo, hi)`` (ours, maybe across entries) to ``to``; the combined update."""
-        combined: RingUpdate | None = None
-        cur = lo
-        while cur < hi:
-            e = self.ring.entry_at(cur)
-            assert e is not None and e.owner == self.name
-            stop = min(hi, self.ring.effective_end(e.token))
-            update = self.ring.grant(self.name, cur, stop, to, self.space.free_in)
-            combined = update if combined is None else combined.merge(update)
-            cur = stop
-        assert combined is not None
-        self._add_news(combined)
-        self.dirty = True
-        return combined
-
-    def _serve_claim(self, src: PeerName, msg: RequestClaim) -> None:
-        done = self._served.get(src)
-        if done is not None and done[0] == msg.req:
-            self._out.append((src, done[1]))
-            return
-        e = self.ring.entry_at(msg.addr) if self.ring.seeded_yet else None
-        if e is None or e.owner != self.name:
-            owner = "unknown" if e is None else self.describe(e.owner)
-            self._reply(src, msg.req, Refused(msg.req, f"not the owner (owner: {owner})"))
-            return
-        holder = self.space.holder(msg.addr)
-        if holder is not None:
-            self.stats["claims_refused"] += 1
-            self._reply(src, msg.req, Refused(msg.req, f"in use by {holder} on {self.nickname}"))
-            return
-        self.stats["claims_granted"] += 1
-        self._reply(src, msg.req, Donation(msg.req, self._grant(msg.addr, msg.addr + 1, src)))
-
     # --- internals: orphans and consensus ---------------------------------------------------------
 
     def _check_orphans(self, now: float) -> None:
@@ -719,7 +733,7 @@ class Allocator:
                 continue
             orphan.retry_at = now + ORPHAN_RETRY
             req = self._new_req(e.owner, "orphan", a, now)
-            self._send(e.owner, RequestClaim(req, a, orphan.ident))
+            self._send(e.owner, RequestClaim(req, a, orphan.ident, reclaim=True))
 
     def _consensus_step(self, now: float) -> None:
         if self.ring.seeded_yet or not isinstance(self.init, ConsensusInit):

@@ -25,6 +25,11 @@ Unicast payload (UNICAST on channel "ipam", from ``src`` to us)::
                                        unsolicited, e.g. a handoff)
     [ 3, req, reason ]                 Refused: no space to give / claim refused, and why
     [ 4, req, addr, ident ]            RequestClaim: give us ``addr``, for ``ident``
+    [ 5, req, addr, ident ]            RequestClaim (reclaim): the same, for an address we
+                                       have in use since before our ring gave way to yours
+                                       (a refusal is a duplicate: both sides report it)
+    [ 6, addr ]                        Released: we no longer use ``addr`` (a duplicate is
+                                       settled: re-claim it now, or forget the conflict)
 
 Decoders validate every field's type and range and raise only RemoteProtocolError.
 Overlapping entries are *not* refused here: a peer's honest view may hold them after an
@@ -100,9 +105,15 @@ class RequestClaim:
     req: int
     addr: int
     ident: str
+    reclaim: bool = False
 
 
-Unicast = RequestSpace | Donation | Refused | RequestClaim
+@dataclass(frozen=True, slots=True)
+class Released:
+    addr: int
+
+
+Unicast = RequestSpace | Donation | Refused | RequestClaim | Released
 
 
 # --- encoding -------------------------------------------------------------------------------
@@ -131,7 +142,9 @@ def encode_unicast(msg: Unicast) -> bytes:
         return pack([2, msg.req, ring_wire(msg.ring, ())])
     if isinstance(msg, Refused):
         return pack([3, msg.req, msg.reason[:MAX_REASON]])
-    return pack([4, msg.req, msg.addr, msg.ident])
+    if isinstance(msg, Released):
+        return pack([6, msg.addr])
+    return pack([5 if msg.reclaim else 4, msg.req, msg.addr, msg.ident])
 
 
 # --- decoding -------------------------------------------------------------------------------
@@ -248,10 +261,12 @@ def decode_unicast(data: bytes) -> Unicast:
         if not isinstance(obj[2], str) or len(obj[2]) > MAX_REASON:
             raise _bad("reason")
         return Refused(req, obj[2])
-    if tag == 4 and len(obj) == 4:
+    if tag in (4, 5) and len(obj) == 4:
         req = _uint(obj[1], 1, MAX_REQ, "request id")
         addr = _uint(obj[2], 0, (1 << 32) - 1, "claimed address")
         if not isinstance(obj[3], str) or not 0 < len(obj[3]) <= MAX_IDENT:
             raise _bad("claim identifier")
-        return RequestClaim(req, addr, obj[3])
+        return RequestClaim(req, addr, obj[3], tag == 5)
+    if tag == 6 and len(obj) == 2:
+        return Released(_uint(obj[1], 0, (1 << 32) - 1, "released address"))
     raise _bad(f"unknown type {tag} or wrong arity")

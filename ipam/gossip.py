@@ -8,6 +8,12 @@ malformed unicasts are counted there and dropped (they may have crossed several 
 they are no reason to drop the neighbour's connection). The channel does not use
 broadcasts.
 
+The mesh's gossip interface carries no time, yet what the allocator does with gossip
+depends on it (how long a merging ring's addresses are held, when a request expires):
+the router passes ``clock`` (its monotonic clock, the one it gives the allocator as
+``now``), and every payload is handled at ``clock()``. Without one (simulations that
+call the allocator directly) the allocator's latest ``now`` stands.
+
 The router's glue after every call into the mesh or the allocator::
 
     if alloc.dirty: persist(alloc.to_state())        # before anything leaves
@@ -17,6 +23,8 @@ The router's glue after every call into the mesh or the allocator::
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from weftnet.proto.gossip import GossipData
 from weftnet.proto.peername import PeerName
@@ -28,15 +36,16 @@ CHANNEL = "ipam"
 
 
 class IpamGossiper:
-    def __init__(self, allocator: Allocator) -> None:
+    def __init__(self, allocator: Allocator, clock: Callable[[], float] | None = None) -> None:
         self.allocator = allocator
+        self.clock = clock
 
     def decode(self, payload: bytes) -> GossipData:
         return decode_gossip(payload)
 
     def on_gossip(self, data: GossipData) -> GossipData | None:
         assert isinstance(data, IpamGossip)
-        return self.allocator.on_gossip(data)
+        return self.allocator.on_gossip(data, None if self.clock is None else self.clock())
 
     def gossip(self) -> GossipData | None:
         return self.allocator.full_gossip()
@@ -52,4 +61,4 @@ class IpamGossiper:
         return None
 
     def on_gossip_unicast(self, src: PeerName, payload: bytes) -> None:
-        self.allocator.on_unicast(src, payload)
+        self.allocator.on_unicast(src, payload, None if self.clock is None else self.clock())

@@ -7,6 +7,7 @@ Format (JSON, one object; ``encode_state`` / ``decode_state`` for the bytes on d
       "range": "10.32.0.0/12",
       "ring": [1, start, end, [n, tag], [[token, end, owner, version, free]...], [claim?], [value?]],
       "allocations": [["10.32.0.1/12", "ident"], ...],
+      "releasing": [["ident", wall_clock_deadline], ...],   # optional (release.py)
       "nicknames": [[name, "nick"], ...] }
 
 ``ring`` is the gossip encoding (``codec``), so the same validator checks both; its claim
@@ -23,6 +24,7 @@ rename) whenever ``Allocator.dirty`` is set, *before* sending that call's messag
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
 from typing import TYPE_CHECKING, Any
@@ -55,6 +57,7 @@ class PersistedState:
     claim: Claim | None
     allocations: tuple[tuple[IPv4Interface, str], ...]
     nicknames: tuple[tuple[PeerName, str], ...]
+    releasing: tuple[tuple[str, float], ...] = ()   # identifier, wall-clock deadline
 
 
 def encode_state(state: dict[str, Any]) -> bytes:
@@ -116,7 +119,18 @@ def parse_state(obj: Any) -> PersistedState:
                 or not 1 <= item[0] <= MAX_NAME or not isinstance(item[1], str) or len(item[1]) > 255):
             raise StateError("ipam state: nickname entry")
         names.append((item[0], item[1]))
-    return PersistedState(peer, universe, ring, claims[0] if claims else None, tuple(out), tuple(names))
+    releasing = obj.get("releasing", [])
+    if not isinstance(releasing, list) or len(releasing) > MAX_ALLOCATIONS:
+        raise StateError("ipam state: releasing")
+    pending: list[tuple[str, float]] = []
+    for item in releasing:
+        if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str)
+                or not 0 < len(item[0]) <= 256 or type(item[1]) not in (int, float)
+                or not math.isfinite(item[1])):
+            raise StateError("ipam state: releasing entry")
+        pending.append((item[0], float(item[1])))
+    return PersistedState(peer, universe, ring, claims[0] if claims else None, tuple(out),
+                          tuple(names), tuple(pending))
 
 
 def state_of(a: Allocator) -> dict[str, Any]:
@@ -127,6 +141,7 @@ def state_of(a: Allocator) -> dict[str, Any]:
         "range": str(a.universe),
         "ring": ring_wire(a.ring.snapshot(), (claim,) if claim is not None else ()),
         "allocations": [[str(a._iface(addr)), ident] for addr, ident in a.space.items()],
+        "releasing": a.releases.to_wall(a.wall_offset),
         "nicknames": [[n, a.nicknames[n]] for n in sorted(a.nicknames)],
     }
 
@@ -157,4 +172,9 @@ def load_into(a: Allocator, raw: Any) -> list[str]:
         a.prefix[int(iface.ip)] = iface.network.prefixlen
     if dropped:
         warnings.append(f"{dropped} persisted allocation(s) outside {a.universe} were dropped")
+    for ident, wall in state.releasing:
+        if a.space.of(ident):  # a deadline that passed while we were away is met at once;
+            # one further ahead than a whole grace period means the wall clock was set
+            # back meanwhile: hold the addresses for at most one grace period from now
+            a.releases.mark(ident, min(wall - a.wall_offset, a.now + a.grace))
     return warnings

@@ -2,25 +2,108 @@
 
 Every message names what we wait for and, where the user can act, what to do: which peer
 is missing, which unreachable peer holds space (and the ``weft rmpeer`` that frees it),
-which ring won when two met, which addresses are claimed by two peers.
+which ring won when two met and how far their merge got, which addresses are used by two
+containers (and that detaching one settles it), which vanished containers' addresses are
+about to be freed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from ipaddress import IPv4Address, summarize_address_range
 from typing import TYPE_CHECKING, Any
 
-from weftnet.proto.peername import format_peer_name
+from weftnet.proto.peername import PeerName, format_peer_name
 
+from .merge import Meeting, within
 from .mode import ConsensusInit, ObserverInit, SeedInit
+from .ring import RingId, ring_id_of
 
 if TYPE_CHECKING:
     from .allocator import Allocator, _Op
+
+DUPLICATE_FIX = "detach one of them (the other keeps the address)"
 
 
 def _cidr(a: Allocator, lo: int, hi: int) -> str:
     nets = list(summarize_address_range(IPv4Address(lo), IPv4Address(hi - 1)))
     return str(nets[0]) if len(nets) == 1 else f"{IPv4Address(lo)}-{IPv4Address(hi - 1)}"
+
+
+def _ranges(a: Allocator, ranges: list[tuple[int, int]], limit: int = 4) -> str:
+    text = ", ".join(_cidr(a, lo, hi) for lo, hi in ranges[:limit])
+    return text + (f" and {len(ranges) - limit} more" if len(ranges) > limit else "")
+
+
+def _names(a: Allocator, names: Iterable[PeerName], limit: int = 8) -> str:
+    names = sorted(names)
+    text = ", ".join(a.describe(n) for n in names[:limit])
+    return text + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def ring_text(a: Allocator, ring_id: RingId, seed_names: tuple[PeerName, ...],
+              owners: Iterable[PeerName], owned: str = "now owned by") -> str:
+    """``seeded among 2 peers [tag]: h1, h2`` (the seed names when known, else its owners)."""
+    count, tag = ring_id
+    if count == 0:
+        return "not seeded"
+    if not seed_names and isinstance(a.init, SeedInit) and ring_id_of(a.init.names) == ring_id:
+        seed_names = a.init.names
+    who = _names(a, seed_names) if seed_names else f"{owned} {_names(a, owners)}"
+    return f"seeded among {count} peer{'s' if count > 1 else ''} [{tag:016x}]: {who}"
+
+
+def _be(n: int) -> str:
+    return "is" if n == 1 else "are"
+
+
+def _plural(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 'es' if what.endswith('s') else 's'}"
+
+
+def describe_meeting(a: Allocator, m: Meeting, now: float) -> dict[str, Any]:
+    """One ring meeting, for ``status()["merges"]``: what happened and how far it got."""
+    theirs = ring_text(a, m.ring_id, m.seed_names, m.owners(), owned="owned by")
+    if m.winner == a.ring.ring_id:
+        winner = a._ring_text()
+    else:
+        winner = ring_text(a, m.winner, (), (), owned="")
+    ago = f"{max(0.0, now - m.first_seen):.0f}s ago"
+    left = m.hold_end() - now
+    if m.ours_lost:
+        orphans = a.orphans()
+        conflicts = sum(1 for _, c in orphans.values() if c)
+        if not m.in_use_here:
+            progress = "it had no address in use"
+        elif not orphans:
+            progress = f"all {_plural(m.in_use_here, 'address')} it had in use are its own again"
+        else:
+            progress = (f"{len(orphans) - conflicts} of its addresses in use are still being re-claimed"
+                        if len(orphans) > conflicts else "")
+            if conflicts:
+                progress += ("; " if progress else "") + (
+                    f"{_plural(conflicts, 'address')} in use here {_be(conflicts)} in use on the "
+                    "other side too (duplicates: see problems)")
+        text = (f"{ago}, this peer's ring ({theirs}) met another ring ({winner}), which won "
+                f"(more seed peers, or as many and a higher hash): this peer now uses the winning "
+                f"ring and re-claims its addresses in use from their new owners; {progress}")
+    else:
+        dups = len(a.merges.duplicates)
+        text = (f"{ago}, a ring {theirs} ({_plural(m.in_use(), 'address')} in use) met ours "
+                f"({winner}) and gave way (ours has more seed peers, or as many and a higher "
+                f"hash): its peers now use our ring and re-claim their addresses in use from "
+                f"our owners")
+        if dups:
+            text += (f"; {_plural(dups, 'address')} in use here {_be(dups)} in use there too "
+                     "(duplicates: see problems)")
+    held = m.busy() if left > 0 else []
+    if held:
+        text += (f"; allocations in {_ranges(a, held)} wait up to {left:.0f}s more, until "
+                 "that ring's peers have re-claimed their addresses")
+    return {"ring": theirs, "winner": winner, "ours_lost": m.ours_lost,
+            "owners": [a.describe(n) for n in m.owners()], "in_use": m.in_use(),
+            "since": round(max(0.0, now - m.first_seen), 1),
+            "hold": round(max(0.0, left), 1) if held else 0.0, "text": text}
 
 
 def init_text(a: Allocator) -> str:
@@ -74,6 +157,12 @@ def why_waiting(a: Allocator, op: _Op | None) -> str:
         return f"{ip} is owned by {a.describe(e.owner)}, asked for it: {reason}"
     lo = int(op.net.network_address)
     hi = lo + op.net.num_addresses
+    held = within(lo, hi, a.merges.held(a.now))
+    if held and any(a.space.lowest_free(p, q) is not None
+                    for r_lo, r_hi in a.ring.owned(a.name)
+                    for p, q in within(max(lo, r_lo), min(hi, r_hi), held)):
+        return (f"a ring that met ours had addresses in use in {_ranges(a, held)}: allocation "
+                "there waits until its peers have re-claimed them (a few seconds)")
     parts = [f"no free address in {op.net}"]
     if op.asked:
         parts.append("asked " + ", ".join(f"{a.describe(p)} ({r})" for p, r in sorted(op.asked.items())))
@@ -94,7 +183,8 @@ def why_waiting(a: Allocator, op: _Op | None) -> str:
     return "; ".join(parts)
 
 
-def describe_status(a: Allocator) -> dict[str, Any]:
+def describe_status(a: Allocator, now: float | None = None) -> dict[str, Any]:
+    now = a.now if now is None else max(a.now, now)
     owners = a.ring.owners()
     free: dict[int, int] = {}
     for e in a.ring.entries():
@@ -113,13 +203,20 @@ def describe_status(a: Allocator) -> dict[str, Any]:
         problems.append(f"ring inconsistency: {a.describe(ea.owner)} and {a.describe(eb.owner)} both "
                         f"claim {_cidr(a, eb.token, min(ea.end, eb.end))} (after an rmpeer of a live "
                         "peer, or lost state)")
+    met = [m for m in a.merges.records() if m.ours_lost]
     for addr, (ident, conflict) in sorted(a.orphans().items()):
+        ip = IPv4Address(addr)
         if conflict:
-            problems.append(f"duplicate: {IPv4Address(addr)} is used by {ident} here and refused by "
-                            f"{conflict}; detach one of them")
+            why = ("both rings handed it out before they met" if any(m.covers(addr) for m in met)
+                   else "handed out twice")
+            problems.append(f"duplicate: {ip} is used by {ident} here and refused by {conflict} "
+                            f"({why}): {DUPLICATE_FIX}")
         else:
-            problems.append(f"{IPv4Address(addr)} (used by {ident}) is being re-claimed from its owner")
-    problems.extend(a.replaced)
+            problems.append(f"{ip} (used by {ident}) is being re-claimed from its owner")
+    for addr, d in sorted(a.merges.duplicates.items()):
+        problems.append(f"duplicate: {IPv4Address(addr)} is used by {d.ours} here and by {d.theirs} "
+                        f"on {a.describe(d.peer)} (both rings handed it out before they met): "
+                        f"{DUPLICATE_FIX}")
     if a.ring.seeded_yet:
         text = "ready"
         if not a.ring.owned(a.name) and isinstance(a.init, ObserverInit):
@@ -135,6 +232,10 @@ def describe_status(a: Allocator) -> dict[str, Any]:
         "ring": a._ring_text(),
         "allocated": len(a.space),
         "pending": a.pending(),
+        "releasing": [{"container": ident, "addresses": [str(i) for i in ifaces],
+                       "in": round(max(0.0, at - now), 1)}
+                      for ident, ifaces, at in a.releasing()],
+        "merges": [describe_meeting(a, m, now) for m in a.merges.records()],
         "peers": [{"name": format_peer_name(p), "nickname": a.nicknames.get(p, ""),
                    "addresses": owners.get(p, 0),
                    "share": round(100.0 * owners.get(p, 0) / total, 2),
@@ -157,6 +258,12 @@ def format_status(st: dict[str, Any]) -> str:
         tail = "" if p["reachable"] else " - unreachable!"
         lines.append(f"{who:<40} {p['addresses']:>9} IPs ({p['share']:.1f}% of total) "
                      f"({p['free']} free){tail}")
+    for merge in st.get("merges", []):
+        lines.append(f"rings met: {merge['text']}")
+    for rel in st.get("releasing", []):
+        lines.append(f"releasing: {' '.join(rel['addresses'])} of {rel['container']} (its namespace "
+                     f"is gone) in {rel['in']:.0f}s unless it comes back; `weft detach "
+                     f"{rel['container']}` frees them now")
     for problem in st["problems"]:
         lines.append(f"problem: {problem}")
     for warning in st["warnings"]:

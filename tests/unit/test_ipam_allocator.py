@@ -243,10 +243,12 @@ def test_rival_rings_merge_and_reclaim_addresses_in_use() -> None:
     for i in range(4):
         assert net.nodes[i].alloc.lookup(f"c{i}") == [got[i]]
     loser = net.nodes[0].alloc.status()
-    assert any("met another ring" in p for p in loser["problems"])
-    # h0's 10.32.0.1 collides with h2's: one of them must hear "duplicate"
-    clash = [p for i in (0, 1) for p in net.nodes[i].alloc.status()["problems"] if "duplicate" in p]
+    assert any("met another ring" in m["text"] and m["ours_lost"] for m in loser["merges"])
+    # h0's 10.32.0.1 collides with h2's: both of them hear "duplicate" (more: test_ipam_merge)
+    clash = [p for p in net.nodes[0].alloc.status()["problems"] if "duplicate" in p]
     assert got[0] == got[2] and clash and "in use by c2 on h2" in clash[0]
+    there = [p for p in net.nodes[2].alloc.status()["problems"] if "duplicate" in p]
+    assert there and f"{got[0].ip} is used by c2 here and by c0 on h0" in there[0]
 
 
 def test_gossip_for_another_range_is_reported_not_merged() -> None:

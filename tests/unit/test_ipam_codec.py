@@ -8,6 +8,7 @@ from weftnet.ipam.codec import (
     Donation,
     IpamGossip,
     Refused,
+    Released,
     RequestClaim,
     RequestSpace,
     decode_gossip,
@@ -45,7 +46,8 @@ def test_gossip_round_trip_with_shared_values() -> None:
 
 def test_unicast_round_trips() -> None:
     for msg in (RequestSpace(1, 0, 256), Donation(7, ring().snapshot()), Donation(0, ring().snapshot()),
-                Refused(3, "no free space on h1"), RequestClaim(4, 10, "c1")):
+                Refused(3, "no free space on h1"), RequestClaim(4, 10, "c1"),
+                RequestClaim(5, 10, "c1", reclaim=True), Released(10)):
         assert decode_unicast(encode_unicast(msg)) == msg
 
 
@@ -74,7 +76,8 @@ def test_gossip_decoder_refuses_malformed_payloads(obj: list[object]) -> None:
 
 @pytest.mark.parametrize("obj", [
     [1, 0, 0, 10], [1, 1, 10, 10], [2, 1, [1, 0, 10, [0, 0], [], [], []]],
-    [3, 1, 5], [4, 1, 10, ""], [4, 1, 1 << 32, "c"], [9], [], "x",
+    [3, 1, 5], [4, 1, 10, ""], [4, 1, 1 << 32, "c"], [5, 0, 10, "c"], [6, -1], [6, 1 << 32],
+    [6, 1, 2], [9], [], "x",
 ])
 def test_unicast_decoder_refuses_malformed_payloads(obj: object) -> None:
     with pytest.raises(RemoteProtocolError):

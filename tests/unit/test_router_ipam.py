@@ -52,3 +52,14 @@ def test_init_mode_from_launch_options() -> None:
     assert ipalloc_init_mode(cfg.ipalloc_init, len(cfg.peers)) == ConsensusInit(3)
     cfg = config_from_args(launch_ns("10.0.0.2", "10.0.0.3"))
     assert ipalloc_init_mode(cfg.ipalloc_init, len(cfg.peers)) == ConsensusInit(3)
+
+
+def test_grace_period_from_the_environment() -> None:
+    from weftnet.router.daemon import ipam_grace
+
+    assert ipam_grace({}) == 30.0  # Weave's containerDiedTimeout
+    assert ipam_grace({"WEFT_IPAM_GRACE": " 2.5 "}) == 2.5
+    assert ipam_grace({"WEFT_IPAM_GRACE": "0"}) == 0.0
+    for bad in ("-1", "soon", "nan", "1e9"):
+        with pytest.raises(LocalProtocolError, match=r"invalid WEFT_IPAM_GRACE=.*0 to 604800"):
+            ipam_grace({"WEFT_IPAM_GRACE": bad})
