@@ -17,7 +17,8 @@ carries a 20-byte header, which is also the AEAD associated data, then the body:
     | src_peer u48   | dst_peer u48   | flags u8 | length u32   | frame (length)   |
     +----------------+----------------+----------+--------------+------------------+
     dst_peer 0 = flood along src_peer's broadcast tree; flags bit 0: the frame starts
-    with a 10-byte virtio-net header (proto/ethernet.py)
+    with a 10-byte virtio-net header (proto/ethernet.py); bit 1: relay only, do not deliver
+    (the fast path's VXLAN delivered this broadcast to the hop already)
 
     HEARTBEAT / HEARTBEAT_ACK body                    PROBE / PROBE_ACK body
     +------------+---------+-----------+---------+----------+  +--------------+--------------+
@@ -96,7 +97,8 @@ COUNTER_LIMIT = (1 << 64) - 1         # never used as a nonce (as in proto/aead.
 RATCHET_INFO = b"weft sleeve ratchet"
 
 FLAG_VNET = 1
-_KNOWN_ENTRY_FLAGS = FLAG_VNET
+FLAG_RELAY_ONLY = 2  # a broadcast the kernel VXLAN delivered to this hop already: relay only
+_KNOWN_ENTRY_FLAGS = FLAG_VNET | FLAG_RELAY_ONLY
 MAX_PEER = (1 << 48) - 1
 MAX_FRAME = (1 << 32) - 1
 

@@ -53,18 +53,16 @@ import platform
 import re
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .testbed import CommandFailed, Testbed, TestbedError
+from .testbed import CommandFailed, Testbed, TestbedError, sigterm_as_interrupt
 
 __all__ = [
     "BASELINE",
@@ -665,7 +663,7 @@ class _Runner:
                 args += [tb.address(h) for h in HOSTS[:i]]
                 launched.append(host)
                 tb.weft(host, *args, env=envs[host], timeout=60)
-            conns = self._wait_established(envs)
+            conns = self._wait_established(envs, "fastdp" if fastdp else None)
             for host, conn in conns.items():
                 check_overlay(host, conn, password=password, fastdp=fastdp)
             for i, host in enumerate(HOSTS):
@@ -673,6 +671,9 @@ class _Runner:
                 tb.weft(host, "attach", f"{ADDRESSES[i]}/{PREFIX_LEN}", target,
                         env=envs[host], timeout=60)  # fmt: skip
                 attached.append((host, target))
+            if fastdp:
+                self._wait_reachable()
+                self._wait_programmed(envs)
             yield
         finally:
             for host, target in reversed(attached):
@@ -685,9 +686,27 @@ class _Runner:
                 if not stopped:
                     tb.kill_processes(host)
 
-    def _wait_established(self, envs: dict[str, dict[str, str | None]]) -> dict[str, dict[str, Any]]:
-        """Poll ``weft report`` on both hosts until each has an established connection;
-        return it per host."""
+    def _wait_programmed(self, envs: dict[str, dict[str, str | None]]) -> None:
+        """Wait until each host's VXLAN table holds the other container's MAC (with the
+        peer's bridge MAC: two entries), so the measurement sees the fast path, not the
+        first frames that took sleeve while the MACs were being announced."""
+        deadline = time.monotonic() + self.opts.wait
+        while True:
+            entries = {}
+            for host in HOSTS:
+                report = json.loads(self.tb.weft(host, "report", env=envs[host], timeout=30).stdout)
+                entries[host] = report["router"]["dataplane"]["fastdp"]["forwarding_entries"]
+            if all(n >= 2 for n in entries.values()):
+                return
+            if time.monotonic() > deadline:
+                raise MeasurementFailed(f"the containers' MACs did not reach the VXLAN tables "
+                                        f"within {self.opts.wait:.0f} s (entries: {entries})")
+            time.sleep(POLL)
+
+    def _wait_established(self, envs: dict[str, dict[str, str | None]],
+                          overlay: str | None = None) -> dict[str, dict[str, Any]]:
+        """Poll ``weft report`` on both hosts until each has an established connection
+        (over ``overlay`` when given); return it per host."""
         deadline = time.monotonic() + self.opts.wait
         why = "no report yet"
         while True:
@@ -706,7 +725,8 @@ class _Runner:
                 except (ValueError, KeyError, TypeError) as exc:
                     lacking.append(f"{host}: weft report: {one_line(exc)}")
                     continue
-                up = [c for c in conns if isinstance(c, dict) and c.get("state") == "established"]
+                up = [c for c in conns if isinstance(c, dict) and c.get("state") == "established"
+                      and overlay in (None, c.get("overlay"))]
                 if up:
                     found[host] = up[0]
                 else:
@@ -732,6 +752,8 @@ def _conn_text(conn: Any) -> str:
     if not isinstance(conn, dict):
         return "?"
     text = f"{conn.get('address', '?')} {conn.get('state', '?')}"
+    if conn.get("overlay"):
+        text += f" over {conn['overlay']} ({conn.get('overlay_reason') or 'no reason given'})"
     return f"{text} ({conn['info']})" if conn.get("info") else text
 
 
@@ -814,7 +836,7 @@ def run_data_bench(argv: Sequence[str], *, progress: Progress | None = None) -> 
     tb: Testbed | None = None
     error: str | None = None
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             tb = Testbed(hosts=HOSTS)
             say(f"testbed {tb.prefix}: hosts {', '.join(tb.ns(h) for h in HOSTS)}")
             runner = _Runner(tb, opts, say)
@@ -905,7 +927,7 @@ def run_dns_bench(argv: Sequence[str]) -> int:
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             result = bench_dns(names=ns.names, seconds=seconds, clients=ns.clients,
                                outstanding=ns.outstanding)
     except KeyboardInterrupt:
@@ -935,21 +957,6 @@ def main(argv: list[str]) -> int:
     return SUITES["data"](argv)
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Let SIGTERM clean up like Ctrl-C does (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":

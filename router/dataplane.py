@@ -40,6 +40,7 @@ import errno
 import ipaddress
 import logging
 import os
+import random
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ from weftnet.proto.routes import Routes
 from weftnet.proto.sleeve import Kind, SleeveDrop, SleeveSession
 
 from . import netdev, udpsock
+from .fastdp import FastPath
 from .tap import Tap
 
 log = logging.getLogger("weft")
@@ -74,7 +76,9 @@ IP_UDP_OVERHEAD = 28
 # inner IP packet -> UDP payload: Ethernet + virtio-net header + entry + sleeve header + tag
 OVERLAY_OVERHEAD = (ethernet.ETH_HLEN + ethernet.VNET_HDR_LEN + sleeve.ENTRY_OVERHEAD
                     + sleeve.HEADER_LEN + sleeve.TAG_LEN + IP_UDP_OVERHEAD)
-ENTRY_VNET = 1
+ENTRY_VNET = sleeve.FLAG_VNET
+ENTRY_RELAY_ONLY = sleeve.FLAG_RELAY_ONLY
+GROUP_BIT = 0x010000000000  # of a MAC as an int: broadcast or multicast
 HB_FLAG_TRUST = 1  # "I trust your underlay address: send to me in the clear if you trust me"
 
 
@@ -118,6 +122,7 @@ class Link:
     pmtu: int | None = None
     next_probe: float = 0.0
     probing: bool = False
+    fast: bool = False  # the kernel VXLAN carries this peer's traffic (router/fastdp.py)
     counters: Counters = field(default_factory=Counters)
 
     @property
@@ -145,7 +150,6 @@ class Dataplane:
         self.host = host
         self.mtu = mtu
         self.trusted = [ipaddress.ip_network(s, strict=False) for s in trusted_subnets]
-        self.fastdp = fastdp
         self._on_change = on_change  # the router pumps the mesh after we change it
         self.me = mesh.config.name
         self.forwarder = Forwarder(self.me)
@@ -165,6 +169,11 @@ class Dataplane:
         self._reassembler = sleeve_frag.Reassembler()
         self._msg_id = int.from_bytes(os.urandom(4), "big")
         self._gro = False
+        self.fast = FastPath(mesh, enabled=fastdp,
+                             disabled_reason="" if fastdp else "fast path disabled (--no-fastdp)",
+                             port=port + 1, mtu=mtu, links=lambda: list(self.links.values()),
+                             publish=self._publish, pump=on_change,
+                             rng=random.Random(os.urandom(16)))
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -179,10 +188,12 @@ class Dataplane:
             self.tap.close()
             raise OSError(exc.errno, f"cannot listen on UDP port {self.port}: "
                           f"{exc.strerror or exc}") from None
+        self.fast.open()
         log.info("sleeve data plane on UDP port %d, TAP %s (offloads: %s), MTU %d", self.port,
                  self.tap.name, ",".join(sorted(self.tap.offloads)) or "none", self.mtu)
 
     def close(self) -> None:
+        self.fast.close()
         if self.sock is not None:
             self.sock.close()
         if self.tap is not None:
@@ -194,6 +205,7 @@ class Dataplane:
             nursery.start_soon(self._tap_loop)
             nursery.start_soon(self._udp_loop)
             nursery.start_soon(self._tick_loop)
+            nursery.start_soon(self.fast.run)
 
     # --- what the mesh tells us -------------------------------------------------------
 
@@ -248,30 +260,46 @@ class Dataplane:
             return False
         return any(ip in net for net in self.trusted)
 
-    def _set_overlay(self, link: Link, up: bool, reason: str) -> None:
-        if link.up == up and link.reason == reason:
-            return
-        link.up, link.reason = up, reason
+    def _set_overlay(self, link: Link, up: bool, reason: str = "") -> None:
+        """The link came up (its reason is derived) or went down (``reason`` says why)."""
         if up:
-            self._by_peer[link.peer] = link
-        elif self._by_peer.get(link.peer) is link:
+            if not link.up:
+                link.up = True
+                self._by_peer[link.peer] = link
+            self._publish(link)
+            return
+        link.fast = False
+        if not link.up and link.reason == reason:
+            return
+        link.up, link.reason = False, reason
+        if self._by_peer.get(link.peer) is link:
             del self._by_peer[link.peer]
-        self.mesh.set_overlay(link.conn_id, ready=up, overlay="sleeve" if up else None,
-                              reason=reason, mtu=link.mtu)
+        self.mesh.set_overlay(link.conn_id, ready=False, overlay=None, reason=reason, mtu=link.mtu)
+        self._on_change()
+
+    def _publish(self, link: Link) -> None:
+        """Tell the mesh which overlay an up link uses, why, and its MTU."""
+        if not link.up:
+            return
+        link.reason = self._overlay_reason(link)
+        self.mesh.set_overlay(link.conn_id, ready=True, overlay="fastdp" if link.fast else "sleeve",
+                              reason=link.reason, mtu=self.mtu if link.fast else link.mtu)
         self._on_change()
 
     def _overlay_reason(self, link: Link) -> str:
+        if link.fast:
+            return "fast path: kernel VXLAN, probes answered"
         if not link.session.encrypted:
             why = "sleeve without encryption"
         elif link.clear:
             why = "sleeve in the clear: both ends trust each other's subnet"
         else:
             why = "encrypted sleeve"
-        if not self.fastdp:
-            return f"{why}; fast path disabled (--no-fastdp)"
-        if link.session.encrypted and not link.clear:
+        if not self.fast.enabled:
+            return f"{why}; {self.fast.disabled_reason}"
+        if not link.clear:
             return f"{why}; the fast path carries only unencrypted traffic"
-        return why
+        return f"{why}; fast path not used: {self.fast.reason(link)}"
 
     # --- heartbeats, timeouts, path MTU ------------------------------------------------
 
@@ -332,7 +360,7 @@ class Dataplane:
                 link.next_probe = now
             if not link.up:
                 link.mtu = link.mtu or self.mtu
-                self._set_overlay(link, True, self._overlay_reason(link))
+                self._set_overlay(link, True)
 
     async def _probe_pmtu(self, link: Link) -> None:
         """Find the largest DF packet that reaches the peer; the link's MTU follows."""
@@ -357,9 +385,7 @@ class Dataplane:
                 link.mtu = min(self.mtu, found - OVERLAY_OVERHEAD)
                 log.info("path MTU to %s is %d: overlay MTU %d",
                          describe_peer(link.peer, link.nickname), found, link.mtu)
-                if link.up:
-                    self.mesh.set_overlay(link.conn_id, ready=True, overlay="sleeve",
-                                          reason=link.reason, mtu=link.mtu)
+                self._publish(link)
         finally:
             link.probing = False
             link.next_probe = trio.current_time() + PMTU_REPROBE
@@ -437,7 +463,10 @@ class Dataplane:
                     continue
                 if link.mtu is not None and self._too_big(frame, vnet, link.mtu):
                     continue
-                self._queue(link, (me, dst_peer, flags, frame))
+                if link.fast and dst & GROUP_BIT:
+                    self._queue(link, (me, dst_peer, flags | ENTRY_RELAY_ONLY, frame))
+                else:
+                    self._queue(link, (me, dst_peer, flags, frame))
         self._flush(now)
         return more
 
@@ -629,6 +658,8 @@ class Dataplane:
                 self._drop(verdict)
                 continue
             deliver, relays = verdict
+            if flags & ENTRY_RELAY_ONLY:
+                deliver, flags = False, flags & ~ENTRY_RELAY_ONLY
             link.counters.frames_in += 1
             link.counters.bytes_in += len(frame)
             if deliver:
@@ -658,6 +689,7 @@ class Dataplane:
                                     if link.udp_addr else None),
                     "heartbeat_answered": link.acked,
                     "encrypted_data": not link.clear,
+                    "fastdp": link.fast,
                     "path_mtu": link.pmtu,
                     "epoch": link.session.epoch_send,
                     **link.counters.as_dict(),
@@ -674,4 +706,5 @@ class Dataplane:
             "mtu": self.mtu,
             "drops": dict(sorted(self.drops.items())),
             "macs": len(self.forwarder.macs()),
+            "fastdp": self.fast.report(),
         }

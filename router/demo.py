@@ -34,16 +34,21 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .testbed import CommandFailed, Testbed, TestbedError, list_namespaces, owner_of, sweep_stale
+from .testbed import (
+    CommandFailed,
+    Testbed,
+    TestbedError,
+    list_namespaces,
+    owner_of,
+    sigterm_as_interrupt,
+    sweep_stale,
+)
 
 __all__ = ["DEMO_PATTERN", "DEMO_PREFIX", "WAIT", "DemoError", "run_demo"]
 
@@ -319,7 +324,7 @@ def _tour(keep: bool) -> int:
     tour: _Tour | None = None
     ok = interrupted = False
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             tb = Testbed(HOSTS, prefix=DEMO_PREFIX)
             tour = _Tour(tb, secrets.token_urlsafe(16), keep)
             tour.run()
@@ -404,18 +409,3 @@ def heading(title: str) -> None:
     say(f"== {title}")
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Let SIGTERM clean up like Ctrl-C does (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)

@@ -57,6 +57,7 @@ __all__ = [
     "DEFAULT_MTU",
     "TAP",
     "VETH_PREFIX",
+    "VXLAN",
     "Attached",
     "NetdevError",
     "NetnsRef",
@@ -76,6 +77,7 @@ __all__ = [
 
 BRIDGE = "weft"
 TAP = "weft-tap"
+VXLAN = "weft-vxlan"
 CONTAINER_IFNAME = "ethwe"
 VETH_PREFIX = "vethwepl"
 DEFAULT_MTU = 1376
@@ -711,7 +713,7 @@ def remove_all(*, netns: str | NetnsRef | None = None) -> list[str]:
             for link in ipr.get_links()
             if str(link.get("ifname")).startswith(VETH_PREFIX)
         )
-    for name in [*names, TAP, BRIDGE]:
+    for name in [*names, TAP, VXLAN, BRIDGE]:
         if _delete_link(name, netns):
             removed.append(name)
         _remember(name, None)

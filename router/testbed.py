@@ -47,7 +47,9 @@ wherever they accept host names. Containers share the prefix, so ``close()`` and
 
 Extra commands for tests: ``block_udp_port``/``unblock`` and ``set_loss`` add nftables rules
 (table ``inet weft_testbed``) inside one host namespace, matching only its underlay
-interfaces, so loopback (the router's HTTP API) is never affected.
+interfaces, so loopback (the router's HTTP API) is never affected. ``partition(a, b)``,
+``isolate(host)`` and ``heal(a[, b])`` drop (and stop dropping) everything between hosts'
+underlay addresses, the same way.
 """
 
 from __future__ import annotations
@@ -706,6 +708,43 @@ class Testbed:
             f'{chance}drop comment "loss"\n'
         ))  # fmt: skip
 
+    # -- partitions (faults tests) --
+
+    def _all_addresses(self, host: str) -> list[str]:
+        return [self.address(host, seg) for seg in self.host_segments(host)]
+
+    def partition(self, a: str, b: str) -> None:
+        """Cut hosts ``a`` and ``b`` apart: every packet between their underlay addresses is
+        dropped (TCP and UDP alike, both directions, rules in both hosts) until ``heal``.
+        Their traffic with other hosts, and loopback, is untouched."""
+        if a == b:
+            raise ValueError(f"cannot partition {a!r} from itself")
+        for here, there in ((a, b), (b, a)):
+            self._check_host(there)
+            self._delete_rules(here, f"partition-{there}")
+            self._ensure_table(here)
+            t, dev = f"inet {NFT_TABLE}", self._underlay(here)
+            addrs = "{ " + ", ".join(self._all_addresses(there)) + " }"
+            tag = f'comment "partition-{there}"'
+            self._nft(here, script=(
+                f"add rule {t} input iifname {dev} ip saddr {addrs} drop {tag}\n"
+                f"add rule {t} output oifname {dev} ip daddr {addrs} drop {tag}\n"
+            ))  # fmt: skip
+
+    def isolate(self, host: str) -> None:
+        """``partition`` ``host`` from every other host of the testbed."""
+        for other in self.hosts:
+            if other != host:
+                self.partition(host, other)
+
+    def heal(self, a: str, b: str | None = None) -> None:
+        """Undo ``partition(a, b)``; with ``b`` None, every partition that involves ``a``."""
+        others = [h for h in self.hosts if h != a] if b is None else [b]
+        for other in others:
+            self._check_host(other)
+            self._delete_rules(a, f"partition-{other}")
+            self._delete_rules(other, f"partition-{a}")
+
     # -- teardown --
 
     def _check_open(self) -> None:
@@ -793,3 +832,21 @@ def _sigint_deferred() -> Iterator[None]:
         signal.signal(signal.SIGINT, old)
         if pending and callable(old):
             old(signal.SIGINT, None)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Let SIGTERM clean up like Ctrl-C does (main thread only): the demo and the bench
+    run their teardown on KeyboardInterrupt, so a `kill` leaves no namespace behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

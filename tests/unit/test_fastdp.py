@@ -1,0 +1,163 @@
+"""The fast path's pure core: messages, probe frames, the per-connection state machine."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from weftnet.proto import fastdp
+from weftnet.proto.errors import RemoteProtocolError
+from weftnet.proto.fastdp import (
+    MISSES_TO_FALL,
+    PROBE_INTERVAL,
+    PROBE_TIMEOUT,
+    RISE_AFTER,
+    FastLink,
+    Hello,
+    ProbeAck,
+    decode_message,
+    decode_probe,
+    desired_fdb,
+    encode_probe,
+)
+
+BR = bytes.fromhex("02aa00000001")
+MACS = frozenset({bytes.fromhex("020000000001"), bytes.fromhex("020000000002")})
+HELLO = Hello(True, BR, MACS)
+
+
+def new_link(now: float = 0.0) -> FastLink:
+    ids = itertools.count(1)
+    return FastLink(1450, now, lambda: next(ids))
+
+
+def run_round(fl: FastLink, now: float, *, full: bool, small: bool) -> float:
+    """One probe round at ``now``: answer the chosen probes, conclude; the next round's time."""
+    probes = fl.probes_due(now)
+    assert [p.size for p in probes] == [1450, fastdp.SMALL_PROBE]
+    if full:
+        assert fl.on_ack(probes[0].probe_id)
+    if small:
+        assert fl.on_ack(probes[1].probe_id)
+    fl.handle_timer(now + PROBE_TIMEOUT)
+    return now + PROBE_INTERVAL
+
+
+macs = st.binary(min_size=6, max_size=6)
+
+
+@given(st.booleans(), macs, st.frozensets(macs, max_size=20), st.text(max_size=50))
+def test_hello_round_trip(enabled: bool, bridge: bytes, others: frozenset[bytes], reason: str) -> None:
+    hello = Hello(enabled, bridge, others, reason)
+    assert decode_message(hello.encode()) == hello
+
+
+@given(st.integers(0, 2**64 - 1))
+def test_probe_ack_round_trip(probe_id: int) -> None:
+    assert decode_message(ProbeAck(probe_id).encode()) == ProbeAck(probe_id)
+
+
+@given(st.integers(1, 2**48 - 1), st.integers(0, 2**64 - 1), st.integers(0, 9000))
+def test_probe_frame_round_trip(sender: int, probe_id: int, size: int) -> None:
+    frame = encode_probe(BR, BR, sender, probe_id, size)
+    assert len(frame) == max(14 + size, fastdp.PROBE_HEADER)
+    assert frame[12:14] == b"\x88\xb5"
+    assert decode_probe(frame) == (sender, probe_id)
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x91\x03", b"\x92\x02\xa1x", b"\x95\x01\xc3\xa1x\x90\xa0"])
+def test_bad_messages_are_refused(payload: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode_message(payload)
+
+
+def test_bad_probes_are_refused() -> None:
+    good = encode_probe(BR, BR, 7, 1, 100)
+    for bad in (good[:20], good[:12] + b"\x08\x00" + good[14:], good[:14] + b"XXXX" + good[18:],
+                encode_probe(BR, BR, 0, 1, 100)):
+        with pytest.raises(RemoteProtocolError):
+            decode_probe(bad)
+
+
+def test_first_answered_round_makes_a_fresh_link_fast() -> None:
+    fl = new_link()
+    assert fl.probes_due(0.0) == [] and not fl.fast      # no hello yet: nothing to probe
+    fl.on_hello(HELLO, 0.1)
+    assert fl.reason == "probing the VXLAN path"
+    run_round(fl, 0.1, full=True, small=True)
+    assert fl.fast and fl.reason == "VXLAN probes answered" and fl.changed
+
+
+def test_reasons_tell_blocked_from_mtu() -> None:
+    fl = new_link()
+    fl.on_hello(HELLO, 0.0)
+    t = run_round(fl, 0.0, full=False, small=False)
+    assert not fl.fast and "6784 blocked" in fl.reason
+    run_round(fl, t, full=False, small=True)
+    assert not fl.fast and fl.reason.startswith("MTU too small") and "1500" in fl.reason
+
+
+def test_fall_needs_consecutive_misses_and_rise_needs_a_streak() -> None:
+    fl = new_link()
+    fl.on_hello(HELLO, 0.0)
+    t = run_round(fl, 0.0, full=True, small=True)
+    for _ in range(MISSES_TO_FALL - 1):
+        t = run_round(fl, t, full=False, small=False)
+        assert fl.fast                                    # one lost round is not a failure
+    t = run_round(fl, t, full=True, small=True)          # an answer resets the count
+    for _ in range(MISSES_TO_FALL):
+        t = run_round(fl, t, full=False, small=False)
+    assert not fl.fast and "timed out" in fl.reason
+    for i in range(1, RISE_AFTER):
+        t = run_round(fl, t, full=True, small=True)
+        assert not fl.fast and f"{i} of {RISE_AFTER}" in fl.reason
+    t = run_round(fl, t, full=False, small=False)         # a miss restarts the streak
+    for _ in range(RISE_AFTER):
+        assert not fl.fast
+        t = run_round(fl, t, full=True, small=True)
+    assert fl.fast
+
+
+def test_disabled_peer_and_silent_peer_say_why() -> None:
+    fl = new_link()
+    fl.handle_timer(fastdp.HELLO_WAIT - 0.01)
+    assert "hello" in fl.reason and not fl.reason.startswith("the peer does not offer")
+    fl.handle_timer(fastdp.HELLO_WAIT)
+    assert fl.reason.startswith("the peer does not offer the fast path")
+    fl.on_hello(Hello(False, BR, frozenset(), "fast path disabled (--no-fastdp)"), 6.0)
+    assert "--no-fastdp" in fl.reason and fl.probes_due(7.0) == []
+    assert fl.get_timer() is None
+
+
+def test_a_peer_turning_the_fast_path_off_ends_it_at_once() -> None:
+    fl = new_link()
+    fl.on_hello(HELLO, 0.0)
+    run_round(fl, 0.0, full=True, small=False)
+    assert fl.fast
+    fl.on_hello(Hello(False, BR, frozenset(), "no kernel VXLAN here"), 1.5)
+    assert not fl.fast and "no kernel VXLAN" in fl.reason
+
+
+def test_send_errors_and_stray_acks() -> None:
+    fl = new_link()
+    fl.on_hello(HELLO, 0.0)
+    probes = fl.probes_due(0.0)
+    assert not fl.on_ack(12345)
+    fl.send_failed(probes[0].probe_id, "Message too long")
+    fl.handle_timer(PROBE_TIMEOUT)
+    assert "cannot send VXLAN probes: Message too long" in fl.reason
+    assert fl.get_timer() == PROBE_INTERVAL
+
+
+def test_desired_fdb_programs_probes_first_and_traffic_only_when_fast() -> None:
+    other = Hello(True, bytes.fromhex("02bb00000001"), frozenset({bytes.fromhex("020000000009")}))
+    vx, br, flood = desired_fdb([("10.0.0.1", HELLO, False), ("10.0.0.2", other, True),
+                                 ("10.0.0.3", None, False),
+                                 ("10.0.0.4", Hello(False, BR, MACS), True)])
+    assert vx == {"02:aa:00:00:00:01": "10.0.0.1", "02:bb:00:00:00:01": "10.0.0.2",
+                  "02:00:00:00:00:09": "10.0.0.2"}
+    assert br == {"02:bb:00:00:00:01", "02:00:00:00:00:09"}
+    assert flood == {"10.0.0.2"}
