@@ -45,7 +45,7 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import trio
 
@@ -54,7 +54,9 @@ from weftnet.proto.errors import LocalProtocolError, RemoteProtocolError
 from .answer import DEFAULT_MAX_UDP, answer
 from .codec import (
     HEADER,
+    NOERROR,
     NOTIMP,
+    NXDOMAIN,
     REFUSED,
     SERVFAIL,
     StreamDecoder,
@@ -78,6 +80,22 @@ UPSTREAM_PORT = 53
 StoreGetter = Callable[[], RecordStore]
 
 
+# What became of a query: answered by us with records / with none (the name exists, not
+# that type) / NXDOMAIN / REFUSED / another error (FORMERR, NOTIMP, BADVERS...); relayed
+# from an upstream; our own SERVFAIL (no upstream answered, too many forwards); dropped
+# (not a query at all).
+QUERY_RESULTS = ("answered", "nodata", "nxdomain", "refused", "error", "forwarded",
+                 "servfail", "dropped")
+
+
+def local_result(reply: bytes) -> str:
+    """The result name of a reply ``answer()`` made."""
+    rcode = _rcode(reply)
+    if rcode == NOERROR:  # (a rare BADVERS, 0 in the header's four bits, counts as nodata)
+        return "answered" if reply[6:8] != b"\x00\x00" else "nodata"
+    return {NXDOMAIN: "nxdomain", REFUSED: "refused"}.get(rcode, "error")
+
+
 @dataclass(slots=True)
 class DnsStatistics:
     udp_queries: int = 0
@@ -92,6 +110,8 @@ class DnsStatistics:
     tcp_refused: int = 0         # over MAX_TCP_CLIENTS
     resolv_conf_reloads: int = 0
     listeners: int = 0
+    # --- queries by result (weft_dns_queries_total{result}); each query counts once ---
+    results: dict[str, int] = field(default_factory=lambda: dict.fromkeys(QUERY_RESULTS, 0))
 
 
 class UpstreamSource:
@@ -250,6 +270,10 @@ class DnsServer:
 
     # --- answering -------------------------------------------------------------------------
 
+    def _count(self, result: str) -> None:
+        """One query more with this result (``QUERY_RESULTS``)."""
+        self.stats.results[result] = self.stats.results.get(result, 0) + 1
+
     def _answer(self, query: bytes, max_udp: int | None) -> bytes | None:
         return answer(query, store=self.store_getter(), domain=self.domain, ttl=self.ttl,
                       rng=self.rng, max_udp=max_udp)
@@ -259,6 +283,7 @@ class DnsServer:
         """Start forwarding ``query``; returns an immediate SERVFAIL when too busy."""
         if self._forwarding >= MAX_FORWARDS:
             self.stats.servfail += 1
+            self._count("servfail")
             return error_reply(parse_query(query), SERVFAIL, self.max_udp)
         self._forwarding += 1
         nursery.start_soon(self._forward_task, query, tcp, deliver)
@@ -293,11 +318,14 @@ class DnsServer:
                 fallback = reply
             else:
                 self.stats.forwarded += 1
+                self._count("forwarded")
                 return reply
         if fallback is not None:
             self.stats.forwarded += 1
+            self._count("forwarded")
             return fallback
         self.stats.servfail += 1
+        self._count("servfail")
         return error_reply(parse_query(query), SERVFAIL, self.max_udp)
 
     async def _exchange_udp(self, server: str, query: bytes) -> bytes | None:
@@ -349,6 +377,7 @@ class DnsServer:
             reply = self._answer(query, self.max_udp)
         except RemoteProtocolError:
             self.stats.dropped += 1
+            self._count("dropped")
             return
         if reply is None:
 
@@ -360,6 +389,7 @@ class DnsServer:
                 return
         else:
             self.stats.answered += 1
+            self._count(local_result(reply))
         self._udp_send(sock, reply, client)
 
     def _udp_send(self, sock: socket.socket, reply: bytes, client: tuple[str, int]) -> None:
@@ -404,6 +434,7 @@ class DnsServer:
                             await self._on_tcp_query(query, nursery, send)
                     except RemoteProtocolError:
                         self.stats.dropped += 1
+                        self._count("dropped")
                         break
         finally:
             self._tcp_clients -= 1
@@ -415,6 +446,7 @@ class DnsServer:
             reply = self._answer(query, None)
         except RemoteProtocolError:
             self.stats.dropped += 1
+            self._count("dropped")
             return
         if reply is None:
             reply = self._start_forward(nursery, query, True, send)
@@ -422,6 +454,7 @@ class DnsServer:
                 return
         else:
             self.stats.answered += 1
+            self._count(local_result(reply))
         await send(reply)
 
 

@@ -18,7 +18,14 @@ keys right-aligned to one column, one block per service, as ``weave status`` doe
               Peers: 2 (with 2 established connections)
      TrustedSubnets: none
 
-The other views follow ``weave status connections|peers|targets|ipam|dns``. Besides the
+The other views follow ``weave status connections|peers|targets|ipam|dns``; ``connections``
+gives one line per connection, columns aligned to the longest entry::
+
+    -> 10.0.0.2:6783         established sleeve 02:00:00:00:00:02(host2) encrypted mtu=1376 (why sleeve)
+    <- 10.0.0.3:41234        pending     02:00:00:00:00:03(host3) no answer to UDP heartbeats yet
+    -> 10.0.0.9:6783         failed      connection refused; retry never
+
+``render_ps`` is ``weft ps``: ``CONTAINER MAC CIDR...``, the name column aligned. Besides the
 contract's keys, a few optional ones are shown when present: ``router.discovery``
 (bool), ``router.trusted_subnets`` (list of CIDRs), ``router.protocol_min_version`` /
 ``protocol_max_version``, ``dns.ttl``, ``dns.upstream`` and ``ipam.peers[].active``.
@@ -28,7 +35,7 @@ A report missing a required key raises LocalProtocolError (one line), never KeyE
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from weftnet.proto.errors import LocalProtocolError
@@ -40,6 +47,9 @@ PROTOCOL_MIN_VERSION = 1
 PROTOCOL_MAX_VERSION = 1
 # Weave's order for the per-state counts of `Connections: N (...)`.
 CONNECTION_STATES = ("established", "pending", "retrying", "failed", "connecting")
+ADDRESS_WIDTH = 21   # narrowest address column (Weave's), wider when an address needs it
+STATE_WIDTH = 11     # "established"
+PEER_WIDTH = 32      # narrowest peer column of `status peers`
 
 
 def render_status(report: Mapping[str, Any], view: str | None = None) -> str:
@@ -157,36 +167,67 @@ def _targets(report: Mapping[str, Any]) -> list[str]:
 
 
 def _connections(report: Mapping[str, Any]) -> list[str]:
-    """``weave status connections``: arrow, address, state, then what we know."""
+    """``weave status connections``: arrow, address, state, then what we know. Established
+    connections show the overlay carrying their traffic, the peer, whether the data is
+    encrypted, the MTU and why this overlay (``overlay_reason``); the others show why
+    they are not established (``info``). Columns widen to the longest entry."""
+    conns = report["router"]["connections"]
+    if not conns:
+        return []
+    addr_w = max(ADDRESS_WIDTH, *(len(str(c["address"])) for c in conns))
+    state_w = max(STATE_WIDTH, *(len(str(c["state"])) for c in conns))
+    up = [c for c in conns if c["state"] == "established"]
+    overlay_w = max([0, *(len(str(c.get("overlay") or "")) for c in up)])
+    peer_w = max([0, *(len(_conn_peer(c)) for c in up)])
+    enc_w = max([0, *(len(_conn_encryption(c)) for c in up)])
     lines = []
-    for c in report["router"]["connections"]:
-        arrow = "->" if c["outbound"] else "<-"
-        state = c["state"]
+    for c in conns:
         details: list[str] = []
-        if state == "established" and c.get("overlay"):
-            details.append(c["overlay"])
-        if c.get("peer"):
-            details.append(_peer_label(c["peer"]["name"], c["peer"]["nickname"]))
-        if state == "established":
-            details.append("encrypted" if c["encrypted"] else "unencrypted")
+        if c["state"] == "established":
+            details += [f"{c.get('overlay') or '':<{overlay_w}}", f"{_conn_peer(c):<{peer_w}}",
+                        f"{_conn_encryption(c):<{enc_w}}"]
             if c.get("mtu") is not None:
                 details.append(f"mtu={c['mtu']}")
-        if state in ("failed", "retrying") and c.get("info"):
-            details.append(c["info"])
-        lines.append(f"{arrow} {c['address']:<21} {state:<11} {' '.join(details)}")
+            if c.get("overlay_reason"):
+                details.append(f"({c['overlay_reason']})")
+        else:
+            if c.get("peer"):
+                details.append(_conn_peer(c))
+            if c.get("info"):
+                details.append(str(c["info"]))
+        arrow = "->" if c["outbound"] else "<-"
+        lines.append(f"{arrow} {c['address']:<{addr_w}} {c['state']:<{state_w}} "
+                     + " ".join(details))
     return lines
+
+
+def _conn_peer(conn: Mapping[str, Any]) -> str:
+    peer = conn.get("peer")
+    return _peer_label(peer["name"], peer["nickname"]) if peer else ""
+
+
+def _conn_encryption(conn: Mapping[str, Any]) -> str:
+    """Whether the data is encrypted: the connection's setting, unless the sleeve carries
+    it in the clear (both ends trust each other's subnet)."""
+    sleeve = conn.get("sleeve")
+    clear = isinstance(sleeve, Mapping) and sleeve.get("encrypted_data") is False
+    return "encrypted" if conn["encrypted"] and not clear else "unencrypted"
 
 
 def _peers(report: Mapping[str, Any]) -> list[str]:
     """``weave status peers``: each peer, then its connections indented."""
+    peers = report["router"]["peers"]
+    conns = [c for p in peers for c in p["connections"]]
+    addr_w = max([ADDRESS_WIDTH, *(len(str(c["address"])) for c in conns)])
+    label_w = max([PEER_WIDTH, *(len(_peer_label(c["name"], c["nickname"])) for c in conns)])
     lines = []
-    for p in report["router"]["peers"]:
+    for p in peers:
         lines.append(_peer_label(p["name"], p["nickname"]))
         for c in p["connections"]:
             arrow = "->" if c["outbound"] else "<-"
             label = _peer_label(c["name"], c["nickname"])
             state = "established" if c["established"] else "pending"
-            lines.append(f"   {arrow} {c['address']:<21} {label:<32} {state}")
+            lines.append(f"   {arrow} {c['address']:<{addr_w}} {label:<{label_w}} {state}")
     return lines
 
 
@@ -215,3 +256,21 @@ def _dns(report: Mapping[str, Any]) -> list[str]:
         f"{e['container']:<{widths[2]}} {e['origin']}"
         for e in entries
     ]
+
+
+# -- weft ps --------------------------------------------------------------------------------
+
+
+def render_ps(containers: Sequence[Mapping[str, Any]]) -> str:
+    """``weft ps``: ``CONTAINER MAC CIDR...`` per attached container (the API's ``/ps``
+    list), the container column as wide as the longest name; empty or newline-terminated.
+    A malformed entry raises LocalProtocolError (one line)."""
+    try:
+        rows = [(str(c["container"]), str(c["mac"]), [str(x) for x in c["cidrs"]])
+                for c in containers]
+    except (KeyError, TypeError) as exc:
+        detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise LocalProtocolError(f"the router's container list is malformed: {detail}") from None
+    width = max([0, *(len(name) for name, _, _ in rows)])
+    return "".join(" ".join([f"{name:<{width}}", mac, *cidrs]).rstrip() + "\n"
+                   for name, mac, cidrs in rows)

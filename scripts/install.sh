@@ -5,10 +5,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg_cmd in iproute2:ip nftables:nft iperf3:iperf3 tcpdump:tcpdump dnsutils:dig procps:pgrep iputils-ping:ping dnsmasq-base:dnsmasq dnsperf:dnsperf; do
+for pkg_cmd in iproute2:ip nftables:nft iperf3:iperf3 tcpdump:tcpdump dnsutils:dig procps:pgrep iputils-ping:ping dnsmasq-base:dnsmasq dnsperf:dnsperf faketime:faketime; do
   pkg=${pkg_cmd%%:*}; cmd=${pkg_cmd##*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
+# A real container runtime for the CNI plugin's test (tests/netns/test_cni.py): podman with
+# its CNI backend and runc (crun fails here), the stock plugins, busybox for a tiny image.
+for pkg_cmd in podman:podman runc:runc busybox-static:busybox; do
+  pkg=${pkg_cmd%%:*}; cmd=${pkg_cmd##*:}
+  command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+[ -x /usr/lib/cni/loopback ] || need+=(containernetworking-plugins)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from weftnet.proto.errors import LocalProtocolError
-from weftnet.router.status import render_status
+from weftnet.router.status import render_ps, render_status
 
 REPORT: dict[str, Any] = {
     "version": "0.1.0",
@@ -183,10 +183,53 @@ def test_summary_of_a_lone_router_without_ipam_and_dns() -> None:
 
 def test_connections() -> None:
     assert render_status(REPORT, "connections") == (
-        "-> 10.0.0.2:6783         established sleeve 02:00:00:00:00:02(host2) encrypted mtu=1376\n"
+        "-> 10.0.0.2:6783         established sleeve 02:00:00:00:00:02(host2) encrypted mtu=1376"
+        " (encryption)\n"
         "<- 10.0.0.3:41234        pending     02:00:00:00:00:03(host3)\n"
         "-> 10.0.0.9:6783         failed      connection refused, retry: 2026-11-23 10:00:00\n"
     )
+
+
+def _conn(address: str, state: str, **kw: Any) -> dict[str, Any]:
+    conn: dict[str, Any] = {"address": address, "outbound": True, "state": state, "info": "",
+                            "peer": None, "encrypted": False, "overlay": None,
+                            "overlay_reason": "", "mtu": None}
+    conn.update(kw)
+    return conn
+
+
+def test_connections_show_overlay_and_why_aligned() -> None:
+    report = copy.deepcopy(REPORT)
+    report["router"]["connections"] = [
+        _conn("10.0.0.2:6783", "established", peer={"name": "02:00:00:00:00:02", "nickname": "h2"},
+              overlay="fastdp", overlay_reason="fast path: VXLAN probes answered", mtu=1410),
+        _conn("[fd00::1234:5678:9abc]:6783", "established", outbound=False,
+              peer={"name": "02:00:00:00:00:03", "nickname": "host-three"}, encrypted=True,
+              overlay="sleeve", overlay_reason="encrypted sleeve; the fast path carries only "
+              "unencrypted traffic", mtu=1376),
+        _conn("10.0.0.4:6783", "established", peer={"name": "02:00:00:00:00:04", "nickname": "h4"},
+              encrypted=True, overlay="sleeve", mtu=1376,
+              overlay_reason="sleeve in the clear: both ends trust each other's subnet",
+              sleeve={"encrypted_data": False}),
+        _conn("10.0.0.5:6783", "pending", peer={"name": "02:00:00:00:00:05", "nickname": "h5"},
+              info="no answer to UDP heartbeats yet"),
+        _conn("10.0.0.6:6783", "retrying", info="connection refused; retry in 4s"),
+        _conn("10.0.0.7:6783", "connecting"),
+    ]
+    assert render_status(report, "connections") == (
+        "-> 10.0.0.2:6783               established fastdp 02:00:00:00:00:02(h2)         "
+        "unencrypted mtu=1410 (fast path: VXLAN probes answered)\n"
+        "<- [fd00::1234:5678:9abc]:6783 established sleeve 02:00:00:00:00:03(host-three) "
+        "encrypted   mtu=1376 (encrypted sleeve; the fast path carries only unencrypted traffic)\n"
+        "-> 10.0.0.4:6783               established sleeve 02:00:00:00:00:04(h4)         "
+        "unencrypted mtu=1376 (sleeve in the clear: both ends trust each other's subnet)\n"
+        "-> 10.0.0.5:6783               pending     02:00:00:00:00:05(h5) "
+        "no answer to UDP heartbeats yet\n"
+        "-> 10.0.0.6:6783               retrying    connection refused; retry in 4s\n"
+        "-> 10.0.0.7:6783               connecting\n"
+    )
+    report["router"]["connections"] = []
+    assert render_status(report, "connections") == ""
 
 
 def test_peers() -> None:
@@ -280,3 +323,23 @@ def test_malformed_report_is_a_one_line_error() -> None:
         render_status(report)
     with pytest.raises(LocalProtocolError, match="unknown status view"):
         render_status(REPORT, "bogus")
+
+
+def test_ps_is_aligned_on_the_longest_container_name() -> None:
+    containers = [
+        {"container": "c1", "mac": "aa:bb:cc:00:00:01", "cidrs": ["10.32.0.1/12"]},
+        {"container": "wt12ab-web-frontend", "mac": "aa:bb:cc:00:00:02",
+         "cidrs": ["10.32.0.2/12", "10.40.0.1/24"]},
+        {"container": "db", "mac": "aa:bb:cc:00:00:03", "cidrs": []},
+    ]
+    assert render_ps(containers) == (
+        "c1                  aa:bb:cc:00:00:01 10.32.0.1/12\n"
+        "wt12ab-web-frontend aa:bb:cc:00:00:02 10.32.0.2/12 10.40.0.1/24\n"
+        "db                  aa:bb:cc:00:00:03\n"
+    )
+    # still CONTAINER MAC CIDR... for scripts that split on whitespace
+    assert [line.split() for line in render_ps(containers).splitlines()][1] == [
+        "wt12ab-web-frontend", "aa:bb:cc:00:00:02", "10.32.0.2/12", "10.40.0.1/24"]
+    assert render_ps([]) == ""
+    with pytest.raises(LocalProtocolError, match="container list is malformed: missing 'mac'"):
+        render_ps([{"container": "c1", "cidrs": []}])
