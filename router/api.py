@@ -79,9 +79,10 @@ class RouterControl(Protocol):
     async def wait_stopped(self) -> None: ...
 
     async def attach(self, container: str, addresses: list[str], name: str | None,
-                     without_dns: bool) -> list[str]: ...
+                     without_dns: bool, ifname: str = ...) -> list[str]: ...
 
-    async def detach(self, container: str, addresses: list[str]) -> list[str]: ...
+    async def detach(self, container: str, addresses: list[str], ifname: str | None = None,
+                     missing_ok: bool = False) -> list[str]: ...
 
     async def ps(self) -> list[dict[str, Any]]: ...
 
@@ -93,6 +94,10 @@ class RouterControl(Protocol):
     def dns_lookup(self, name: str) -> dict[str, Any]: ...
 
     def rmpeer(self, peer: str) -> dict[str, Any]: ...
+
+    async def expose(self, addresses: list[str], name: str | None) -> list[str]: ...
+
+    async def hide(self, addresses: list[str]) -> list[str]: ...
 
 
 class ApiError(Exception):
@@ -121,6 +126,8 @@ class Request:
             return json.loads(self.body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"malformed JSON body: {exc}") from None
+        except RecursionError:  # hostile input: "[[[[..." deeper than the parser goes
+            raise ApiError(400, "malformed JSON body: nested too deeply") from None
 
     def json_object(self, *, required: bool = True) -> dict[str, Any]:
         """The body as a JSON object (``{}`` for an empty body unless required)."""
@@ -245,9 +252,13 @@ async def _attach(control: RouterControl, request: Request) -> Response:
     body = request.json_object()
     container = field_str(body, "container")
     assert container is not None
-    cidrs = await control.attach(container, field_str_list(body, "addresses", required=False),
-                                 field_str(body, "name", required=False),
-                                 field_bool(body, "without_dns"))
+    addresses = field_str_list(body, "addresses", required=False)
+    name, without_dns = field_str(body, "name", required=False), field_bool(body, "without_dns")
+    ifname = field_ifname(body)
+    if ifname is None:
+        cidrs = await control.attach(container, addresses, name, without_dns)
+    else:  # CNI ADD: the interface the runtime asked for (CNI_IFNAME) instead of ethwe
+        cidrs = await control.attach(container, addresses, name, without_dns, ifname)
     return json_response({"cidrs": cidrs})
 
 
@@ -256,8 +267,23 @@ async def _detach(control: RouterControl, request: Request) -> Response:
     body = request.json_object()
     container = field_str(body, "container")
     assert container is not None
-    removed = await control.detach(container, field_str_list(body, "addresses", required=False))
+    addresses = field_str_list(body, "addresses", required=False)
+    ifname, missing_ok = field_ifname(body), field_bool(body, "missing_ok")
+    if ifname is None and not missing_ok:
+        removed = await control.detach(container, addresses)
+    else:  # CNI DEL: this interface only; a namespace already gone is detached already
+        removed = await control.detach(container, addresses, ifname, missing_ok)
     return json_response({"removed": removed})
+
+
+def field_ifname(body: dict[str, Any]) -> str | None:
+    """The optional container interface name (Linux: 1-15 characters, no '/' or spaces)."""
+    ifname = field_str(body, "ifname", required=False)
+    if ifname is not None and (len(ifname) > 15 or ifname in (".", "..") or "/" in ifname
+                               or ":" in ifname or any(c.isspace() for c in ifname)):
+        raise ApiError(400, f"bad interface name {ifname[:40]!r} (1-15 characters, no '/', ':' "
+                       "or spaces)")
+    return ifname
 
 
 @route("GET", "/ps")
@@ -297,6 +323,21 @@ async def _rmpeer(control: RouterControl, request: Request) -> Response:
     peer = field_str(request.json_object(), "peer")
     assert peer is not None
     return json_response(control.rmpeer(peer))
+
+
+@route("POST", "/expose")
+async def _expose(control: RouterControl, request: Request) -> Response:
+    body = request.json_object(required=False)
+    cidrs = await control.expose(field_str_list(body, "addresses", required=False),
+                                 field_str(body, "name", required=False))
+    return json_response({"cidrs": cidrs})
+
+
+@route("POST", "/hide")
+async def _hide(control: RouterControl, request: Request) -> Response:
+    body = request.json_object(required=False)
+    removed = await control.hide(field_str_list(body, "addresses", required=False))
+    return json_response({"removed": removed})
 
 
 @route("GET", "/metrics")
@@ -364,7 +405,13 @@ class ApiApp:
             response = await self._dispatch(request)
         except ApiError as exc:
             response = error_response(exc.status, exc.message, exc.headers)
-        await self._send(send, response)
+        try:
+            await self._send(send, response)
+        except (trio.BrokenResourceError, trio.BusyResourceError, trio.ClosedResourceError,
+                OSError) as exc:
+            # hostile input: the client left (or hypercorn is closing the connection under a
+            # request it never finished sending); nobody to answer, nothing to log loudly
+            logger.debug("API %s %s: answer not sent: %r", method, path, exc)
 
     async def _dispatch(self, request: Request) -> Response:
         handler = self.routes.get((request.method, request.path))
@@ -453,7 +500,7 @@ def _hypercorn_config(host: str, port: int) -> Any:
     config.errorlog = logging.getLogger("weftnet.router.api.http")
     config.graceful_timeout = 2.0
     config.include_server_header = False
-    config.h11_max_incomplete_size = 64 * 1024
+    config.h11_max_incomplete_size = 16 * 1024  # hostile input: request line + headers
     return config
 
 

@@ -6,7 +6,8 @@ gives it an ``ethwe`` interface, one end of a veth pair whose other end is a por
 (state key ``"attached"``: container -> MAC and CIDRs) so that a restarted router puts back
 what went missing (a pair deleted by hand, addresses flushed) and ``ps`` survives restarts;
 the kernel stays the authority on what exists: a container whose namespace is gone is
-dropped from the record.
+dropped from the record. The CNI plugin asks for another interface name (``eth0``): the
+record keeps it (``ifname``, absent for ``ethwe``), one interface per container.
 
 Resolver config. With DNS, attaching a *named* namespace (one under /var/run/netns) also
 writes ``/etc/netns/NAME/resolv.conf`` (the text the daemon passes: our DNS server, our
@@ -25,6 +26,7 @@ stall meanwhile.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -55,11 +57,14 @@ class Record:
     mac: str
     cidrs: list[str]
     resolv_conf: str | None = None   # the resolv.conf we wrote for it
+    ifname: str = netdev.CONTAINER_IFNAME   # its interface (CNI asks for eth0 and the like)
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mac": self.mac, "cidrs": list(self.cidrs)}
         if self.resolv_conf is not None:
             out["resolv_conf"] = self.resolv_conf
+        if self.ifname != netdev.CONTAINER_IFNAME:
+            out["ifname"] = self.ifname
         return out
 
     @property
@@ -221,9 +226,12 @@ class Attachments:
                 if (isinstance(rec, dict) and isinstance(rec.get("mac"), str)
                         and isinstance(rec.get("cidrs"), list)):
                     resolv = rec.get("resolv_conf")
+                    ifname = rec.get("ifname")
                     out[container] = Record(container, rec["mac"],
                                             [c for c in rec["cidrs"] if isinstance(c, str)],
-                                            resolv if isinstance(resolv, str) else None)
+                                            resolv if isinstance(resolv, str) else None,
+                                            ifname if isinstance(ifname, str) and ifname
+                                            else netdev.CONTAINER_IFNAME)
         return out
 
     def records(self) -> dict[str, Record]:
@@ -238,9 +246,10 @@ class Attachments:
     # --- commands --------------------------------------------------------------------------
 
     async def attach(self, container: str, addresses: list[str], *,
-                     resolv_conf: str | None = None) -> AttachResult:
-        """Attach with ``addresses``; with ``resolv_conf`` (text), also write it for a named
-        namespace (see the module docstring)."""
+                     resolv_conf: str | None = None,
+                     ifname: str = netdev.CONTAINER_IFNAME) -> AttachResult:
+        """Attach with ``addresses`` as interface ``ifname``; with ``resolv_conf`` (text),
+        also write it for a named namespace (see the module docstring)."""
         cidrs = parse_cidrs(addresses)
         if not cidrs:
             raise LocalProtocolError("no address given, and allocating one needs IPAM, which "
@@ -248,6 +257,10 @@ class Attachments:
         async with self._lock:
             ref = await trio.to_thread.run_sync(netdev.resolve_netns, container)
             records = self._load()
+            held = records.get(ref.name)
+            if held is not None and held.ifname != ifname:  # one interface per container
+                raise LocalProtocolError(f"container {ref.name} is already attached as "
+                                         f"{held.ifname}, not {ifname}")
             for other in records.values():
                 if other.container == ref.name:
                     continue
@@ -255,10 +268,10 @@ class Attachments:
                     if any(ipaddress.IPv4Interface(c).ip == cidr.ip for c in other.cidrs):
                         raise LocalProtocolError(
                             f"{cidr.ip} is already attached to {other.container}")
-            attached = await trio.to_thread.run_sync(self._attach_sync, ref, cidrs)
+            attached = await trio.to_thread.run_sync(self._attach_sync, ref, cidrs, ifname)
             old = records.get(ref.name)
             record = Record(ref.name, attached.mac, [str(c) for c in attached.cidrs],
-                            old.resolv_conf if old is not None else None)
+                            old.resolv_conf if old is not None else None, ifname)
             netns = named_netns(ref)
             if resolv_conf is not None and netns is not None:
                 try:
@@ -271,11 +284,15 @@ class Attachments:
                      " ".join(str(c) for c in attached.cidrs))
             return AttachResult(ref, [str(c) for c in cidrs], record)
 
-    def _attach_sync(self, ref: netdev.NetnsRef,
-                     cidrs: list[ipaddress.IPv4Interface]) -> netdev.Attached:
-        return netdev.attach(ref, cidrs, mtu=self.mtu, gso_max_size=GSO_MAX_SIZE)
+    def _attach_sync(self, ref: netdev.NetnsRef, cidrs: list[ipaddress.IPv4Interface],
+                     ifname: str = netdev.CONTAINER_IFNAME) -> netdev.Attached:
+        return netdev.attach(ref, cidrs, mtu=self.mtu, gso_max_size=GSO_MAX_SIZE, ifname=ifname)
 
-    async def detach(self, container: str, addresses: list[str]) -> DetachResult:
+    async def detach(self, container: str, addresses: list[str], *, ifname: str | None = None,
+                     missing_ok: bool = False) -> DetachResult:
+        """Take ``addresses`` (all when empty) off the container. ``ifname``: only if it is
+        attached as that interface (else nothing happens). ``missing_ok`` (CNI DEL): a
+        namespace that no longer exists is detached already, not an error."""
         cidrs = parse_cidrs(addresses) if addresses else None
         async with self._lock:
             records = self._load()
@@ -287,9 +304,15 @@ class Attachments:
                 if container in records:
                     rec = self._forget(records, container)
                     return DetachResult(container, [], True, rec.ips)
+                if missing_ok:
+                    return DetachResult(container.strip(), [], True)
                 raise
-            removed = await trio.to_thread.run_sync(netdev.detach, ref, cidrs)
             held = records.get(key)
+            if held is not None and ifname is not None and ifname != held.ifname:
+                return DetachResult(key, [], False)  # attached under another interface
+            which = held.ifname if held is not None else ifname or netdev.CONTAINER_IFNAME
+            removed = await trio.to_thread.run_sync(
+                functools.partial(netdev.detach, ref, cidrs, ifname=which))
             ips = {str(c.ip) for c in removed}
             gone = True
             if held is not None:
@@ -328,7 +351,7 @@ class Attachments:
 
     async def ps(self) -> list[dict[str, Any]]:
         records = self._load()
-        return [{"container": r.container, "mac": r.mac, "cidrs": r.cidrs}
+        return [{"container": r.container, "mac": r.mac, "cidrs": r.cidrs, "ifname": r.ifname}
                 for r in sorted(records.values(), key=lambda r: r.container)]
 
     async def restore(self) -> list[tuple[Record, netdev.NetnsRef]]:
@@ -348,7 +371,7 @@ class Attachments:
                 alive.append((rec, ref))
                 cidrs = [ipaddress.IPv4Interface(c) for c in rec.cidrs]
                 try:
-                    await trio.to_thread.run_sync(self._attach_sync, ref, cidrs)
+                    await trio.to_thread.run_sync(self._attach_sync, ref, cidrs, rec.ifname)
                 except (netdev.NetdevError, OSError) as exc:
                     log.warning("cannot restore %s: %s", rec.container, exc)
         return alive

@@ -327,6 +327,10 @@ def cmd_reset(ns: argparse.Namespace) -> int:
     else:
         _wait_for_stop(client, datadir)
     target = datadir or DataDir(default_data_dir().absolute())
+    if not target.is_locked():  # a router that was not running: undo its `expose` here
+        from .expose import teardown
+
+        teardown(target, table=False)
     target.remove()
     return 0
 
@@ -395,9 +399,10 @@ def cmd_detach(ns: argparse.Namespace) -> int:
 
 
 def cmd_ps(ns: argparse.Namespace) -> int:
+    from .status import render_ps
+
     answer = _client(ns).call("GET", "/ps")
-    for c in answer.get("containers", []) if isinstance(answer, dict) else []:
-        print(" ".join([c["container"], c["mac"], *c["cidrs"]]))
+    sys.stdout.write(render_ps(answer.get("containers", []) if isinstance(answer, dict) else []))
     return 0
 
 
@@ -456,6 +461,22 @@ def cmd_rmpeer(ns: argparse.Namespace) -> int:
     if not isinstance(answer, dict) or not isinstance(answer.get("taken"), int):
         raise LocalProtocolError("the router's answer to rmpeer is not understood")
     print(f"{answer['taken']} IPs taken over from {answer.get('peer') or ns.peer}")
+    return 0
+
+
+def cmd_expose(ns: argparse.Namespace) -> int:
+    answer = _client(ns).call("POST", "/expose", {"addresses": list(ns.args), "name": ns.name},
+                              timeout=ATTACH_TIMEOUT)
+    for cidr in answer.get("cidrs", []) if isinstance(answer, dict) else []:
+        print(cidr)
+    return 0
+
+
+def cmd_hide(ns: argparse.Namespace) -> int:
+    answer = _client(ns).call("POST", "/hide", {"addresses": list(ns.args)},
+                              timeout=ATTACH_TIMEOUT)
+    for cidr in answer.get("removed", []) if isinstance(answer, dict) else []:
+        print(cidr)
     return 0
 
 
@@ -569,6 +590,18 @@ def build_parser() -> argparse.ArgumentParser:
     api_options(p)
     p.add_argument("peer", metavar="PEER", help="peer name or nickname")
 
+    p = command("expose", cmd_expose, "give this host an address on the network (with "
+                "masquerading for containers' traffic out); print its CIDR(s)")
+    api_options(p)
+    p.add_argument("--name", metavar="FQDN", help="a DNS name for the host's address(es)")
+    p.add_argument("args", nargs="*", metavar="ADDR",
+                   help="IP/LEN, net:CIDR or net:default (default: one from the default subnet)")
+
+    p = command("hide", cmd_hide, "take exposed addresses away (all when none given); "
+                "print those removed")
+    api_options(p)
+    p.add_argument("args", nargs="*", metavar="ADDR", help="IP/LEN, IP, net:CIDR or net:default")
+
     command("version", cmd_version, "print the version")
 
     # The benchmark parses its own arguments too.
@@ -588,7 +621,8 @@ def _run(argv: Sequence[str] | None) -> int:
     ns, extra = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
     handler: Callable[[argparse.Namespace], int] | None = getattr(ns, "handler", None)
     if extra:
-        if handler in (cmd_attach, cmd_detach, cmd_dns_add, cmd_dns_remove) and not any(
+        if handler in (cmd_attach, cmd_detach, cmd_dns_add, cmd_dns_remove,
+                       cmd_expose) and not any(
                 word.startswith("-") for word in extra):
             # positionals after an option (`attach 10.2.1.1/24 --name c1 NS`): argparse
             # leaves them over; they are more of the same list

@@ -37,22 +37,28 @@ reachable peers changed, then drains its outputs in the core's order: persist
 the API calls waiting on results (each op has a deadline in the core, so no call hangs).
 The timer task wakes for the earlier of the mesh's and the allocator's timers. ``attach``
 allocates (no ADDR, ``net:default``, ``net:CIDR``) or claims (``IP/LEN``) before plumbing,
-and frees what it got if plumbing fails; ``detach`` and a vanished namespace free at once;
-at launch, addresses of containers no longer attached are freed. ``weft reset`` hands our
-space to a live peer (``handoff``) before stopping; ``weft rmpeer`` takes a dead one's.
+and frees what it got if plumbing fails; ``detach`` frees at once (also for a container
+whose namespace is gone already). A container whose namespace disappeared without a detach
+(seen by the watch loops, or at launch: attached before, gone now) keeps its addresses for
+a grace period (``weftnet.ipam.release``: 30 s, env ``WEFT_IPAM_GRACE`` seconds, 0 = at
+once) in case it comes back under the same name; the deadline is persisted, so a restart
+meanwhile still frees them in time. ``weft reset`` hands our space to a live peer
+(``handoff``) before stopping; ``weft rmpeer`` takes a dead one's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import os
 import random
 import socket
+import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -69,7 +75,10 @@ from weftnet.ipam.allocator import Allocator
 from weftnet.ipam.gossip import CHANNEL as IPAM_CHANNEL
 from weftnet.ipam.gossip import IpamGossiper
 from weftnet.ipam.persist import StateError, decode_state, encode_state
+from weftnet.ipam.release import RELEASE_GRACE, check_grace
 from weftnet.proto.errors import LocalProtocolError
+from weftnet.proto.fastdp import CHANNEL as FASTDP_CHANNEL
+from weftnet.proto.fastdp import VXLAN_OVERHEAD
 from weftnet.proto.mesh import Close, Dial, MeshConfig, MeshNode, PeerConnected, PeerDisconnected
 from weftnet.proto.peername import (
     describe_peer,
@@ -79,7 +88,7 @@ from weftnet.proto.peername import (
     random_uid,
 )
 
-from . import netdev
+from . import netdev, vxlan
 from .api import serve_api
 from .attachments import (
     AddressSpec,
@@ -92,6 +101,10 @@ from .attachments import (
 from .config import LaunchConfig, ipalloc_init_mode, parse_peer_address
 from .datadir import IPAM_FILE, DataDir
 from .dataplane import Dataplane
+from .expose import EXPOSE_IDENT, Exposer
+from .expose import Record as ExposeRecord
+from .fastdp import FastdpGossiper
+from .metrics import RouterMetrics
 
 log = logging.getLogger("weft")
 
@@ -103,6 +116,7 @@ DNS_PORT = 53
 HOST_LISTENER = "host"
 WATCH_INTERVAL = 1.0         # seconds between checks that attached namespaces still exist
 IPAM_ANSWER_SLACK = 5.0      # beyond the core's own deadline, in case an answer got lost
+IPAM_GRACE_ENV = "WEFT_IPAM_GRACE"   # seconds a vanished container keeps its addresses
 
 
 @dataclass(slots=True)
@@ -119,6 +133,19 @@ def _address_of(sock: trio.socket.SocketType, peer: bool = True) -> str:
     if host.startswith("::ffff:"):
         host = host[7:]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def overlay_mtu(config: LaunchConfig) -> int:
+    """The MTU of the bridge and container interfaces when ``--mtu`` is not given: sized
+    for the kernel VXLAN on the underlay (its MTU - 50) when the fast path may carry
+    traffic, else sleeve's DEFAULT_MTU (room for its headers and encryption)."""
+    if not config.fastdp or (config.password and not config.trusted_subnets):
+        return DEFAULT_MTU
+    try:
+        underlay = vxlan.underlay_mtu()
+    except (netdev.NetdevError, OSError):
+        underlay = None
+    return DEFAULT_MTU if underlay is None else max(DEFAULT_MTU, underlay - VXLAN_OVERHEAD)
 
 
 class Router:
@@ -144,11 +171,13 @@ class Router:
         self._nursery: trio.Nursery | None = None
         self._pumping = False
         self._pump_again = False
-        self.dataplane = Dataplane(self.mesh, port=config.port, host=config.host,
-                                   mtu=config.mtu or DEFAULT_MTU,
+        mtu = config.mtu or overlay_mtu(config)
+        self.dataplane = Dataplane(self.mesh, port=config.port, host=config.host, mtu=mtu,
                                    trusted_subnets=config.trusted_subnets, fastdp=config.fastdp,
                                    on_change=self._pump)
-        self.attachments = Attachments(datadir, mtu=config.mtu or DEFAULT_MTU)
+        self.mesh.register_channel(FASTDP_CHANNEL, FastdpGossiper(self.dataplane.fast))
+        self.attachments = Attachments(datadir, mtu=mtu)
+        self.exposer = Exposer(datadir)   # weft expose / hide (router/expose.py)
         self.dns: DnsService | None = None
         self.dns_server: DnsServer | None = None
         self._dns_containers: dict[str, netdev.NetnsRef] = {}  # watched, with a listener
@@ -163,7 +192,8 @@ class Router:
         self._ipam_watched: dict[str, netdev.NetnsRef] = {}  # without DNS: namespaces to watch
         if config.ipalloc_range:
             self.ipam = self._make_allocator(name, now)
-            self.mesh.register_channel(IPAM_CHANNEL, IpamGossiper(self.ipam))
+            self.mesh.register_channel(IPAM_CHANNEL, IpamGossiper(self.ipam, trio.current_time))
+        self._metrics = RouterMetrics(self)  # GET /metrics (router/metrics.py): read at scrape time
 
     # --- RouterControl -----------------------------------------------------------------
 
@@ -181,9 +211,13 @@ class Router:
         return {
             "version": weftnet.__version__,
             "router": router,
-            "ipam": self.ipam.status() if self.ipam is not None else None,
+            "ipam": self.ipam.status(trio.current_time()) if self.ipam is not None else None,
             "dns": self._dns_report(),
         }
+
+    def metrics(self) -> bytes:
+        """Prometheus text format: everything ``router/metrics.py`` reads, read now."""
+        return self._metrics.exposition()
 
     def _dns_report(self) -> dict[str, Any] | None:
         if self.dns is None:
@@ -223,6 +257,7 @@ class Router:
 
     def reset(self) -> None:
         """Hand our IPAM space to a live peer (gossiped and sent before the Goodbye), stop."""
+        self._expose_reset()
         if self.ipam is not None:
             handed = self.ipam.handoff(trio.current_time())
             if handed is None:
@@ -246,7 +281,7 @@ class Router:
         await self._stopped.wait()
 
     async def attach(self, container: str, addresses: list[str], name: str | None,
-                     without_dns: bool) -> list[str]:
+                     without_dns: bool, ifname: str = netdev.CONTAINER_IFNAME) -> list[str]:
         specs = parse_address_specs(addresses)
         dns = None if without_dns else self.dns
         hostname = None if dns is None or name is None else dns.qualify(name)  # refuse early
@@ -281,7 +316,8 @@ class Router:
                 raise
             cidrs = [str(g) for g in dict.fromkeys(got)]
         try:
-            result = await self.attachments.attach(container, cidrs, resolv_conf=resolv_conf)
+            result = await self.attachments.attach(container, cidrs, resolv_conf=resolv_conf,
+                                                   ifname=ifname)
         except netdev.NetdevError as exc:
             self._ipam_release(ident, fresh)
             raise LocalProtocolError(str(exc)) from None
@@ -304,10 +340,15 @@ class Router:
         self._pump()
         return result.cidrs
 
-    async def detach(self, container: str, addresses: list[str]) -> list[str]:
+    async def detach(self, container: str, addresses: list[str], ifname: str | None = None,
+                     missing_ok: bool = False) -> list[str]:
         try:
-            result = await self.attachments.detach(container, addresses)
+            result = await self.attachments.detach(container, addresses, ifname=ifname,
+                                                   missing_ok=missing_ok)
         except netdev.NetdevError as exc:
+            freed = self._ipam_free_released(container)  # gone already, addresses pending
+            if freed is not None:
+                return freed
             raise LocalProtocolError(str(exc)) from None
         if self.dns is not None:
             if result.gone:
@@ -334,7 +375,8 @@ class Router:
                   if config.ipalloc_default_subnet else None)
         init = ipalloc_init_mode(config.ipalloc_init, len(config.peers))
         alloc = Allocator(name, config.nickname, universe, subnet, init, now,
-                          random.Random(os.urandom(16)))
+                          random.Random(os.urandom(16)), grace=ipam_grace(),
+                          wall_offset=time.time() - now)
         path = self._ipam_path
         try:
             raw = path.read_bytes()
@@ -449,21 +491,43 @@ class Router:
                 if not alive and self.ipam is not None and watched.get(key) is ref:
                     del watched[key]
                     await self.attachments.forget(key)
-                    count = self.ipam.free(key, None, trio.current_time())
-                    log.info("container %s is gone: detached, %d address(es) freed", key, count)
+                    self._ipam_container_gone(key)
                     found = True
             if found:
                 self._pump()
 
     def _ipam_reconcile(self, attached: set[str]) -> None:
-        """Free the addresses of containers no longer attached (gone while we were away)."""
+        """Containers no longer attached (gone while we were away) start their grace period
+        now, unless they started it before the restart (that deadline stands)."""
         ipam = self.ipam
         if ipam is None:
             return
         gone = sorted({ident for _, ident in ipam.space.items()} - attached)
         for ident in gone:
-            count = ipam.free(ident, None, trio.current_time())
-            log.info("container %s is no longer attached: %d address(es) freed", ident, count)
+            self._ipam_container_gone(ident)
+
+    def _ipam_container_gone(self, ident: str) -> None:
+        """``ident``'s namespace disappeared without a detach: free after the grace period."""
+        ipam = self.ipam
+        if ipam is None or ident in ipam.releases:
+            return
+        count = ipam.container_died(ident, trio.current_time())
+        if count:
+            log.info("container %s is gone: its %d address(es) are freed in %.0fs unless it "
+                     "comes back", ident, count, ipam.grace)
+
+    def _ipam_free_released(self, container: str) -> list[str] | None:
+        """``weft detach`` of a container whose namespace is gone and whose addresses wait
+        out their grace period: free them now (None: no such container)."""
+        spec = container.strip()
+        ident = f"pid:{int(spec)}" if spec.isdigit() else spec
+        if self.ipam is None or ident not in self.ipam.releases:
+            return None
+        freed = [str(iface) for iface in self.ipam.lookup(ident)]
+        self.ipam.free(ident, None, trio.current_time())
+        log.info("detached %s (gone already): %s freed", ident, " ".join(freed))
+        self._pump()
+        return freed
 
     # --- DNS commands --------------------------------------------------------------------
 
@@ -515,6 +579,84 @@ class Router:
     async def ps(self) -> list[dict[str, Any]]:
         return await self.attachments.ps()
 
+    # --- expose / hide (router/expose.py: bridge addresses, nftables, ip_forward) ---------
+
+    async def expose(self, addresses: list[str], name: str | None) -> list[str]:
+        """Give the host addresses on the network (ADDR as for attach; IPAM identifier
+        EXPOSE_IDENT), masquerading for containers' traffic out; with ``name``, a DNS
+        record for them. Idempotent: the same ADDR gives the same address."""
+        specs = parse_address_specs(addresses)
+        hostname = None if name is None else self._need_dns().qualify(name)
+        ipam = self.ipam
+        if ipam is None and not all(isinstance(spec, IPv4Interface) for spec in specs):
+            raise LocalProtocolError("allocating an address needs IPAM, which is off (the "
+                                     "router was launched with --ipalloc-range ''); give IP/LEN")
+        given = [spec for spec in specs if isinstance(spec, IPv4Interface)]
+        for rec in self.attachments.records().values():
+            for iface in given:
+                if str(iface.ip) in rec.ips:
+                    raise LocalProtocolError(f"{iface.ip} is already attached to {rec.container}")
+        async with self.exposer.lock:
+            self.exposer.check(given)
+            got: list[IPv4Interface] = list(given)
+            fresh: list[IPv4Interface] = []   # what IPAM gave for this call only: undone on failure
+            if ipam is not None:
+                got, held = [], set(ipam.lookup(EXPOSE_IDENT))
+                try:
+                    for spec in specs:
+                        iface = await self._ipam_get(ipam, EXPOSE_IDENT, spec)
+                        got.append(iface)
+                        if iface not in held and iface.ip in ipam.universe:
+                            fresh.append(iface)
+                except BaseException:
+                    self._ipam_release(EXPOSE_IDENT, fresh)
+                    raise
+            got = list(dict.fromkeys(got))
+            try:
+                before = await self.exposer.expose(got, hostname)
+            except BaseException:
+                self._ipam_release(EXPOSE_IDENT, fresh)
+                raise
+            if self.dns is not None:
+                self._expose_dns(self.dns, before)
+        self._pump()
+        return [str(iface) for iface in got]
+
+    def _expose_dns(self, dns: DnsService, before: ExposeRecord) -> None:
+        rec = self.exposer.record()
+        if rec.name is None:
+            return
+        now = time.time()
+        if before.name is not None and before.name != rec.name:
+            dns.unregister(EXPOSE_IDENT, now)   # renamed: the old name goes
+        dns.register(EXPOSE_IDENT, rec.name, [str(c.ip) for c in rec.cidrs], now)
+
+    async def hide(self, addresses: list[str]) -> list[str]:
+        """Take exposed addresses away (all when none given), with their DNS record, their
+        IPAM addresses and the rules no address needs any more. Idempotent."""
+        default = self.ipam.default_subnet if self.ipam is not None else None
+        async with self.exposer.lock:
+            gone, after = await self.exposer.hide(addresses, default)
+            if self.dns is not None and gone:
+                self.dns.unregister(EXPOSE_IDENT, time.time(),
+                                    None if not after.cidrs else [str(c.ip) for c in gone])
+            if self.ipam is not None:
+                for iface in gone:
+                    self.ipam.free(EXPOSE_IDENT, iface.ip, trio.current_time())
+        self._pump()
+        return [str(iface) for iface in gone]
+
+    def _expose_reset(self) -> None:
+        """``reset``: addresses, our nftables table and forwarding go; so do the IPAM
+        addresses (before the handoff) and the DNS record."""
+        removed = self.exposer.teardown()
+        if removed:
+            log.info("reset: hid %s", " ".join(removed))
+        if self.dns is not None:
+            self.dns.unregister(EXPOSE_IDENT, time.time())
+        if self.ipam is not None:
+            self.ipam.free(EXPOSE_IDENT, None, trio.current_time())
+
     # --- main ----------------------------------------------------------------------------
 
     async def main(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -539,7 +681,8 @@ class Router:
             self._nursery = nursery
             nursery.start_soon(self.dataplane.run)
             alive = await self.attachments.restore()
-            self._ipam_reconcile({rec.container for rec, _ in alive})
+            await self.exposer.restore()
+            self._ipam_reconcile({rec.container for rec, _ in alive} | self.exposer.idents())
             if self.dns is not None:
                 await self._start_dns(nursery, self.dns, alive)
             elif self.ipam is not None:
@@ -586,7 +729,7 @@ class Router:
             log.info("removed the resolv.conf of %d namespaces that no longer exist", len(swept))
         saved = self.datadir.load_state().get("dns")
         claims = parse_claims(saved.get("claims") if isinstance(saved, dict) else None)
-        attached = {rec.container for rec, _ in alive}
+        attached = {rec.container for rec, _ in alive} | self.exposer.idents()
         dns.restore(claims, attached.__contains__, time.time())
         self._persist_dns(dns)
         self.dns_server = await nursery.start(functools.partial(
@@ -671,9 +814,7 @@ class Router:
                 self._dns_container_gone(container)
                 dns.unregister(container, time.time())
                 await self.attachments.forget(container)
-                if self.ipam is not None:
-                    count = self.ipam.free(container, None, trio.current_time())
-                    log.info("container %s: %d address(es) freed", container, count)
+                self._ipam_container_gone(container)
                 found = True
         return found
 
@@ -721,6 +862,7 @@ class Router:
             elif isinstance(event, PeerDisconnected):
                 log.info("connection with %s lost: %s",
                          describe_peer(event.peer.name, event.peer.nickname), event.reason)
+                self._metrics.connection_closed(event.conn_id, event.reason)  # before the link goes
                 self.dataplane.peer_disconnected(event)
         self.dataplane.routes_changed()
         for conn_id in mesh.pending_writes():
@@ -762,6 +904,17 @@ class Router:
                 remote = _address_of(stream.socket)
             except OSError:
                 await stream.aclose()
+                continue
+            # hostile input: rate limit per source and cap handshakes before reading a byte
+            # (proto/admission.py); a refused connection is reset at once, no task, no state
+            now = trio.current_time()
+            if self.mesh.admit_inbound(remote, now) is not None:
+                with contextlib.suppress(OSError):
+                    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                             struct.pack("ii", 1, 0))
+                await stream.aclose()
+                if (summary := self.mesh.admission.take_log(now)) is not None:
+                    log.warning("%s", summary)
                 continue
             self._start_connection(stream, outbound=False, remote=remote, target=None)
 
@@ -857,6 +1010,19 @@ def _setup_logging(config: LaunchConfig, datadir: DataDir) -> None:
         stream_handler.setFormatter(fmt)
         root.addHandler(stream_handler)
     logging.getLogger("hypercorn").setLevel(logging.WARNING)
+
+
+def ipam_grace(environ: Mapping[str, str] = os.environ) -> float:
+    """Seconds a vanished container keeps its addresses: env ``WEFT_IPAM_GRACE`` (not a
+    launch option: the contract's options are fixed), else ``RELEASE_GRACE`` (30, as Weave)."""
+    raw = environ.get(IPAM_GRACE_ENV, "").strip()
+    if not raw:
+        return RELEASE_GRACE
+    try:
+        return check_grace(float(raw))
+    except ValueError:
+        raise LocalProtocolError(f"invalid {IPAM_GRACE_ENV}={raw!r}: give the seconds a vanished "
+                                 "container keeps its addresses, 0 to 604800") from None
 
 
 def resolve_name(config: LaunchConfig, state: dict[str, Any],
