@@ -6,15 +6,18 @@ The hosts are network namespaces built by ``Testbed`` (prefix ``weftdemo``; see
 ``testbed.py`` for the layout), all on one segment, 172.31.1.0/24, that exists only inside
 them. Each runs its own router, started with the real CLI::
 
-    1. launch      h1: weft launch                 (knows no one)
-                   h2: weft launch 172.31.1.1      (knows h1)
-                   h3: weft launch 172.31.1.2      (knows h2)      a chain: h1 - h2 - h3
+    1. launch      h1: weft launch --ipalloc-init consensus=3              (knows no one)
+                   h2: weft launch --ipalloc-init consensus=3 172.31.1.1   (knows h1)
+                   h3: weft launch --ipalloc-init consensus=3 172.31.1.2   (knows h2)
+                                                                    a chain: h1 - h2 - h3
     2. discovery   gossip tells h3 about h1; it connects            a triangle
     3. status      weft status / status peers / status connections on each host
-    4. containers  one container per host (a bare namespace), attached with a name:
-                   weft attach 10.2.1.N/24 --name cN ...; pings across hosts; names
-                   resolved inside containers with getent and dig (weftDNS on
-                   127.0.0.11 in each); weft ps, weft status dns
+    4. containers  one container per host (a bare namespace), attached with a name and
+                   no address: weft attach --name cN ... (IPAM: the three routers agree
+                   on a ring over 10.32.0.0/12 at the first attach, each allocates from
+                   its own share); pings across hosts; names resolved inside containers
+                   with getent and dig (weftDNS on 127.0.0.11 in each); weft ps,
+                   weft status ipam, weft status dns
     5. resilience  weft stop on h2; h1 and h3 keep their direct connection
     6. cleanup     containers detached (their names and resolv.conf go), weft stop
                    everywhere, namespaces deleted                  (unless --keep)
@@ -55,7 +58,8 @@ __all__ = ["DEMO_PATTERN", "DEMO_PREFIX", "WAIT", "DemoError", "run_demo"]
 DEMO_PREFIX = "weftdemo"
 DEMO_PATTERN = rf"^{DEMO_PREFIX}-"
 HOSTS = ("h1", "h2", "h3")
-CONTAINERS = {"h1": ("c1", "10.2.1.1"), "h2": ("c2", "10.2.1.2"), "h3": ("c3", "10.2.1.3")}
+CONTAINERS = {"h1": "c1", "h2": "c2", "h3": "c3"}
+IPALLOC_INIT = ("--ipalloc-init", f"consensus={len(CONTAINERS)}")
 NETNS_ETC = Path("/etc/netns")
 WAIT = 30.0  # seconds for the mesh to form, and again for it to heal
 POLL = 0.5
@@ -180,7 +184,7 @@ class _Tour:
 
     def launch(self, host: str, peers: Sequence[str]) -> None:
         self.running.append(host)
-        self.weft(host, "launch", "--nickname", nickname(host), *peers)
+        self.weft(host, "launch", "--nickname", nickname(host), *IPALLOC_INIT, *peers)
 
     def stop(self, host: str) -> None:
         self.weft(host, "stop")
@@ -209,14 +213,22 @@ class _Tour:
 
     def containers(self) -> None:
         tb = self.tb
-        for host, (name, ip) in CONTAINERS.items():
+        say("No addresses are given: the routers agreed at launch to seed their address ring")
+        say("once all three know each other (--ipalloc-init consensus=3); the first attach")
+        say("runs that agreement, then each router hands out addresses from its own share of")
+        say("10.32.0.0/12, with no database anywhere.")
+        ips: dict[str, str] = {}
+        for host, name in CONTAINERS.items():
             ns = tb.add_container(name)
-            self.weft(host, "attach", f"{ip}/24", "--name", name, ns)
+            out = self.weft(host, "attach", "--name", name, ns)
+            ips[name] = out.split()[0].split("/")[0]
+        if len(set(ips.values())) != len(ips):
+            raise DemoError(f"IPAM handed out an address twice: {ips}")
         say("Each container got an interface ethwe on the weft bridge of its host, and a")
         say(f"resolv.conf ({NETNS_ETC}/<container>/resolv.conf, which `ip netns exec` uses)")
         say("pointing at 127.0.0.11, where its host's router answers DNS inside the container.")
-        took = self.until("c1 to reach c2 and c3", lambda: tb.ping("c1", "10.2.1.2")
-                          and tb.ping("c1", "10.2.1.3"))
+        took = self.until("c1 to reach c2 and c3", lambda: tb.ping("c1", ips["c2"])
+                          and tb.ping("c1", ips["c3"]))
         say(f"  c1 reaches c2 (on h2) and c3 (on h3) after {took:.1f} s:")
         self.inside("c1", "ping", "-n", "-c", "2", "-i", "0.2", "c2")
         say("")
@@ -226,13 +238,17 @@ class _Tour:
         self.inside("c3", "getent", "hosts", "c1.weft.local")
         if shutil.which("dig") is not None:
             self.inside("c2", "dig", "+short", "c3.weft.local")
-            self.inside("c3", "dig", "+short", "-x", "10.2.1.2")
+            self.inside("c3", "dig", "+short", "-x", ips["c2"])
         say("")
         self.weft("h1", "ps")
+        say("")
+        say("Every router sees the whole ring: who owns how much, how much is in use:")
+        self.weft("h2", "status", "ipam")
+        say("")
         self.weft("h2", "status", "dns")
 
     def detach_all(self) -> None:
-        for host, (name, _) in CONTAINERS.items():
+        for host, name in CONTAINERS.items():
             if host in self.running:
                 self.weft(host, "detach", self.tb.ns(name))
 
