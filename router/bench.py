@@ -29,7 +29,13 @@ torn down (routers stopped, containers deleted, every link the testbed did not m
 removed from the hosts) before the next one starts, so paths cannot disturb each other.
 
 Ratios are to the baseline of the same run: absolute figures vary from machine to machine
-and from minute to minute, ratios much less. A path that fails is one row in the table with
+and from minute to minute, ratios much less. Round-trip times of ~0.1 ms drift by more
+than 10% between two moments on a shared machine, so for RTT the baseline is measured
+*beside* every other path: while a path is up, a second, hand-built kernel VXLAN pair
+(containers ``k1`` 10.3.1.1 and ``k2`` 10.3.1.2, the same recipe) is up too, and the pings
+alternate between the two in ``PING_ROUNDS`` rounds; the path's RTT ratio is its median
+over that interleaved baseline's median (``RTT x baseline``). The throughput ratio uses the
+baseline row (iperf3 runs of seconds average the drift out). A path that fails is one row in the table with
 a one-line reason; the other paths still run. Everything is removed at the end, on errors
 and on Ctrl-C or SIGTERM too (``Testbed.close``).
 
@@ -99,8 +105,9 @@ VXLAN_ID = 42
 VXLAN_PORT = 4789
 BASELINE_MTU = 1450  # 1500 underlay - 50 bytes of VXLAN/UDP/IP/Ethernet headers
 IPERF_PORT = 5201
-PING_COUNT = 20
-PING_COUNT_QUICK = 5
+PING_COUNT = 60
+PING_COUNT_QUICK = 12
+PING_ROUNDS = 6  # the pings of a path alternate with the beside-baseline's in this many rounds
 PING_INTERVAL = 0.05
 DEFAULT_DURATION = 5
 QUICK_DURATION = 1
@@ -108,6 +115,9 @@ DEFAULT_WAIT = 30.0  # seconds a path may take to come up (routers connected, fi
 POLL = 0.25
 # Links of the baseline, inside each host (veth end "benchve" peers with "eth0" in the container).
 _BRIDGE, _VXLAN, _VETH = "benchbr", "benchvx", "benchve"
+# The baseline measured beside another path, for RTT: its own containers and subnet.
+BESIDE_CONTAINERS = ("k1", "k2")
+BESIDE_ADDRESSES = ("10.3.1.1", "10.3.1.2")
 
 Status = Literal["ok", "failed", "skipped"]
 Progress = Callable[[str], None]
@@ -143,6 +153,23 @@ class PingResult:
     median_ms: float
     min_ms: float
     max_ms: float
+    rtts: tuple[float, ...] = ()
+
+    @classmethod
+    def combine(cls, runs: Sequence[PingResult]) -> PingResult:
+        """One result for several runs (the rounds of an interleaved measurement)."""
+        rtts = tuple(r for run in runs for r in run.rtts)
+        if not rtts:
+            raise MeasurementFailed("ping: no round-trip times to combine")
+        return cls(
+            sent=sum(run.sent for run in runs),
+            received=sum(run.received for run in runs),
+            avg_ms=statistics.fmean(rtts),
+            median_ms=statistics.median(rtts),
+            min_ms=min(rtts),
+            max_ms=max(rtts),
+            rtts=rtts,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +180,7 @@ class Measurement:
     reason: str = ""
     tcp: TcpResult | None = None
     ping: PingResult | None = None
+    ping_beside: PingResult | None = None  # the baseline, pinged in turns with this path
 
     @classmethod
     def failed(cls, reason: str) -> Measurement:
@@ -195,6 +223,19 @@ class BenchResult:
             return None
         return a.tcp.gbps / b.tcp.gbps
 
+    def rtt_ratio(self, path: str) -> float | None:
+        """Median RTT of ``path`` over the baseline's, measured in turns with it (or, for
+        the baseline itself, 1); None when either is missing."""
+        mine = self._find(path)
+        if mine is None or mine.clean.ping is None:
+            return None
+        if path == BASELINE:
+            return 1.0
+        base = mine.clean.ping_beside
+        if base is None or base.median_ms <= 0:
+            return None
+        return mine.clean.ping.median_ms / base.median_ms
+
     @property
     def ok(self) -> bool:
         """True when nothing failed (skipped paths are fine) and the run was not cut short."""
@@ -213,6 +254,12 @@ class BenchResult:
                 "min": round(ping.min_ms, 4), "max": round(ping.max_ms, 4),
                 "sent": ping.sent, "received": ping.received,
             }  # fmt: skip
+            beside = p.clean.ping_beside
+            entry["ping_baseline_beside_ms"] = None if beside is None else {
+                "avg": round(beside.avg_ms, 4), "median": round(beside.median_ms, 4),
+                "sent": beside.sent, "received": beside.received,
+            }  # fmt: skip
+            entry["rtt_ratio"] = _round(self.rtt_ratio(p.path))
             if p.lossy is not None:
                 entry["loss"] = {**_measurement_json(p.lossy), "ratio": _round(self.ratio(p.path, True))}
             else:
@@ -225,6 +272,7 @@ class BenchResult:
             "loss_percent": self.loss_percent,
             "ping_count": self.ping_count,
             "ping_interval_s": PING_INTERVAL,
+            "ping_rounds": PING_ROUNDS,
             "machine": self.machine,
             "paths": paths,
             "interrupted": self.interrupted,
@@ -252,13 +300,14 @@ def format_table(result: BenchResult) -> str:
     """The human-readable report: a title line, one row per path, and under a row that
     failed or was skipped, one indented line per reason. Newline-terminated."""
     loss = result.loss_percent
-    header = ["path", "TCP Gbit/s", "x baseline", "ping ms avg/med"]
+    header = ["path", "TCP Gbit/s", "x baseline", "ping ms avg/med", "RTT x baseline"]
     if loss is not None:
         header += [f"TCP Gbit/s @{loss}% loss", "x baseline@loss"]
     rows: list[list[str]] = []
     notes: list[list[str]] = []
     for p in result.paths:
-        row = [p.path, _gbps_cell(p.clean), _ratio_cell(result.ratio(p.path)), _ping_cell(p.clean)]
+        row = [p.path, _gbps_cell(p.clean), _ratio_cell(result.ratio(p.path)), _ping_cell(p.clean),
+               _ratio_cell(result.rtt_ratio(p.path))]
         why = []
         if p.clean.status != "ok":
             why.append(f"{p.clean.status}: {p.clean.reason}")
@@ -364,6 +413,7 @@ def parse_ping(text: str) -> PingResult:
         median_ms=statistics.median(rtts),
         min_ms=min(rtts),
         max_ms=max(rtts),
+        rtts=tuple(rtts),
     )
 
 
@@ -505,7 +555,7 @@ class _Runner:
 
     def run_path(self, path: str) -> PathResult:
         setups: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
-            "kernel-vxlan": self._kernel_vxlan,
+            "kernel-vxlan": lambda: self._kernel_vxlan(CONTAINERS, ADDRESSES),
             "sleeve-plain": lambda: self._weft(path, password=None, fastdp=False),
             "sleeve-encrypted": lambda: self._weft(path, password=secrets.token_hex(16), fastdp=False),
             "fastdp": lambda: self._weft(path, password=None, fastdp=True),
@@ -517,7 +567,7 @@ class _Runner:
                 self.tb.add_container(c)
             say("setting up")
             with setups[path]():
-                clean = self._measure(say)
+                clean = self._measure(say, path)
                 if self.opts.loss:
                     lossy = self._measure_lossy(say)
         except PathSkipped as exc:
@@ -535,14 +585,34 @@ class _Runner:
     def _say(self, path: str) -> Progress:
         return lambda text: self.progress(f"[{path}] {text}")
 
-    def _measure(self, say: Progress) -> Measurement:
+    def _measure(self, say: Progress, path: str) -> Measurement:
         say(f"waiting until c1 reaches c2 ({ADDRESSES[1]})")
-        self._wait_reachable()
-        say(f"ping x{self.opts.ping_count}")
-        ping = self._ping()
+        self._wait_reachable(CONTAINERS[0], ADDRESSES[1])
+        beside: PingResult | None = None
+        if path == BASELINE:
+            say(f"ping x{self.opts.ping_count}")
+            ping = self._ping(CONTAINERS[0], ADDRESSES[1], self.opts.ping_count)
+        else:
+            say(f"ping x{self.opts.ping_count}, in turns with the baseline beside it")
+            ping, beside = self._ping_beside()
         say(f"iperf3 TCP {self.opts.duration} s")
         tcp = self._iperf3()
-        return Measurement("ok", tcp=tcp, ping=ping)
+        return Measurement("ok", tcp=tcp, ping=ping, ping_beside=beside)
+
+    def _ping_beside(self) -> tuple[PingResult, PingResult]:
+        """Ping through the path and through a kernel VXLAN pair built beside it, in
+        alternating rounds, so both see the same moments of a noisy machine."""
+        for c in BESIDE_CONTAINERS:
+            self.tb.add_container(c)
+        with self._kernel_vxlan(BESIDE_CONTAINERS, BESIDE_ADDRESSES):
+            self._wait_reachable(BESIDE_CONTAINERS[0], BESIDE_ADDRESSES[1])
+            per_round = max(1, self.opts.ping_count // PING_ROUNDS)
+            mine: list[PingResult] = []
+            base: list[PingResult] = []
+            for _ in range(PING_ROUNDS):
+                mine.append(self._ping(CONTAINERS[0], ADDRESSES[1], per_round))
+                base.append(self._ping(BESIDE_CONTAINERS[0], BESIDE_ADDRESSES[1], per_round))
+        return PingResult.combine(mine), PingResult.combine(base)
 
     def _measure_lossy(self, say: Progress) -> Measurement:
         try:
@@ -559,7 +629,7 @@ class _Runner:
 
     def _clean_up(self, say: Progress) -> None:
         """Delete the containers and every link the testbed did not make in the hosts."""
-        for c in CONTAINERS:
+        for c in (*CONTAINERS, *BESIDE_CONTAINERS):
             if c in self.tb.containers:
                 try:
                     self.tb.remove_container(c)
@@ -575,17 +645,17 @@ class _Runner:
 
     # -- measurements --
 
-    def _wait_reachable(self) -> None:
+    def _wait_reachable(self, container: str, address: str) -> None:
         deadline = time.monotonic() + self.opts.wait
-        while not self.tb.ping(CONTAINERS[0], ADDRESSES[1]):
+        while not self.tb.ping(container, address):
             if time.monotonic() > deadline:
-                raise MeasurementFailed(f"c1 got no answer from {ADDRESSES[1]} within {self.opts.wait:.0f} s")
+                raise MeasurementFailed(
+                    f"{container} got no answer from {address} within {self.opts.wait:.0f} s")
             time.sleep(POLL)
 
-    def _ping(self) -> PingResult:
-        n = self.opts.ping_count
-        argv = ["ping", "-n", "-c", str(n), "-i", str(PING_INTERVAL), "-W", "1", ADDRESSES[1]]
-        proc = self.tb.run(CONTAINERS[0], argv, check=False, timeout=n * PING_INTERVAL + 30)
+    def _ping(self, container: str, address: str, n: int) -> PingResult:
+        argv = ["ping", "-n", "-c", str(n), "-i", str(PING_INTERVAL), "-W", "1", address]
+        proc = self.tb.run(container, argv, check=False, timeout=n * PING_INTERVAL + 30)
         return parse_ping(proc.stdout + proc.stderr)
 
     def _iperf3(self) -> TcpResult:
@@ -616,12 +686,12 @@ class _Runner:
     # -- the paths --
 
     @contextlib.contextmanager
-    def _kernel_vxlan(self) -> Iterator[None]:
+    def _kernel_vxlan(self, containers: Sequence[str], addresses: Sequence[str]) -> Iterator[None]:
         tb = self.tb
         try:
             for i, host in enumerate(HOSTS):
                 other = HOSTS[1 - i]
-                container_ns = tb.ns(CONTAINERS[i])
+                container_ns = tb.ns(containers[i])
                 for argv in (
                     ["ip", "link", "add", _BRIDGE, "type", "bridge", "stp_state", "0"],
                     ["ip", "link", "set", _BRIDGE, "up"],
@@ -636,10 +706,10 @@ class _Runner:
                     tb.run(host, argv)
                 for argv in (
                     ["ip", "link", "set", "eth0", "mtu", str(BASELINE_MTU)],
-                    ["ip", "addr", "add", f"{ADDRESSES[i]}/{PREFIX_LEN}", "dev", "eth0"],
+                    ["ip", "addr", "add", f"{addresses[i]}/{PREFIX_LEN}", "dev", "eth0"],
                     ["ip", "link", "set", "eth0", "up"],
                 ):
-                    tb.run(CONTAINERS[i], argv)
+                    tb.run(containers[i], argv)
             yield
         finally:
             for host in HOSTS:
@@ -672,7 +742,7 @@ class _Runner:
                         env=envs[host], timeout=60)  # fmt: skip
                 attached.append((host, target))
             if fastdp:
-                self._wait_reachable()
+                self._wait_reachable(CONTAINERS[0], ADDRESSES[1])
                 self._wait_programmed(envs)
             yield
         finally:
@@ -791,6 +861,8 @@ def _summary(clean: Measurement, lossy: Measurement | None) -> str:
     if clean.status != "ok" or clean.tcp is None or clean.ping is None:
         return f"{clean.status}: {clean.reason}"
     text = f"{clean.tcp.gbps:.2f} Gbit/s, ping {clean.ping.avg_ms:.3f} ms"
+    if clean.ping_beside is not None:
+        text += f" (baseline beside it {clean.ping_beside.avg_ms:.3f} ms)"
     if lossy is not None:
         text += f"; at {LOSS_PERCENT}% loss: " + (
             f"{lossy.tcp.gbps:.2f} Gbit/s" if lossy.tcp else f"{lossy.status}: {lossy.reason}"

@@ -52,9 +52,10 @@ def iperf3_doc(bps: float, nbytes: int, retransmits: int = 7) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def ok(gbps: float, ping_ms: float = 0.1) -> Measurement:
+def ok(gbps: float, ping_ms: float = 0.1, beside_ms: float | None = None) -> Measurement:
     ping = PingResult(20, 20, ping_ms, ping_ms, ping_ms, ping_ms)
-    return Measurement("ok", tcp=TcpResult(gbps, int(gbps * 1e9 / 8)), ping=ping)
+    beside = None if beside_ms is None else PingResult(20, 20, beside_ms, beside_ms, beside_ms, beside_ms)
+    return Measurement("ok", tcp=TcpResult(gbps, int(gbps * 1e9 / 8)), ping=ping, ping_beside=beside)
 
 
 def lossy_ok(gbps: float) -> Measurement:
@@ -146,6 +147,17 @@ def test_ping_stats_match_the_replies(rtts: list[float]) -> None:
     assert stats.min_ms - slack <= stats.avg_ms <= stats.max_ms + slack
 
 
+def test_rounds_combine_into_one_result() -> None:
+    a = parse_ping(ping_output([0.1, 0.3], sent=2))
+    b = parse_ping(ping_output([0.2, 0.4, 0.5], sent=4))
+    both = PingResult.combine([a, b])
+    assert (both.sent, both.received) == (6, 5)
+    assert both.median_ms == 0.3 and both.min_ms == 0.1 and both.max_ms == 0.5
+    assert both.avg_ms == pytest.approx(0.3)
+    with pytest.raises(MeasurementFailed):
+        PingResult.combine([])
+
+
 def test_ping_without_answers_fails() -> None:
     with pytest.raises(MeasurementFailed, match="none of 3 pings was answered"):
         parse_ping(ping_output([], sent=3))
@@ -196,7 +208,8 @@ def table_rows(text: str) -> list[str]:
 def test_table_rows_columns_and_reasons() -> None:
     r = result(
         PathResult(BASELINE, ok(14.8, 0.061), lossy_ok(9.1)),
-        PathResult("sleeve-plain", ok(5.18, 0.25), Measurement.failed("iperf3: no data reached the server")),
+        PathResult("sleeve-plain", ok(5.18, 0.25, beside_ms=0.1),
+                   Measurement.failed("iperf3: no data reached the server")),
         PathResult("sleeve-encrypted", Measurement.failed("on h1: `weft attach` failed: no such command"),
                    Measurement.failed("on h1: `weft attach` failed: no such command")),
         PathResult("fastdp", Measurement.skipped("h1's connection runs over sleeve: no fast path yet"),
@@ -207,20 +220,22 @@ def test_table_rows_columns_and_reasons() -> None:
     rows = table_rows(text)
     header = rows[0].split("  ")
     assert [h.strip() for h in header if h.strip()] == [
-        "path", "TCP Gbit/s", "x baseline", "ping ms avg/med", "TCP Gbit/s @1% loss", "x baseline@loss",
+        "path", "TCP Gbit/s", "x baseline", "ping ms avg/med", "RTT x baseline", "TCP Gbit/s @1% loss",
+        "x baseline@loss",
     ]  # fmt: skip
-    assert rows[2].split() == ["kernel-vxlan", "14.80", "1.00", "0.061/0.061", "9.10", "1.00"]
-    assert rows[3].split() == ["sleeve-plain", "5.18", "0.35", "0.250/0.250", "failed", "-"]
+    assert rows[2].split() == ["kernel-vxlan", "14.80", "1.00", "0.061/0.061", "1.00", "9.10", "1.00"]
+    # the RTT ratio is to the baseline pinged beside the path (0.1 ms), not to its row (0.061)
+    assert rows[3].split() == ["sleeve-plain", "5.18", "0.35", "0.250/0.250", "2.50", "failed", "-"]
     assert rows[4] == "    @1% loss failed: iperf3: no data reached the server"
-    assert rows[5].split() == ["sleeve-encrypted", "failed", "-", "-", "failed", "-"]
+    assert rows[5].split() == ["sleeve-encrypted", "failed", "-", "-", "-", "failed", "-"]
     # The same reason twice is shown once.
     assert rows[6] == "    failed: on h1: `weft attach` failed: no such command"
-    assert rows[7].split() == ["fastdp", "skipped", "-", "-", "skipped", "-"]
+    assert rows[7].split() == ["fastdp", "skipped", "-", "-", "-", "skipped", "-"]
     assert rows[8] == "    skipped: h1's connection runs over sleeve: no fast path yet"
     assert len(rows) == 9
     # Columns line up: after the (left-aligned) path, every cell ends where its dashes end.
     for row in (rows[2], rows[3], rows[5], rows[7]):
-        assert cell_ends(row)[-5:] == cell_ends(rows[1])[1:]
+        assert cell_ends(row)[-6:] == cell_ends(rows[1])[1:]
 
 
 def cell_ends(line: str) -> list[int]:
@@ -230,19 +245,23 @@ def cell_ends(line: str) -> list[int]:
 def test_table_without_loss_has_no_loss_columns() -> None:
     rows = table_rows(format_table(result(PathResult(BASELINE, ok(9.0)), loss=None)))
     assert "loss" not in rows[0]
-    assert rows[2].split() == ["kernel-vxlan", "9.00", "1.00", "0.100/0.100"]
+    assert rows[2].split() == ["kernel-vxlan", "9.00", "1.00", "0.100/0.100", "1.00"]
 
 
 def test_json_shape() -> None:
     r = result(
         PathResult(BASELINE, ok(10.0, 0.05), lossy_ok(6.0)),
         PathResult("sleeve-plain", Measurement.failed("why"), Measurement.failed("why")),
+        PathResult("fastdp", ok(9.0, 0.11, beside_ms=0.1), lossy_ok(6.0)),
     )
     doc = json.loads(json.dumps(r.to_json()))
     assert doc["bench"] == "data" and doc["baseline"] == BASELINE
     assert doc["duration_s"] == 5 and doc["loss_percent"] == 1 and doc["interrupted"] is False
     assert set(doc["machine"]) >= {"kernel", "cpus", "python"}
-    assert list(doc["paths"]) == [BASELINE, "sleeve-plain"]
+    assert list(doc["paths"]) == [BASELINE, "sleeve-plain", "fastdp"]
+    fast = doc["paths"]["fastdp"]
+    assert fast["rtt_ratio"] == 1.1 and fast["ping_baseline_beside_ms"]["median"] == 0.1
+    assert doc["paths"][BASELINE]["rtt_ratio"] == 1.0 and doc["ping_rounds"] == bench.PING_ROUNDS
     base = doc["paths"][BASELINE]
     assert base["status"] == "ok" and base["tcp_gbps"] == 10.0 and base["ratio"] == 1.0
     assert base["ping_ms"]["avg"] == 0.05 and base["ping_ms"]["median"] == 0.05
@@ -251,6 +270,7 @@ def test_json_shape() -> None:
     failed = doc["paths"]["sleeve-plain"]
     assert failed["status"] == "failed" and failed["reason"] == "why"
     assert failed["tcp_gbps"] is None and failed["ratio"] is None and failed["ping_ms"] is None
+    assert failed["rtt_ratio"] is None and failed["ping_baseline_beside_ms"] is None
     assert failed["loss"]["status"] == "failed"
     no_loss = result(PathResult(BASELINE, ok(1.0)), loss=None).to_json()
     assert no_loss["loss_percent"] is None and no_loss["paths"][BASELINE]["loss"] is None
@@ -290,10 +310,11 @@ def test_one_line_of_a_failed_weft_command() -> None:
 def test_arguments() -> None:
     opts = parse_data_args([])
     assert opts.paths == bench.PATHS and opts.duration == 5 and opts.loss and not opts.json
-    assert opts.ping_count == 20
+    assert opts.ping_count == bench.PING_COUNT
     quick = parse_data_args(["--quick", "--no-loss", "--json", "--paths", "fastdp, kernel-vxlan,fastdp"])
     assert quick.paths == ("fastdp", "kernel-vxlan")
-    assert (quick.duration, quick.ping_count, quick.loss, quick.json) == (1, 5, False, True)
+    assert (quick.duration, quick.loss, quick.json) == (1, False, True)
+    assert quick.ping_count == bench.PING_COUNT_QUICK
     assert parse_data_args(["--quick", "--duration", "3"]).duration == 3
 
 
