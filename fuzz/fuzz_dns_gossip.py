@@ -42,7 +42,8 @@ def test_one_input(data: bytes) -> None:
     s = _start()
     g = DnsGossiper(s)
     g.on_gossip(Entries(tuple(entries)))
-    assert s.lookup("web.weft.local.") == ("10.32.0.1",)        # our claim stands
+    # our claim stands (other peers may hold the same name too: round robin, as in weaveDNS)
+    assert "10.32.0.1" in s.lookup("web.weft.local.")
     assert s.merge(entries) == []
     assert s.digest() == digest_of_entries(s.entries(tombstones=True))
     for e in s.entries():

@@ -129,13 +129,22 @@ class Request:
         except RecursionError:  # hostile input: "[[[[..." deeper than the parser goes
             raise ApiError(400, "malformed JSON body: nested too deeply") from None
 
-    def json_object(self, *, required: bool = True) -> dict[str, Any]:
-        """The body as a JSON object (``{}`` for an empty body unless required)."""
-        data = self.json()
-        if data is None and not required:
+    def json_object(self, *, required: bool = True,
+                    fields: Iterable[str] | None = None) -> dict[str, Any]:
+        """The body as a JSON object (``{}`` for an empty body unless required). With
+        ``fields``, any other key is a 400: a misspelt option must not be ignored (an
+        ``/expose`` whose only field is misspelt would expose a default address)."""
+        if not required and not self.body.strip():
             return {}
+        data = self.json()  # "null" is not an empty body: a 400 like any other non-object
         if not isinstance(data, dict):
             raise ApiError(400, "expected a JSON object as the request body")
+        if fields is not None:
+            known = set(fields)
+            unknown = sorted(key for key in data if key not in known)
+            if unknown:
+                expected = ", ".join(sorted(known)) or "none"
+                raise ApiError(400, f"unknown field {unknown[0][:40]!r} (fields: {expected})")
         return data
 
 
@@ -151,9 +160,17 @@ def json_response(data: Any, status: int = 200) -> Response:
     return Response(status, json.dumps(data).encode() + b"\n")
 
 
+def one_line(message: str, max_word: int = 120) -> str:
+    """One readable line: whitespace collapsed, and a word as long as a hostile value
+    (a 100 KB container name echoed in "no network namespace '...'") cut short."""
+    words = (w if len(w) <= max_word else f"{w[:60]}...({len(w)} characters)"
+             for w in message.split())
+    return " ".join(words) or "error"
+
+
 def error_response(status: int, message: str, headers: Iterable[tuple[str, str]] = ()) -> Response:
     # One line: the CLI prints it as `weft: <message>`.
-    line = " ".join(message.split()) or "error"
+    line = one_line(message)
     return Response(status, json.dumps({"error": line}).encode() + b"\n", headers=list(headers))
 
 
@@ -185,7 +202,16 @@ def field_str_list(body: dict[str, Any], key: str, *, required: bool = True) -> 
         return []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ApiError(400, f"field {key!r} must be a list of strings")
+    for item in value:
+        check_printable(key, item)
     return list(value)
+
+
+def check_printable(key: str, value: str) -> None:
+    """No name, address or path we take has control characters (a NUL would reach the
+    kernel's path lookup; a newline, the logs)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ApiError(400, f"field {key!r} must not contain control characters")
 
 
 def field_bool(body: dict[str, Any], key: str, default: bool = False) -> bool:
@@ -210,7 +236,7 @@ async def _report(control: RouterControl, request: Request) -> Response:
 
 @route("POST", "/connect")
 async def _connect(control: RouterControl, request: Request) -> Response:
-    body = request.json_object()
+    body = request.json_object(fields=("peers", "replace"))
     peers = field_str_list(body, "peers", required=False)
     replace = field_bool(body, "replace")
     if not peers and not replace:
@@ -220,18 +246,20 @@ async def _connect(control: RouterControl, request: Request) -> Response:
 
 @route("POST", "/forget")
 async def _forget(control: RouterControl, request: Request) -> Response:
-    body = request.json_object()
+    body = request.json_object(fields=("peers",))
     return json_response({"targets": control.forget(field_str_list(body, "peers"))})
 
 
 @route("POST", "/stop")
 async def _stop(control: RouterControl, request: Request) -> Response:
+    request.json_object(required=False, fields=())  # nothing, or {}: not a garbled request
     control.request_stop()
     return json_response({"status": "stopping"})
 
 
 @route("POST", "/reset")
 async def _reset(control: RouterControl, request: Request) -> Response:
+    request.json_object(required=False, fields=())
     control.reset()
     return json_response({"status": "resetting"})
 
@@ -244,12 +272,13 @@ def field_str(body: dict[str, Any], key: str, *, required: bool = True) -> str |
         return None
     if not isinstance(value, str) or not value:
         raise ApiError(400, f"field {key!r} must be a non-empty string")
+    check_printable(key, value)
     return value
 
 
 @route("POST", "/attach")
 async def _attach(control: RouterControl, request: Request) -> Response:
-    body = request.json_object()
+    body = request.json_object(fields=("container", "addresses", "name", "without_dns", "ifname"))
     container = field_str(body, "container")
     assert container is not None
     addresses = field_str_list(body, "addresses", required=False)
@@ -264,7 +293,7 @@ async def _attach(control: RouterControl, request: Request) -> Response:
 
 @route("POST", "/detach")
 async def _detach(control: RouterControl, request: Request) -> Response:
-    body = request.json_object()
+    body = request.json_object(fields=("container", "addresses", "ifname", "missing_ok"))
     container = field_str(body, "container")
     assert container is not None
     addresses = field_str_list(body, "addresses", required=False)
@@ -293,7 +322,7 @@ async def _ps(control: RouterControl, request: Request) -> Response:
 
 @route("POST", "/dns/add")
 async def _dns_add(control: RouterControl, request: Request) -> Response:
-    body = request.json_object()
+    body = request.json_object(fields=("addresses", "container", "name"))
     name = field_str(body, "name")
     assert name is not None
     added = await control.dns_add(field_str_list(body, "addresses", required=False),
@@ -303,7 +332,7 @@ async def _dns_add(control: RouterControl, request: Request) -> Response:
 
 @route("POST", "/dns/remove")
 async def _dns_remove(control: RouterControl, request: Request) -> Response:
-    body = request.json_object()
+    body = request.json_object(fields=("addresses", "container", "name"))
     removed = await control.dns_remove(field_str_list(body, "addresses", required=False),
                                        field_str(body, "container", required=False),
                                        field_str(body, "name", required=False))
@@ -315,19 +344,20 @@ async def _dns_lookup(control: RouterControl, request: Request) -> Response:
     names = request.query.get("name", [])
     if len(names) != 1 or not names[0]:
         raise ApiError(400, "give one name: /dns/lookup?name=NAME")
+    check_printable("name", names[0])
     return json_response(control.dns_lookup(names[0]))
 
 
 @route("POST", "/rmpeer")
 async def _rmpeer(control: RouterControl, request: Request) -> Response:
-    peer = field_str(request.json_object(), "peer")
+    peer = field_str(request.json_object(fields=("peer",)), "peer")
     assert peer is not None
     return json_response(control.rmpeer(peer))
 
 
 @route("POST", "/expose")
 async def _expose(control: RouterControl, request: Request) -> Response:
-    body = request.json_object(required=False)
+    body = request.json_object(required=False, fields=("addresses", "name"))
     cidrs = await control.expose(field_str_list(body, "addresses", required=False),
                                  field_str(body, "name", required=False))
     return json_response({"cidrs": cidrs})
@@ -335,7 +365,7 @@ async def _expose(control: RouterControl, request: Request) -> Response:
 
 @route("POST", "/hide")
 async def _hide(control: RouterControl, request: Request) -> Response:
-    body = request.json_object(required=False)
+    body = request.json_object(required=False, fields=("addresses",))
     removed = await control.hide(field_str_list(body, "addresses", required=False))
     return json_response({"removed": removed})
 

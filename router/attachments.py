@@ -51,6 +51,19 @@ SAVED_SUFFIX = ".weft-saved"
 AddressSpec = ipaddress.IPv4Interface | ipaddress.IPv4Network | None   # see parse_address_specs
 
 
+def refuse_host_namespace(ref: netdev.NetnsRef) -> None:
+    """A container is not the host: attaching the router's own namespace (or init's, the
+    machine's, e.g. ``weft attach 1``) would put container plumbing on the host itself."""
+    for host in ("/proc/self/ns/net", "/proc/1/ns/net"):
+        try:
+            st = os.stat(host)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == ref.key:
+            raise LocalProtocolError(f"{ref.name} is the host's own network namespace, not a "
+                                     "container's (to put the host on the network: weft expose)")
+
+
 @dataclass(slots=True)
 class Record:
     container: str
@@ -256,6 +269,7 @@ class Attachments:
                                      "is off (--ipalloc-range ''); give IP/LEN")
         async with self._lock:
             ref = await trio.to_thread.run_sync(netdev.resolve_netns, container)
+            refuse_host_namespace(ref)
             records = self._load()
             held = records.get(ref.name)
             if held is not None and held.ifname != ifname:  # one interface per container
@@ -268,8 +282,9 @@ class Attachments:
                     if any(ipaddress.IPv4Interface(c).ip == cidr.ip for c in other.cidrs):
                         raise LocalProtocolError(
                             f"{cidr.ip} is already attached to {other.container}")
-            attached = await trio.to_thread.run_sync(self._attach_sync, ref, cidrs, ifname)
             old = records.get(ref.name)
+            attached = await trio.to_thread.run_sync(
+                self._attach_sync, ref, cidrs, ifname, old.mac if old is not None else None)
             record = Record(ref.name, attached.mac, [str(c) for c in attached.cidrs],
                             old.resolv_conf if old is not None else None, ifname)
             netns = named_netns(ref)
@@ -285,8 +300,13 @@ class Attachments:
             return AttachResult(ref, [str(c) for c in cidrs], record)
 
     def _attach_sync(self, ref: netdev.NetnsRef, cidrs: list[ipaddress.IPv4Interface],
-                     ifname: str = netdev.CONTAINER_IFNAME) -> netdev.Attached:
-        return netdev.attach(ref, cidrs, mtu=self.mtu, gso_max_size=GSO_MAX_SIZE, ifname=ifname)
+                     ifname: str = netdev.CONTAINER_IFNAME, mac: str | None = None) -> netdev.Attached:
+        # The MAC (used only when the veth pair is created) is the one recorded for this
+        # container, so an interface re-created after a restart keeps it; else a random
+        # one: one derived from the namespace's inode number repeats across hosts and
+        # over time (see stable_mac).
+        return netdev.attach(ref, cidrs, mtu=self.mtu, mac=mac or netdev.random_mac(),
+                             gso_max_size=GSO_MAX_SIZE, ifname=ifname)
 
     async def detach(self, container: str, addresses: list[str], *, ifname: str | None = None,
                      missing_ok: bool = False) -> DetachResult:
@@ -371,7 +391,7 @@ class Attachments:
                 alive.append((rec, ref))
                 cidrs = [ipaddress.IPv4Interface(c) for c in rec.cidrs]
                 try:
-                    await trio.to_thread.run_sync(self._attach_sync, ref, cidrs, rec.ifname)
+                    await trio.to_thread.run_sync(self._attach_sync, ref, cidrs, rec.ifname, rec.mac)
                 except (netdev.NetdevError, OSError) as exc:
                     log.warning("cannot restore %s: %s", rec.container, exc)
         return alive

@@ -58,6 +58,7 @@ POLL_INTERVAL = 0.05
 REQUEST_TIMEOUT = 30.0
 ATTACH_TIMEOUT = 60.0
 STATUS_VIEWS = ("targets", "connections", "peers", "dns", "ipam")
+MAX_DNS_NAME_ARG = 1024           # dns-lookup NAME: longer cannot be a name, nor fit a URL
 
 
 class UsageError(Exception):
@@ -202,6 +203,8 @@ def _wait_unlocked(datadir: DataDir | None, deadline: float) -> None:
 def _router_data_dir(client: ApiClient, explicit: str | None) -> DataDir | None:
     """The running router's data dir: --data-dir, else what its report says, else None."""
     if explicit is not None:
+        if not explicit.strip():  # "" would be the current directory
+            raise UsageError("--data-dir: empty path")
         return DataDir(Path(explicit).absolute())
     try:
         report = client.call("GET", "/report", timeout=5.0)
@@ -446,6 +449,9 @@ def cmd_dns_remove(ns: argparse.Namespace) -> int:
 def cmd_dns_lookup(ns: argparse.Namespace) -> int:
     from urllib.parse import quote
 
+    if len(ns.dns_name) > MAX_DNS_NAME_ARG:  # would not even fit the request line
+        raise LocalProtocolError(f"NAME is {len(ns.dns_name)} characters long: not a DNS name "
+                                 "(at most 253)")
     answer = _client(ns).call("GET", "/dns/lookup?name=" + quote(ns.dns_name, safe=""))
     addresses = answer.get("addresses") if isinstance(answer, dict) else None
     if not addresses:
@@ -457,6 +463,8 @@ def cmd_dns_lookup(ns: argparse.Namespace) -> int:
 
 
 def cmd_rmpeer(ns: argparse.Namespace) -> int:
+    if not ns.peer.strip():
+        raise UsageError("rmpeer: PEER is empty (a peer name or nickname)")
     answer = _client(ns).call("POST", "/rmpeer", {"peer": ns.peer})
     if not isinstance(answer, dict) or not isinstance(answer.get("taken"), int):
         raise LocalProtocolError("the router's answer to rmpeer is not understood")
@@ -633,11 +641,16 @@ def _run(argv: Sequence[str] | None) -> int:
             ns.args = extra
     if handler is None:
         raise UsageError(f"no command given (see '{PROG} --help')")
+    name = getattr(ns, "name", None)
+    if handler is not cmd_launch and isinstance(name, str) and not name.strip():
+        raise UsageError(f"{ns.command}: --name is empty")
     return handler(ns)
 
 
 def _fail(message: str, status: int) -> int:
-    line = " ".join(message.split())
+    # one readable line, even when it quotes a 100 KB argument back
+    line = " ".join(w if len(w) <= 120 else f"{w[:60]}...({len(w)} characters)"
+                    for w in message.split())
     print(f"{PROG}: {line}", file=sys.stderr)
     return status
 

@@ -83,18 +83,19 @@ from .cnispec import (
     address_specs,
     build_result,
     check_ipam,
+    check_prev_result,
     config_version,
     dns_names,
     dns_of_report,
     error_object,
     expected_of_prev,
+    ipam_routes,
     parse_invocation,
     parse_netconf,
     prev_sandbox,
     reply_version,
     report_subnets,
     require,
-    route_of,
     unsupported_args,
     version_info,
 )
@@ -291,6 +292,8 @@ class Plugin:
         require(inv, netns=True)
         unsupported_args(self.conf, inv.args)
         check_ipam(self.conf)
+        ipam_routes(self.conf)       # refuse a bad config before attaching, not after
+        check_prev_result(self.conf)
         names = dns_names(self.conf, inv.args)
         if not self.host.netns_exists(inv.netns):
             raise CniError(ERR_UNKNOWN_CONTAINER, f"no network namespace {inv.netns}")
@@ -359,9 +362,7 @@ class Plugin:
                     gateways[cidr] = str(addr.ip)
                     first_gw = first_gw or addr.ip
                     break
-        wanted: list[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address | None]] = []
-        for entry in check_ipam(self.conf).get("routes") or []:
-            wanted.append(route_of(entry))
+        wanted = ipam_routes(self.conf)
         if first_gw is not None and not any(dst == DEFAULT_ROUTE for dst, _ in wanted):
             wanted.insert(0, (DEFAULT_ROUTE, first_gw))
         added: list[tuple[str, str | None]] = []

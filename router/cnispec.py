@@ -128,6 +128,8 @@ def parse_netconf(raw: bytes) -> Json:
         conf = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise CniError(ERR_DECODE, f"the network configuration on stdin is not JSON: {exc}") from None
+    except RecursionError:
+        raise CniError(ERR_DECODE, "the network configuration on stdin is nested too deeply") from None
     if not isinstance(conf, dict):
         raise CniError(ERR_DECODE, "the network configuration on stdin is not a JSON object")
     return conf
@@ -160,6 +162,25 @@ def _object(conf: Json, key: str) -> Json:
     if not isinstance(value, dict):
         raise CniError(ERR_INVALID_CONFIG, f"{key} must be a JSON object")
     return value
+
+
+def _dicts(container: Json, key: str, what: str) -> list[Json]:
+    """The objects of the list ``container[key]`` (absent: none); other list items are not
+    ours to understand and are skipped, but a value that is not a list is an error."""
+    value = container.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise CniError(ERR_INVALID_CONFIG, f"{what}.{key} must be a list")
+    return [item for item in value if isinstance(item, dict)]
+
+
+def check_prev_result(conf: Json) -> Json:
+    """``prevResult`` (absent: {}): an object whose interfaces, ips and routes are lists."""
+    prev = _object(conf, "prevResult")
+    for key in ("interfaces", "ips", "routes"):
+        _dicts(prev, key, "prevResult")
+    return prev
 
 
 def _cni_args(conf: Json) -> Json:
@@ -310,9 +331,9 @@ def build_result(version: str, *, ifname: str, mac: str, sandbox: str, cidrs: Se
     """A CNI result: ours appended to ``prev`` (the previous plugin's in a chain), in the
     form of ``version`` (0.4.0 ips carry ``"version": "4"``)."""
     prev = prev if isinstance(prev, dict) else {}
-    interfaces = [i for i in prev.get("interfaces", []) if isinstance(i, dict)]
-    ips = [i for i in prev.get("ips", []) if isinstance(i, dict)]
-    out_routes = [r for r in prev.get("routes", []) if isinstance(r, dict)]
+    interfaces = _dicts(prev, "interfaces", "prevResult")
+    ips = _dicts(prev, "ips", "prevResult")
+    out_routes = _dicts(prev, "routes", "prevResult")
     index = len(interfaces)
     interfaces.append({"name": ifname, "mac": mac, "sandbox": sandbox})
     for cidr in cidrs:
@@ -345,7 +366,8 @@ def prev_sandbox(conf: Json, ifname: str) -> str:
     prev = conf.get("prevResult")
     if not isinstance(prev, dict):
         return ""
-    for iface in prev.get("interfaces", []) or []:
+    interfaces = prev.get("interfaces")  # DEL is lenient: garbage here names nothing
+    for iface in interfaces if isinstance(interfaces, list) else []:
         if (isinstance(iface, dict) and iface.get("name") == ifname
                 and isinstance(iface.get("sandbox"), str)):
             return str(iface["sandbox"])
@@ -358,7 +380,7 @@ def expected_of_prev(conf: Json, ifname: str, netns: str) -> tuple[str | None, l
     prev = conf.get("prevResult")
     if not isinstance(prev, dict):
         raise CniError(ERR_INVALID_CONFIG, "CHECK needs prevResult (the result of ADD)")
-    interfaces = prev.get("interfaces") or []
+    interfaces = prev.get("interfaces")
     index = None
     mac = None
     for i, iface in enumerate(interfaces if isinstance(interfaces, list) else []):
@@ -366,18 +388,29 @@ def expected_of_prev(conf: Json, ifname: str, netns: str) -> tuple[str | None, l
             index, mac = i, iface.get("mac") if isinstance(iface.get("mac"), str) else None
     if index is None:
         raise CniError(ERR_ROUTER, f"prevResult has no interface {ifname} in {netns}")
-    addrs = [str(ip.get("address")) for ip in prev.get("ips") or []
-             if isinstance(ip, dict) and ip.get("interface") == index]
+    addrs = [str(ip.get("address")) for ip in _dicts(prev, "ips", "prevResult")
+             if ip.get("interface") == index]
     routes: list[tuple[str, str | None]] = []
-    for r in prev.get("routes") or []:
-        if isinstance(r, dict) and isinstance(r.get("dst"), str):
+    for r in _dicts(prev, "routes", "prevResult"):
+        if isinstance(r.get("dst"), str):
             gw = r.get("gw")
             routes.append((r["dst"], gw if isinstance(gw, str) else None))
     return mac, addrs, routes
 
 
+def ipam_routes(conf: Json) -> list[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address | None]]:
+    """``ipam.routes``: ``[{"dst": CIDR, "gw"?: IP}]``."""
+    routes = check_ipam(conf).get("routes")
+    if routes is None:
+        return []
+    if not isinstance(routes, list):
+        raise CniError(ERR_INVALID_CONFIG, 'ipam.routes: expected [{"dst": CIDR, "gw": IP}, ...]')
+    return [route_of(entry) for entry in routes]
+
+
 def route_of(entry: Any) -> tuple[ipaddress.IPv4Network, ipaddress.IPv4Address | None]:
-    if not isinstance(entry, dict) or not isinstance(entry.get("dst"), str):
+    if (not isinstance(entry, dict) or not isinstance(entry.get("dst"), str)
+            or not isinstance(entry.get("gw"), (str, type(None)))):
         raise CniError(ERR_INVALID_CONFIG, 'ipam.routes: expected [{"dst": CIDR, "gw": IP}, ...]')
     try:
         dst = ipaddress.IPv4Network(entry["dst"])

@@ -148,7 +148,10 @@ def _check_host(host: str, what: str, original: str) -> str:
         raise LocalProtocolError(f"invalid {what} {original!r}: missing host")
     if _is_ip(host):
         return str(ipaddress.ip_address(host))
-    if not _HOSTNAME.match(host):
+    # a last label of digits only (999.1.1.1, 1234) is a mistyped address, not a host name
+    # (RFC 3696 section 2); a resolver would read "1234" as the address 0.0.4.210
+    if (not _HOSTNAME.match(host) or host.rstrip(".").rsplit(".", 1)[-1].isdigit()
+            or len(host.rstrip(".")) > 253):
         raise LocalProtocolError(f"invalid {what} {original!r}: not an IP address or host name")
     return host.lower()
 

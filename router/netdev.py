@@ -67,6 +67,7 @@ __all__ = [
     "ensure_bridge",
     "link_exists",
     "list_attached",
+    "random_mac",
     "remove_all",
     "resolve_netns",
     "run_in_netns",
@@ -291,8 +292,21 @@ def veth_name(key: Key, ifname: str = CONTAINER_IFNAME) -> str:
 
 
 def stable_mac(key: Key, ifname: str = CONTAINER_IFNAME) -> str:
-    """A MAC derived from the namespace identity: locally administered, unicast."""
+    """A MAC derived from the namespace identity: locally administered, unicast.
+
+    Unique only among the live namespaces of one host: the kernel hands a freed namespace's
+    inode number to the next new one, and every host numbers its own namespaces alike, so
+    across a mesh (or over time) two containers get the same MAC. The router attaches with
+    ``random_mac()``."""
     raw = bytearray(hashlib.sha256(b"weft-mac:" + _identity(key, ifname)).digest()[:6])
+    raw[0] = (raw[0] & 0xFE) | 0x02
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def random_mac() -> str:
+    """A random MAC, locally administered and unicast: 46 random bits, unique across the
+    mesh, like the kernel's own choice for a new veth."""
+    raw = bytearray(os.urandom(6))
     raw[0] = (raw[0] & 0xFE) | 0x02
     return ":".join(f"{b:02x}" for b in raw)
 
