@@ -52,7 +52,14 @@ class TopologyGossiper:
         if not delta:
             return None
         self._on_change(delta)
-        return Records(tuple(delta))
+        # Pass on only what we still hold: the change handler garbage-collects peers no
+        # longer reachable, and forwarding a record it just dropped would let a departed
+        # peer's record circulate forever (each peer storing, dropping and passing it on
+        # in one step; every digest stays equal, so nothing else notices). Weave mesh's
+        # applyUpdate drops removed peers from the update it forwards for the same reason.
+        peers = self.topology.peers
+        kept = tuple(r for r in delta if peers.get(r.name) == r)
+        return Records(kept) if kept else None
 
     def gossip(self) -> GossipData | None:
         peers = self.topology.peers

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from weftnet.router.datadir import DataDir
 from weftnet.router.testbed import Testbed
 
 PASSWORD = "correct horse battery staple"
@@ -88,3 +91,41 @@ def bulk_tcp(tb: Testbed, server: str, server_ip: str, client: str, size: int, *
     finally:
         sink.kill()
         sink.wait()
+
+
+# --- router processes: pid, memory, descriptors, kill -9 (used by test_churn.py) -----------
+
+
+def router_pid(tb: Testbed, host: str) -> int:
+    """The pid of ``host``'s router, from the pid file in its data dir."""
+    return int((tb.data_dir(host) / "weft.pid").read_text())
+
+
+def process_usage(pid: int) -> tuple[int, int]:
+    """(resident memory in KiB from ``/proc/PID/status`` VmRSS, open file descriptors)."""
+    with open(f"/proc/{pid}/status") as f:
+        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def kill9(tb: Testbed, host: str) -> int:
+    """SIGKILL ``host``'s router, wait until it is gone and its data dir lock with it, and
+    return the pid it had.
+
+    The lock, not the process state, says when a relaunch can start: the main thread of a
+    killed process shows as a zombie while its other threads are still exiting, and the
+    lock's file stays open until the last of them is gone."""
+    pid = router_pid(tb, host)
+    os.kill(pid, signal.SIGKILL)
+    datadir = DataDir(tb.data_dir(host))
+
+    def gone() -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                    return False
+        except OSError:
+            pass
+        return not datadir.is_locked()
+    wait_for(f"{host}'s router (pid {pid}) to die and release its data dir", gone, timeout=10)
+    return pid

@@ -21,7 +21,9 @@ Everything is seeded; the seed is in the test id.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 
@@ -31,6 +33,7 @@ from .scale import (
     Counters,
     Plan,
     add_peer,
+    agreement,
     bfs_distances,
     check_routes,
     grow,
@@ -205,3 +208,147 @@ def test_discovery_makes_a_full_mesh_and_changes_stay_in_bound(seed: int) -> Non
         net, lambda: add_peer(net, plan).index, bursts=None)
     print(f"one joins: {used_msgs:.0%} of the message bound, {used_bytes:.0%} of the byte bound")
     assert all(len(n.mesh.connected_peers()) == len(net.live()) - 1 for n in net.live())
+
+
+# --- issue 8 "Scale": per-peer gossip grows slower than the peer count ---------------------
+# (a delimited addition; the tests above are the gossip module's own)
+#
+# The network: each peer joins through 2 random earlier peers, discovery off, so degrees
+# stay small (a random recursive graph: mean degree ~4, max O(log N)) and no peer record
+# grows with N. (In the seeded networks above, every peer targets one of a few seeds, so a
+# seed's record lists O(N) connections and every change touching a seed resends it whole;
+# records are the unit of topology gossip, as in Weave.) For each N: converge, then apply
+# GROWTH_CHANGES leaves and as many joins, one at a time, and count what every other peer
+# sent until the mesh converged again. Counts, not times: a seed reproduces every byte.
+#
+# * one change: the mean gossip bytes a peer sends must grow slower than N, with margin:
+#   at most sqrt(N / N0) times the figure at the smallest N0 (the bound allows O(d log N));
+# * convergence from scratch: each peer must learn N records, so its bytes are at least
+#   linear in N; they must stay linear (bytes / N within 2x of the smallest N), not O(N^2);
+# * no storm: agreement on the topology digest is not enough (a record of a departed peer
+#   can circulate, stored and garbage-collected again by every peer in the same step,
+#   leaving every digest equal), so while settling, the gossip messages are counted and a
+#   change (or the convergence) may cost at most STORM_MSGS x (log2 N + 1) per peer.
+
+GROWTH_CHANGES = 5
+GROWTH_JOIN_TARGETS = 2
+STORM_MSGS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class GrowthFigures:
+    peers: int
+    convergence: float        # virtual seconds from the simultaneous launch of every peer
+    diameter: int             # hops: the waves news needs to cross the mesh
+    mean_degree: float
+    max_degree: int
+    converge_bytes: float     # gossip bytes a peer sent until convergence, mean
+    change_bytes: float       # gossip bytes a peer sent per change, mean over peers and changes
+    change_msgs: float        # gossip messages likewise
+    wall: float
+
+
+def _random_targets(net: SimNet, k: int) -> list[str]:
+    live = net.live()
+    return [n.address for n in net.rng.sample(live, min(k, len(live)))]
+
+
+def _leaver(net: SimNet) -> int:
+    """A random live peer whose departure keeps the mesh connected."""
+    live = net.live()
+    adj = usable_links(dict(live[0].mesh.topology.peers))
+    for node in net.rng.sample(live, len(live)):
+        name = node.mesh.config.name
+        rest = {a: bs - {name} for a, bs in adj.items() if a != name}
+        if len(bfs_distances(rest, min(rest))) == len(rest):
+            return node.index
+    raise AssertionError("every peer is a cut vertex")
+
+
+def _settle_without_storm(net: SimNet, what: str, seed: int, *, limit: float) -> float:
+    """``settle``, failing fast once the gossip sent since the call exceeds the storm cap."""
+    live = len(net.live())
+    cap = STORM_MSGS * (math.log2(live) + 1) * live
+    start = sum(n.mesh.stats.gossip_messages_sent for n in net.nodes)
+    began = net.now
+    since: float | None = None
+    held: bytes | None = None
+    while net.now - began < limit:
+        net.run_for(0.01)
+        sent = sum(n.mesh.stats.gossip_messages_sent for n in net.nodes) - start
+        assert sent <= cap, (
+            f"seed {seed}, {live} peers, {what}: gossip storm, {sent} gossip messages "
+            f"within {net.now - began:.2f} virtual s (cap {cap:.0f}); topology agreed: "
+            f"{agreement(net) is not None}")
+        digest = agreement(net)
+        if digest is None:
+            since, held = None, None
+        elif digest != held:
+            since, held = net.now, digest
+        elif since is not None and net.now - since >= QUIET:
+            return since - began
+    raise AssertionError(f"seed {seed}, {live} peers, {what}: not converged after {limit} s")
+
+
+def _growth_figures(n: int, seed: int) -> GrowthFigures:
+    wall = time.perf_counter()
+    net = SimNet(seed)
+    for _ in range(n):
+        net.add_node(targets=_random_targets(net, GROWTH_JOIN_TARGETS), discovery=False)
+    taken = _settle_without_storm(net, "converging", seed, limit=300)
+    check_routes(net, sample=10)
+    converge_bytes = sum(Counters.snapshot(net).gossip_bytes) / n
+    adj = usable_links(dict(net.live()[0].mesh.topology.peers))
+    diameter = max(max(bfs_distances(adj, a).values()) for a in sorted(adj))
+    degs = [len(node.mesh.connected_peers()) for node in net.live()]
+    sent_bytes = sent_msgs = 0.0
+    for k in range(GROWTH_CHANGES):
+        for what in ("leave", "join"):
+            before = Counters.snapshot(net)
+            if what == "leave":
+                index = _leaver(net)
+                leave(net, index)
+            else:
+                index = net.add_node(targets=_random_targets(net, GROWTH_JOIN_TARGETS),
+                                     discovery=False).index
+            _settle_without_storm(net, f"change {2 * k + (what == 'join') + 1} ({what})",
+                                  seed, limit=120)
+            others = [node.index for node in net.live() if node.index != index]
+            delta = Counters.snapshot(net).since(before, others)
+            sent_bytes += sum(delta.gossip_bytes) / len(others)
+            sent_msgs += sum(delta.gossip_msgs) / len(others)
+    check_routes(net, sample=10)
+    changes = 2 * GROWTH_CHANGES
+    return GrowthFigures(n, taken, diameter, sum(degs) / len(degs), max(degs), converge_bytes,
+                         sent_bytes / changes, sent_msgs / changes, time.perf_counter() - wall)
+
+
+@pytest.mark.parametrize("sizes", [
+    pytest.param((50, 200), id="50-200"),
+    pytest.param((50, 100, 250, 500, 1000), id="50-1000",
+                 marks=[pytest.mark.slow, pytest.mark.timeout(1800)]),
+])
+def test_per_peer_gossip_grows_slower_than_the_peer_count(sizes: tuple[int, ...]) -> None:
+    seed = 8
+    figures = [_growth_figures(n, seed) for n in sizes]
+    base = figures[0]
+    print(f"\nrng seed {seed}; each peer joins through {GROWTH_JOIN_TARGETS} random earlier "
+          f"peers, discovery off; {GROWTH_CHANGES} leaves + {GROWTH_CHANGES} joins per size")
+    print(f"{'N':>5} {'N/N0':>5} {'converged':>9} {'diam':>4} {'degree':>10} "
+          f"{'converge B/peer':>15} {'/N':>5} {'change B/peer':>13} {'x N0':>5} "
+          f"{'msgs/peer':>9} {'wall':>6}")
+    for f in figures:
+        print(f"{f.peers:5d} {f.peers / base.peers:5.1f} {f.convergence:8.3f}s {f.diameter:4d} "
+              f"{f.mean_degree:5.2f}/{f.max_degree:<4d} {f.converge_bytes:15.0f} "
+              f"{f.converge_bytes / f.peers:5.0f} {f.change_bytes:13.0f} "
+              f"{f.change_bytes / base.change_bytes:5.2f} {f.change_msgs:9.2f} {f.wall:5.1f}s")
+    for f in figures[1:]:
+        ratio = f.peers / base.peers
+        grew = f.change_bytes / base.change_bytes
+        assert grew <= math.sqrt(ratio), (
+            f"seed {seed}: per-peer gossip bytes per change grew {grew:.2f}x from "
+            f"{base.peers} to {f.peers} peers ({ratio:.0f}x); allowed sqrt = {math.sqrt(ratio):.2f}x")
+        per_peer = (f.converge_bytes / f.peers) / (base.converge_bytes / base.peers)
+        assert per_peer <= 2.0, (
+            f"seed {seed}: gossip to converge, per peer and per peer known, grew {per_peer:.2f}x "
+            f"from {base.peers} to {f.peers} peers: more than linear in N")
