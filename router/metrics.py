@@ -143,6 +143,12 @@ class TrafficTotals:
         self._seen.pop(conn_id, None)
         self._closed[conn_id] = link
 
+    def forget_gone(self, links: Mapping[int, CountedLink]) -> None:
+        """Drop the closed links that ``links`` (the data plane's) no longer holds. A scrape
+        does it too, but without scrapes ``_closed`` would keep every link that ever
+        closed alive, with its sleeve sessions and keys: memory growing with churn."""
+        self._closed = {c: link for c, link in self._closed.items() if links.get(c) is link}
+
     def totals(self, links: Mapping[int, CountedLink]) -> dict[str, int]:
         current: dict[int, tuple[CountedLink, dict[str, int]]] = {}
         for conn_id, link in links.items():
@@ -153,7 +159,7 @@ class TrafficTotals:
             if now is None or now[0] is not link:
                 self._retired.update(last)
         self._seen = current
-        self._closed = {c: link for c, link in self._closed.items() if links.get(c) is link}
+        self.forget_gone(links)
         total = Counter(self._retired)
         for _, counts in current.values():
             total.update(counts)
@@ -182,7 +188,9 @@ class RouterMetrics:
         """An established connection ended (the daemon calls this before the data plane
         forgets the connection's link)."""
         self.terminations[_reason_key(reason)] += 1
-        self.traffic.link_closed(conn_id, self.router.dataplane.links.get(conn_id))
+        links = self.router.dataplane.links
+        self.traffic.forget_gone(links)
+        self.traffic.link_closed(conn_id, links.get(conn_id))
 
     def snapshot(self) -> Snapshot:
         stats = self.router.mesh.stats

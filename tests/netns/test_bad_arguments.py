@@ -31,6 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from weftnet.router.api import MAX_BODY
 from weftnet.router.testbed import Testbed
 
 from .weftctl import launch, report, router_pid
@@ -39,7 +40,6 @@ RANGE = "10.40.0.0/16"
 TARGET = "127.0.0.2:9"       # inside h1: refused at once, stays a target (retrying)
 EXPOSED = "10.40.250.1/16"
 LONG = "x" * 100_000         # under the kernel's 128 KiB limit for one argument
-MAX_BODY = 1024 * 1024       # router/api.py
 Case = tuple[tuple[str, ...], dict[str, str]]   # (argv after `weft`, environment over h1's)
 
 
