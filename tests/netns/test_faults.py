@@ -20,9 +20,7 @@ them), never asserted: every wait is a bounded liveness check.
 from __future__ import annotations
 
 import ipaddress
-import os
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +32,7 @@ import pytest
 
 from weftnet.router.testbed import Testbed
 
-from .weftctl import PASSWORD, established, report, wait_for
+from .weftctl import PASSWORD, established, kill9, report, wait_for
 
 HOSTS = ("h1", "h2", "h3")
 RANGE = ipaddress.IPv4Network("10.32.0.0/12")
@@ -131,24 +129,6 @@ def ipam_settled(tb: Testbed, hosts: tuple[str, ...]) -> bool:
 
 def peer_nicknames(tb: Testbed, host: str) -> list[str]:
     return sorted(p["nickname"] for p in report(tb, host)["router"]["peers"])
-
-
-def router_pid(tb: Testbed, host: str) -> int:
-    return int((tb.data_dir(host) / "weft.pid").read_text())
-
-
-def kill9(tb: Testbed, host: str) -> None:
-    """SIGKILL ``host``'s router and wait until it is gone (its lock with it)."""
-    pid = router_pid(tb, host)
-    os.kill(pid, signal.SIGKILL)
-
-    def gone() -> bool:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-        except OSError:
-            return True
-    wait_for(f"{host}'s router (pid {pid}) to die", gone, timeout=10)
 
 
 def log_of(tb: Testbed, host: str) -> str:
