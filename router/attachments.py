@@ -98,6 +98,7 @@ class DetachResult:
     removed: list[str]               # CIDRs taken off the container
     gone: bool                       # the container is no longer attached at all
     ips: list[str] = field(default_factory=list)   # addresses it no longer has
+    mac: str | None = None           # the MAC of its interface, when that is gone
 
 
 def named_netns(ref: netdev.NetnsRef) -> str | None:
@@ -323,7 +324,7 @@ class Attachments:
                 # the namespace is gone: forget what we recorded about it
                 if container in records:
                     rec = self._forget(records, container)
-                    return DetachResult(container, [], True, rec.ips)
+                    return DetachResult(container, [], True, rec.ips, rec.mac)
                 if missing_ok:
                     return DetachResult(container.strip(), [], True)
                 raise
@@ -350,7 +351,8 @@ class Attachments:
                     else:
                         self._forget(records, key)
             result = DetachResult(key, [str(c) for c in removed], gone,
-                                  sorted(ips, key=ipaddress.IPv4Address))
+                                  sorted(ips, key=ipaddress.IPv4Address),
+                                  held.mac if gone and held is not None else None)
             log.info("detached %s: %s", key, " ".join(result.removed) or "nothing")
             return result
 

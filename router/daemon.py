@@ -350,6 +350,8 @@ class Router:
             if freed is not None:
                 return freed
             raise LocalProtocolError(str(exc)) from None
+        if result.mac is not None:  # its claim on the virtual Ethernet ends now, not at expiry
+            self.dataplane.forwarder.forget_mac(int(result.mac.replace(":", ""), 16))
         if self.dns is not None:
             if result.gone:
                 self.dns.unregister(result.container, time.time())
