@@ -271,8 +271,17 @@ class DnsServer:
     # --- answering -------------------------------------------------------------------------
 
     def _count(self, result: str) -> None:
-        """One query more with this result (``QUERY_RESULTS``)."""
+        """One query more with this result (``QUERY_RESULTS``), and in its total: forwarded,
+        servfail, dropped, or else answered (by us, whatever the rcode)."""
         self.stats.results[result] = self.stats.results.get(result, 0) + 1
+        if result == "forwarded":
+            self.stats.forwarded += 1
+        elif result == "servfail":
+            self.stats.servfail += 1
+        elif result == "dropped":
+            self.stats.dropped += 1
+        else:
+            self.stats.answered += 1
 
     def _answer(self, query: bytes, max_udp: int | None) -> bytes | None:
         return answer(query, store=self.store_getter(), domain=self.domain, ttl=self.ttl,
@@ -282,7 +291,6 @@ class DnsServer:
                        deliver: Callable[[bytes], Awaitable[None]]) -> bytes | None:
         """Start forwarding ``query``; returns an immediate SERVFAIL when too busy."""
         if self._forwarding >= MAX_FORWARDS:
-            self.stats.servfail += 1
             self._count("servfail")
             return error_reply(parse_query(query), SERVFAIL, self.max_udp)
         self._forwarding += 1
@@ -317,14 +325,11 @@ class DnsServer:
                 self.stats.upstream_failures += 1
                 fallback = reply
             else:
-                self.stats.forwarded += 1
                 self._count("forwarded")
                 return reply
         if fallback is not None:
-            self.stats.forwarded += 1
             self._count("forwarded")
             return fallback
-        self.stats.servfail += 1
         self._count("servfail")
         return error_reply(parse_query(query), SERVFAIL, self.max_udp)
 
@@ -376,7 +381,6 @@ class DnsServer:
         try:
             reply = self._answer(query, self.max_udp)
         except RemoteProtocolError:
-            self.stats.dropped += 1
             self._count("dropped")
             return
         if reply is None:
@@ -388,7 +392,6 @@ class DnsServer:
             if reply is None:
                 return
         else:
-            self.stats.answered += 1
             self._count(local_result(reply))
         self._udp_send(sock, reply, client)
 
@@ -433,7 +436,6 @@ class DnsServer:
                         while (query := decoder.next_message()) is not None:
                             await self._on_tcp_query(query, nursery, send)
                     except RemoteProtocolError:
-                        self.stats.dropped += 1
                         self._count("dropped")
                         break
         finally:
@@ -445,7 +447,6 @@ class DnsServer:
         try:
             reply = self._answer(query, None)
         except RemoteProtocolError:
-            self.stats.dropped += 1
             self._count("dropped")
             return
         if reply is None:
@@ -453,7 +454,6 @@ class DnsServer:
             if reply is None:
                 return
         else:
-            self.stats.answered += 1
             self._count(local_result(reply))
         await send(reply)
 

@@ -76,7 +76,7 @@ from .release import RELEASE_GRACE, Releases, check_grace
 from .ring import NO_RING, Ring, RingUpdate, digest_of_update
 from .serve import serve_claim, serve_space
 from .space import Space
-from .status import describe_status, ring_text, why_waiting
+from .status import describe_status, why_waiting
 
 DEFAULT_TIMEOUT = 30.0    # an operation's deadline
 REQUEST_TIMEOUT = 3.0     # a peer that has not answered a request by then is skipped
@@ -390,10 +390,8 @@ class Allocator:
         except RemoteProtocolError:
             self.stats["bad_unicast"] += 1
             return
-        if isinstance(msg, RequestSpace):
-            serve_space(self, src, msg)
-        elif isinstance(msg, RequestClaim):
-            serve_claim(self, src, msg)
+        if isinstance(msg, RequestSpace | RequestClaim):
+            self._answer(src, msg)
         elif isinstance(msg, Released):
             self.merges.drop_duplicate(msg.addr, src)
             orphan = self._orphans.get(msg.addr)
@@ -464,6 +462,20 @@ class Allocator:
     def owned_ranges(self) -> list[tuple[int, int]]:
         return self.ring.owned(self.name)
 
+    def owned_within(self, lo: int, hi: int, now: float) -> tuple[list[tuple[int, int]],
+                                                                  list[tuple[int, int]]]:
+        """Our ranges clipped to ``[lo, hi)``, carved around merge holds: (the parts we may
+        hand out or donate, the parts on hold while a ring that met ours re-claims)."""
+        held = self.merges.held(now)
+        usable: list[tuple[int, int]] = []
+        on_hold: list[tuple[int, int]] = []
+        for r_lo, r_hi in self.owned_ranges():
+            a, b = max(lo, r_lo), min(hi, r_hi)
+            if a < b:
+                usable += carve(a, b, held)
+                on_hold += within(a, b, held)
+        return usable, on_hold
+
     def pending(self) -> int:
         return len(self._ops)
 
@@ -524,15 +536,22 @@ class Allocator:
         self._propose_at = None
         return delta
 
-    def _ring_text(self) -> str:
-        return ring_text(self, self.ring.ring_id, self.ring.seed_names, self.ring.owners())
-
     def _add_news(self, update: RingUpdate, claims: tuple[Claim, ...] = ()) -> None:
         g = IpamGossip(update, claims)
         self._news = g if self._news is None else self._news.merge(g)
 
     def _send(self, dst: PeerName, msg: Any) -> None:
         self._out.append((dst, encode_unicast(msg)))
+
+    def _answer(self, src: PeerName, msg: RequestSpace | RequestClaim) -> None:
+        """Serve ``src``'s request (``serve.py``). The last answer to each peer is kept: a
+        repeated request gets the same answer again, not a second grant."""
+        done = self._served.get(src)
+        if done is None or done[0] != msg.req:
+            reply = (serve_space(self, src, msg) if isinstance(msg, RequestSpace)
+                     else serve_claim(self, src, msg))
+            done = self._served[src] = (msg.req, encode_unicast(reply))
+        self._out.append((src, done[1]))
 
     def _flush_free(self) -> None:
         if not self._touched or not self.ring.seeded_yet:
@@ -606,21 +625,15 @@ class Allocator:
             if lo <= a < hi and self.prefix.get(a) == op.net.prefixlen:
                 self._finish(op, IPv4Interface((a, op.net.prefixlen)), None)
                 return
-        held = self.merges.held(now)
-        waiting = False
-        for r_lo, r_hi in self.ring.owned(self.name):
-            a, b = max(lo, r_lo), min(hi, r_hi)
-            if a >= b:
-                continue
-            for p, q in carve(a, b, held) if held else ((a, b),):
-                found = self.space.lowest_free(p, q, skip)
-                if found is not None:
-                    self._take(found, op.ident, op.net.prefixlen)
-                    self._finish(op, IPv4Interface((found, op.net.prefixlen)), None)
-                    return
-            waiting = waiting or any(self.space.lowest_free(p, q, skip) is not None
-                                     for p, q in within(a, b, held))
-        if not waiting:  # else wait for the hold to end (a timer): it is our space after all
+        usable, on_hold = self.owned_within(lo, hi, now)
+        for p, q in usable:
+            found = self.space.lowest_free(p, q, skip)
+            if found is not None:
+                self._take(found, op.ident, op.net.prefixlen)
+                self._finish(op, IPv4Interface((found, op.net.prefixlen)), None)
+                return
+        # free space on hold is ours after all: wait for the hold to end (a timer), ask nobody
+        if not any(self.space.lowest_free(p, q, skip) is not None for p, q in on_hold):
             self._ask_for_space(op, lo, hi, now)
 
     def _take(self, addr: int, ident: str, prefixlen: int) -> None:

@@ -25,13 +25,13 @@ if TYPE_CHECKING:
 DUPLICATE_FIX = "detach one of them (the other keeps the address)"
 
 
-def _cidr(a: Allocator, lo: int, hi: int) -> str:
+def _cidr(lo: int, hi: int) -> str:
     nets = list(summarize_address_range(IPv4Address(lo), IPv4Address(hi - 1)))
     return str(nets[0]) if len(nets) == 1 else f"{IPv4Address(lo)}-{IPv4Address(hi - 1)}"
 
 
-def _ranges(a: Allocator, ranges: list[tuple[int, int]], limit: int = 4) -> str:
-    text = ", ".join(_cidr(a, lo, hi) for lo, hi in ranges[:limit])
+def _ranges(ranges: list[tuple[int, int]], limit: int = 4) -> str:
+    text = ", ".join(_cidr(lo, hi) for lo, hi in ranges[:limit])
     return text + (f" and {len(ranges) - limit} more" if len(ranges) > limit else "")
 
 
@@ -53,6 +53,10 @@ def ring_text(a: Allocator, ring_id: RingId, seed_names: tuple[PeerName, ...],
     return f"seeded among {count} peer{'s' if count > 1 else ''} [{tag:016x}]: {who}"
 
 
+def _our_ring(a: Allocator) -> str:
+    return ring_text(a, a.ring.ring_id, a.ring.seed_names, a.ring.owners())
+
+
 def _be(n: int) -> str:
     return "is" if n == 1 else "are"
 
@@ -65,7 +69,7 @@ def describe_meeting(a: Allocator, m: Meeting, now: float) -> dict[str, Any]:
     """One ring meeting, for ``status()["merges"]``: what happened and how far it got."""
     theirs = ring_text(a, m.ring_id, m.seed_names, m.owners(), owned="owned by")
     if m.winner == a.ring.ring_id:
-        winner = a._ring_text()
+        winner = _our_ring(a)
     else:
         winner = ring_text(a, m.winner, (), (), owned="")
     ago = f"{max(0.0, now - m.first_seen):.0f}s ago"
@@ -98,7 +102,7 @@ def describe_meeting(a: Allocator, m: Meeting, now: float) -> dict[str, Any]:
                      "(duplicates: see problems)")
     held = m.busy() if left > 0 else []
     if held:
-        text += (f"; allocations in {_ranges(a, held)} wait up to {left:.0f}s more, until "
+        text += (f"; allocations in {_ranges(held)} wait up to {left:.0f}s more, until "
                  "that ring's peers have re-claimed their addresses")
     return {"ring": theirs, "winner": winner, "ours_lost": m.ours_lost,
             "owners": [a.describe(n) for n in m.owners()], "in_use": m.in_use(),
@@ -157,11 +161,10 @@ def why_waiting(a: Allocator, op: _Op | None) -> str:
         return f"{ip} is owned by {a.describe(e.owner)}, asked for it: {reason}"
     lo = int(op.net.network_address)
     hi = lo + op.net.num_addresses
-    held = within(lo, hi, a.merges.held(a.now))
-    if held and any(a.space.lowest_free(p, q) is not None
-                    for r_lo, r_hi in a.ring.owned(a.name)
-                    for p, q in within(max(lo, r_lo), min(hi, r_hi), held)):
-        return (f"a ring that met ours had addresses in use in {_ranges(a, held)}: allocation "
+    on_hold = a.owned_within(lo, hi, a.now)[1]
+    if any(a.space.lowest_free(p, q) is not None for p, q in on_hold):
+        held = within(lo, hi, a.merges.held(a.now))
+        return (f"a ring that met ours had addresses in use in {_ranges(held)}: allocation "
                 "there waits until its peers have re-claimed them (a few seconds)")
     parts = [f"no free address in {op.net}"]
     if op.asked:
@@ -197,11 +200,11 @@ def describe_status(a: Allocator, now: float | None = None) -> dict[str, Any]:
             problems.append(f"{who} is unreachable and owns {owners[peer]} addresses; if it is gone "
                             f"for good, run `weft rmpeer {who}` on one live peer")
     for (lo, hi), n in sorted(a.foreign_ranges.items()):
-        problems.append(f"ignored {n} ring update(s) for range {_cidr(a, lo, hi)}: this peer uses "
+        problems.append(f"ignored {n} ring update(s) for range {_cidr(lo, hi)}: this peer uses "
                         f"{a.universe}; every peer must be launched with the same --ipalloc-range")
     for ea, eb in a.ring.overlaps():
         problems.append(f"ring inconsistency: {a.describe(ea.owner)} and {a.describe(eb.owner)} both "
-                        f"claim {_cidr(a, eb.token, min(ea.end, eb.end))} (after an rmpeer of a live "
+                        f"claim {_cidr(eb.token, min(ea.end, eb.end))} (after an rmpeer of a live "
                         "peer, or lost state)")
     met = [m for m in a.merges.records() if m.ours_lost]
     for addr, (ident, conflict) in sorted(a.orphans().items()):
@@ -229,7 +232,7 @@ def describe_status(a: Allocator, now: float | None = None) -> dict[str, Any]:
         "default_subnet": str(a.default_subnet),
         "status": text,
         "init": init_text(a),
-        "ring": a._ring_text(),
+        "ring": _our_ring(a),
         "allocated": len(a.space),
         "pending": a.pending(),
         "releasing": [{"container": ident, "addresses": [str(i) for i in ifaces],

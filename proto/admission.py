@@ -15,8 +15,9 @@ One flooding address thus holds at most ``MAX_PENDING_PER_SOURCE`` handshake slo
 many addresses together at most ``MAX_PENDING``, below ``conn_limit``: a legitimate peer
 from another address still gets in. The bucket table is bounded (``MAX_SOURCES``; the
 least recently seen source goes first), so spoofed variety cannot grow memory.
-Refusals are counted by reason; ``take_log(now)`` hands out a summary at most once per
-``LOG_INTERVAL`` so a flood cannot flood the log too. Time comes in as ``now``.
+The caller counts refusals by the reason returned (the mesh's stats); ``take_log(now)``
+hands out a summary at most once per ``LOG_INTERVAL`` so a flood cannot flood the log
+too. Time comes in as ``now``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ class AcceptLimiter:
     max_pending: int = MAX_PENDING
     max_sources: int = MAX_SOURCES
     log_interval: float = LOG_INTERVAL
-    refused: dict[str, int] = field(default_factory=dict)   # by reason, since start
     _buckets: OrderedDict[str, _Bucket] = field(default_factory=OrderedDict)
     _unlogged: dict[str, int] = field(default_factory=dict)
     _last_source: str = ""
@@ -78,7 +78,6 @@ class AcceptLimiter:
         if reason is None:
             bucket.tokens -= 1.0
             return None
-        self.refused[reason] = self.refused.get(reason, 0) + 1
         self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
         self._last_source = source
         return reason

@@ -9,7 +9,14 @@ import pytest
 
 from tests.sim.ipam_scale import IpamNet
 from weftnet.ipam.allocator import Allocator
-from weftnet.ipam.codec import IpamGossip
+from weftnet.ipam.codec import (
+    Donation,
+    IpamGossip,
+    RequestClaim,
+    RequestSpace,
+    decode_unicast,
+    encode_unicast,
+)
 from weftnet.ipam.gossip import IpamGossiper
 from weftnet.ipam.mode import ConsensusInit, ObserverInit, SeedInit
 from weftnet.ipam.persist import StateError, decode_state, encode_state
@@ -261,6 +268,22 @@ def test_gossip_for_another_range_is_reported_not_merged() -> None:
     assert gossiper.on_gossip(IpamGossip(other.snapshot())) is None
     assert any("every peer must be launched with the same --ipalloc-range" in p
                for p in alloc.status()["problems"])
+
+
+def test_a_repeated_request_gets_the_same_answer_not_a_second_grant() -> None:
+    alloc = Allocator(NAME, "h", IPv4Network("10.32.0.0/12"), None, SeedInit((NAME,)), 0.0,
+                      random.Random(1))
+    asker = NAME + 1
+    alloc.peers_changed({asker: "h2"}, 0.0)
+    answers = []
+    for msg in (RequestSpace(7, alloc.start, alloc.end), RequestSpace(7, alloc.start, alloc.end),
+                RequestClaim(8, alloc.start + 5, "c"), RequestClaim(8, alloc.start + 5, "c")):
+        alloc.on_unicast(asker, encode_unicast(msg), 1.0)
+        answers.append(alloc.messages_to_send())
+    assert answers[0] == answers[1] and answers[2] == answers[3]
+    assert isinstance(decode_unicast(answers[0][0][1]), Donation)
+    assert isinstance(decode_unicast(answers[2][0][1]), Donation)
+    assert alloc.stats["donations_given"] == 1 and alloc.stats["claims_granted"] == 1
 
 
 def test_gossiper_digest_matches_full_gossip() -> None:
