@@ -16,12 +16,16 @@ code; an ADD result lists interfaces and ips as the spec says.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import json
+from collections.abc import Collection
 from typing import Any
 
+from weftnet.proto.errors import LocalProtocolError
 from weftnet.router import cni
 from weftnet.router import cnispec as spec
+from weftnet.router.cli import NotRunning
 from weftnet.router.cnispec import CniError
 
 NETNS = "/var/run/netns/pod1"
@@ -39,19 +43,29 @@ CODES = {spec.ERR_INCOMPATIBLE_VERSION, spec.ERR_UNSUPPORTED_FIELD, spec.ERR_UNK
 
 
 class FakeRouter:
-    """The router's API, up, agreeing to everything it is asked (the decoding is under
-    test, not the router): attach gives the address asked for, or one of the subnet."""
+    """The router's API as the plugin sees it, agreeing to everything it is asked (attach
+    gives the address asked for, or one of the subnet), every call recorded. ``up=False``:
+    nothing answers; ``refuse``: attach fails with that reason. tests/unit/test_cni.py
+    drives the plugin against it too."""
 
-    where = "127.0.0.1:6784"
-
-    def __init__(self) -> None:
+    def __init__(self, *, up: bool = True, report: dict[str, Any] | None = None) -> None:
+        self.where = "127.0.0.1:6784"
+        self.up = up
+        self.report = copy.deepcopy(REPORT if report is None else report)
+        self.calls: list[tuple[str, str, Any]] = []
         self.attached: dict[str, dict[str, Any]] = {}
+        self.refuse: str | None = None
 
     def call(self, method: str, path: str, body: Any = None, *, timeout: float = 30.0) -> Any:
+        self.calls.append((method, path, body))
+        if not self.up:
+            raise NotRunning(f"no router is running (nothing answers on {self.where})")
+        if self.refuse is not None and path == "/attach":
+            raise LocalProtocolError(self.refuse)
         if path == "/version":
             return {"version": "0.1.0"}
         if path == "/report":
-            return REPORT
+            return self.report
         if path == "/attach":
             assert isinstance(body, dict) and isinstance(body["container"], str)
             specs = body["addresses"] or ["net:default"]
@@ -60,7 +74,8 @@ class FakeRouter:
             for cidr in cidrs:
                 ipaddress.IPv4Interface(cidr)  # the plugin hands over only IP/LEN or net:
             self.attached[body["container"]] = {"container": body["container"], "mac": MAC,
-                                                "cidrs": cidrs, "ifname": body["ifname"]}
+                                                "cidrs": cidrs,
+                                                "ifname": body.get("ifname", "ethwe")}
             return {"cidrs": cidrs}
         if path == "/ps":
             return {"containers": list(self.attached.values())}
@@ -72,22 +87,31 @@ class FakeRouter:
             return {"added": 1}
         raise AssertionError(f"unexpected call {method} {path}")
 
+    def paths(self) -> list[str]:
+        return [p for _, p, _ in self.calls]
+
 
 class FakeHost:
-    """Every namespace path exists except those naming "gone"; the bridge has an address
-    (so ADD works out gateways and routes); the container's interface is up."""
+    """Namespace paths exist (those in ``namespaces``; by default all but those naming
+    "gone"); the bridge has ``bridge`` addresses (with one in the subnet, ADD works out
+    gateways and routes); the container's interface is ``iface``, up."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, namespaces: Collection[str] | None = None,
+                 bridge: tuple[str, ...] = ()) -> None:
+        self.namespaces = namespaces
+        self.bridge = [ipaddress.IPv4Interface(b) for b in bridge]
         self.table: list[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address | None]] = []
+        self.iface: cni.Interface | None = cni.Interface(
+            "eth0", MAC, True, (ipaddress.IPv4Interface("10.32.0.5/12"),))
 
     def netns_exists(self, path: str) -> bool:
-        return "gone" not in path
+        return "gone" not in path if self.namespaces is None else path in self.namespaces
 
     def bridge_addresses(self) -> list[ipaddress.IPv4Interface]:
-        return [ipaddress.IPv4Interface("10.32.0.1/12")]
+        return list(self.bridge)
 
     def interface(self, netns: str, ifname: str) -> cni.Interface | None:
-        return cni.Interface(ifname, MAC, True, (ipaddress.IPv4Interface("10.32.0.5/12"),))
+        return self.iface if self.iface is not None and self.iface.name == ifname else None
 
     def routes(self, netns: str) -> list[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address | None]]:
         return list(self.table)
@@ -191,7 +215,7 @@ def test_one_input(data: bytes) -> None:
     for argv, env, stdin in _split(data):
         _decoders(env, stdin)
         status, out = cni.run(argv, env, stdin, make_client=lambda _addr: FakeRouter(),
-                              host=FakeHost())
+                              host=FakeHost(bridge=("10.32.0.1/12",)))
         _check_run(env, status, out)
 
 

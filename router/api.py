@@ -6,7 +6,7 @@ The CLI is a thin client of this API; every command maps to one call. The app kn
 nothing of the router's insides: it talks to a ``RouterControl`` (a Protocol the daemon
 implements, and the tests fake). One request goes::
 
-    hypercorn ──scope──▶ ApiApp.__call__ ──▶ read body (≤ 1 MiB, else 413)
+    hypercorn ──scope──▶ ApiApp.__call__ ──▶ read body (≤ MAX_BODY, 64 KiB, else 413)
         ──▶ ROUTES[(method, path)]  (unknown path 404, wrong method 405)
         ──▶ handler(control, Request) -> Response
         ──▶ JSON out; LocalProtocolError / ApiError -> 4xx {"error": reason};
@@ -44,6 +44,9 @@ import trio
 
 import weftnet
 from weftnet.proto.errors import LocalProtocolError
+
+from .cli import one_line
+from .cnispec import ifname_ok
 
 if TYPE_CHECKING:
     from hypercorn.typing import (
@@ -160,17 +163,9 @@ def json_response(data: Any, status: int = 200) -> Response:
     return Response(status, json.dumps(data).encode() + b"\n")
 
 
-def one_line(message: str, max_word: int = 120) -> str:
-    """One readable line: whitespace collapsed, and a word as long as a hostile value
-    (a 100 KB container name echoed in "no network namespace '...'") cut short."""
-    words = (w if len(w) <= max_word else f"{w[:60]}...({len(w)} characters)"
-             for w in message.split())
-    return " ".join(words) or "error"
-
-
 def error_response(status: int, message: str, headers: Iterable[tuple[str, str]] = ()) -> Response:
     # One line: the CLI prints it as `weft: <message>`.
-    line = one_line(message)
+    line = one_line(message) or "error"
     return Response(status, json.dumps({"error": line}).encode() + b"\n", headers=list(headers))
 
 
@@ -284,9 +279,9 @@ async def _attach(control: RouterControl, request: Request) -> Response:
     addresses = field_str_list(body, "addresses", required=False)
     name, without_dns = field_str(body, "name", required=False), field_bool(body, "without_dns")
     ifname = field_ifname(body)
-    if ifname is None:
+    if ifname is None:   # the control's default interface (ethwe)
         cidrs = await control.attach(container, addresses, name, without_dns)
-    else:  # CNI ADD: the interface the runtime asked for (CNI_IFNAME) instead of ethwe
+    else:  # CNI ADD: the interface the runtime asked for (CNI_IFNAME)
         cidrs = await control.attach(container, addresses, name, without_dns, ifname)
     return json_response({"cidrs": cidrs})
 
@@ -296,20 +291,17 @@ async def _detach(control: RouterControl, request: Request) -> Response:
     body = request.json_object(fields=("container", "addresses", "ifname", "missing_ok"))
     container = field_str(body, "container")
     assert container is not None
-    addresses = field_str_list(body, "addresses", required=False)
-    ifname, missing_ok = field_ifname(body), field_bool(body, "missing_ok")
-    if ifname is None and not missing_ok:
-        removed = await control.detach(container, addresses)
-    else:  # CNI DEL: this interface only; a namespace already gone is detached already
-        removed = await control.detach(container, addresses, ifname, missing_ok)
+    # CNI DEL gives ifname (this interface only) and missing_ok (a namespace already gone
+    # is detached already)
+    removed = await control.detach(container, field_str_list(body, "addresses", required=False),
+                                   field_ifname(body), field_bool(body, "missing_ok"))
     return json_response({"removed": removed})
 
 
 def field_ifname(body: dict[str, Any]) -> str | None:
     """The optional container interface name (Linux: 1-15 characters, no '/' or spaces)."""
     ifname = field_str(body, "ifname", required=False)
-    if ifname is not None and (len(ifname) > 15 or ifname in (".", "..") or "/" in ifname
-                               or ":" in ifname or any(c.isspace() for c in ifname)):
+    if ifname is not None and not ifname_ok(ifname):
         raise ApiError(400, f"bad interface name {ifname[:40]!r} (1-15 characters, no '/', ':' "
                        "or spaces)")
     return ifname

@@ -272,10 +272,10 @@ class Attachments:
             ref = await trio.to_thread.run_sync(netdev.resolve_netns, container)
             refuse_host_namespace(ref)
             records = self._load()
-            held = records.get(ref.name)
-            if held is not None and held.ifname != ifname:  # one interface per container
+            old = records.get(ref.name)
+            if old is not None and old.ifname != ifname:  # one interface per container
                 raise LocalProtocolError(f"container {ref.name} is already attached as "
-                                         f"{held.ifname}, not {ifname}")
+                                         f"{old.ifname}, not {ifname}")
             for other in records.values():
                 if other.container == ref.name:
                     continue
@@ -283,7 +283,6 @@ class Attachments:
                     if any(ipaddress.IPv4Interface(c).ip == cidr.ip for c in other.cidrs):
                         raise LocalProtocolError(
                             f"{cidr.ip} is already attached to {other.container}")
-            old = records.get(ref.name)
             attached = await trio.to_thread.run_sync(
                 self._attach_sync, ref, cidrs, ifname, old.mac if old is not None else None)
             record = Record(ref.name, attached.mac, [str(c) for c in attached.cidrs],
@@ -304,8 +303,8 @@ class Attachments:
                      ifname: str = netdev.CONTAINER_IFNAME, mac: str | None = None) -> netdev.Attached:
         # The MAC (used only when the veth pair is created) is the one recorded for this
         # container, so an interface re-created after a restart keeps it; else a random
-        # one: one derived from the namespace's inode number repeats across hosts and
-        # over time (see stable_mac).
+        # one: one derived from the namespace's inode number would repeat across hosts
+        # and over time (the kernel reuses freed namespaces' inode numbers).
         return netdev.attach(ref, cidrs, mtu=self.mtu, mac=mac or netdev.random_mac(),
                              gso_max_size=GSO_MAX_SIZE, ifname=ifname)
 

@@ -156,20 +156,25 @@ class PingResult:
     rtts: tuple[float, ...] = ()
 
     @classmethod
-    def combine(cls, runs: Sequence[PingResult]) -> PingResult:
-        """One result for several runs (the rounds of an interleaved measurement)."""
-        rtts = tuple(r for run in runs for r in run.rtts)
-        if not rtts:
-            raise MeasurementFailed("ping: no round-trip times to combine")
+    def of(cls, sent: int, received: int, rtts: Sequence[float]) -> PingResult:
+        """The statistics of ``rtts`` (at least one)."""
         return cls(
-            sent=sum(run.sent for run in runs),
-            received=sum(run.received for run in runs),
+            sent=sent,
+            received=received,
             avg_ms=statistics.fmean(rtts),
             median_ms=statistics.median(rtts),
             min_ms=min(rtts),
             max_ms=max(rtts),
-            rtts=rtts,
+            rtts=tuple(rtts),
         )
+
+    @classmethod
+    def combine(cls, runs: Sequence[PingResult]) -> PingResult:
+        """One result for several runs (the rounds of an interleaved measurement)."""
+        rtts = [r for run in runs for r in run.rtts]
+        if not rtts:
+            raise MeasurementFailed("ping: no round-trip times to combine")
+        return cls.of(sum(run.sent for run in runs), sum(run.received for run in runs), rtts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,15 +411,7 @@ def parse_ping(text: str) -> PingResult:
             for m in [_RTT_RE.search(line)] if m]  # fmt: skip
     if received == 0 or not rtts:
         raise MeasurementFailed(f"ping: none of {sent} pings was answered")
-    return PingResult(
-        sent=sent,
-        received=received,
-        avg_ms=statistics.fmean(rtts),
-        median_ms=statistics.median(rtts),
-        min_ms=min(rtts),
-        max_ms=max(rtts),
-        rtts=tuple(rtts),
-    )
+    return PingResult.of(sent, received, rtts)
 
 
 def _first_line(text: str) -> str:
@@ -756,17 +753,29 @@ class _Runner:
                 if not stopped:
                     tb.kill_processes(host)
 
+    def _report(self, host: str, envs: dict[str, dict[str, str | None]]) -> Any:
+        """``weft report`` on ``host``, parsed (ValueError when it is not JSON)."""
+        try:
+            return json.loads(self.tb.weft(host, "report", env=envs[host], timeout=30).stdout)
+        except CommandFailed as exc:
+            # `launch` returned once the API answered: the router has died since.
+            last = _last_line(Path(str(envs[host]["WEFT_DATA_DIR"])) / "weft.log")
+            raise MeasurementFailed(f"{host}'s router stopped answering: {last or one_line(exc)}") from None
+
     def _wait_programmed(self, envs: dict[str, dict[str, str | None]]) -> None:
         """Wait until each host's VXLAN table holds the other container's MAC (with the
         peer's bridge MAC: two entries), so the measurement sees the fast path, not the
         first frames that took sleeve while the MACs were being announced."""
         deadline = time.monotonic() + self.opts.wait
         while True:
-            entries = {}
+            entries: dict[str, int | str] = {}
             for host in HOSTS:
-                report = json.loads(self.tb.weft(host, "report", env=envs[host], timeout=30).stdout)
-                entries[host] = report["router"]["dataplane"]["fastdp"]["forwarding_entries"]
-            if all(n >= 2 for n in entries.values()):
+                try:
+                    report = self._report(host, envs)
+                    entries[host] = int(report["router"]["dataplane"]["fastdp"]["forwarding_entries"])
+                except (ValueError, KeyError, TypeError) as exc:
+                    entries[host] = f"weft report: {one_line(exc)}"
+            if all(isinstance(n, int) and n >= 2 for n in entries.values()):
                 return
             if time.monotonic() > deadline:
                 raise MeasurementFailed(f"the containers' MACs did not reach the VXLAN tables "
@@ -784,14 +793,7 @@ class _Runner:
             lacking = []
             for host in HOSTS:
                 try:
-                    report = json.loads(self.tb.weft(host, "report", env=envs[host], timeout=30).stdout)
-                    conns = report["router"]["connections"]
-                except CommandFailed as exc:
-                    # `launch` returned once the API answered: the router has died since.
-                    last = _last_line(Path(str(envs[host]["WEFT_DATA_DIR"])) / "weft.log")
-                    raise MeasurementFailed(
-                        f"{host}'s router stopped answering: {last or one_line(exc)}"
-                    ) from None
+                    conns = self._report(host, envs)["router"]["connections"]
                 except (ValueError, KeyError, TypeError) as exc:
                     lacking.append(f"{host}: weft report: {one_line(exc)}")
                     continue
@@ -1027,8 +1029,6 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] in SUITES:
         return SUITES[argv[0]](argv[1:])
     return SUITES["data"](argv)
-
-
 
 
 if __name__ == "__main__":

@@ -647,11 +647,16 @@ def _run(argv: Sequence[str] | None) -> int:
     return handler(ns)
 
 
-def _fail(message: str, status: int) -> int:
-    # one readable line, even when it quotes a 100 KB argument back
-    line = " ".join(w if len(w) <= 120 else f"{w[:60]}...({len(w)} characters)"
+def one_line(message: str, max_word: int = 120) -> str:
+    """One readable line (the CLI's errors, and the API's it prints): whitespace collapsed,
+    and a word as long as a hostile value (a 100 KB container name echoed in "no network
+    namespace '...'") cut short."""
+    return " ".join(w if len(w) <= max_word else f"{w[:60]}...({len(w)} characters)"
                     for w in message.split())
-    print(f"{PROG}: {line}", file=sys.stderr)
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"{PROG}: {one_line(message)}", file=sys.stderr)
     return status
 
 

@@ -82,7 +82,6 @@ from .cnispec import (
     Json,
     address_specs,
     build_result,
-    check_ipam,
     check_prev_result,
     config_version,
     dns_names,
@@ -291,8 +290,7 @@ class Plugin:
         inv = self.inv
         require(inv, netns=True)
         unsupported_args(self.conf, inv.args)
-        check_ipam(self.conf)
-        ipam_routes(self.conf)       # refuse a bad config before attaching, not after
+        ipam_routes(self.conf)       # refuse a bad ipam config before attaching, not after
         check_prev_result(self.conf)
         names = dns_names(self.conf, inv.args)
         if not self.host.netns_exists(inv.netns):
@@ -323,8 +321,6 @@ class Plugin:
             self._call("POST", "/dns/add", {"addresses": [], "container": inv.netns, "name": alias})
         mac = self._recorded(inv.netns, inv.ifname)[0]
         gateways, routes = self._routes(cidrs)
-        if not dns:
-            dns = {}
         conf_dns = self.conf.get("dns")
         if isinstance(conf_dns, dict) and conf_dns:
             dns = conf_dns  # the administrator's word for this network

@@ -112,14 +112,16 @@ def require(inv: Invocation, *, netns: bool) -> None:
     if inv.netns and not inv.netns.startswith("/"):
         raise CniError(ERR_INVALID_ENV, f"CNI_NETNS {inv.netns[:80]!r} is not a path to a "
                        "network namespace")
-    check_ifname(inv.ifname, "CNI_IFNAME", ERR_INVALID_ENV)
+    if not ifname_ok(inv.ifname):
+        raise CniError(ERR_INVALID_ENV, f"CNI_IFNAME {inv.ifname[:40]!r}: not an interface name "
+                       "(1-15 characters, no '/', ':' or spaces)")
 
 
-def check_ifname(name: str, what: str, code: int) -> None:
-    if (not name or len(name) >= IFNAMSIZ or name in (".", "..") or "/" in name or ":" in name
-            or any(c.isspace() for c in name)):
-        raise CniError(code, f"{what} {name[:40]!r}: not an interface name (1-15 characters, "
-                       "no '/', ':' or spaces)")
+def ifname_ok(name: str) -> bool:
+    """A name Linux takes for a network interface (the kernel's ``dev_valid_name``); the
+    router's API checks ``ifname`` with it too."""
+    return (0 < len(name) < IFNAMSIZ and name not in (".", "..") and "/" not in name
+            and ":" not in name and not any(c.isspace() for c in name))
 
 
 def parse_netconf(raw: bytes) -> Json:
@@ -278,7 +280,8 @@ def unsupported_args(conf: Json, args: Mapping[str, str]) -> None:
 
 
 def dns_names(conf: Json, args: Mapping[str, str]) -> list[str]:
-    """The container's DNS names, the main one first (see the module docstring)."""
+    """The container's DNS names, the main one first (where each comes from: the
+    docstring of ``weftnet.router.cni``)."""
     runtime = _object(conf, "runtimeConfig")
     raw_args = conf.get("args")
     conf_args: Json = raw_args if isinstance(raw_args, dict) else {}

@@ -75,7 +75,7 @@ from weftnet.ipam.allocator import Allocator
 from weftnet.ipam.gossip import CHANNEL as IPAM_CHANNEL
 from weftnet.ipam.gossip import IpamGossiper
 from weftnet.ipam.persist import StateError, decode_state, encode_state
-from weftnet.ipam.release import RELEASE_GRACE, check_grace
+from weftnet.ipam.release import MAX_GRACE, RELEASE_GRACE, check_grace
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.proto.fastdp import CHANNEL as FASTDP_CHANNEL
 from weftnet.proto.fastdp import VXLAN_OVERHEAD
@@ -289,13 +289,11 @@ class Router:
         if dns is not None:
             search = self.dns_server.upstreams.get().search if self.dns_server else ()
             resolv_conf = container_resolv_conf(DNS_ADDRESS, dns.domain, search)
+        self._check_specs(specs)
         ipam = self.ipam
         fresh: list[IPv4Interface] = []  # what IPAM gave for this call only: undone on failure
         ident = ""
         if ipam is None:
-            if not all(isinstance(spec, IPv4Interface) for spec in specs):
-                raise LocalProtocolError("allocating an address needs IPAM, which is off (the "
-                                         "router was launched with --ipalloc-range ''); give IP/LEN")
             cidrs = [str(spec) for spec in specs]
         else:
             try:
@@ -303,18 +301,8 @@ class Router:
             except netdev.NetdevError as exc:
                 raise LocalProtocolError(str(exc)) from None
             ident = ref.name  # the attachment record's key
-            held = set(ipam.lookup(ident))
-            got: list[IPv4Interface] = []
-            try:
-                for spec in specs:
-                    iface = await self._ipam_get(ipam, ident, spec)
-                    got.append(iface)
-                    if iface not in held and iface.ip in ipam.universe:
-                        fresh.append(iface)
-            except BaseException:
-                self._ipam_release(ident, fresh)
-                raise
-            cidrs = [str(g) for g in dict.fromkeys(got)]
+            got, fresh = await self._ipam_get_all(ipam, ident, specs)
+            cidrs = [str(g) for g in got]
         try:
             result = await self.attachments.attach(container, cidrs, resolv_conf=resolv_conf,
                                                    ifname=ifname)
@@ -407,6 +395,31 @@ class Router:
             raise LocalProtocolError("IPAM is disabled (the router was launched with "
                                      "--ipalloc-range '')")
         return self.ipam
+
+    def _check_specs(self, specs: list[AddressSpec]) -> None:
+        """Without IPAM nothing can be allocated: every ADDR must be IP/LEN."""
+        if self.ipam is None and not all(isinstance(spec, IPv4Interface) for spec in specs):
+            raise LocalProtocolError("allocating an address needs IPAM, which is off (the "
+                                     "router was launched with --ipalloc-range ''); give IP/LEN")
+
+    async def _ipam_get_all(self, ipam: Allocator, ident: str, specs: list[AddressSpec]
+                            ) -> tuple[list[IPv4Interface], list[IPv4Interface]]:
+        """One address per spec for ``ident`` (repeats dropped), and those of them this call
+        took afresh, for the caller to ``_ipam_release`` if what follows fails. When one
+        cannot be had, those taken afresh are freed again before the error goes up."""
+        held = set(ipam.lookup(ident))
+        got: list[IPv4Interface] = []
+        fresh: list[IPv4Interface] = []
+        try:
+            for spec in specs:
+                iface = await self._ipam_get(ipam, ident, spec)
+                got.append(iface)
+                if iface not in held and iface.ip in ipam.universe:
+                    fresh.append(iface)
+        except BaseException:
+            self._ipam_release(ident, fresh)
+            raise
+        return list(dict.fromkeys(got)), fresh
 
     async def _ipam_get(self, ipam: Allocator, ident: str, spec: AddressSpec) -> IPv4Interface:
         """Allocate (``net:``) or claim (``IP/LEN``) one address; a one-line error otherwise."""
@@ -521,8 +534,7 @@ class Router:
     def _ipam_free_released(self, container: str) -> list[str] | None:
         """``weft detach`` of a container whose namespace is gone and whose addresses wait
         out their grace period: free them now (None: no such container)."""
-        spec = container.strip()
-        ident = f"pid:{int(spec)}" if spec.isdigit() else spec
+        ident = netdev.netns_name(container)
         if self.ipam is None or ident not in self.ipam.releases:
             return None
         freed = [str(iface) for iface in self.ipam.lookup(ident)]
@@ -589,10 +601,7 @@ class Router:
         record for them. Idempotent: the same ADDR gives the same address."""
         specs = parse_address_specs(addresses)
         hostname = None if name is None else self._need_dns().qualify(name)
-        ipam = self.ipam
-        if ipam is None and not all(isinstance(spec, IPv4Interface) for spec in specs):
-            raise LocalProtocolError("allocating an address needs IPAM, which is off (the "
-                                     "router was launched with --ipalloc-range ''); give IP/LEN")
+        self._check_specs(specs)
         given = [spec for spec in specs if isinstance(spec, IPv4Interface)]
         for rec in self.attachments.records().values():
             for iface in given:
@@ -600,20 +609,10 @@ class Router:
                     raise LocalProtocolError(f"{iface.ip} is already attached to {rec.container}")
         async with self.exposer.lock:
             self.exposer.check(given)
-            got: list[IPv4Interface] = list(given)
+            got: list[IPv4Interface] = list(dict.fromkeys(given))
             fresh: list[IPv4Interface] = []   # what IPAM gave for this call only: undone on failure
-            if ipam is not None:
-                got, held = [], set(ipam.lookup(EXPOSE_IDENT))
-                try:
-                    for spec in specs:
-                        iface = await self._ipam_get(ipam, EXPOSE_IDENT, spec)
-                        got.append(iface)
-                        if iface not in held and iface.ip in ipam.universe:
-                            fresh.append(iface)
-                except BaseException:
-                    self._ipam_release(EXPOSE_IDENT, fresh)
-                    raise
-            got = list(dict.fromkeys(got))
+            if self.ipam is not None:
+                got, fresh = await self._ipam_get_all(self.ipam, EXPOSE_IDENT, specs)
             try:
                 before = await self.exposer.expose(got, hostname)
             except BaseException:
@@ -1024,7 +1023,7 @@ def ipam_grace(environ: Mapping[str, str] = os.environ) -> float:
         return check_grace(float(raw))
     except ValueError:
         raise LocalProtocolError(f"invalid {IPAM_GRACE_ENV}={raw!r}: give the seconds a vanished "
-                                 "container keeps its addresses, 0 to 604800") from None
+                                 f"container keeps its addresses, 0 to {MAX_GRACE:.0f}") from None
 
 
 def resolve_name(config: LaunchConfig, state: dict[str, Any],

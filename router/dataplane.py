@@ -117,7 +117,7 @@ class Link:
     last_hb: float = -1e9
     acked: bool = False  # our heartbeat was answered: UDP works both ways
     up: bool = False  # what we last told the mesh
-    reason: str = ""
+    down_reason: str = ""  # why not up, as last told (said again only when it changes)
     mtu: int | None = None
     pmtu: int | None = None
     next_probe: float = 0.0
@@ -228,8 +228,8 @@ class Dataplane:
         self.links[event.conn_id] = link
         self._by_uid[event.conn_uid] = link
         self._send_heartbeat(link, now)
-        self._set_overlay(link, False, "waiting for the peer's UDP heartbeat"
-                          if not event.outbound else "no answer to UDP heartbeats yet")
+        self._link_down(link, "waiting for the peer's UDP heartbeat"
+                        if not event.outbound else "no answer to UDP heartbeats yet")
 
     def peer_disconnected(self, event: PeerDisconnected) -> None:
         link = self.links.pop(event.conn_id, None)
@@ -260,18 +260,18 @@ class Dataplane:
             return False
         return any(ip in net for net in self.trusted)
 
-    def _set_overlay(self, link: Link, up: bool, reason: str = "") -> None:
-        """The link came up (its reason is derived) or went down (``reason`` says why)."""
-        if up:
-            if not link.up:
-                link.up = True
-                self._by_peer[link.peer] = link
-            self._publish(link)
-            return
+    def _link_up(self, link: Link) -> None:
+        """UDP works both ways: the connection may join the topology."""
+        link.up = True
+        self._by_peer[link.peer] = link
+        self._publish(link)
+
+    def _link_down(self, link: Link, reason: str) -> None:
+        """The link cannot carry traffic (``reason`` says why): out of the topology."""
         link.fast = False
-        if not link.up and link.reason == reason:
+        if not link.up and link.down_reason == reason:
             return
-        link.up, link.reason = False, reason
+        link.up, link.down_reason = False, reason
         if self._by_peer.get(link.peer) is link:
             del self._by_peer[link.peer]
         self.mesh.set_overlay(link.conn_id, ready=False, overlay=None, reason=reason, mtu=link.mtu)
@@ -281,9 +281,9 @@ class Dataplane:
         """Tell the mesh which overlay an up link uses, why, and its MTU."""
         if not link.up:
             return
-        link.reason = self._overlay_reason(link)
         self.mesh.set_overlay(link.conn_id, ready=True, overlay="fastdp" if link.fast else "sleeve",
-                              reason=link.reason, mtu=self.mtu if link.fast else link.mtu)
+                              reason=self._overlay_reason(link),
+                              mtu=self.mtu if link.fast else link.mtu)
         self._on_change()
 
     def _overlay_reason(self, link: Link) -> str:
@@ -295,11 +295,7 @@ class Dataplane:
             why = "sleeve in the clear: both ends trust each other's subnet"
         else:
             why = "encrypted sleeve"
-        if not self.fast.enabled:
-            return f"{why}; {self.fast.disabled_reason}"
-        if not link.clear:
-            return f"{why}; the fast path carries only unencrypted traffic"
-        return f"{why}; fast path not used: {self.fast.reason(link)}"
+        return f"{why}; {self.fast.why_not(link)}"
 
     # --- heartbeats, timeouts, path MTU ------------------------------------------------
 
@@ -318,11 +314,11 @@ class Dataplane:
                 link.acked = False
                 log.warning("no UDP from %s for %.0fs: connection unusable until it answers",
                             describe_peer(link.peer, link.nickname), silent)
-                self._set_overlay(link, False, f"no UDP heartbeat from the peer for "
-                                  f"{silent:.0f}s (is UDP port {self.port} blocked?)")
+                self._link_down(link, f"no UDP heartbeat from the peer for "
+                                f"{silent:.0f}s (is UDP port {self.port} blocked?)")
             elif not link.up and silent >= NO_ANSWER_AFTER and link.last_rx is None:
-                self._set_overlay(link, False, f"no UDP heartbeat from the peer for {silent:.0f}s "
-                                  f"(is UDP port {self.port} blocked?)")
+                self._link_down(link, f"no UDP heartbeat from the peer for {silent:.0f}s "
+                                f"(is UDP port {self.port} blocked?)")
             if link.up and not link.probing and now >= link.next_probe:
                 link.probing = True
                 assert self._nursery is not None
@@ -360,7 +356,7 @@ class Dataplane:
                 link.next_probe = now
             if not link.up:
                 link.mtu = link.mtu or self.mtu
-                self._set_overlay(link, True)
+                self._link_up(link)
 
     async def _probe_pmtu(self, link: Link) -> None:
         """Find the largest DF packet that reaches the peer; the link's MTU follows."""

@@ -423,5 +423,3 @@ def say(line: str = "") -> None:
 def heading(title: str) -> None:
     say()
     say(f"== {title}")
-
-

@@ -42,8 +42,10 @@ import errno
 import ipaddress
 import json
 import logging
+import os
 import shutil
 import subprocess
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv4Network
@@ -115,13 +117,6 @@ def subnet_rules(net: IPv4Network) -> list[tuple[str, list[dict[str, Any]]]]:
                    _match("in", {"ct": {"key": "state"}}, ["established", "related"]),
                    {"accept": None}]),
     ]
-
-
-def _expected_counts(net: IPv4Network) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for chain, _ in subnet_rules(net):
-        counts[chain] = counts.get(chain, 0) + 1
-    return counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,12 +193,9 @@ def plan(table: TableView | None, wanted: Iterable[IPv4Network]) -> list[Command
                 "prio": prio, "policy": "accept"}}})
     ours = table.ours()
     keep: set[str] = set()
-    for net in want:
-        rules = ours.get(str(net), [])
-        counts: dict[str, int] = {}
-        for rule in rules:
-            counts[rule.chain] = counts.get(rule.chain, 0) + 1
-        if counts == _expected_counts(net):
+    for net in want:   # a complete set stays; an incomplete one is replaced
+        have = Counter(rule.chain for rule in ours.get(str(net), []))
+        if have == Counter(chain for chain, _ in subnet_rules(net)):
             keep.add(str(net))
     for text in sorted(ours):
         if text not in keep:
@@ -300,7 +292,7 @@ class Record:
 
     @property
     def empty(self) -> bool:
-        return not self.cidrs and not self.forward_changed
+        return not self.cidrs and not self.forward_changed and self.name is None
 
 
 def load_record(datadir: DataDir) -> Record:
@@ -309,7 +301,7 @@ def load_record(datadir: DataDir) -> Record:
 
 def save_record(datadir: DataDir, rec: Record) -> None:
     state = datadir.load_state()
-    if rec.empty and rec.name is None:
+    if rec.empty:
         state.pop(STATE_KEY, None)
     else:
         state[STATE_KEY] = rec.as_json()
@@ -459,8 +451,6 @@ class Host:
 
 
 def errno_text(code: int) -> str:
-    import os
-
     return os.strerror(code) if code else "unknown error"
 
 
@@ -491,11 +481,7 @@ def take_away(host: HostOps, gone: list[IPv4Interface], rec: Record) -> None:
     turn forwarding off again when nothing is left and we turned it on."""
     for iface in gone:
         host.remove_address(iface)
-    have = set(host.addresses())
-    for iface in rec.cidrs:
-        if iface not in have:
-            host.add_address(iface)
-    converge_rules(host, rec.cidrs)
+    apply(host, rec, turn_forwarding_on=False)
     if not rec.cidrs and rec.forward_changed:
         host.set_forwarding(False)
 
@@ -530,7 +516,7 @@ def teardown(datadir: DataDir, host: HostOps | None = None, *, table: bool = Tru
             ops.set_forwarding(False)
         except LocalProtocolError as exc:
             log.warning("reset: %s", exc.reason)
-    if not rec.empty or rec.name is not None:
+    if not rec.empty:
         try:
             save_record(datadir, Record())
         except LocalProtocolError as exc:

@@ -48,6 +48,8 @@ log = logging.getLogger("weft")
 TICK = 0.5
 MAC_POLL = 1.0
 
+Tables = tuple[dict[str, str], set[str], set[str]]  # VXLAN entries, bridge entries, flood
+
 
 @dataclass(slots=True)
 class _Entry:
@@ -75,7 +77,7 @@ class FastPath:
     fdb_errors: list[str] = field(default_factory=list)
     probes_sent: int = 0
     probes_answered: int = 0
-    _want: Any = None
+    _want: Tables | None = None    # what the last sync was started for
     _syncing: bool = False
     _last_poll: float = -1e9
     _tx: socket.socket | None = None
@@ -149,9 +151,7 @@ class FastPath:
             while True:
                 try:
                     frame = sock.recv(256)
-                except BlockingIOError:
-                    break
-                except OSError:
+                except OSError:  # drained (EAGAIN), or an error the socket reported once
                     break
                 try:
                     sender, probe_id = fastdp.decode_probe(frame)
@@ -241,13 +241,15 @@ class FastPath:
             link.fast = False
         self.publish(link)
 
-    def reason(self, link: Link) -> str:
-        entry = self.entries.get(link.conn_id)
+    def why_not(self, link: Link) -> str:
+        """Why ``link``'s traffic does not take the VXLAN (while it does not)."""
         if not self.enabled:
             return self.disabled_reason
-        if entry is None or entry.fl is None:
-            return "waiting for the link"
-        return entry.fl.reason
+        if not link.clear:
+            return "the fast path carries only unencrypted traffic"
+        entry = self.entries.get(link.conn_id)
+        fl = entry.fl if entry is not None else None
+        return f"fast path not used: {fl.reason if fl is not None else 'waiting for the link'}"
 
     # --- netlink, in a worker thread ----------------------------------------------------
 
@@ -265,7 +267,7 @@ class FastPath:
                 self._send_hello(entry, now)
             self.pump()
 
-    def _desired(self) -> tuple[dict[str, str], set[str], set[str]]:
+    def _desired(self) -> Tables:
         rows = []
         for entry in self.entries.values():
             link, fl = entry.link, entry.fl
@@ -284,12 +286,15 @@ class FastPath:
         self._syncing = True
         self._nursery.start_soon(self._run_sync, want)
 
-    async def _run_sync(self, want: tuple[dict[str, str], set[str], set[str]]) -> None:
+    async def _run_sync(self, want: Tables) -> None:
+        # the worker updates a copy: report() and tick() read self.fdb meanwhile
+        fdb = self.fdb.copy()
         try:
-            errors = await trio.to_thread.run_sync(vxlan.sync_fdb, self.fdb, *want)
+            errors = await trio.to_thread.run_sync(vxlan.sync_fdb, fdb, *want)
         except (NetdevError, OSError) as exc:
             errors = [str(exc)]
         finally:
+            self.fdb = fdb  # what was programmed, also when it stopped half-way
             self._syncing = False
         if errors:
             self._want = None  # retry at the next tick

@@ -17,10 +17,11 @@ run in one test process; nothing global)::
                       ─▶ families(snapshot) ─▶ text format 0.0.4
 
 Counters must never go down, but the data plane counts per link and a link goes with
-its connection. ``TrafficTotals`` keeps the sum of the links that went: the daemon calls
-``RouterMetrics.connection_closed`` just before the data plane forgets a link (folding
-its final counts in), and a scrape that finds a link gone unannounced folds in what it
-saw last.
+its connection. ``TrafficTotals`` keeps the sum of the links that went: each scrape notes
+every link's counts and folds in what it last noted of the links gone since, and the
+daemon calls ``RouterMetrics.connection_closed`` just before the data plane forgets a
+link, which notes them too: a closed link's final counts are kept, one that vanished
+unannounced keeps what was noted last.
 
 Data-plane counters are read by name, so new ones appear without work here
 (``split_counter``): a key ``[OVERLAY_]BASE[_DIRECTION]`` of ``Counters.as_dict()``
@@ -56,18 +57,18 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector, CollectorRegistry
 
 import weftnet
+from weftnet.dns.server import QUERY_RESULTS
 
 from .dataplane import Counters
+from .status import connection_encryption
 
 PREFIX = "weft_"
 CONNECTION_STATES = ("established", "pending", "retrying", "failed", "connecting")
 OVERLAYS = ("sleeve", "fastdp")
 DEFAULT_OVERLAY = "sleeve"
 DIRECTIONS = {"in": "in", "out": "out", "rx": "in", "tx": "out"}
-ENCRYPTIONS = ("encrypted", "unencrypted")
-# DNS query results, in the order weftnet.dns.server counts them (more are welcome)
-DNS_RESULTS = ("answered", "nodata", "nxdomain", "refused", "error", "forwarded", "servfail",
-               "dropped")
+ENCRYPTIONS = ("encrypted", "unencrypted")   # of status.connection_encryption
+DNS_RESULTS = QUERY_RESULTS   # in the order weftnet.dns.server counts them (more are welcome)
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_]+")
 MESH_DOCS = {  # MeshStats counters; one not listed here gets a generic help text
     "gossip_messages_sent": "Gossip messages sent to direct peers.",
@@ -127,39 +128,23 @@ class Snapshot:
 class TrafficTotals:
     """Monotone sums of per-link counters, over links that come and go.
 
-    ``link_closed`` folds a link's final counts in; ``totals`` (at each scrape) adds the
-    live links, and folds in what it last saw of a link that vanished unannounced.
+    ``totals`` (at each scrape, and when a connection closes, just before its link goes)
+    notes what every live link has counted so far and folds into the retired sum what it
+    last noted of each link that has gone since (or was replaced under its id).
     """
 
     def __init__(self, keys: Iterable[str] = ()) -> None:
         self._retired: Counter[str] = Counter(dict.fromkeys(keys, 0))
         self._seen: dict[int, tuple[CountedLink, dict[str, int]]] = {}
-        self._closed: dict[int, CountedLink] = {}  # folded in, not yet forgotten upstream
-
-    def link_closed(self, conn_id: int, link: CountedLink | None) -> None:
-        if link is None or self._closed.get(conn_id) is link:
-            return
-        self._retired.update(link.counters.as_dict())
-        self._seen.pop(conn_id, None)
-        self._closed[conn_id] = link
-
-    def forget_gone(self, links: Mapping[int, CountedLink]) -> None:
-        """Drop the closed links that ``links`` (the data plane's) no longer holds. A scrape
-        does it too, but without scrapes ``_closed`` would keep every link that ever
-        closed alive, with its sleeve sessions and keys: memory growing with churn."""
-        self._closed = {c: link for c, link in self._closed.items() if links.get(c) is link}
 
     def totals(self, links: Mapping[int, CountedLink]) -> dict[str, int]:
-        current: dict[int, tuple[CountedLink, dict[str, int]]] = {}
-        for conn_id, link in links.items():
-            if self._closed.get(conn_id) is not link:
-                current[conn_id] = (link, dict(link.counters.as_dict()))
+        current = {conn_id: (link, dict(link.counters.as_dict()))
+                   for conn_id, link in links.items()}
         for conn_id, (link, last) in self._seen.items():
             now = current.get(conn_id)
             if now is None or now[0] is not link:
                 self._retired.update(last)
         self._seen = current
-        self.forget_gone(links)
         total = Counter(self._retired)
         for _, counts in current.values():
             total.update(counts)
@@ -186,11 +171,9 @@ class RouterMetrics:
 
     def connection_closed(self, conn_id: int, reason: str) -> None:
         """An established connection ended (the daemon calls this before the data plane
-        forgets the connection's link)."""
+        forgets the connection's link, so its final counts are noted)."""
         self.terminations[_reason_key(reason)] += 1
-        links = self.router.dataplane.links
-        self.traffic.forget_gone(links)
-        self.traffic.link_closed(conn_id, links.get(conn_id))
+        self.traffic.totals(self.router.dataplane.links)
 
     def snapshot(self) -> Snapshot:
         stats = self.router.mesh.stats
@@ -266,19 +249,6 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(_name(name), doc, value=value)
 
 
-def _connection_encryption(conn: Mapping[str, Any]) -> str:
-    """Whether the connection's traffic is encrypted: the control channel's setting, less
-    sleeve links that carry data in the clear (trusted subnets) and the fast path."""
-    encrypted = bool(conn.get("encrypted"))
-    sleeve = conn.get("sleeve")
-    if conn.get("overlay") == "sleeve" and isinstance(sleeve, Mapping):
-        encrypted = encrypted and sleeve.get("encrypted_data", True) is not False
-    elif conn.get("overlay") == "fastdp":
-        fastdp = conn.get("fastdp")
-        encrypted = isinstance(fastdp, Mapping) and fastdp.get("encrypted") is True
-    return ENCRYPTIONS[0] if encrypted else ENCRYPTIONS[1]
-
-
 def _router_families(report: Mapping[str, Any], router: Mapping[str, Any],
                      snap: Snapshot) -> list[Metric]:
     out: list[Metric] = []
@@ -303,7 +273,7 @@ def _router_families(report: Mapping[str, Any], router: Mapping[str, Any],
 
     overlays: Counter[tuple[str, str]] = Counter()
     for c in connections:
-        overlays[(str(c.get("overlay") or "none"), _connection_encryption(c))] += 1
+        overlays[(str(c.get("overlay") or "none"), connection_encryption(c))] += 1
     by_overlay = GaugeMetricFamily(
         _name("connections_by_overlay"),
         "Connections by overlay carrying their traffic (none: not established) and by "

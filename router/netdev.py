@@ -9,7 +9,7 @@ device, and one veth end per attached container::
      host namespace (the router's)                  container namespace (CONTAINER)
     ┌──────────────────────────────────────┐        ┌────────────────────────────┐
     │  weft-tap ─┐                         │        │                            │
-    │            ├── weft (bridge, MTU m)  │        │   ethwe  MTU m, MAC stable │
+    │            ├── weft (bridge, MTU m)  │        │   ethwe  MTU m, MAC random │
     │ vethwepl…──┘          ▲              │  veth  │   10.32.0.5/12 ...         │
     │     └────────────────────────────────┼────────┼──┘   lo up                 │
     └──────────────────────────────────────┘        └────────────────────────────┘
@@ -17,10 +17,12 @@ device, and one veth end per attached container::
 ``attach`` creates the pair in one netlink request with its peer end born inside the
 container namespace (``IFLA_NET_NS_FD``), so no half-made interface ever shows up in a
 namespace it does not belong to. The host end's name, ``vethwepl`` + 7 hex digits of a
-hash of the namespace identity (st_dev/st_ino of its nsfs file), and the container end's
-MAC (locally administered, unicast, from the same hash) are stable: attaching the same
-namespace again, under a name, a PID or a path, finds the same pair and only adds the
-missing addresses. Deleting a namespace destroys the pair with it.
+hash of the namespace identity (st_dev/st_ino of its nsfs file), is stable: attaching the
+same namespace again, under a name, a PID or a path, finds the same pair and only adds the
+missing addresses. The container end's MAC (locally administered, unicast) is random, not
+derived from that identity: the kernel reuses a freed namespace's inode number and every
+host numbers its own namespaces alike, so a derived MAC would repeat across a mesh.
+Deleting a namespace destroys the pair with it.
 
 Every function works on "our" namespace: the current one of this process unless a
 ``netns`` argument names another. Another namespace is entered by a short-lived thread
@@ -67,12 +69,12 @@ __all__ = [
     "ensure_bridge",
     "link_exists",
     "list_attached",
+    "netns_name",
     "random_mac",
     "remove_all",
     "resolve_netns",
     "run_in_netns",
     "set_mtu",
-    "stable_mac",
     "veth_name",
 ]
 
@@ -166,6 +168,15 @@ def _ns_key(path: str) -> Key:
     return (st.st_dev, st.st_ino)
 
 
+def netns_name(spec: str) -> str:
+    """The name ``resolve_netns(spec)`` gives its namespace (``pid:N`` for a PID, else
+    ``spec``), without looking: how records of a namespace that is gone are found."""
+    spec = spec.strip()
+    if spec.startswith("pid:") and spec[4:].isdigit():
+        spec = spec[4:]  # our own display form of a PID (what ps shows) resolves too
+    return f"pid:{int(spec)}" if spec.isdigit() else spec
+
+
 def resolve_netns(spec: str) -> NetnsRef:
     """Find the network namespace ``spec`` names: a name under /var/run/netns, a PID, a path.
 
@@ -175,16 +186,16 @@ def resolve_netns(spec: str) -> NetnsRef:
     spec = spec.strip() if isinstance(spec, str) else spec
     if not isinstance(spec, str) or not spec:
         raise NetdevError(f"no network namespace {spec!r}: give a name, a PID or a path")
-    if spec.startswith("pid:") and spec[4:].isdigit():
-        spec = spec[4:]  # our own display form of a PID (what ps shows) resolves too
-    if spec.isdigit():
-        path, name, what = f"/proc/{int(spec)}/ns/net", f"pid:{int(spec)}", f"process {spec}"
+    name = netns_name(spec)
+    if name.startswith("pid:") and name[4:].isdigit():
+        spec = name[4:]
+        path, what = f"/proc/{spec}/ns/net", f"process {spec}"
     elif "/" in spec:
-        path, name, what = spec, spec, spec
+        path, what = spec, spec
     elif spec in (".", ".."):
         raise NetdevError(f"no network namespace named {spec!r}")
     else:
-        path, name, what = str(NETNS_RUN_DIR / spec), spec, f"{NETNS_RUN_DIR}/{spec}"
+        path, what = str(NETNS_RUN_DIR / spec), f"{NETNS_RUN_DIR}/{spec}"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -289,18 +300,6 @@ def veth_name(key: Key, ifname: str = CONTAINER_IFNAME) -> str:
     """The host-side veth name for a namespace: ``vethwepl`` + 7 hex digits (15 chars)."""
     digest = hashlib.sha256(b"weft-veth:" + _identity(key, ifname)).hexdigest()
     return VETH_PREFIX + digest[:_VETH_HASH_DIGITS]
-
-
-def stable_mac(key: Key, ifname: str = CONTAINER_IFNAME) -> str:
-    """A MAC derived from the namespace identity: locally administered, unicast.
-
-    Unique only among the live namespaces of one host: the kernel hands a freed namespace's
-    inode number to the next new one, and every host numbers its own namespaces alike, so
-    across a mesh (or over time) two containers get the same MAC. The router attaches with
-    ``random_mac()``."""
-    raw = bytearray(hashlib.sha256(b"weft-mac:" + _identity(key, ifname)).digest()[:6])
-    raw[0] = (raw[0] & 0xFE) | 0x02
-    return ":".join(f"{b:02x}" for b in raw)
 
 
 def random_mac() -> str:
@@ -476,7 +475,7 @@ def attach(
 
     The first time: a veth pair whose host end (``veth_name``) becomes an up port of
     ``weft`` and whose other end lives in the container as ``ifname`` with ``mtu``, ``mac``
-    (default ``stable_mac``) and ``gso_max_size`` (kernel default when None), up, with a
+    (default ``random_mac()``) and ``gso_max_size`` (kernel default when None), up, with a
     multicast route (224.0.0.0/4) through it, and the container's ``lo`` up. Again: only
     the missing addresses are added (and the host end re-joined to the bridge if a restart
     recreated it). Returns the record with every IPv4 address now on ``ifname``.
@@ -544,7 +543,7 @@ def _create_pair(
     nsfd = os.open(ref.path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         peer: dict[str, Any] = {"ifname": ifname, "net_ns_fd": nsfd, "mtu": mtu}
-        peer["address"] = mac or stable_mac(ref.key, ifname)
+        peer["address"] = mac or random_mac()
         host.link("add", ifname=host_ifname, kind="veth", mtu=mtu, peer=peer)
     finally:
         os.close(nsfd)

@@ -179,13 +179,13 @@ def _connections(report: Mapping[str, Any]) -> list[str]:
     up = [c for c in conns if c["state"] == "established"]
     overlay_w = max([0, *(len(str(c.get("overlay") or "")) for c in up)])
     peer_w = max([0, *(len(_conn_peer(c)) for c in up)])
-    enc_w = max([0, *(len(_conn_encryption(c)) for c in up)])
+    enc_w = max([0, *(len(connection_encryption(c)) for c in up)])
     lines = []
     for c in conns:
         details: list[str] = []
         if c["state"] == "established":
             details += [f"{c.get('overlay') or '':<{overlay_w}}", f"{_conn_peer(c):<{peer_w}}",
-                        f"{_conn_encryption(c):<{enc_w}}"]
+                        f"{connection_encryption(c):<{enc_w}}"]
             if c.get("mtu") is not None:
                 details.append(f"mtu={c['mtu']}")
             if c.get("overlay_reason"):
@@ -206,12 +206,15 @@ def _conn_peer(conn: Mapping[str, Any]) -> str:
     return _peer_label(peer["name"], peer["nickname"]) if peer else ""
 
 
-def _conn_encryption(conn: Mapping[str, Any]) -> str:
-    """Whether the data is encrypted: the connection's setting, unless the sleeve carries
-    it in the clear (both ends trust each other's subnet)."""
+def connection_encryption(conn: Mapping[str, Any]) -> str:
+    """Whether a connection's data is encrypted ("encrypted" or "unencrypted"): the
+    connection's setting, unless the fast path carries it (VXLAN encrypts nothing) or the
+    sleeve carries it in the clear (both ends trust each other's subnet). The metrics'
+    ``encryption`` label too."""
     sleeve = conn.get("sleeve")
-    clear = isinstance(sleeve, Mapping) and sleeve.get("encrypted_data") is False
-    return "encrypted" if conn["encrypted"] and not clear else "unencrypted"
+    clear = ((isinstance(sleeve, Mapping) and sleeve.get("encrypted_data") is False)
+             or conn.get("overlay") == "fastdp")
+    return "encrypted" if conn.get("encrypted") and not clear else "unencrypted"
 
 
 def _peers(report: Mapping[str, Any]) -> list[str]:

@@ -104,6 +104,9 @@ class FdbState:
     bridge: set[str] = field(default_factory=set)
     flood: set[str] = field(default_factory=set)
 
+    def copy(self) -> FdbState:
+        return FdbState(dict(self.vxlan), set(self.bridge), set(self.flood))
+
 
 def sync_fdb(state: FdbState, vxlan: dict[str, str], bridge: set[str], flood: set[str]) -> list[str]:
     """Make the tables hold exactly ``vxlan``/``bridge``/``flood``; update ``state`` as it

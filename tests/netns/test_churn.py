@@ -56,8 +56,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,7 +64,18 @@ import pytest
 
 from weftnet.router.testbed import Testbed
 
-from .weftctl import PASSWORD, established, kill9, process_usage, report, router_pid, wait_for
+from .weftctl import (
+    attach,
+    established,
+    kill9,
+    launch,
+    logs_on_failure,
+    no_tracebacks,
+    process_usage,
+    report,
+    router_pid,
+    wait_for,
+)
 
 HOSTS = ("h1", "h2", "h3", "h4", "h5")
 HUB = "h1"
@@ -170,9 +180,6 @@ class Churn:
 
     # -- helpers --
 
-    def env(self) -> dict[str, str]:
-        return {"WEFT_PASSWORD": PASSWORD, "WEFT_IPAM_GRACE": str(GRACE)}
-
     def target(self, host: str) -> str:
         return f"{self.tb.address(host)}:{PORT}"
 
@@ -191,8 +198,8 @@ class Churn:
     def launch(self, host: str, *peers: str) -> None:
         r = self.routers[host]
         started = time.monotonic()   # the router may begin a grace period before we return
-        name = self.tb.weft(host, "launch", "--nickname", host, "--ipalloc-init",
-                            f"consensus={len(HOSTS)}", *peers, env=self.env()).stdout.strip()
+        name = launch(self.tb, host, *peers, extra=("--ipalloc-init", f"consensus={len(HOSTS)}"),
+                      env={"WEFT_IPAM_GRACE": str(GRACE)})
         if r.name:
             assert name == r.name, f"{host} came back as {name}, not {r.name}"
         r.name, r.up = name, True
@@ -228,10 +235,7 @@ class Churn:
         host = host or self.rng.choice(self.up())
         self.counter += 1
         name = f"c{self.counter}"
-        ns = self.tb.add_container(name)
-        out = self.tb.weft(host, "attach", "--name", name, ns, timeout=90).stdout.split()
-        assert len(out) == 1, out
-        iface = ipaddress.IPv4Interface(out[0])
+        iface = attach(self.tb, host, name, "--name", name)
         assert iface.network == RANGE, f"{name} got {iface}, outside {RANGE}"
         now = time.monotonic()
         for c in self.containers.values():
@@ -242,7 +246,7 @@ class Churn:
             assert c.state != "vanished" or now >= c.gone_at + GRACE, (
                 f"{iface.ip} of {c.name} (vanished {now - c.gone_at:.1f} s ago) handed to {name} "
                 f"on {host} before its {GRACE} s grace period could end")
-        self.containers[name] = Container(name, host, ns, iface)
+        self.containers[name] = Container(name, host, self.tb.ns(name), iface)
         self.allocated.append(iface.ip)
         self.log(f"attach {name} {iface} on {host}")
 
@@ -545,21 +549,6 @@ def print_figures(ch: Churn, churned: float) -> list[str]:
     return problems
 
 
-def log_of(tb: Testbed, host: str) -> str:
-    path = tb.data_dir(host) / "weft.log"
-    return path.read_text() if path.exists() else ""
-
-
-@contextmanager
-def logs_on_failure(tb: Testbed) -> Iterator[None]:
-    try:
-        yield
-    except BaseException:
-        for h in HOSTS:
-            print(f"--- {h}'s log ---\n{log_of(tb, h)[-4000:]}")
-        raise
-
-
 # --- the test ------------------------------------------------------------------------------
 
 
@@ -569,7 +558,7 @@ def test_churn_soak(testbed_factory: Any) -> None:
           f"checkpoints every {CHECK_EVERY:.0f} s")
     tb: Testbed = testbed_factory(hosts=HOSTS)
     ch = Churn(tb, SEED)
-    with logs_on_failure(tb):
+    with logs_on_failure(tb, HOSTS):
         ch.start_all()
         for h in HOSTS:   # one container per host: consensus, and something to ping at once
             ch.op_attach(h)
@@ -588,9 +577,7 @@ def test_churn_soak(testbed_factory: Any) -> None:
         ch.checkpoint("end")
 
         problems = print_figures(ch, ch.churned)
-        for h in HOSTS:
-            assert "Traceback" not in log_of(tb, h), (
-                f"{h} logged a traceback:\n{log_of(tb, h)[-4000:]}")
+        no_tracebacks(tb, HOSTS)
         for h in STABLE:   # lived through it all, and were compared after warm-up
             runs = ch.routers[h].runs
             assert len(runs) == 1 and len([s for s in runs[0].samples if s.at >= WARMUP]) >= 2
@@ -612,10 +599,9 @@ def test_a_namespace_identity_seen_again_on_another_host_gets_its_own_mac(
     number out again here depends on what else runs on the machine; attaching the very
     same namespace to h2 after h1 makes the identity repeat every time."""
     tb: Testbed = testbed_factory(hosts=("h1", "h2"))
-    env = {"WEFT_PASSWORD": PASSWORD}
     init = ("--ipalloc-init", "consensus=2")
-    tb.weft("h1", "launch", "--nickname", "h1", *init, env=env)
-    tb.weft("h2", "launch", "--nickname", "h2", *init, tb.address("h1"), env=env)
+    launch(tb, "h1", extra=init)
+    launch(tb, "h2", tb.address("h1"), extra=init)
     wait_for("h1-h2 established", lambda: established(report(tb, "h1")) == {"h2"})
     tb.weft("h1", "attach", tb.add_container("x"))
 

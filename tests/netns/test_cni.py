@@ -29,7 +29,7 @@ import pytest
 
 from weftnet.router.testbed import Testbed
 
-from .weftctl import established, launch, report, wait_for
+from .weftctl import established, launch, logs_on_failure, report, wait_for
 
 HOSTS = ("h1", "h2", "h3")
 RANGE = ipaddress.IPv4Network("10.32.0.0/12")
@@ -91,15 +91,10 @@ def getent(tb: Testbed, container: str, name: str) -> list[str]:
 @pytest.fixture(scope="module")
 def mesh() -> Iterator[Testbed]:
     with Testbed(hosts=HOSTS) as tb:
-        try:
+        with logs_on_failure(tb, ("h1", "h2")):
             launch(tb, "h1", extra=INIT)
             launch(tb, "h2", tb.address("h1"), extra=INIT)
             wait_for("h1 and h2 connected", lambda: established(report(tb, "h1")) == {"h2"})
-        except BaseException:
-            for host in ("h1", "h2"):
-                log = tb.data_dir(host) / "weft.log"
-                print(f"--- {host}'s log ---\n{log.read_text()[-4000:] if log.exists() else ''}")
-            raise
         yield tb
 
 

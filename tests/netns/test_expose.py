@@ -24,7 +24,7 @@ import pytest
 
 from weftnet.router.testbed import Testbed
 
-from .weftctl import established, launch, report, wait_for
+from .weftctl import attach, established, launch, report, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("nft") is None,
                                 reason="needs nft (apt-get install nftables)")
@@ -86,12 +86,6 @@ def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
     assert proc.stderr.startswith("weft: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     return proc.stderr
-
-
-def attach(tb: Testbed, host: str, name: str) -> ipaddress.IPv4Interface:
-    out = tb.weft(host, "attach", tb.add_container(name), timeout=90).stdout.split()
-    assert len(out) == 1, out
-    return ipaddress.IPv4Interface(out[0])
 
 
 @pytest.fixture

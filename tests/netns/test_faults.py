@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import ipaddress
 import shutil
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -32,7 +30,19 @@ import pytest
 
 from weftnet.router.testbed import Testbed
 
-from .weftctl import PASSWORD, established, kill9, report, wait_for
+from .weftctl import (
+    attach,
+    established,
+    ipam,
+    kill9,
+    launch,
+    log_of,
+    logs_on_failure,
+    meshed,
+    no_tracebacks,
+    report,
+    wait_for,
+)
 
 HOSTS = ("h1", "h2", "h3")
 RANGE = ipaddress.IPv4Network("10.32.0.0/12")
@@ -42,29 +52,25 @@ SKEW = 2 * 3600   # seconds of wall-clock skew for the faketime test
 # --- helpers ----------------------------------------------------------------------------
 
 
-def launch(tb: Testbed, host: str, *peers: str, extra: tuple[str, ...] = (),
-           nickname: str | None = None, clock: str | None = None) -> str:
-    """``weft launch`` in ``host`` (encrypted); ``clock`` runs it under ``faketime -f
-    CLOCK`` (the CLI and the router it starts). libfaketime shifts the monotonic clock by
-    the same offset, which only ever measures intervals inside one process; with
-    FAKETIME_DONT_FAKE_MONOTONIC=1 its clock_nanosleep wrapper makes Python's
-    ``time.sleep`` fail with EINVAL, so that is not used."""
-    env = {"WEFT_PASSWORD": PASSWORD}
-    argv = [sys.executable, "-m", "weftnet.router.cli", "launch", "--nickname",
-            nickname or host, *extra, *peers]
-    if clock is not None:
-        argv = ["faketime", "-f", clock, *argv]
-    return tb.run(host, argv, env=env, timeout=60).stdout.strip()
-
-
-def full_mesh(tb: Testbed, hosts: tuple[str, ...] = HOSTS, extra: tuple[str, ...] = (),
+def full_mesh(tb: Testbed, hosts: tuple[str, ...] = HOSTS,
               clocks: dict[str, str] | None = None) -> None:
-    init = ("--ipalloc-init", f"consensus={len(hosts)}", *extra)
+    init = ("--ipalloc-init", f"consensus={len(hosts)}")
     for i, host in enumerate(hosts):
         launch(tb, host, *(tb.address(h) for h in hosts[:i]), extra=init,
                clock=(clocks or {}).get(host))
-    wait_for("a full mesh", lambda: all(
-        established(report(tb, h)) == set(hosts) - {h} for h in hosts), timeout=60)
+    wait_for("a full mesh", lambda: meshed(tb, hosts), timeout=60)
+
+
+def ends_reaching(tb: Testbed, hosts: tuple[str, ...] = HOSTS
+                  ) -> tuple[ipaddress.IPv4Interface, ipaddress.IPv4Interface]:
+    """A full mesh of ``hosts``, a named container on the first and the last (``c1`` on
+    h1, ``cN`` on hN), the first reaching the last; their addresses."""
+    full_mesh(tb, hosts)
+    a, b = hosts[0], hosts[-1]
+    ca, cb = f"c{a[1:]}", f"c{b[1:]}"
+    first, last = attach(tb, a, ca, "--name", ca), attach(tb, b, cb, "--name", cb)
+    wait_for(f"{ca} reaching {cb}", pings(tb, ca, last))
+    return first, last
 
 
 def measure(what: str, check: Callable[[], bool], *, since: float | None = None,
@@ -75,13 +81,6 @@ def measure(what: str, check: Callable[[], bool], *, since: float | None = None,
     took = time.monotonic() - start
     print(f"fault figure: {what}: {took:.1f} s")
     return took
-
-
-def attach(tb: Testbed, host: str, container: str, *args: str) -> ipaddress.IPv4Interface:
-    ns = tb.ns(container) if container in tb.containers else tb.add_container(container)
-    out = tb.weft(host, "attach", *args, ns, timeout=90).stdout.split()
-    assert len(out) == 1, out
-    return ipaddress.IPv4Interface(out[0])
 
 
 def lookup(tb: Testbed, host: str, name: str) -> list[str]:
@@ -108,12 +107,6 @@ def resolves(tb: Testbed, hosts: tuple[str, ...], names: dict[str, str]) -> bool
     return all(lookup(tb, h, first) == [names[first]] for h in hosts)
 
 
-def ipam(tb: Testbed, host: str) -> dict[str, Any]:
-    rep = report(tb, host)["ipam"]
-    assert rep is not None
-    return rep  # type: ignore[no-any-return]
-
-
 def ipam_settled(tb: Testbed, hosts: tuple[str, ...]) -> bool:
     """Every router: ready, the whole range owned, every peer reachable, no duplicate."""
     for h in hosts:
@@ -131,26 +124,6 @@ def peer_nicknames(tb: Testbed, host: str) -> list[str]:
     return sorted(p["nickname"] for p in report(tb, host)["router"]["peers"])
 
 
-def log_of(tb: Testbed, host: str) -> str:
-    path = tb.data_dir(host) / "weft.log"
-    return path.read_text() if path.exists() else ""
-
-
-def no_tracebacks(tb: Testbed, hosts: tuple[str, ...]) -> None:
-    for h in hosts:
-        assert "Traceback" not in log_of(tb, h), f"{h} logged a traceback:\n{log_of(tb, h)[-3000:]}"
-
-
-@contextmanager
-def logs_on_failure(tb: Testbed, hosts: tuple[str, ...]) -> Iterator[None]:
-    try:
-        yield
-    except BaseException:
-        for h in hosts:   # pytest shows them with the error
-            print(f"--- {h}'s log ---\n{log_of(tb, h)[-4000:]}")
-        raise
-
-
 def pings(tb: Testbed, src: str, ip: ipaddress.IPv4Interface) -> Callable[[], bool]:
     return lambda: tb.ping(src, str(ip.ip), timeout=1)
 
@@ -161,11 +134,8 @@ def pings(tb: Testbed, src: str, ip: ipaddress.IPv4Interface) -> Callable[[], bo
 def test_kill9_relaunch_keeps_addresses_names_and_connectivity(testbed_factory: Any) -> None:
     tb: Testbed = testbed_factory(hosts=HOSTS)
     with logs_on_failure(tb, HOSTS):
-        full_mesh(tb)
-        c1 = attach(tb, "h1", "c1", "--name", "c1")
-        c3 = attach(tb, "h3", "c3", "--name", "c3")
+        c1, c3 = ends_reaching(tb)
         web = attach(tb, "h3", "web", "--name", "web")
-        wait_for("c1 reaching c3", pings(tb, "c1", c3))
         names = {"c1.weft.local": str(c1.ip), "c3.weft.local": str(c3.ip),
                  "web.weft.local": str(web.ip)}
         wait_for("names everywhere", lambda: resolves(tb, HOSTS, names))
@@ -206,10 +176,7 @@ def test_kill9_relaunch_keeps_addresses_names_and_connectivity(testbed_factory: 
 def test_partition_routes_around_then_heals_topology_ipam_and_dns(testbed_factory: Any) -> None:
     tb: Testbed = testbed_factory(hosts=HOSTS)
     with logs_on_failure(tb, HOSTS):
-        full_mesh(tb)
-        c1 = attach(tb, "h1", "c1", "--name", "c1")
-        c3 = attach(tb, "h3", "c3", "--name", "c3")
-        wait_for("c1 reaching c3", pings(tb, "c1", c3))
+        c1, c3 = ends_reaching(tb)
 
         # h1 ╳ h3: their direct link dies; traffic between them goes through h2
         cut = time.monotonic()
@@ -238,9 +205,8 @@ def test_partition_routes_around_then_heals_topology_ipam_and_dns(testbed_factor
 
         healed = time.monotonic()
         tb.heal("h1")
-        measure("heal to a full mesh again", lambda: all(
-            established(report(tb, h)) == set(HOSTS) - {h} for h in HOSTS), since=healed,
-            timeout=90)
+        measure("heal to a full mesh again", lambda: meshed(tb, HOSTS), since=healed,
+                timeout=90)
         names = {f"{c}.weft.local": str(ip.ip) for c, ip in {**side1, **side3}.items()}
         names |= {"c1.weft.local": str(c1.ip), "ext1.weft.local": "192.0.2.11",
                   "ext2.weft.local": "192.0.2.12"}
@@ -324,11 +290,8 @@ def test_a_peer_back_with_a_new_uid_replaces_its_old_connection(testbed_factory:
     hosts = ("h1", "h2")
     tb: Testbed = testbed_factory(hosts=hosts)
     with logs_on_failure(tb, hosts):
-        full_mesh(tb, hosts)
+        c1, c2 = ends_reaching(tb, hosts)
         name2 = report(tb, "h2")["router"]["name"]
-        c1 = attach(tb, "h1", "c1", "--name", "c1")
-        c2 = attach(tb, "h2", "c2", "--name", "c2")
-        wait_for("c1 reaching c2", pings(tb, "c1", c2))
         old_conns = [c for c in report(tb, "h1")["router"]["connections"] if c["peer"]]
         assert len(old_conns) == 1
 

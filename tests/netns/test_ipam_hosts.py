@@ -26,7 +26,8 @@ import pytest
 
 from weftnet.router.testbed import Testbed
 
-from .weftctl import PASSWORD, established, report, wait_for
+from .weftctl import attach, established, ipam, meshed, no_tracebacks, report, wait_for
+from .weftctl import launch as weftctl_launch
 
 HOSTS = ("h1", "h2", "h3")
 RANGE = ipaddress.IPv4Network("10.32.0.0/12")
@@ -38,8 +39,7 @@ RESTART_GRACE = 15.0   # long enough for a router restart in the middle of it
 def launch(tb: Testbed, host: str, *peers: str, extra: tuple[str, ...] = (),
            grace: float = GRACE) -> str:
     """``weftctl.launch`` with a short grace period for vanished containers."""
-    env = {"WEFT_PASSWORD": PASSWORD, "WEFT_IPAM_GRACE": str(grace)}
-    return tb.weft(host, "launch", "--nickname", host, *extra, *peers, env=env).stdout.strip()
+    return weftctl_launch(tb, host, *peers, extra=extra, env={"WEFT_IPAM_GRACE": str(grace)})
 
 
 def releasing(tb: Testbed, host: str) -> list[str]:
@@ -52,27 +52,8 @@ def trio_mesh(testbed_factory: Any) -> Testbed:
     launch(tb, "h1", extra=INIT)
     launch(tb, "h2", tb.address("h1"), extra=INIT)
     launch(tb, "h3", tb.address("h1"), tb.address("h2"), extra=INIT)
-    for host in HOSTS:
-        others = set(HOSTS) - {host}
-        wait_for(f"{host} connected to {others}", functools.partial(connected_to, tb, host, others))
+    wait_for("a full mesh of h1, h2, h3", lambda: meshed(tb, HOSTS))
     return tb
-
-
-def connected_to(tb: Testbed, host: str, others: set[str]) -> bool:
-    return established(report(tb, host)) == others
-
-
-def attach(tb: Testbed, host: str, container: str, *addresses: str) -> ipaddress.IPv4Interface:
-    ns = tb.ns(container) if container in tb.containers else tb.add_container(container)
-    out = tb.weft(host, "attach", *addresses, ns, timeout=90).stdout.split()
-    assert len(out) == 1, out
-    return ipaddress.IPv4Interface(out[0])
-
-
-def ipam(tb: Testbed, host: str) -> dict[str, Any]:
-    rep = report(tb, host)["ipam"]
-    assert rep is not None
-    return rep  # type: ignore[no-any-return]
 
 
 def owned(rep: dict[str, Any]) -> dict[str, int]:
@@ -247,13 +228,10 @@ def test_two_pairs_that_seeded_their_own_rings_meet(testbed_factory: Any) -> Non
     tb: Testbed = testbed_factory(hosts=hosts)
     two = ("--ipalloc-init", "consensus=2", "--no-dns")
 
-    def paired(a: str, b: str) -> bool:
-        return established(report(tb, a)) == {b}
-
-    for first, second in PAIRS:
-        launch(tb, first, extra=two)
-        launch(tb, second, tb.address(first), extra=two)
-        wait_for(f"{first}-{second} established", functools.partial(paired, first, second))
+    for pair in PAIRS:
+        launch(tb, pair[0], extra=two)
+        launch(tb, pair[1], tb.address(pair[0]), extra=two)
+        wait_for(f"{pair[0]}-{pair[1]} established", functools.partial(meshed, tb, pair))
     got = {h: attach(tb, h, f"old{h}") for h in hosts}
     got.update({f"{h}x": attach(tb, h, f"old{h}x") for h in ("h1", "h3")})
     side = {c: 0 if c[:2] in PAIRS[0] else 1 for c in got}
@@ -265,8 +243,7 @@ def test_two_pairs_that_seeded_their_own_rings_meet(testbed_factory: Any) -> Non
     assert all(len({side[c] for c in cs}) == 2 for cs in dups.values())  # never within a pair
 
     tb.weft("h2", "connect", tb.address("h3"))
-    wait_for("all four routers connected",
-             lambda: all(established(report(tb, h)) == set(hosts) - {h} for h in hosts), timeout=60)
+    wait_for("all four routers connected", lambda: meshed(tb, hosts), timeout=60)
     wait_for("every router hearing of the other ring",
              lambda: all(len(ipam(tb, h)["merges"]) == 1 for h in hosts))
     lost = {h for h in hosts if ipam(tb, h)["merges"][0]["ours_lost"]}
@@ -298,5 +275,4 @@ def test_two_pairs_that_seeded_their_own_rings_meet(testbed_factory: Any) -> Non
     wait_for("no duplicate left", lambda: not any(duplicate_problems(tb, h) for h in hosts))
     for h in hosts:
         assert not [p for p in ipam(tb, h)["problems"] if "re-claimed" in p]
-        log = (tb.data_dir(h) / "weft.log").read_text() if (tb.data_dir(h) / "weft.log").exists() else ""
-        assert "Traceback" not in log, f"{h} logged a traceback"
+    no_tracebacks(tb, hosts)

@@ -14,7 +14,6 @@ testbed, so no query ever leaves it. Waits are bounded liveness checks only.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import sys
 import textwrap
@@ -26,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from weftnet.router.testbed import Testbed
 
-from .weftctl import established, launch, report, wait_for
+from .weftctl import attach, established, launch, report, wait_for
 
 INIT = ("--ipalloc-init", "consensus=2")
 PINGS = 5
@@ -70,13 +69,6 @@ def v(samples: Samples, metric: str, **labels: str) -> float:
     return samples[(metric, frozenset(labels.items()))]
 
 
-def attach(tb: Testbed, host: str, container: str) -> ipaddress.IPv4Interface:
-    ns = tb.add_container(container)
-    out = tb.weft(host, "attach", "--name", container, ns, timeout=90).stdout.split()
-    assert len(out) == 1, out
-    return ipaddress.IPv4Interface(out[0])
-
-
 @pytest.fixture
 def pair(testbed_factory: Any) -> Testbed:
     tb: Testbed = testbed_factory(hosts=("h1", "h2"))
@@ -95,8 +87,8 @@ def pair(testbed_factory: Any) -> Testbed:
 
 def test_metrics_move_with_traffic_and_lookups(pair: Testbed) -> None:
     tb = pair
-    c1 = attach(tb, "h1", "c1")
-    c2 = attach(tb, "h2", "c2")
+    c1 = attach(tb, "h1", "c1", "--name", "c1")
+    c2 = attach(tb, "h2", "c2", "--name", "c2")
     wait_for("c1 reaching c2", lambda: tb.ping("c1", str(c2.ip), timeout=2))
 
     before = {h: scrape(tb, h) for h in ("h1", "h2")}

@@ -30,10 +30,10 @@ from weftnet.router.netdev import (
     ensure_bridge,
     link_exists,
     list_attached,
+    netns_name,
     remove_all,
     resolve_netns,
     set_mtu,
-    stable_mac,
     veth_name,
 )
 from weftnet.router.testbed import Testbed
@@ -131,6 +131,11 @@ def test_resolve_netns_by_name_pid_and_path(tb: Testbed) -> None:
     # The same namespace gets the same host-side veth name, however it is named.
     assert veth_name(by_name.key) == veth_name(by_pid.key)
     assert len(veth_name(by_name.key)) <= 15
+    # netns_name gives resolve_netns's name without opening anything (for records of a
+    # namespace that is gone)
+    for spec, name in ((ns, ns), (str(pid), f"pid:{pid}"), (f" pid:{pid} ", f"pid:{pid}"),
+                       (f"0{pid}", f"pid:{pid}"), (by_path.path, by_path.path)):
+        assert netns_name(spec) == name == resolve_netns(spec).name
 
 
 @pytest.mark.parametrize(
@@ -168,7 +173,7 @@ def test_attach_ping_list_detach(tb: Testbed) -> None:
     a1 = attach(c1, [cidr("10.99.1.1/24")], mtu=MTU, netns=host)
     a2 = attach(c2, [cidr("10.99.1.2/24")], mtu=MTU, netns=host)
     assert a1 == Attached(
-        container=c1.name, ifname="ethwe", host_ifname=veth_name(c1.key), mac=stable_mac(c1.key),
+        container=c1.name, ifname="ethwe", host_ifname=veth_name(c1.key), mac=a1.mac,
         cidrs=(cidr("10.99.1.1/24"),), netns_path=c1.path, key=c1.key,
     )  # fmt: skip
     assert a2.container == c2.name and a2.container.startswith("pid:")

@@ -59,7 +59,7 @@ import pytest
 
 from weftnet.router.testbed import Testbed
 
-from .weftctl import PASSWORD, launch, router_pid, wait_for
+from .weftctl import PASSWORD, attach, established, launch, router_pid, wait_for
 
 RANGE = ipaddress.IPv4Network("10.32.0.0/12")
 COUNT_TABLE = "weftscale"
@@ -134,8 +134,7 @@ def converged(reports: dict[str, dict[str, Any] | None], hosts: tuple[str, ...])
         if rep is None:
             return f"{host}: no report"
         router = rep["router"]
-        mine = {c["peer"]["nickname"] for c in router["connections"]
-                if c["state"] == "established" and c["peer"]}
+        mine = established(rep)
         if mine != everyone - {host}:
             return f"{host}: established to {len(mine)}, missing {sorted(everyone - {host} - mine)}"
         peers = {p["nickname"]: p for p in router["peers"]}
@@ -285,11 +284,7 @@ def test_routers_converge_allocate_reach_and_resolve(testbed_factory: Any, n: in
     attached = time.monotonic()
     addrs: dict[str, ipaddress.IPv4Interface] = {}
     for i, host in enumerate(hosts, start=1):
-        name = f"c{i}"
-        ns = tb.add_container(name)
-        out = tb.weft(host, "attach", "--name", name, ns, timeout=120).stdout.split()
-        assert len(out) == 1, out
-        addrs[name] = ipaddress.IPv4Interface(out[0])
+        addrs[f"c{i}"] = attach(tb, host, f"c{i}", "--name", f"c{i}", timeout=120)
     last_attach = time.monotonic()
     figure(f"attaching {n} containers (the first one seeds the ring by consensus): "
            f"{last_attach - attached:.1f} s")

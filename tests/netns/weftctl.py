@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from weftnet.router.datadir import DataDir
@@ -36,11 +38,70 @@ def established(rep: dict[str, Any]) -> set[str]:
             if c["state"] == "established" and c["peer"]}
 
 
+def meshed(tb: Testbed, hosts: tuple[str, ...]) -> bool:
+    """Whether each of ``hosts`` has an established connection to every other."""
+    return all(established(report(tb, h)) == set(hosts) - {h} for h in hosts)
+
+
 def launch(tb: Testbed, host: str, *peers: str, password: str | None = PASSWORD,
-           extra: tuple[str, ...] = ()) -> str:
-    env = {"WEFT_PASSWORD": password} if password is not None else {}
-    out = tb.weft(host, "launch", "--nickname", host, *extra, *peers, env=env)
-    return out.stdout.strip()
+           extra: tuple[str, ...] = (), env: Mapping[str, str] | None = None,
+           nickname: str | None = None, clock: str | None = None) -> str:
+    """``weft launch --nickname HOST EXTRA PEERS`` in ``host``; returns the peer name it
+    prints. ``env`` adds variables (``WEFT_IPAM_GRACE``, ...). ``clock`` runs it under
+    ``faketime -f CLOCK`` (the CLI and the router it starts). libfaketime shifts the
+    monotonic clock by the same offset, which only ever measures intervals inside one
+    process; with FAKETIME_DONT_FAKE_MONOTONIC=1 its clock_nanosleep wrapper makes Python's
+    ``time.sleep`` fail with EINVAL, so that is not used."""
+    argv = [sys.executable, "-m", "weftnet.router.cli", "launch", "--nickname",
+            nickname or host, *extra, *peers]
+    if clock is not None:
+        argv = ["faketime", "-f", clock, *argv]
+    over = {**({"WEFT_PASSWORD": password} if password is not None else {}), **(env or {})}
+    return tb.run(host, argv, env=over).stdout.strip()
+
+
+def attach(tb: Testbed, host: str, container: str, *args: str,
+           timeout: float = 90) -> ipaddress.IPv4Interface:
+    """``weft attach ARGS CONTAINER`` on ``host`` (the container's namespace is made on
+    first use); the one address it prints."""
+    ns = tb.ns(container) if container in tb.containers else tb.add_container(container)
+    out = tb.weft(host, "attach", *args, ns, timeout=timeout).stdout.split()
+    assert len(out) == 1, out
+    return ipaddress.IPv4Interface(out[0])
+
+
+def ipam(tb: Testbed, host: str) -> dict[str, Any]:
+    """The ``ipam`` part of ``host``'s report (IPAM must be on)."""
+    rep = report(tb, host)["ipam"]
+    assert rep is not None
+    return rep  # type: ignore[no-any-return]
+
+
+# --- router logs ---------------------------------------------------------------------------
+
+
+def log_of(tb: Testbed, host: str) -> str:
+    """``host``'s router log (empty before the first launch)."""
+    path = tb.data_dir(host) / "weft.log"
+    return path.read_text() if path.exists() else ""
+
+
+def no_tracebacks(tb: Testbed, hosts: tuple[str, ...]) -> None:
+    for h in hosts:
+        log = log_of(tb, h)
+        assert "Traceback" not in log, f"{h} logged a traceback:\n{log[-4000:]}"
+
+
+@contextmanager
+def logs_on_failure(tb: Testbed, hosts: tuple[str, ...]) -> Iterator[None]:
+    """Print the end of every router's log when the block fails (pytest shows it with the
+    error)."""
+    try:
+        yield
+    except BaseException:
+        for h in hosts:
+            print(f"--- {h}'s log ---\n{log_of(tb, h)[-4000:]}")
+        raise
 
 
 # --- bulk TCP between containers: every byte arrives, in order (sha256 at both ends) ----------
@@ -93,7 +154,55 @@ def bulk_tcp(tb: Testbed, server: str, server_ip: str, client: str, size: int, *
         sink.wait()
 
 
-# --- router processes: pid, memory, descriptors, kill -9 (used by test_churn.py) -----------
+# --- UDP datagrams between containers: how many arrive -------------------------------------
+
+UDP_COUNTER = """\
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(float(sys.argv[3]))
+print("ready", flush=True)
+got = 0
+try:
+    while True:
+        s.recv(65536)
+        got += 1
+except socket.timeout:
+    pass
+print(got, flush=True)
+"""
+
+UDP_SEND = """\
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.sendto(sys.argv[3].encode(), (sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def udp_listen(tb: Testbed, host: str, address: str, port: int, *,
+               quiet: float) -> subprocess.Popen[str]:
+    """Count the datagrams ``host`` receives on ``address:port`` until none has come for
+    ``quiet`` seconds; returns once the socket is bound. ``udp_count`` reads the count."""
+    proc = tb.popen(host, [sys.executable, "-c", UDP_COUNTER, address, str(port), str(quiet)],
+                    stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def udp_count(listener: subprocess.Popen[str], timeout: float = 60) -> int:
+    try:
+        return int(listener.communicate(timeout=timeout)[0])
+    finally:
+        listener.kill()
+
+
+def udp_send(tb: Testbed, host: str, address: str, port: int, payload: str = "hello") -> None:
+    """One datagram from ``host`` (broadcast addresses allowed)."""
+    tb.run(host, [sys.executable, "-c", UDP_SEND, address, str(port), payload])
+
+
+# --- router processes: pid, memory, descriptors, kill -9 -----------------------------------
 
 
 def router_pid(tb: Testbed, host: str) -> int:

@@ -134,14 +134,18 @@ def agreement(net: SimNet) -> bytes | None:
     return digest
 
 
-def settle(net: SimNet, *, limit: float, quiet: float = 6.0, every: float = 0.01) -> float:
+def settle(net: SimNet, *, limit: float, quiet: float = 6.0, every: float = 0.01,
+           check: Callable[[], None] | None = None) -> float:
     """Run until agreement has held with one digest for ``quiet`` seconds; return the
-    virtual time (from now) at which that agreement began."""
+    virtual time (from now) at which that agreement began. ``check``, when given, runs
+    after every step (it asserts what must hold all along, such as a cap on gossip)."""
     start = net.now
     since: float | None = None
     held: bytes | None = None
     while net.now - start < limit:
         net.run_for(every)
+        if check is not None:
+            check()
         digest = agreement(net)
         if digest is None:
             since, held = None, None

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from weftnet.proto.peername import PeerName
 from weftnet.proto.topology import encode_records
 
 from .scale import (
@@ -51,17 +52,19 @@ def _gossip_due(net: SimNet) -> dict[int, float]:
     return {n.index: n.mesh._next_gossip for n in net.live()}
 
 
+def _whole_without(adj: dict[PeerName, set[PeerName]], name: PeerName) -> bool:
+    """Whether the mesh ``adj`` stays connected when ``name`` leaves it."""
+    rest = {a: bs - {name} for a, bs in adj.items() if a != name}
+    return len(bfs_distances(rest, min(rest))) == len(rest)
+
+
 def _hub_that_can_leave(net: SimNet, seeds: int) -> int:
     """The non-seed peer with the most connections whose departure keeps the mesh whole."""
     live = net.live()
     adj = usable_links(dict(live[0].mesh.topology.peers))
-    by_name = {n.mesh.config.name: n.index for n in live}
     for node in sorted(live[seeds:], key=lambda n: (-len(n.mesh.connected_peers()), n.index)):
-        name = node.mesh.config.name
-        rest = {a: bs - {name} for a, bs in adj.items() if a != name}
-        start = live[0].mesh.config.name
-        if len(bfs_distances(rest, start)) == len(rest):
-            return by_name[name]
+        if _whole_without(adj, node.mesh.config.name):
+            return node.index
     raise AssertionError("every peer is a cut vertex")
 
 
@@ -259,9 +262,7 @@ def _leaver(net: SimNet) -> int:
     live = net.live()
     adj = usable_links(dict(live[0].mesh.topology.peers))
     for node in net.rng.sample(live, len(live)):
-        name = node.mesh.config.name
-        rest = {a: bs - {name} for a, bs in adj.items() if a != name}
-        if len(bfs_distances(rest, min(rest))) == len(rest):
+        if _whole_without(adj, node.mesh.config.name):
             return node.index
     raise AssertionError("every peer is a cut vertex")
 
@@ -272,23 +273,14 @@ def _settle_without_storm(net: SimNet, what: str, seed: int, *, limit: float) ->
     cap = STORM_MSGS * (math.log2(live) + 1) * live
     start = sum(n.mesh.stats.gossip_messages_sent for n in net.nodes)
     began = net.now
-    since: float | None = None
-    held: bytes | None = None
-    while net.now - began < limit:
-        net.run_for(0.01)
+
+    def no_storm() -> None:
         sent = sum(n.mesh.stats.gossip_messages_sent for n in net.nodes) - start
         assert sent <= cap, (
             f"seed {seed}, {live} peers, {what}: gossip storm, {sent} gossip messages "
             f"within {net.now - began:.2f} virtual s (cap {cap:.0f}); topology agreed: "
             f"{agreement(net) is not None}")
-        digest = agreement(net)
-        if digest is None:
-            since, held = None, None
-        elif digest != held:
-            since, held = net.now, digest
-        elif since is not None and net.now - since >= QUIET:
-            return since - began
-    raise AssertionError(f"seed {seed}, {live} peers, {what}: not converged after {limit} s")
+    return settle(net, limit=limit, quiet=QUIET, check=no_storm)
 
 
 def _growth_figures(n: int, seed: int) -> GrowthFigures:

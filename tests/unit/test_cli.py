@@ -145,6 +145,21 @@ def test_internal_error_is_one_line_exit_2(
     assert status == 2 and "Traceback" in err
 
 
+def test_a_hostile_argument_is_cut_short_in_the_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI's errors and the API's (which the CLI prints) quote a 100 KB argument back
+    as its first 60 characters and its length."""
+    from weftnet.router.api import error_response
+
+    long = "x" * 100_000
+    status, _, err = run_cli(capsys, "status", long)
+    assert status == 2 and "...(100002 characters)" in assert_one_line_error(err)
+    assert len(err) < 400
+    assert cli.one_line(f"no network namespace {long!r}\n(really)") == (
+        f"no network namespace '{'x' * 59}...(100002 characters) (really)")
+    body = json.loads(error_response(400, f"bad {long}").body)
+    assert body == {"error": f"bad {'x' * 60}...(100000 characters)"}
+
+
 # -- launch option validation --------------------------------------------------------------
 
 

@@ -1,8 +1,9 @@
 """The CNI plugin without a machine: parsing the environment and the network
 configuration, results in each spec version, error objects with the spec's codes, and the
-commands driven against a fake router API and a fake host (virtual time: the wait for a
-router that is not there never sleeps). Also the API fields the plugin relies on
-(``ifname``, ``missing_ok``) and the attachment record keeping its interface name."""
+commands driven against the fuzz harness's fake router API and fake host (virtual time:
+the wait for a router that is not there never sleeps). Also the API fields the plugin
+relies on (``ifname``, ``missing_ok``) and the attachment record keeping its interface
+name."""
 
 from __future__ import annotations
 
@@ -18,94 +19,16 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weftnet.proto.errors import LocalProtocolError
+from fuzz.fuzz_cni import BASE_ENV, MAC, NETNS, REPORT, FakeHost, FakeRouter
 from weftnet.router import api, cni
 from weftnet.router import cnispec as spec
 from weftnet.router.attachments import Attachments, Record
-from weftnet.router.cli import NotRunning
 from weftnet.router.cni import Interface, Plugin
 from weftnet.router.cnispec import CniError, Invocation
 from weftnet.router.datadir import DataDir
 
-NETNS = "/var/run/netns/pod1"
-MAC = "02:aa:bb:cc:dd:ee"
-REPORT: dict[str, Any] = {
-    "ipam": {"range": "10.32.0.0/12", "default_subnet": "10.32.0.0/12"},
-    "dns": {"domain": "weft.local.", "address": "127.0.0.11", "entries": []},
-}
-ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc123", "CNI_NETNS": NETNS,
-       "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin",
-       "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAME=web"}
+ENV = BASE_ENV
 CONF: dict[str, Any] = {"cniVersion": "1.0.0", "name": "weft", "type": "weft-net"}
-
-
-# --- fakes ---------------------------------------------------------------------------------
-
-
-class FakeRouter:
-    """The router API as the plugin sees it: canned answers, every call recorded."""
-
-    def __init__(self, *, up: bool = True, report: dict[str, Any] | None = None) -> None:
-        self.where = "127.0.0.1:6784"
-        self.up = up
-        self.report = json.loads(json.dumps(REPORT if report is None else report))
-        self.calls: list[tuple[str, str, Any]] = []
-        self.attached: dict[str, dict[str, Any]] = {}
-        self.refuse: str | None = None
-
-    def call(self, method: str, path: str, body: Any = None, *, timeout: float = 30.0) -> Any:
-        self.calls.append((method, path, body))
-        if not self.up:
-            raise NotRunning(f"no router is running (nothing answers on {self.where})")
-        if self.refuse is not None and path == "/attach":
-            raise LocalProtocolError(self.refuse)
-        if path == "/version":
-            return {"version": "0.1.0"}
-        if path == "/report":
-            return self.report
-        if path == "/attach":
-            specs = body["addresses"] or ["net:default"]
-            cidrs = ["10.32.0.5/12" if s.startswith("net:") else s for s in specs]
-            self.attached[body["container"]] = {"container": body["container"], "mac": MAC,
-                                                "cidrs": cidrs, "ifname": body.get("ifname", "ethwe")}
-            return {"cidrs": cidrs}
-        if path == "/ps":
-            return {"containers": list(self.attached.values())}
-        if path == "/detach":
-            self.attached.pop(body["container"], None)
-            return {"removed": []}
-        if path == "/dns/add":
-            return {"added": 1}
-        raise AssertionError(f"unexpected call {method} {path}")
-
-    def paths(self) -> list[str]:
-        return [p for _, p, _ in self.calls]
-
-
-class FakeHost:
-    def __init__(self, *, namespaces: tuple[str, ...] = (NETNS,),
-                 bridge: tuple[str, ...] = ()) -> None:
-        self.namespaces = set(namespaces)
-        self.bridge = [ipaddress.IPv4Interface(b) for b in bridge]
-        self.table: list[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address | None]] = []
-        self.iface: Interface | None = Interface("eth0", MAC, True,
-                                                 (ipaddress.IPv4Interface("10.32.0.5/12"),))
-
-    def netns_exists(self, path: str) -> bool:
-        return path in self.namespaces
-
-    def bridge_addresses(self) -> list[ipaddress.IPv4Interface]:
-        return list(self.bridge)
-
-    def interface(self, netns: str, ifname: str) -> Interface | None:
-        return self.iface if self.iface is not None and self.iface.name == ifname else None
-
-    def routes(self, netns: str) -> list[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address | None]]:
-        return list(self.table)
-
-    def add_route(self, netns: str, ifname: str, dst: ipaddress.IPv4Network,
-                  gw: ipaddress.IPv4Address | None) -> None:
-        self.table.append((dst, gw))
 
 
 class VirtualClock:

@@ -12,6 +12,7 @@ from weftnet.ipam.mode import ConsensusInit, ObserverInit, SeedInit
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.router.attachments import parse_address_specs
 from weftnet.router.config import add_launch_arguments, config_from_args, ipalloc_init_mode
+from weftnet.router.daemon import ipam_grace
 
 
 def launch_ns(*args: str) -> argparse.Namespace:
@@ -55,8 +56,6 @@ def test_init_mode_from_launch_options() -> None:
 
 
 def test_grace_period_from_the_environment() -> None:
-    from weftnet.router.daemon import ipam_grace
-
     assert ipam_grace({}) == 30.0  # Weave's containerDiedTimeout
     assert ipam_grace({"WEFT_IPAM_GRACE": " 2.5 "}) == 2.5
     assert ipam_grace({"WEFT_IPAM_GRACE": "0"}) == 0.0
