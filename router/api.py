@@ -23,10 +23,11 @@ Adding an endpoint is adding a table entry::
 Handlers are async so that later ones may await (IPAM consensus, netns work); the
 current ones call the synchronous control methods directly.
 
-``serve_api`` runs hypercorn until ``control.wait_stopped()`` returns (hypercorn's
-shutdown trigger, so in-flight responses such as the one to ``POST /stop`` still go
-out). It reports readiness with ``task_status.started((host, port))`` only once the
-socket is bound and listening; a bind failure raises LocalProtocolError before that.
+``serve_api`` serves it (hypercorn's HTTP/1.1 behind ``httpserve``'s accept loop, which
+caps open connections) until ``control.wait_stopped()`` returns; in-flight responses,
+such as the one to ``POST /stop``, still go out. It reports readiness with
+``task_status.started((host, port))`` only once the socket is bound and listening; a bind
+failure raises LocalProtocolError before that.
 """
 
 from __future__ import annotations
@@ -37,16 +38,18 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol, cast
-from urllib.parse import parse_qs, urlsplit
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import parse_qs
 
 import trio
 
 import weftnet
 from weftnet.proto.errors import LocalProtocolError
 
+from . import httpserve
 from .cli import one_line
 from .cnispec import ifname_ok
+from .httpserve import HttpStats
 
 if TYPE_CHECKING:
     from hypercorn.typing import (
@@ -502,17 +505,6 @@ def _bind_text(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _find_oserror(exc: BaseException) -> OSError | None:
-    if isinstance(exc, OSError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for sub in exc.exceptions:
-            found = _find_oserror(sub)
-            if found is not None:
-                return found
-    return None
-
-
 def _hypercorn_config(host: str, port: int) -> Any:
     from hypercorn.config import Config
 
@@ -531,33 +523,27 @@ async def serve_api(
     host: str,
     port: int,
     *,
+    stats: HttpStats | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the API on ``host:port`` until ``control.wait_stopped()`` returns.
+    """Serve the API on ``host:port`` until ``control.wait_stopped()`` returns, with at
+    most ``stats.max_connections`` connections open (``httpserve``).
 
     ``task_status.started((host, bound_port))`` once listening (``port=0`` picks one);
     LocalProtocolError("cannot listen on ADDR: reason") if the bind fails."""
-    from hypercorn.trio import serve
-
     where = _bind_text(host, port)
     config = _hypercorn_config(host, port)
-    app = cast(Any, build_app(control))
+    try:
+        sock = config.create_sockets().insecure_sockets[0]
+        sock.listen(config.backlog)
+    except OSError as exc:
+        reason = "address in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise LocalProtocolError(f"cannot listen on {where}: {reason}") from None
+    bound_port = sock.getsockname()[1]
     async with trio.open_nursery() as nursery:
-        try:
-            binds = await nursery.start(
-                partial(serve, app, config, shutdown_trigger=control.wait_stopped)
-            )
-        except BaseException as exc:
-            oserror = _find_oserror(exc)
-            if oserror is None:
-                raise
-            reason = (
-                "address in use"
-                if oserror.errno == errno.EADDRINUSE
-                else (oserror.strerror or str(oserror))
-            )
-            raise LocalProtocolError(f"cannot listen on {where}: {reason}") from None
-        bound = urlsplit(binds[0]) if binds else None
-        bound_port = bound.port if bound is not None and bound.port is not None else port
+        await nursery.start(partial(httpserve.serve, build_app(control), config,
+                                    trio.socket.from_stdlib_socket(sock),
+                                    stats=stats or HttpStats(),
+                                    shutdown_trigger=control.wait_stopped))
         logger.info("HTTP API listening on %s", _bind_text(host, bound_port))
         task_status.started((host, bound_port))

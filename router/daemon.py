@@ -104,6 +104,7 @@ from .dataplane import Dataplane
 from .expose import EXPOSE_IDENT, Exposer
 from .expose import Record as ExposeRecord
 from .fastdp import FastdpGossiper
+from .httpserve import HttpStats
 from .metrics import RouterMetrics
 
 log = logging.getLogger("weft")
@@ -193,6 +194,7 @@ class Router:
         if config.ipalloc_range:
             self.ipam = self._make_allocator(name, now)
             self.mesh.register_channel(IPAM_CHANNEL, IpamGossiper(self.ipam, trio.current_time))
+        self.api_stats = HttpStats()   # the API's connections (router/httpserve.py)
         self._metrics = RouterMetrics(self)  # GET /metrics (router/metrics.py): read at scrape time
 
     # --- RouterControl -----------------------------------------------------------------
@@ -208,6 +210,7 @@ class Router:
             if extra is not None:
                 conn["sleeve"] = extra
         router["dataplane"] = self.dataplane.report()
+        router["api"] = self.api_stats.as_dict()
         return {
             "version": weftnet.__version__,
             "router": router,
@@ -692,7 +695,7 @@ class Router:
             for listener in listeners:
                 nursery.start_soon(self._accept_loop, listener)
             host, port = self.config.http_addr
-            await nursery.start(serve_api, self, host, port)
+            await nursery.start(functools.partial(serve_api, self, host, port, stats=self.api_stats))
             nursery.start_soon(self._timer_loop)
             self.mesh.add_targets(self._initial_targets, trio.current_time())
             self._persist()

@@ -263,6 +263,14 @@ def _router_families(report: Mapping[str, Any], router: Mapping[str, Any],
                       len(router["peers"])))
     out.append(_gauge("targets", "Connection targets (weft connect / launch PEER...).",
                       len(router["targets"])))
+    api = router.get("api")
+    if isinstance(api, Mapping):
+        out.append(_gauge("api_connections", "Open connections to the HTTP API.",
+                          api["connections"]))
+        out.append(CounterMetricFamily(
+            _name("api_connections_evicted"),
+            "HTTP API connections closed to make room for a new one (at the cap).",
+            value=api["evicted"]))
 
     connections = router["connections"]
     states = Counter(str(c["state"]) for c in connections)

@@ -10,6 +10,7 @@ import http.client
 import json
 import socket
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ import weftnet
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.router import api
 from weftnet.router.api import MAX_BODY, ApiApp, Request, Response, json_response, serve_api
+from weftnet.router.httpserve import HttpStats
 
 SAMPLE_REPORT: dict[str, Any] = {
     "version": weftnet.__version__,
@@ -351,6 +353,54 @@ def test_stop_and_reset_answer_then_serve_api_returns(path: str, call_name: str)
                 assert status == 200
             # The nursery exited: serve_api returned once the router stopped.
         assert ctl.calls == [(call_name, None)]
+
+    trio.run(main)
+
+
+def test_held_connections_are_capped_oldest_first_and_shutdown_still_returns() -> None:
+    """Connections that never finish a request (slowloris) cost at most the cap: each new
+    connection beyond it closes the oldest, so a real request still gets in and answered."""
+    cap = 4
+    stats = HttpStats(max_connections=cap)
+
+    def hold(port: int) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"GET /version HTTP/1.1\r\nHo")   # and never the rest
+        return s
+
+    def closed_by_server(s: socket.socket) -> bool:
+        try:
+            return s.recv(100) == b""
+        except ConnectionResetError:
+            return True
+
+    def finish(s: socket.socket) -> int:
+        s.sendall(b"st: x\r\nConnection: close\r\n\r\n")
+        return int(s.recv(100).split()[1])
+
+    async def main() -> None:
+        ctl = FakeControl()
+        held: list[socket.socket] = []
+        try:
+            with trio.fail_after(20):
+                async with trio.open_nursery() as nursery:
+                    _, port = await nursery.start(partial(serve_api, ctl, "127.0.0.1", 0,
+                                                          stats=stats))
+                    for _ in range(cap + 2):
+                        held.append(await trio.to_thread.run_sync(hold, port))
+                    while stats.accepted < cap + 2:
+                        await trio.sleep(0.01)
+                    assert (stats.open, stats.evicted) == (cap, 2)
+                    status, _, _ = await call(port, "GET", "/version")
+                    assert status == 200 and stats.evicted == 3
+                    for s in held[:3]:
+                        assert await trio.to_thread.run_sync(closed_by_server, s)
+                    assert await trio.to_thread.run_sync(finish, held[3]) == 200
+                    ctl.stopped.set()   # two connections still held: shutdown ends them
+        finally:
+            for s in held:
+                s.close()
+        assert stats.accepted == cap + 3
 
     trio.run(main)
 

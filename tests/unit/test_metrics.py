@@ -91,6 +91,7 @@ REPORT: dict[str, Any] = {
             conn("10.0.0.8:6783", "retrying", info="connection refused; retry in 3s"),
         ],
         "targets": ["10.0.0.2:6783", "10.0.0.9:6783", "10.0.0.8:6783"],
+        "api": {"connections": 2, "max_connections": 64, "accepted": 90, "evicted": 7},
         "dataplane": {"drops": {"no route": 3, "replay": 2}, "macs": 5, "udp_port": 6783,
                       "mtu": 1376},
     },
@@ -135,6 +136,8 @@ def test_the_families_of_a_report() -> None:
     assert value(samples, "weft_build_info", version="0.1.0") == 1
     assert value(samples, "weft_router_info", name=ME, nickname="host1", encryption="enabled") == 1
     assert value(samples, "weft_peers") == 3 and value(samples, "weft_targets") == 3
+    assert value(samples, "weft_api_connections") == 2
+    assert value(samples, "weft_api_connections_evicted_total") == 7
     # by state: every state present, zeros included
     assert {s: value(samples, "weft_connections", state=s) for s in
             ("established", "pending", "retrying", "failed", "connecting")} == {
@@ -371,6 +374,7 @@ def test_a_router_serves_its_metrics(tmp_path: Path) -> None:
     assert value(samples, "weft_packets_total", overlay="sleeve", direction="in") == 0
     assert value(samples, "weft_ipam_range_addresses") == 2**20
     assert value(samples, "weft_dns_entries", origin="local") == 0
+    assert value(samples, "weft_api_connections_evicted_total") == 0
 
 
 # --- the DNS server's query results ------------------------------------------------------------
