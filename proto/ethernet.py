@@ -108,6 +108,15 @@ def format_mac(mac: int) -> str:
     return ":".join(f"{b:02x}" for b in mac.to_bytes(6, "big"))
 
 
+def parse_mac(text: str) -> int:
+    """``aa:bb:cc:dd:ee:ff`` (what ``format_mac`` gives, and what the kernel shows) as an
+    int; ValueError when it is not six bytes."""
+    raw = bytes.fromhex(text.replace(":", ""))
+    if len(raw) != 6:
+        raise ValueError(f"bad MAC address {text!r}")
+    return int.from_bytes(raw, "big")
+
+
 @dataclass(frozen=True, slots=True)
 class VnetHeader:
     """The 10-byte ``virtio_net_hdr`` in front of every frame of an IFF_VNET_HDR TAP."""

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import RemoteProtocolError
+from .ethernet import parse_mac
 from .framing import pack, unpack
 from .peername import MAX_NAME, PeerName
 
@@ -70,10 +71,7 @@ MAX_REASON = 256
 
 
 def mac_bytes(mac: str) -> bytes:
-    raw = bytes.fromhex(mac.replace(":", ""))
-    if len(raw) != 6:
-        raise ValueError(f"bad MAC address {mac!r}")
-    return raw
+    return parse_mac(mac).to_bytes(6, "big")
 
 
 def mac_text(raw: bytes) -> str:

@@ -49,7 +49,7 @@ from weftnet.proto.errors import LocalProtocolError
 from . import httpserve
 from .cli import one_line
 from .cnispec import ifname_ok
-from .httpserve import HttpStats
+from .httpserve import HttpConnections
 
 if TYPE_CHECKING:
     from hypercorn.typing import (
@@ -523,11 +523,11 @@ async def serve_api(
     host: str,
     port: int,
     *,
-    stats: HttpStats | None = None,
+    conns: HttpConnections | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the API on ``host:port`` until ``control.wait_stopped()`` returns, with at
-    most ``stats.max_connections`` connections open (``httpserve``).
+    most ``conns.max_connections`` connections open (``httpserve``).
 
     ``task_status.started((host, bound_port))`` once listening (``port=0`` picks one);
     LocalProtocolError("cannot listen on ADDR: reason") if the bind fails."""
@@ -543,7 +543,7 @@ async def serve_api(
     async with trio.open_nursery() as nursery:
         await nursery.start(partial(httpserve.serve, build_app(control), config,
                                     trio.socket.from_stdlib_socket(sock),
-                                    stats=stats or HttpStats(),
+                                    conns=conns or HttpConnections(),
                                     shutdown_trigger=control.wait_stopped))
         logger.info("HTTP API listening on %s", _bind_text(host, bound_port))
         task_status.started((host, bound_port))

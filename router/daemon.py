@@ -77,6 +77,7 @@ from weftnet.ipam.gossip import IpamGossiper
 from weftnet.ipam.persist import StateError, decode_state, encode_state
 from weftnet.ipam.release import MAX_GRACE, RELEASE_GRACE, check_grace
 from weftnet.proto.errors import LocalProtocolError
+from weftnet.proto.ethernet import parse_mac
 from weftnet.proto.fastdp import CHANNEL as FASTDP_CHANNEL
 from weftnet.proto.fastdp import VXLAN_OVERHEAD
 from weftnet.proto.mesh import Close, Dial, MeshConfig, MeshNode, PeerConnected, PeerDisconnected
@@ -104,7 +105,7 @@ from .dataplane import Dataplane
 from .expose import EXPOSE_IDENT, Exposer
 from .expose import Record as ExposeRecord
 from .fastdp import FastdpGossiper
-from .httpserve import HttpStats
+from .httpserve import HttpConnections
 from .metrics import RouterMetrics
 
 log = logging.getLogger("weft")
@@ -194,7 +195,7 @@ class Router:
         if config.ipalloc_range:
             self.ipam = self._make_allocator(name, now)
             self.mesh.register_channel(IPAM_CHANNEL, IpamGossiper(self.ipam, trio.current_time))
-        self.api_stats = HttpStats()   # the API's connections (router/httpserve.py)
+        self.api_conns = HttpConnections()   # the API's connections (router/httpserve.py)
         self._metrics = RouterMetrics(self)  # GET /metrics (router/metrics.py): read at scrape time
 
     # --- RouterControl -----------------------------------------------------------------
@@ -210,7 +211,7 @@ class Router:
             if extra is not None:
                 conn["sleeve"] = extra
         router["dataplane"] = self.dataplane.report()
-        router["api"] = self.api_stats.as_dict()
+        router["api"] = self.api_conns.as_dict()
         return {
             "version": weftnet.__version__,
             "router": router,
@@ -342,7 +343,7 @@ class Router:
                 return freed
             raise LocalProtocolError(str(exc)) from None
         if result.mac is not None:  # its claim on the virtual Ethernet ends now, not at expiry
-            self.dataplane.forwarder.forget_mac(int(result.mac.replace(":", ""), 16))
+            self.dataplane.forwarder.forget_mac(parse_mac(result.mac))
         if self.dns is not None:
             if result.gone:
                 self.dns.unregister(result.container, time.time())
@@ -695,7 +696,7 @@ class Router:
             for listener in listeners:
                 nursery.start_soon(self._accept_loop, listener)
             host, port = self.config.http_addr
-            await nursery.start(functools.partial(serve_api, self, host, port, stats=self.api_stats))
+            await nursery.start(functools.partial(serve_api, self, host, port, conns=self.api_conns))
             nursery.start_soon(self._timer_loop)
             self.mesh.add_targets(self._initial_targets, trio.current_time())
             self._persist()

@@ -10,9 +10,10 @@ costs at most the cap, and cannot lock anyone out: a CLI call connects, asks and
 within milliseconds, as the newest connection. Hypercorn's own timers still apply: a
 connection without a request is closed after ``keep_alive_timeout``.
 
-Evictions are counted in ``HttpStats`` (``weft report``: ``router.api``; /metrics) and
-logged at most once per ``LOG_INTERVAL``. On shutdown, connections get
-``graceful_timeout`` to finish their requests, as with hypercorn's ``serve``.
+Open connections and evictions are counted in ``HttpConnections`` (``weft report``:
+``router.api``; /metrics); evictions are logged at most once per ``LOG_INTERVAL``. On
+shutdown, connections get ``graceful_timeout`` to finish their requests, as with
+hypercorn's ``serve``.
 
 This uses hypercorn's ``TCPServer`` and ``WorkerContext`` (not its documented API);
 pyproject.toml pins the versions it was written against.
@@ -24,7 +25,6 @@ import errno
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -40,49 +40,37 @@ LOG_INTERVAL = 10.0
 _CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
-@dataclass(slots=True)
-class HttpStats:
-    max_connections: int = MAX_CONNECTIONS
-    open: int = 0          # connections open now
-    accepted: int = 0      # since start
-    evicted: int = 0       # the oldest closed to make room for a new one
+class HttpConnections:
+    """The open connections, oldest first, as the cancel scopes that end them; what
+    ``weft report`` shows of them (``as_dict``)."""
+
+    def __init__(self, max_connections: int = MAX_CONNECTIONS) -> None:
+        self.max_connections = max_connections
+        self.accepted = 0      # since start
+        self.evicted = 0       # the oldest closed to make room for a new one
+        self._open: OrderedDict[trio.CancelScope, None] = OrderedDict()
+
+    @property
+    def open(self) -> int:
+        return len(self._open)
 
     def as_dict(self) -> dict[str, int]:
         return {"connections": self.open, "max_connections": self.max_connections,
                 "accepted": self.accepted, "evicted": self.evicted}
 
+    def add(self, scope: trio.CancelScope) -> None:
+        self.accepted += 1
+        self._open[scope] = None
 
-class _Open:
-    """The open connections, oldest first, each with the cancel scope that ends it."""
-
-    def __init__(self, stats: HttpStats) -> None:
-        self._scopes: OrderedDict[int, trio.CancelScope] = OrderedDict()
-        self._next = 0
-        self._stats = stats
-        self.empty = trio.Event()
-        self.empty.set()
-
-    def add(self, scope: trio.CancelScope) -> int:
-        self._next += 1
-        self._scopes[self._next] = scope
-        self._stats.open = len(self._scopes)
-        self.empty = trio.Event() if self.empty.is_set() else self.empty
-        return self._next
-
-    def remove(self, key: int) -> None:
-        self._scopes.pop(key, None)
-        self._stats.open = len(self._scopes)
-        if not self._scopes:
-            self.empty.set()
+    def remove(self, scope: trio.CancelScope) -> None:
+        self._open.pop(scope, None)
 
     def make_room(self) -> bool:
         """Close the oldest connection if the cap is reached; True if one was closed."""
-        if len(self._scopes) < self._stats.max_connections:
+        if len(self._open) < self.max_connections:
             return False
-        _, scope = self._scopes.popitem(last=False)
-        scope.cancel()
-        self._stats.open = len(self._scopes)
-        self._stats.evicted += 1
+        self._open.popitem(last=False)[0].cancel()
+        self.evicted += 1
         return True
 
 
@@ -91,7 +79,7 @@ async def serve(
     config: Config,
     sock: trio.socket.SocketType,
     *,
-    stats: HttpStats,
+    conns: HttpConnections,
     shutdown_trigger: Callable[[], Awaitable[None]],
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -104,16 +92,15 @@ async def serve(
     wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
     context = WorkerContext(None)
     listener = trio.SocketListener(sock)
-    conns = _Open(stats)
     unlogged = 0
     last_log = -LOG_INTERVAL
 
-    async def one(stream: trio.SocketStream, scope: trio.CancelScope, key: int) -> None:
+    async def one(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
         with scope:
             try:
                 await TCPServer(wrapped, config, context, {}, stream).run()
             finally:
-                conns.remove(key)
+                conns.remove(scope)
         await trio.aclose_forcefully(stream)  # when cancelled, TCPServer may not have
 
     async def accept(handlers: trio.Nursery) -> None:
@@ -127,17 +114,17 @@ async def serve(
                 log.warning("HTTP API: cannot accept a connection: %s", exc.strerror)
                 await trio.sleep(0.1)
                 continue
-            stats.accepted += 1
             if conns.make_room():
                 unlogged += 1
                 now = trio.current_time()
                 if now - last_log >= LOG_INTERVAL:
                     log.warning("HTTP API: %d connection(s) closed to make room: %d open is "
                                 "the most (is a local process holding connections open?)",
-                                unlogged, stats.max_connections)
+                                unlogged, conns.max_connections)
                     unlogged, last_log = 0, now
-            scope = trio.CancelScope()   # counted from now, before its task first runs
-            handlers.start_soon(one, stream, scope, conns.add(scope))
+            scope = trio.CancelScope()
+            conns.add(scope)   # counted from now, before its task first runs
+            handlers.start_soon(one, stream, scope)
 
     async with trio.open_nursery() as handlers:
         async with trio.open_nursery() as accepting:
@@ -146,7 +133,5 @@ async def serve(
             await shutdown_trigger()
             accepting.cancel_scope.cancel()
         await listener.aclose()
-        await context.terminated.set()  # idle connections close; busy ones finish
-        with trio.move_on_after(config.graceful_timeout):
-            await conns.empty.wait()
-        handlers.cancel_scope.cancel()
+        await context.terminated.set()  # idle connections close; busy ones finish, until:
+        handlers.cancel_scope.deadline = trio.current_time() + config.graceful_timeout

@@ -20,7 +20,7 @@ import weftnet
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.router import api
 from weftnet.router.api import MAX_BODY, ApiApp, Request, Response, json_response, serve_api
-from weftnet.router.httpserve import HttpStats
+from weftnet.router.httpserve import HttpConnections
 
 SAMPLE_REPORT: dict[str, Any] = {
     "version": weftnet.__version__,
@@ -361,7 +361,7 @@ def test_held_connections_are_capped_oldest_first_and_shutdown_still_returns() -
     """Connections that never finish a request (slowloris) cost at most the cap: each new
     connection beyond it closes the oldest, so a real request still gets in and answered."""
     cap = 4
-    stats = HttpStats(max_connections=cap)
+    conns = HttpConnections(max_connections=cap)
 
     def hold(port: int) -> socket.socket:
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -385,14 +385,14 @@ def test_held_connections_are_capped_oldest_first_and_shutdown_still_returns() -
             with trio.fail_after(20):
                 async with trio.open_nursery() as nursery:
                     _, port = await nursery.start(partial(serve_api, ctl, "127.0.0.1", 0,
-                                                          stats=stats))
+                                                          conns=conns))
                     for _ in range(cap + 2):
                         held.append(await trio.to_thread.run_sync(hold, port))
-                    while stats.accepted < cap + 2:
+                    while conns.accepted < cap + 2:
                         await trio.sleep(0.01)
-                    assert (stats.open, stats.evicted) == (cap, 2)
+                    assert (conns.open, conns.evicted) == (cap, 2)
                     status, _, _ = await call(port, "GET", "/version")
-                    assert status == 200 and stats.evicted == 3
+                    assert status == 200 and conns.evicted == 3
                     for s in held[:3]:
                         assert await trio.to_thread.run_sync(closed_by_server, s)
                     assert await trio.to_thread.run_sync(finish, held[3]) == 200
@@ -400,7 +400,7 @@ def test_held_connections_are_capped_oldest_first_and_shutdown_still_returns() -
         finally:
             for s in held:
                 s.close()
-        assert stats.accepted == cap + 3
+        assert conns.accepted == cap + 3
 
     trio.run(main)
 

@@ -27,6 +27,7 @@ from weftnet.proto.ethernet import (
     inner_ip_size,
     is_group,
     macs,
+    parse_mac,
     segment_size,
 )
 
@@ -77,6 +78,10 @@ def test_macs_and_groups() -> None:
     assert not is_group(MAC_A)
     assert not is_group(0xFEFFFFFFFFFF)      # only the I/G bit counts
     assert format_mac(0x0A1B2C3D4E5F) == "0a:1b:2c:3d:4e:5f"
+    assert parse_mac("0A:1b:2c:3d:4e:5f") == 0x0A1B2C3D4E5F
+    for bad in ("0a:1b:2c:3d:4e", "0a:1b:2c:3d:4e:5f:00", "zz:1b:2c:3d:4e:5f", ""):
+        with pytest.raises(ValueError):
+            parse_mac(bad)
     with pytest.raises(RemoteProtocolError):
         macs(frame[:11])
     with pytest.raises(RemoteProtocolError):
@@ -231,3 +236,8 @@ def test_frag_needed_answers_big_echo_requests() -> None:
 def test_frag_needed_mtu_is_checked() -> None:
     with pytest.raises(LocalProtocolError):
         frag_needed_reply(b"", 67)
+
+
+@given(st.integers(min_value=0, max_value=2**48 - 1))
+def test_parse_mac_inverts_format_mac(mac: int) -> None:
+    assert parse_mac(format_mac(mac)) == mac
