@@ -23,10 +23,10 @@ from collections.abc import Collection
 from typing import Any
 
 from weftnet.proto.errors import LocalProtocolError
-from weftnet.router import cni
-from weftnet.router import cnispec as spec
-from weftnet.router.cli import NotRunning
-from weftnet.router.cnispec import CniError
+from weftnet.router.programs import cni
+from weftnet.router.programs import cnispec as spec
+from weftnet.router.programs.cli import NotRunning
+from weftnet.router.programs.cnispec import CniError
 
 NETNS = "/var/run/netns/pod1"
 MAC = "02:aa:bb:cc:dd:ee"

@@ -6,7 +6,7 @@ With encryption off (no password, or both ends trusting each other's subnet), fr
 between two *directly connected* routers can skip the router entirely: each host has a
 kernel VXLAN device (UDP port + 1, 6784) on its ``weft`` bridge, and the router only
 programs forwarding entries. Whether that works is not assumed but measured, per
-connection and per direction, by this module; the shell (router/fastdp.py) moves bytes.
+connection and per direction, by this module; the shell (router/dataplane/fastpath.py) moves bytes.
 
 Two messages travel on the control connection (gossip channel ``fastdp``, unicast to the
 direct peer), msgpack arrays::

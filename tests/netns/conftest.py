@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from weftnet.router.testbed import DEFAULT_PATTERN, Testbed, sweep_stale
+from weftnet.router.tools.testbed import DEFAULT_PATTERN, Testbed, sweep_stale
 
 HERE = Path(__file__).resolve().parent
 

@@ -31,8 +31,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from weftnet.router.api import MAX_BODY
-from weftnet.router.testbed import Testbed
+from weftnet.router.api.server import MAX_BODY
+from weftnet.router.tools.testbed import Testbed
 
 from .weftctl import launch, report, router_pid
 
@@ -160,14 +160,14 @@ def noop_cases(c1: str, c2: str) -> list[tuple[str, ...]]:
 
 # --- the CLI: one driver inside h1 forks a process per case -------------------------------
 
-# The child runs the CLI module as ``python -m weftnet.router.cli ARGS`` would (runpy, as
+# The child runs the CLI module as ``python -m weftnet.router.programs.cli ARGS`` would (runpy, as
 # __main__, with that argv and environment; an exception escaping it is printed the way the
 # interpreter would) with its stdout and stderr in files: the interpreter starts once, not
 # 200 times. A sample of the cases runs through the real ``weft`` process too (see the test).
 CLI_DRIVER = textwrap.dedent(r'''
     import json, os, runpy, sys, tempfile, traceback
     # what the CLI module imports, once (not the module itself: runpy runs it afresh)
-    import argparse, http.client, urllib.request, weftnet.router.config, weftnet.router.datadir
+    import argparse, http.client, urllib.request, weftnet.router.daemon.config, weftnet.router.host.datadir
     cases = json.load(sys.stdin)
     out = []
     for args, env in cases:
@@ -184,7 +184,7 @@ CLI_DRIVER = textwrap.dedent(r'''
                 sys.argv = ["weft", *args]
                 code = 0
                 try:
-                    runpy.run_module("weftnet.router.cli", run_name="__main__", alter_sys=True)
+                    runpy.run_module("weftnet.router.programs.cli", run_name="__main__", alter_sys=True)
                 except SystemExit as exc:
                     code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
                     if isinstance(exc.code, str):

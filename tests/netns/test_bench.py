@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from weftnet.router import bench
-from weftnet.router.testbed import DEFAULT_PATTERN, CommandFailed, list_namespaces, sweep_stale
+from weftnet.router.tools import bench
+from weftnet.router.tools.testbed import DEFAULT_PATTERN, CommandFailed, list_namespaces, sweep_stale
 
 from .conftest import TestbedFactory
 
@@ -99,7 +99,7 @@ def test_env_none_unsets_a_variable(testbed_factory: TestbedFactory, monkeypatch
 def test_sweep_removes_containers_of_a_crashed_run() -> None:
     crash = (
         "import os, signal\n"
-        "from weftnet.router.testbed import Testbed\n"
+        "from weftnet.router.tools.testbed import Testbed\n"
         "tb = Testbed(hosts=('h1',))\n"
         "tb.add_container('c1')\n"
         "print(tb.prefix, flush=True)\n"
@@ -198,7 +198,7 @@ def test_a_failing_path_does_not_stop_the_others(capsys: pytest.CaptureFixture[s
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_cleans_up(sig: signal.Signals) -> None:
     need_tools("iperf3", "ping")
-    argv = [sys.executable, "-m", "weftnet.router.bench", "--paths", "kernel-vxlan", "--duration", "60"]
+    argv = [sys.executable, "-m", "weftnet.router.tools.bench", "--paths", "kernel-vxlan", "--duration", "60"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     seen = []

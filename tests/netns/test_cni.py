@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from weftnet.router.testbed import Testbed
+from weftnet.router.tools.testbed import Testbed
 
 from .weftctl import established, launch, logs_on_failure, report, wait_for
 
@@ -53,7 +53,7 @@ def cni(tb: Testbed, host: str, command: str, conf: dict[str, Any] | None = None
         "CNI_COMMAND": command, "CNI_CONTAINERID": f"id-{netns.rsplit('/', 1)[-1] or 'x'}",
         "CNI_NETNS": netns, "CNI_IFNAME": ifname, "CNI_ARGS": args, "CNI_PATH": "/opt/cni/bin",
         "WEFT_HTTP_ADDR": None, **(env or {})}
-    proc = tb.run(host, [sys.executable, "-m", "weftnet.router.cni"], env=environ,
+    proc = tb.run(host, [sys.executable, "-m", "weftnet.router.programs.cni"], env=environ,
                   input=json.dumps(CONF if conf is None else conf), check=False, timeout=150)
     assert "Traceback" not in proc.stderr, proc.stderr
     out = json.loads(proc.stdout) if proc.stdout.strip() else None
@@ -330,7 +330,7 @@ def podman(mesh: Testbed) -> Iterator[Podman]:
     wrapper = plugins / "weft-net"
     wrapper.write_text("#!/bin/sh\n"
                        + (f"export PYTHONPATH={shlex.quote(pythonpath)}\n" if pythonpath else "")
-                       + f"exec {shlex.quote(sys.executable)} -m weftnet.router.cni \"$@\"\n")
+                       + f"exec {shlex.quote(sys.executable)} -m weftnet.router.programs.cni \"$@\"\n")
     wrapper.chmod(0o755)
     network = f"weft{mesh.prefix}"
     (nets / f"{network}.conflist").write_text(json.dumps({

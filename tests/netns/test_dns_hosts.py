@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from weftnet.router.testbed import Testbed
+from weftnet.router.tools.testbed import Testbed
 
 from .weftctl import established, launch, report, wait_for
 
@@ -74,7 +74,7 @@ def mesh() -> Iterator[Mesh]:
     try:
         records = tb.tmpdir / "up.records"
         records.write_text("www.example.com 192.0.2.80\n")
-        up = tb.popen("up", [sys.executable, "-m", "weftnet.dns.server", "--address", UP,
+        up = tb.popen("up", [sys.executable, "-m", "weftnet.router.daemon.dns_server", "--address", UP,
                              "--domain", "example.com", "--records", str(records)],
                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert up.stdout is not None and up.stdout.readline().startswith("weftdns ready")

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from weftnet.dns.bench import bench_dns
-from weftnet.router.testbed import Testbed
+from weftnet.router.tools.dnsbench import bench_dns
+from weftnet.router.tools.testbed import Testbed
 
 SRV, UP = "172.31.1.1", "172.31.1.2"
 BIG = [f"10.40.0.{i}" for i in range(1, 51)]
@@ -50,7 +50,7 @@ class Net:
 def _serve(tb: Testbed, host: str, address: str, records: str, *extra: str) -> subprocess.Popen[str]:
     path = tb.tmpdir / f"{host}.records"
     path.write_text(records)
-    proc = tb.popen(host, [sys.executable, "-m", "weftnet.dns.server", "--address", address,
+    proc = tb.popen(host, [sys.executable, "-m", "weftnet.router.daemon.dns_server", "--address", address,
                            "--records", str(path), *extra],
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from weftnet.router.testbed import Testbed
+from weftnet.router.tools.testbed import Testbed
 
 from .weftctl import attach, established, launch, report, wait_for
 

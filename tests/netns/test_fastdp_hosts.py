@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from weftnet.router.testbed import Testbed
+from weftnet.router.tools.testbed import Testbed
 
 from .weftctl import established, launch, report, udp_count, udp_listen, udp_send, wait_for
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from weftnet.router.testbed import Testbed
+from weftnet.router.tools.testbed import Testbed
 
 from .weftctl import (
     established,

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from weftnet.router.testbed import Testbed
+from weftnet.router.tools.testbed import Testbed
 
 from .weftctl import attach, established, ipam, meshed, no_tracebacks, report, wait_for
 from .weftctl import launch as weftctl_launch

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from weftnet.router.testbed import Testbed
+from weftnet.router.tools.testbed import Testbed
 
 from .weftctl import attach, established, launch, report, wait_for
 

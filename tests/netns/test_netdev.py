@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from weftnet.router import netdev
-from weftnet.router.netdev import (
+from weftnet.router.host import netdev
+from weftnet.router.host.netdev import (
     BRIDGE,
     TAP,
     Attached,
@@ -36,7 +36,7 @@ from weftnet.router.netdev import (
     set_mtu,
     veth_name,
 )
-from weftnet.router.testbed import Testbed
+from weftnet.router.tools.testbed import Testbed
 
 from .conftest import TestbedFactory
 from .weftctl import wait_for
@@ -283,7 +283,7 @@ def test_set_mtu_link_exists_and_remove_all(tb: Testbed) -> None:
 
 _ROUTER_SIDE = """\
 import ipaddress, json, sys
-from weftnet.router import netdev
+from weftnet.router.host import netdev
 netdev.ensure_bridge(1376)
 spec = sys.argv[1]
 if spec != "-":

@@ -57,7 +57,7 @@ from typing import Any
 
 import pytest
 
-from weftnet.router.testbed import Testbed
+from weftnet.router.tools.testbed import Testbed
 
 from .weftctl import PASSWORD, attach, established, launch, router_pid, wait_for
 

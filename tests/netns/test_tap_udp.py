@@ -23,7 +23,17 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from weftnet.router.netdev import (
+from weftnet.router.dataplane.tap import PLAIN_VNET_HDR, READ_SIZE, VNET_HDR_LEN, Tap
+from weftnet.router.dataplane.udpsock import (
+    IP_PMTUDISC_DO,
+    enable_gro,
+    open_udp,
+    probe_sender,
+    recv_batch,
+    route_mtu,
+    send_segments,
+)
+from weftnet.router.host.netdev import (
     BRIDGE,
     TAP,
     NetdevError,
@@ -33,17 +43,7 @@ from weftnet.router.netdev import (
     resolve_netns,
     run_in_netns,
 )
-from weftnet.router.tap import PLAIN_VNET_HDR, READ_SIZE, VNET_HDR_LEN, Tap
-from weftnet.router.testbed import Testbed
-from weftnet.router.udpsock import (
-    IP_PMTUDISC_DO,
-    enable_gro,
-    open_udp,
-    probe_sender,
-    recv_batch,
-    route_mtu,
-    send_segments,
-)
+from weftnet.router.tools.testbed import Testbed
 
 from .conftest import TestbedFactory
 from .weftctl import bulk_tcp

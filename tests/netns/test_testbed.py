@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from weftnet.router import testbed as testbed_mod
-from weftnet.router.testbed import (
+from weftnet.router.tools import testbed as testbed_mod
+from weftnet.router.tools.testbed import (
     DEFAULT_PATTERN,
     CommandFailed,
     NftablesMissing,
@@ -146,7 +146,7 @@ def test_run_env_and_errors(testbed: Testbed) -> None:
     with pytest.raises(KeyError):
         testbed.ns("nope")
     weft = testbed.weft("h1", "--help", check=False)
-    assert weft.args[:3] == [sys.executable, "-m", "weftnet.router.cli"]
+    assert weft.args[:3] == [sys.executable, "-m", "weftnet.router.programs.cli"]
 
 
 def test_close_kills_every_process_in_the_namespaces(testbed_factory: TestbedFactory) -> None:
@@ -170,7 +170,7 @@ def test_sweep_removes_crashed_runs_only(testbed_factory: TestbedFactory) -> Non
     live = testbed_factory(hosts=("h1",))
     crash = (
         "import os, signal\n"
-        "from weftnet.router.testbed import Testbed\n"
+        "from weftnet.router.tools.testbed import Testbed\n"
         "tb = Testbed(hosts=('h1', 'h2'))\n"
         "tb.popen('h1', ['sleep', '600'], stdout=-3, stderr=-3)  # DEVNULL\n"
         "print(tb.prefix, tb.tmpdir, flush=True)\n"
@@ -251,7 +251,7 @@ def test_block_udp_port_and_loss(testbed_factory: TestbedFactory) -> None:
 def _launch_available() -> bool:
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "weftnet.router.cli", "launch", "--help"],
+            [sys.executable, "-m", "weftnet.router.programs.cli", "launch", "--help"],
             capture_output=True,
             timeout=60,
         )
@@ -266,7 +266,7 @@ def test_demo_runs() -> None:
         pytest.skip("the router CLI has no `launch` yet")
     before = root_links()
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from weftnet.router.demo import run_demo; "
+        [sys.executable, "-c", "import sys; from weftnet.router.tools.demo import run_demo; "
          "sys.exit(run_demo([]))"],
         capture_output=True,
         text=True,

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from weftnet.router.datadir import DataDir
-from weftnet.router.testbed import Testbed
+from weftnet.router.host.datadir import DataDir
+from weftnet.router.tools.testbed import Testbed
 
 PASSWORD = "correct horse battery staple"
 
@@ -52,7 +52,7 @@ def launch(tb: Testbed, host: str, *peers: str, password: str | None = PASSWORD,
     monotonic clock by the same offset, which only ever measures intervals inside one
     process; with FAKETIME_DONT_FAKE_MONOTONIC=1 its clock_nanosleep wrapper makes Python's
     ``time.sleep`` fail with EINVAL, so that is not used."""
-    argv = [sys.executable, "-m", "weftnet.router.cli", "launch", "--nickname",
+    argv = [sys.executable, "-m", "weftnet.router.programs.cli", "launch", "--nickname",
             nickname or host, *extra, *peers]
     if clock is not None:
         argv = ["faketime", "-f", clock, *argv]

@@ -18,9 +18,9 @@ import trio
 
 import weftnet
 from weftnet.proto.errors import LocalProtocolError
-from weftnet.router import api
-from weftnet.router.api import MAX_BODY, ApiApp, Request, Response, json_response, serve_api
-from weftnet.router.httpserve import HttpConnections
+from weftnet.router.api import server as api
+from weftnet.router.api.httpserve import HttpConnections
+from weftnet.router.api.server import MAX_BODY, ApiApp, Request, Response, json_response, serve_api
 
 SAMPLE_REPORT: dict[str, Any] = {
     "version": weftnet.__version__,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from weftnet.proto.errors import LocalProtocolError
-from weftnet.router import netdev
-from weftnet.router.attachments import (
+from weftnet.router.host import netdev
+from weftnet.router.host.attachments import (
     RESOLV_MARKER,
     SAVED_SUFFIX,
     Attachments,
@@ -21,7 +21,7 @@ from weftnet.router.attachments import (
     sweep_resolv_confs,
     write_resolv_conf,
 )
-from weftnet.router.datadir import DataDir
+from weftnet.router.host.datadir import DataDir
 
 
 def test_addresses_with_prefix_lengths_are_taken_as_given() -> None:

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from weftnet.router import bench
-from weftnet.router.bench import (
+from weftnet.router.tools import bench
+from weftnet.router.tools.bench import (
     BASELINE,
     BenchResult,
     Measurement,
@@ -34,7 +34,7 @@ from weftnet.router.bench import (
     parse_iperf3,
     parse_ping,
 )
-from weftnet.router.testbed import CommandFailed
+from weftnet.router.tools.testbed import CommandFailed
 
 MACHINE = {"kernel": "6.1.0-test", "cpus": 2, "python": "3.11.2", "cpu_model": None, "iperf3": None}
 
@@ -298,7 +298,7 @@ def test_overlay_must_be_the_path_we_claim() -> None:
 
 
 def test_one_line_of_a_failed_weft_command() -> None:
-    exc = CommandFailed("h1", [sys.executable, "-m", "weftnet.router.cli", "attach", "c1"], 2,
+    exc = CommandFailed("h1", [sys.executable, "-m", "weftnet.router.programs.cli", "attach", "c1"], 2,
                         "", "usage: weft ...\nweft: error: invalid choice: 'attach'\n")  # fmt: skip
     assert one_line(exc) == "on h1: `weft attach c1` failed: weft: error: invalid choice: 'attach'"
     assert one_line(RuntimeError("first\nsecond")) == "first"
@@ -431,7 +431,7 @@ def test_dns_suite_bad_arguments(argv: list[str], status: int, message: str,
 
 def test_dns_suite_says_what_is_missing(capsys: pytest.CaptureFixture[str],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from weftnet.dns.bench import BenchUnavailable
+    from weftnet.router.tools.dnsbench import BenchUnavailable
 
     missing = "the DNS benchmark needs `dnsperf` (apt-get install dnsperf)"
     fake_bench_dns(monkeypatch, BenchUnavailable(missing))

@@ -3,7 +3,7 @@
 Commands run in-process through ``main(argv)`` with capsys. Client commands talk to
 ``serve_api`` with a fake control, served by ``trio.run`` in a background thread. The
 background ``launch`` runs for real: its child is a fresh interpreter, in which a
-``sitecustomize`` module (on PYTHONPATH) swaps ``weftnet.router.daemon`` for a fake
+``sitecustomize`` module (on PYTHONPATH) swaps ``weftnet.router.daemon.router`` for a fake
 that serves the API, so the spawn/poll/print path is tested without the router.
 """
 
@@ -27,9 +27,8 @@ import trio
 
 from tests.unit.test_api import FakeControl
 from weftnet.proto.errors import LocalProtocolError
-from weftnet.router import cli
-from weftnet.router.api import serve_api
-from weftnet.router.config import (
+from weftnet.router.api.server import serve_api
+from weftnet.router.daemon.config import (
     LaunchConfig,
     config_from_args,
     config_to_args,
@@ -39,7 +38,8 @@ from weftnet.router.config import (
     parse_ipalloc_init,
     parse_peer_address,
 )
-from weftnet.router.datadir import DataDir
+from weftnet.router.host.datadir import DataDir
+from weftnet.router.programs import cli
 
 
 @pytest.fixture(autouse=True)
@@ -148,7 +148,7 @@ def test_internal_error_is_one_line_exit_2(
 def test_a_hostile_argument_is_cut_short_in_the_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     """The CLI's errors and the API's (which the CLI prints) quote a 100 KB argument back
     as its first 60 characters and its length."""
-    from weftnet.router.api import error_response
+    from weftnet.router.api.server import error_response
 
     long = "x" * 100_000
     status, _, err = run_cli(capsys, "status", long)
@@ -318,7 +318,7 @@ def test_default_data_dir_and_http_addr(monkeypatch: pytest.MonkeyPatch, tmp_pat
     run_dir = tmp_path / "netns"
     run_dir.mkdir()
     (run_dir / "other").write_text("")
-    monkeypatch.setattr("weftnet.router.config.NETNS_RUN_DIR", run_dir)
+    monkeypatch.setattr("weftnet.router.daemon.config.NETNS_RUN_DIR", run_dir)
     assert current_netns_name() is None
     assert default_data_dir() == Path("/var/lib/weft")
     # A file that is our namespace (as `ip netns add` bind-mounts it) names it.
@@ -367,9 +367,9 @@ def test_foreground_delegates_to_daemon_run(
         seen.append(config)
         return 7
 
-    fake = types.ModuleType("weftnet.router.daemon")
+    fake = types.ModuleType("weftnet.router.daemon.router")
     setattr(fake, "run", run)  # noqa: B010
-    monkeypatch.setitem(sys.modules, "weftnet.router.daemon", fake)
+    monkeypatch.setitem(sys.modules, "weftnet.router.daemon.router", fake)
     monkeypatch.setenv("WEFT_PASSWORD", "pw")
     status, _, _ = run_cli(capsys, "launch", "--foreground", "--port", "7100", "h2")
     assert status == 7
@@ -387,9 +387,9 @@ def test_demo_delegates(
         seen.append(argv)
         return 0
 
-    fake = types.ModuleType("weftnet.router.demo")
+    fake = types.ModuleType("weftnet.router.tools.demo")
     setattr(fake, "run_demo", run_demo)  # noqa: B010
-    monkeypatch.setitem(sys.modules, "weftnet.router.demo", fake)
+    monkeypatch.setitem(sys.modules, "weftnet.router.tools.demo", fake)
     assert run_cli(capsys, "demo", "--hosts", "3")[0] == 0
     assert seen == [["--hosts", "3"]]
 
@@ -542,7 +542,7 @@ def test_reset_without_a_router_removes_the_default_data_dir(
 
 FAKE_DAEMON = textwrap.dedent(
     '''
-    """Test double for weftnet.router.daemon, installed by sitecustomize."""
+    """Test double for weftnet.router.daemon.router, installed by sitecustomize."""
     import os
     import sys
     import types
@@ -552,8 +552,8 @@ FAKE_DAEMON = textwrap.dedent(
         import trio
 
         from weftnet.proto.peername import format_peer_name
-        from weftnet.router.api import serve_api
-        from weftnet.router.datadir import DataDir
+        from weftnet.router.api.server import serve_api
+        from weftnet.router.host.datadir import DataDir
 
         if config.nickname == "fail-early":
             print("starting", flush=True)
@@ -597,9 +597,9 @@ FAKE_DAEMON = textwrap.dedent(
         return 0
 
 
-    module = types.ModuleType("weftnet.router.daemon")
+    module = types.ModuleType("weftnet.router.daemon.router")
     module.run = run
-    sys.modules["weftnet.router.daemon"] = module
+    sys.modules["weftnet.router.daemon.router"] = module
     '''
 )
 

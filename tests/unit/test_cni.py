@@ -20,12 +20,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fuzz.fuzz_cni import BASE_ENV, MAC, NETNS, REPORT, FakeHost, FakeRouter
-from weftnet.router import api, cni
-from weftnet.router import cnispec as spec
-from weftnet.router.attachments import Attachments, Record
-from weftnet.router.cni import Interface, Plugin
-from weftnet.router.cnispec import CniError, Invocation
-from weftnet.router.datadir import DataDir
+from weftnet.router.api import server as api
+from weftnet.router.host.attachments import Attachments, Record
+from weftnet.router.host.datadir import DataDir
+from weftnet.router.programs import cni
+from weftnet.router.programs import cnispec as spec
+from weftnet.router.programs.cni import Interface, Plugin
+from weftnet.router.programs.cnispec import CniError, Invocation
 
 ENV = BASE_ENV
 CONF: dict[str, Any] = {"cniVersion": "1.0.0", "name": "weft", "type": "weft-net"}

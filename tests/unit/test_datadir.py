@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from weftnet.proto.errors import LocalProtocolError
-from weftnet.router.datadir import DataDir
+from weftnet.router.host.datadir import DataDir
 
 
 def test_lock_creates_private_dir_and_pid_file(tmp_path: Path) -> None:

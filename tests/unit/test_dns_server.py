@@ -21,8 +21,8 @@ import trio.testing
 
 from weftnet.dns.codec import StreamDecoder, frame
 from weftnet.dns.resolvconf import container_resolv_conf, parse
-from weftnet.dns.server import DnsServer, UpstreamSource, load_records, open_sockets, serve_dns
 from weftnet.proto.errors import LocalProtocolError
+from weftnet.router.daemon.dns_server import DnsServer, UpstreamSource, load_records, open_sockets, serve_dns
 
 T0 = 1_700_000_000.0
 LOCAL = load_records("web.weft.local 10.32.0.1\n" +

@@ -18,9 +18,8 @@ import trio
 from tests.unit.test_api import FakeControl
 from tests.unit.test_cli import api_server, run_cli
 from weftnet.proto.errors import LocalProtocolError
-from weftnet.router import cli
-from weftnet.router.datadir import DataDir
-from weftnet.router.expose import (
+from weftnet.router.host.datadir import DataDir
+from weftnet.router.host.expose import (
     COMMENT_PREFIX,
     STATE_KEY,
     Command,
@@ -36,6 +35,7 @@ from weftnet.router.expose import (
     subnet_rules,
     teardown,
 )
+from weftnet.router.programs import cli
 
 NET = IPv4Network("10.32.0.0/12")
 SUB = IPv4Network("10.40.1.0/24")

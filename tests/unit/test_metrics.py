@@ -19,16 +19,16 @@ import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
-from weftnet.dns.server import QUERY_RESULTS, DnsServer, load_records, local_result, serve_dns
 from weftnet.proto.mesh import MeshStats
-from weftnet.router.dataplane import Counters
-from weftnet.router.metrics import (
+from weftnet.router.api.metrics import (
     RouterMetrics,
     Snapshot,
     TrafficTotals,
     families,
     split_counter,
 )
+from weftnet.router.daemon.dns_server import QUERY_RESULTS, DnsServer, load_records, local_result, serve_dns
+from weftnet.router.dataplane.engine import Counters
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -51,7 +51,7 @@ def parse(text: str) -> tuple[Samples, dict[str, str]]:
 def exposition(snap: Snapshot) -> str:
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from weftnet.router.metrics import RouterCollector
+    from weftnet.router.api.metrics import RouterCollector
 
     registry = CollectorRegistry()
     registry.register(RouterCollector(lambda: snap))
@@ -354,9 +354,9 @@ def test_each_router_has_its_own_registry() -> None:
 
 def test_a_router_serves_its_metrics(tmp_path: Path) -> None:
     """The daemon's ``metrics()`` (what GET /metrics serves), on a router not started."""
-    from weftnet.router.config import add_launch_arguments, config_from_args
-    from weftnet.router.daemon import Router
-    from weftnet.router.datadir import DataDir
+    from weftnet.router.daemon.config import add_launch_arguments, config_from_args
+    from weftnet.router.daemon.router import Router
+    from weftnet.router.host.datadir import DataDir
 
     parser = argparse.ArgumentParser()
     add_launch_arguments(parser)

@@ -10,9 +10,9 @@ import pytest
 
 from weftnet.ipam.mode import ConsensusInit, ObserverInit, SeedInit
 from weftnet.proto.errors import LocalProtocolError
-from weftnet.router.attachments import parse_address_specs
-from weftnet.router.config import add_launch_arguments, config_from_args, ipalloc_init_mode
-from weftnet.router.daemon import ipam_grace
+from weftnet.router.daemon.config import add_launch_arguments, config_from_args, ipalloc_init_mode
+from weftnet.router.daemon.router import ipam_grace
+from weftnet.router.host.attachments import parse_address_specs
 
 
 def launch_ns(*args: str) -> argparse.Namespace:

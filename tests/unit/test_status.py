@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from weftnet.proto.errors import LocalProtocolError
-from weftnet.router.status import render_ps, render_status
+from weftnet.router.api.render import render_ps, render_status
 
 REPORT: dict[str, Any] = {
     "version": "0.1.0",

@@ -35,7 +35,7 @@ import struct
 from collections.abc import Sequence
 from types import TracebackType
 
-from weftnet.router.netdev import BRIDGE, TAP, NetdevError, NetnsRef, enslave, run_in_netns
+from weftnet.router.host.netdev import BRIDGE, TAP, NetdevError, NetnsRef, enslave, run_in_netns
 
 __all__ = [
     "OFFLOAD_FLAGS",

@@ -32,7 +32,7 @@ growing under a flood). At most ``MAX_TCP_CLIENTS`` TCP connections are served; 
 for ``TCP_IDLE`` seconds is closed. The resolv.conf is re-read whenever its inode, size
 or mtime changes (checked on each forward: one ``stat``).
 
-``python3 -m weftnet.dns.server --address A --records FILE ...`` serves a fixed set of
+``python3 -m weftnet.router.daemon.dns_server --address A --records FILE ...`` serves a fixed set of
 records: the stand-in for tests and benchmarks.
 """
 
@@ -49,10 +49,8 @@ from dataclasses import asdict, dataclass, field
 
 import trio
 
-from weftnet.proto.errors import LocalProtocolError, RemoteProtocolError
-
-from .answer import DEFAULT_MAX_UDP, answer
-from .codec import (
+from weftnet.dns.answer import DEFAULT_MAX_UDP, answer
+from weftnet.dns.codec import (
     HEADER,
     NOERROR,
     NOTIMP,
@@ -65,9 +63,10 @@ from .codec import (
     matches_query,
     parse_query,
 )
-from .names import DEFAULT_DOMAIN, normalize_domain
-from .records import RecordStore
-from .resolvconf import ResolvConf, parse
+from weftnet.dns.names import DEFAULT_DOMAIN, normalize_domain
+from weftnet.dns.records import RecordStore
+from weftnet.dns.resolvconf import ResolvConf, parse
+from weftnet.proto.errors import LocalProtocolError, RemoteProtocolError
 
 DEFAULT_TTL = 1
 UDP_BATCH = 64
@@ -515,7 +514,7 @@ def load_records(text: str, now: float) -> RecordStore:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m weftnet.dns.server",
+    parser = argparse.ArgumentParser(prog="python3 -m weftnet.router.daemon.dns_server",
                                      description="serve fixed DNS records the way weftDNS does")
     parser.add_argument("--address", required=True)
     parser.add_argument("--port", type=int, default=53)

@@ -625,7 +625,7 @@ class Testbed:
 
     def weft(self, host: str, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         """Run the ``weft`` CLI of this checkout inside ``host`` (see ``run`` for ``kw``)."""
-        return self.run(host, [sys.executable, "-m", "weftnet.router.cli", *args], **kw)
+        return self.run(host, [sys.executable, "-m", "weftnet.router.programs.cli", *args], **kw)
 
     def ping(self, host: str, address: str, *, timeout: float = 1) -> bool:
         """One ``ping -c1`` from ``host`` to ``address``: True when answered, else False.

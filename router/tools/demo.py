@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .testbed import (
+from weftnet.router.tools.testbed import (
     CommandFailed,
     Testbed,
     TestbedError,
@@ -410,7 +410,7 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, CommandFailed):
         detail = [ln for ln in (exc.stderr or "").splitlines() if ln.strip()]
         cmd = " ".join(str(a) for a in exc.cmd)
-        cmd = cmd.replace(f"{sys.executable} -m weftnet.router.cli", "weft")
+        cmd = cmd.replace(f"{sys.executable} -m weftnet.router.programs.cli", "weft")
         return f"on {exc.host}: `{cmd}` failed: {detail[-1] if detail else exc.reason}"
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

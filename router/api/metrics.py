@@ -57,10 +57,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector, CollectorRegistry
 
 import weftnet
-from weftnet.dns.server import QUERY_RESULTS
-
-from .dataplane import Counters
-from .status import connection_encryption
+from weftnet.router.api.render import connection_encryption
+from weftnet.router.daemon.dns_server import QUERY_RESULTS
+from weftnet.router.dataplane.engine import Counters
 
 PREFIX = "weft_"
 CONNECTION_STATES = ("established", "pending", "retrying", "failed", "connecting")
@@ -68,7 +67,7 @@ OVERLAYS = ("sleeve", "fastdp")
 DEFAULT_OVERLAY = "sleeve"
 DIRECTIONS = {"in": "in", "out": "out", "rx": "in", "tx": "out"}
 ENCRYPTIONS = ("encrypted", "unencrypted")   # of status.connection_encryption
-DNS_RESULTS = QUERY_RESULTS   # in the order weftnet.dns.server counts them (more are welcome)
+DNS_RESULTS = QUERY_RESULTS   # in the order weftnet.router.daemon.dns_server counts them (more are welcome)
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_]+")
 MESH_DOCS = {  # MeshStats counters; one not listed here gets a generic help text
     "gossip_messages_sent": "Gossip messages sent to direct peers.",

@@ -10,7 +10,7 @@ hypercorn, the router) is imported until a command needs it.
 Background launch::
 
     weft launch ARGS ──validate──▶ data dir locked? API answering? ──▶ error, exit 1
-        │ spawn: python -m weftnet.router.cli launch --foreground <normalised options>
+        │ spawn: python -m weftnet.router.programs.cli launch --foreground <normalised options>
         │        new session, stdin /dev/null, stdout+stderr appended to DIR/weft.log,
         │        password in WEFT_PASSWORD (never argv)
         ├─ poll GET /version every 50 ms (≤ 20 s)
@@ -38,8 +38,7 @@ from typing import Any, NoReturn
 
 import weftnet
 from weftnet.proto.errors import LocalProtocolError
-
-from .config import (
+from weftnet.router.daemon.config import (
     add_launch_arguments,
     config_from_args,
     config_to_args,
@@ -49,7 +48,7 @@ from .config import (
     parse_http_addr,
     parse_peer_address,
 )
-from .datadir import DataDir
+from weftnet.router.host.datadir import DataDir
 
 PROG = "weft"
 LAUNCH_TIMEOUT = 20.0
@@ -222,7 +221,7 @@ def cmd_launch(ns: argparse.Namespace) -> int:
     if config.foreground:
         # Children of the router (ip, iptables...) need not see the password.
         os.environ.pop("WEFT_PASSWORD", None)
-        run = _import_attr("weftnet.router.daemon", "run", "the router daemon")
+        run = _import_attr("weftnet.router.daemon.router", "run", "the router daemon")
         status: int = run(config)
         return status
 
@@ -247,7 +246,7 @@ def cmd_launch(ns: argparse.Namespace) -> int:
     if config.password is not None:
         env[b"WEFT_PASSWORD"] = config.password
     env[b"WEFT_DAEMONIZED"] = b"1"
-    argv = [sys.executable, "-m", "weftnet.router.cli", "launch", "--foreground"]
+    argv = [sys.executable, "-m", "weftnet.router.programs.cli", "launch", "--foreground"]
     argv += config_to_args(config)
     try:
         with open(log_path, "ab") as log:
@@ -331,7 +330,7 @@ def cmd_reset(ns: argparse.Namespace) -> int:
         _wait_for_stop(client, datadir)
     target = datadir or DataDir(default_data_dir().absolute())
     if not target.is_locked():  # a router that was not running: undo its `expose` here
-        from .expose import teardown
+        from weftnet.router.host.expose import teardown
 
         teardown(target, table=False)
     target.remove()
@@ -369,7 +368,7 @@ def cmd_forget(ns: argparse.Namespace) -> int:
 
 
 def cmd_status(ns: argparse.Namespace) -> int:
-    from .status import render_status
+    from weftnet.router.api.render import render_status
 
     report = _client(ns).call("GET", "/report")
     if not isinstance(report, dict):
@@ -402,7 +401,7 @@ def cmd_detach(ns: argparse.Namespace) -> int:
 
 
 def cmd_ps(ns: argparse.Namespace) -> int:
-    from .status import render_ps
+    from weftnet.router.api.render import render_ps
 
     answer = _client(ns).call("GET", "/ps")
     sys.stdout.write(render_ps(answer.get("containers", []) if isinstance(answer, dict) else []))
@@ -489,7 +488,7 @@ def cmd_hide(ns: argparse.Namespace) -> int:
 
 
 def cmd_bench(ns: argparse.Namespace) -> int:
-    bench_main = _import_attr("weftnet.router.bench", "main", "the benchmark")
+    bench_main = _import_attr("weftnet.router.tools.bench", "main", "the benchmark")
     status: int = bench_main(list(ns.args))
     return status
 
@@ -500,7 +499,7 @@ def cmd_version(ns: argparse.Namespace) -> int:
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
-    run_demo = _import_attr("weftnet.router.demo", "run_demo", "the demo")
+    run_demo = _import_attr("weftnet.router.tools.demo", "run_demo", "the demo")
     status: int = run_demo(list(ns.args))
     return status
 

@@ -3,7 +3,7 @@
 Per sleeve link that is up and carries traffic in the clear, a ``FastLink`` decides from
 probes whether the VXLAN works to that peer. This module does the I/O around it:
 
-* the VXLAN device and its forwarding entries (router/vxlan.py, netlink in a worker
+* the VXLAN device and its forwarding entries (router/dataplane/vxlan.py, netlink in a worker
   thread: reprogramming takes milliseconds and the data path must not stall meanwhile);
 * probes: sent out of the VXLAN device, received on the bridge, answered with a ProbeAck
   on the control connection (gossip channel ``fastdp``, unicast);
@@ -36,12 +36,11 @@ from weftnet.proto.fastdp import FastLink, Hello, ProbeAck
 from weftnet.proto.gossip import GossipData
 from weftnet.proto.mesh import MeshNode
 from weftnet.proto.peername import PeerName, describe_peer
-
-from . import vxlan
-from .netdev import VXLAN, NetdevError
+from weftnet.router.dataplane import vxlan
+from weftnet.router.host.netdev import VXLAN, NetdevError
 
 if TYPE_CHECKING:
-    from .dataplane import Link
+    from weftnet.router.dataplane.engine import Link
 
 log = logging.getLogger("weft")
 

@@ -41,7 +41,7 @@ and on Ctrl-C or SIGTERM too (``Testbed.close``).
 
 Suites: ``weft bench [data] [OPTIONS]`` runs the data paths (the default suite);
 ``weft bench dns [OPTIONS]`` measures weftDNS against dnsmasq serving the same names, both
-driven by dnsperf in one run (``weftnet.dns.bench``; the issue asks for at least
+driven by dnsperf in one run (``weftnet.router.tools.dnsbench``; the issue asks for at least
 ``DNS_TARGET_RATIO`` of dnsmasq's queries per second). A suite is one entry in ``SUITES``:
 a name and a function ``(argv) -> exit status`` with its own parser.
 
@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .testbed import CommandFailed, Testbed, TestbedError, sigterm_as_interrupt
+from weftnet.router.tools.testbed import CommandFailed, Testbed, TestbedError, sigterm_as_interrupt
 
 __all__ = [
     "BASELINE",
@@ -426,7 +426,7 @@ def one_line(exc: BaseException) -> str:
         if not detail:
             detail = [ln.strip() for ln in (exc.stdout or "").splitlines() if ln.strip()]
         cmd = " ".join(str(a) for a in exc.cmd)
-        cmd = cmd.replace(f"{sys.executable} -m weftnet.router.cli", "weft")
+        cmd = cmd.replace(f"{sys.executable} -m weftnet.router.programs.cli", "weft")
         return f"on {exc.host}: `{cmd}` failed: {detail[-1] if detail else exc.reason}"
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return lines[0] if lines else type(exc).__name__
@@ -984,7 +984,7 @@ def format_dns_table(result: dict[str, Any]) -> str:
 
 def run_dns_bench(argv: Sequence[str]) -> int:
     """``weft bench dns OPTIONS``: 0 when measured, 1 when it could not run, 2 for bad args."""
-    from weftnet.dns.bench import BenchUnavailable, bench_dns
+    from weftnet.router.tools.dnsbench import BenchUnavailable, bench_dns
 
     try:
         ns = _dns_parser().parse_args(list(argv))

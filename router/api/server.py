@@ -45,11 +45,10 @@ import trio
 
 import weftnet
 from weftnet.proto.errors import LocalProtocolError
-
-from . import httpserve
-from .cli import one_line
-from .cnispec import ifname_ok
-from .httpserve import HttpConnections
+from weftnet.router.api import httpserve
+from weftnet.router.api.httpserve import HttpConnections
+from weftnet.router.programs.cli import one_line
+from weftnet.router.programs.cnispec import ifname_ok
 
 if TYPE_CHECKING:
     from hypercorn.typing import (
@@ -511,7 +510,7 @@ def _hypercorn_config(host: str, port: int) -> Any:
     config = Config()
     config.bind = [_bind_text(host, port)]
     config.accesslog = None
-    config.errorlog = logging.getLogger("weftnet.router.api.http")
+    config.errorlog = logging.getLogger("weftnet.router.api.server.http")
     config.graceful_timeout = 2.0
     config.include_server_header = False
     config.h11_max_incomplete_size = 16 * 1024  # hostile input: request line + headers

@@ -55,10 +55,10 @@ from weftnet.proto.mesh import MeshNode, PeerConnected, PeerDisconnected
 from weftnet.proto.peername import describe_peer
 from weftnet.proto.routes import Routes
 from weftnet.proto.sleeve import Kind, SleeveDrop, SleeveSession
-
-from . import netdev, udpsock
-from .fastdp import FastPath
-from .tap import Tap
+from weftnet.router.dataplane import udpsock
+from weftnet.router.dataplane.fastpath import FastPath
+from weftnet.router.dataplane.tap import Tap
+from weftnet.router.host import netdev
 
 log = logging.getLogger("weft")
 
@@ -122,7 +122,7 @@ class Link:
     pmtu: int | None = None
     next_probe: float = 0.0
     probing: bool = False
-    fast: bool = False  # the kernel VXLAN carries this peer's traffic (router/fastdp.py)
+    fast: bool = False  # the kernel VXLAN carries this peer's traffic (router/dataplane/fastpath.py)
     counters: Counters = field(default_factory=Counters)
 
     @property

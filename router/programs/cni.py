@@ -64,8 +64,7 @@ from typing import Any, Protocol, TypeVar
 
 import weftnet
 from weftnet.proto.errors import LocalProtocolError
-
-from .cnispec import (
+from weftnet.router.programs.cnispec import (
     DEFAULT_ROUTE,
     ERR_INVALID_CONFIG,
     ERR_INVALID_ENV,
@@ -216,7 +215,7 @@ class RealHost:
     def _in(netns: str, fn: Callable[[], T]) -> T:
         from pyroute2.netlink.exceptions import NetlinkError
 
-        from .netdev import NetdevError, run_in_netns
+        from weftnet.router.host.netdev import NetdevError, run_in_netns
 
         try:
             return run_in_netns(netns, fn)
@@ -253,7 +252,7 @@ class Plugin:
     # --- the router ---
 
     def _call(self, method: str, path: str, body: Any = None, *, timeout: float = 30.0) -> Any:
-        from .cli import Interrupted, NotRunning
+        from weftnet.router.programs.cli import Interrupted, NotRunning
 
         try:
             return self.client.call(method, path, body, timeout=timeout)
@@ -264,7 +263,7 @@ class Plugin:
 
     def router_up(self, timeout: float) -> str | None:
         """Wait up to ``timeout`` s for the router's API; None when it answers, else why not."""
-        from .cli import Interrupted, NotRunning
+        from weftnet.router.programs.cli import Interrupted, NotRunning
 
         deadline = self.clock() + timeout
         while True:
@@ -444,7 +443,7 @@ Env WEFT_CNI_TIMEOUT: seconds to wait for the router (default {ROUTER_TIMEOUT:g}
 
 
 def _http_addr(argv: Sequence[str], conf: Json, environ: Mapping[str, str]) -> tuple[str, int]:
-    from .config import DEFAULT_HTTP_ADDR, parse_http_addr
+    from weftnet.router.daemon.config import DEFAULT_HTTP_ADDR, parse_http_addr
 
     given: list[tuple[str, str]] = []
     args = list(argv)
@@ -502,7 +501,7 @@ def run(argv: Sequence[str], environ: Mapping[str, str], stdin: bytes,
         if inv.command == "GC":
             return 0, ""  # the router frees what vanished namespaces held (module docstring)
         if make_client is None:
-            from .cli import ApiClient
+            from weftnet.router.programs.cli import ApiClient
             make_client = ApiClient
         plugin = Plugin(inv, conf, version, make_client(_http_addr(argv, conf, environ)),
                         host or RealHost(), timeout=_timeout(environ))

@@ -37,9 +37,8 @@ from typing import Any
 import trio
 
 from weftnet.proto.errors import LocalProtocolError
-
-from . import netdev
-from .datadir import DataDir
+from weftnet.router.host import netdev
+from weftnet.router.host.datadir import DataDir
 
 log = logging.getLogger("weft")
 

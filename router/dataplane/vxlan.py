@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import netdev
-from .netdev import BRIDGE, TAP, VXLAN, NetdevError
+from weftnet.router.host import netdev
+from weftnet.router.host.netdev import BRIDGE, TAP, VXLAN, NetdevError
 
 VNI = 0x7765
 NTF_SELF = 0x02

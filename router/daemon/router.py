@@ -69,7 +69,6 @@ import trio
 import weftnet
 from weftnet.dns.gossip import CHANNEL as DNS_CHANNEL
 from weftnet.dns.resolvconf import container_resolv_conf
-from weftnet.dns.server import DnsServer, open_sockets, serve_dns
 from weftnet.dns.service import DnsService, default_hostname, parse_claims
 from weftnet.ipam.allocator import Allocator
 from weftnet.ipam.gossip import CHANNEL as IPAM_CHANNEL
@@ -88,10 +87,16 @@ from weftnet.proto.peername import (
     random_peer_name,
     random_uid,
 )
-
-from . import netdev, vxlan
-from .api import serve_api
-from .attachments import (
+from weftnet.router.api.httpserve import HttpConnections
+from weftnet.router.api.metrics import RouterMetrics
+from weftnet.router.api.server import serve_api
+from weftnet.router.daemon.config import LaunchConfig, ipalloc_init_mode, parse_peer_address
+from weftnet.router.daemon.dns_server import DnsServer, open_sockets, serve_dns
+from weftnet.router.dataplane import vxlan
+from weftnet.router.dataplane.engine import Dataplane
+from weftnet.router.dataplane.fastpath import FastdpGossiper
+from weftnet.router.host import netdev
+from weftnet.router.host.attachments import (
     AddressSpec,
     Attachments,
     Record,
@@ -99,14 +104,9 @@ from .attachments import (
     parse_address_specs,
     sweep_resolv_confs,
 )
-from .config import LaunchConfig, ipalloc_init_mode, parse_peer_address
-from .datadir import IPAM_FILE, DataDir
-from .dataplane import Dataplane
-from .expose import EXPOSE_IDENT, Exposer
-from .expose import Record as ExposeRecord
-from .fastdp import FastdpGossiper
-from .httpserve import HttpConnections
-from .metrics import RouterMetrics
+from weftnet.router.host.datadir import IPAM_FILE, DataDir
+from weftnet.router.host.expose import EXPOSE_IDENT, Exposer
+from weftnet.router.host.expose import Record as ExposeRecord
 
 log = logging.getLogger("weft")
 
@@ -179,7 +179,7 @@ class Router:
                                    on_change=self._pump)
         self.mesh.register_channel(FASTDP_CHANNEL, FastdpGossiper(self.dataplane.fast))
         self.attachments = Attachments(datadir, mtu=mtu)
-        self.exposer = Exposer(datadir)   # weft expose / hide (router/expose.py)
+        self.exposer = Exposer(datadir)   # weft expose / hide (router/host/expose.py)
         self.dns: DnsService | None = None
         self.dns_server: DnsServer | None = None
         self._dns_containers: dict[str, netdev.NetnsRef] = {}  # watched, with a listener
@@ -195,8 +195,8 @@ class Router:
         if config.ipalloc_range:
             self.ipam = self._make_allocator(name, now)
             self.mesh.register_channel(IPAM_CHANNEL, IpamGossiper(self.ipam, trio.current_time))
-        self.api_conns = HttpConnections()   # the API's connections (router/httpserve.py)
-        self._metrics = RouterMetrics(self)  # GET /metrics (router/metrics.py): read at scrape time
+        self.api_conns = HttpConnections()   # the API's connections (router/api/httpserve.py)
+        self._metrics = RouterMetrics(self)  # GET /metrics (router/api/metrics.py): read at scrape time
 
     # --- RouterControl -----------------------------------------------------------------
 
@@ -220,7 +220,7 @@ class Router:
         }
 
     def metrics(self) -> bytes:
-        """Prometheus text format: everything ``router/metrics.py`` reads, read now."""
+        """Prometheus text format: everything ``router/api/metrics.py`` reads, read now."""
         return self._metrics.exposition()
 
     def _dns_report(self) -> dict[str, Any] | None:
@@ -597,7 +597,7 @@ class Router:
     async def ps(self) -> list[dict[str, Any]]:
         return await self.attachments.ps()
 
-    # --- expose / hide (router/expose.py: bridge addresses, nftables, ip_forward) ---------
+    # --- expose / hide (router/host/expose.py: bridge addresses, nftables, ip_forward) ---------
 
     async def expose(self, addresses: list[str], name: str | None) -> list[str]:
         """Give the host addresses on the network (ADDR as for attach; IPAM identifier

@@ -1,6 +1,6 @@
 """The CNI protocol, pure: parsing what a runtime passes (environment, network
 configuration), building results and error objects, per spec version (0.4.0, 1.0.0,
-1.1.0). No I/O: ``weftnet.router.cni`` (the ``weft-net`` plugin) does that.
+1.1.0). No I/O: ``weftnet.router.programs.cni`` (the ``weft-net`` plugin) does that.
 
 Error codes are the spec's well-known ones (1..99); 999 is ours: the router refused or
 failed, or CHECK found a difference (its reason is the message).
@@ -281,7 +281,7 @@ def unsupported_args(conf: Json, args: Mapping[str, str]) -> None:
 
 def dns_names(conf: Json, args: Mapping[str, str]) -> list[str]:
     """The container's DNS names, the main one first (where each comes from: the
-    docstring of ``weftnet.router.cni``)."""
+    docstring of ``weftnet.router.programs.cni``)."""
     runtime = _object(conf, "runtimeConfig")
     raw_args = conf.get("args")
     conf_args: Json = raw_args if isinstance(raw_args, dict) else {}

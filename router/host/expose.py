@@ -55,8 +55,7 @@ from typing import Any, Protocol, TypeVar
 import trio
 
 from weftnet.proto.errors import LocalProtocolError
-
-from .datadir import DataDir
+from weftnet.router.host.datadir import DataDir
 
 log = logging.getLogger("weft")
 

@@ -2,7 +2,7 @@
 
 How it measures. Inside one network namespace of its own (``wdnsb`` + random hex,
 deleted afterwards, with everything started in it), weftDNS (``python3 -m
-weftnet.dns.server``) and dnsmasq (``--addn-hosts``, no upstream, no /etc/hosts) serve
+weftnet.router.daemon.dns_server``) and dnsmasq (``--addn-hosts``, no upstream, no /etc/hosts) serve
 the same ``names`` A records on the namespace's loopback, on two ports. ``dnsperf``
 then queries each for ``seconds`` with the same query file (every name once, in
 order, repeated), ``clients`` sockets and ``outstanding`` queries in flight. Nothing
@@ -93,7 +93,7 @@ def bench_dns(*, names: int = 1000, seconds: float = 10.0, clients: int = 4,
         created = True
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True, capture_output=True)
         procs.append(subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "weftnet.dns.server",
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "weftnet.router.daemon.dns_server",
              "--address", "127.0.0.1", "--port", str(WEFT_PORT), "--records", str(d / "records"),
              "--resolv-conf", str(d / "no-resolv.conf")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True))

@@ -31,7 +31,7 @@ import socket
 import struct
 import weakref
 
-from weftnet.router.netdev import NetdevError, NetnsRef, run_in_netns
+from weftnet.router.host.netdev import NetdevError, NetnsRef, run_in_netns
 
 __all__ = [
     "IP_PMTUDISC_DO",

@@ -1,0 +1,6 @@
+"""Host plumbing: netlink (``netdev``: bridge, veths, namespaces), containers on the bridge
+(``attachments``), the host on the network (``expose``: addresses and nftables), and the
+router's data dir (``datadir``).
+
+May import: the cores and the standard library (pyroute2 for netlink); nothing else of the shell.
+"""
