@@ -15,9 +15,11 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 KILL_GRACE = 3.0  # seconds between SIGTERM and SIGKILL, and after SIGKILL
 _IP_TIMEOUT = 30.0
@@ -60,6 +62,31 @@ class CommandFailed(TestbedError, subprocess.CalledProcessError):
 
 def _show(argv: Sequence[str] | str) -> str:
     return argv if isinstance(argv, str) else " ".join(argv)
+
+
+def one_line(exc: BaseException) -> str:
+    """A one-line reason for ``exc``; a failed command shows as ``on HOST: `cmd` failed: why``
+    (its last line of stderr, else of stdout, else its exit status)."""
+    if isinstance(exc, CommandFailed):
+        detail = [ln.strip() for ln in (exc.stderr or "").splitlines() if ln.strip()]
+        if not detail:
+            detail = [ln.strip() for ln in (exc.stdout or "").splitlines() if ln.strip()]
+        cmd = " ".join(str(a) for a in exc.cmd)
+        cmd = cmd.replace(f"{sys.executable} -m weftnet.router.programs.cli", "weft")
+        return f"on {exc.host}: `{cmd}` failed: {detail[-1] if detail else exc.reason}"
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def end_process(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
+    """SIGTERM ``proc`` if it still runs; SIGKILL it when it has not exited after ``grace`` s."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def run_ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

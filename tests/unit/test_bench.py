@@ -375,7 +375,7 @@ DNS_RESULT = {"names": 1000, "seconds": 10.0, "clients": 4, "outstanding": 100,
 
 
 def fake_bench_dns(monkeypatch: pytest.MonkeyPatch, outcome: Any) -> list[dict[str, Any]]:
-    from weftnet.dns import bench as dns_bench
+    from weftnet.router.tools import dnsbench as dns_bench
 
     calls: list[dict[str, Any]] = []
 
