@@ -91,27 +91,14 @@ from weftnet.router.tools.namespaces import end_process, one_line
 from weftnet.router.tools.testbed import CommandFailed, Testbed, TestbedError, sigterm_as_interrupt
 
 __all__ = [
-    "BASELINE",
     "LOSS_PERCENT",
     "PATHS",
     "SUITES",
-    "BenchResult",
-    "Measurement",
-    "MeasurementFailed",
-    "PathResult",
-    "PathSkipped",
-    "PingResult",
-    "TcpResult",
+    "DataOptions",
     "check_overlay",
-    "format_table",
-    "machine_info",
     "main",
-    "one_line",
     "parse_data_args",
-    "parse_iperf3",
-    "parse_ping",
     "run_data_bench",
-    "run_dns_bench",
 ]
 
 PATHS = ("kernel-vxlan", "sleeve-plain", "sleeve-encrypted", "fastdp")
