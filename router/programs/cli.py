@@ -34,20 +34,16 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import weftnet
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.router.api.address import default_http_addr, parse_http_addr, parse_peer_address
 from weftnet.router.api.client import ApiClient, Interrupted, NotRunning
 from weftnet.router.api.text import one_line
-from weftnet.router.daemon.config import (
-    add_launch_arguments,
-    config_from_args,
-    config_to_args,
-    default_data_dir,
-)
-from weftnet.router.host.datadir import DataDir
+
+if TYPE_CHECKING:
+    from weftnet.router.host.datadir import DataDir
 
 PROG = "weft"
 LAUNCH_TIMEOUT = 20.0
@@ -96,6 +92,8 @@ def _wait_unlocked(datadir: DataDir | None, deadline: float) -> None:
 
 def _router_data_dir(client: ApiClient, explicit: str | None) -> DataDir | None:
     """The running router's data dir: --data-dir, else what its report says, else None."""
+    from weftnet.router.host.datadir import DataDir
+
     if explicit is not None:
         if not explicit.strip():  # "" would be the current directory
             raise UsageError("--data-dir: empty path")
@@ -112,6 +110,9 @@ def _router_data_dir(client: ApiClient, explicit: str | None) -> DataDir | None:
 
 
 def cmd_launch(ns: argparse.Namespace) -> int:
+    from weftnet.router.daemon.config import config_from_args, config_to_args
+    from weftnet.router.host.datadir import DataDir
+
     config = config_from_args(ns)
     if config.foreground:
         # Children of the router (ip, iptables...) need not see the password.
@@ -213,6 +214,9 @@ def cmd_stop(ns: argparse.Namespace) -> int:
 
 
 def cmd_reset(ns: argparse.Namespace) -> int:
+    from weftnet.router.daemon.config import default_data_dir
+    from weftnet.router.host.datadir import DataDir
+
     client = _client(ns)
     datadir = _router_data_dir(client, ns.data_dir)
     try:
@@ -417,6 +421,10 @@ def _import_attr(module: str, attr: str, what: str) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # The launch options are the daemon's (router/daemon/config.py), read only to build
+    # the parser: importing this module stays light.
+    from weftnet.router.daemon.config import add_launch_arguments
+
     parser = _Parser(prog=PROG, description="weft: a mesh network for containers")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
