@@ -23,9 +23,9 @@ from collections.abc import Collection
 from typing import Any
 
 from weftnet.proto.errors import LocalProtocolError
+from weftnet.router.api.client import NotRunning
 from weftnet.router.programs import cni
 from weftnet.router.programs import cnispec as spec
-from weftnet.router.programs.cli import NotRunning
 from weftnet.router.programs.cnispec import CniError
 
 NETNS = "/var/run/netns/pod1"

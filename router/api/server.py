@@ -47,8 +47,7 @@ import weftnet
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.router.api import httpserve
 from weftnet.router.api.httpserve import HttpConnections
-from weftnet.router.programs.cli import one_line
-from weftnet.router.programs.cnispec import ifname_ok
+from weftnet.router.api.text import ifname_ok, one_line
 
 if TYPE_CHECKING:
     from hypercorn.typing import (

@@ -21,7 +21,8 @@ Defaults that depend on where we run:
   machine (the demo, the netns tests) never share state by accident; else ``/var/lib/weft``.
   The namespace is recognised by comparing ``(st_dev, st_ino)`` of ``/proc/self/ns/net``
   with the bind-mounted files in ``/var/run/netns``.
-* HTTP API address: ``$WEFT_HTTP_ADDR`` (``ADDR:PORT``), else ``127.0.0.1:6784``.
+* HTTP API address: ``$WEFT_HTTP_ADDR`` (``ADDR:PORT``), else ``127.0.0.1:6784``; this and the
+  parsing of PEER and ADDR:PORT live in ``router/api/address.py``, shared with the programs.
 """
 
 from __future__ import annotations
@@ -37,9 +38,17 @@ from pathlib import Path
 from weftnet.ipam.mode import ConsensusInit, InitMode, ObserverInit, SeedInit
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.proto.peername import format_peer_name, parse_peer_name
+from weftnet.router.api.address import (
+    DEFAULT_HTTP_ADDR,
+    DEFAULT_PORT,
+    HOSTNAME_RE,
+    default_http_addr,
+    format_http_addr,
+    is_ip,
+    parse_http_addr,
+)
+from weftnet.router.api.address import parse_peer_address as parse_peer_address  # the daemon's too
 
-DEFAULT_PORT = 6783
-DEFAULT_HTTP_ADDR: tuple[str, int] = ("127.0.0.1", 6784)
 DEFAULT_DATA_DIR = Path("/var/lib/weft")
 NETNS_DATA_ROOT = Path("/var/lib/weft-netns")
 NETNS_RUN_DIR = Path("/var/run/netns")
@@ -51,7 +60,6 @@ MIN_MTU = 576
 MAX_MTU = 65535
 MAX_DNS_TTL = 2**31 - 1
 
-_HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?$")
 _NICKNAME = re.compile(r"^[^\s\x00-\x1f\x7f]{1,255}$")
 
 
@@ -99,98 +107,6 @@ class IpallocInit:
 
 
 # ---------------------------------------------------------------------------------------
-# Addresses
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _split_host_port(text: str, what: str) -> tuple[str, str | None]:
-    """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 literal."""
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise LocalProtocolError(f"invalid {what} {text!r}: missing ']'")
-        host, rest = text[1:end], text[end + 1 :]
-        if not host or ":" not in host or not _is_ip(host):
-            raise LocalProtocolError(f"invalid {what} {text!r}: [...] must hold an IPv6 address")
-        if not rest:
-            return host, None
-        if not rest.startswith(":"):
-            raise LocalProtocolError(f"invalid {what} {text!r}: expected ':PORT' after ']'")
-        return host, rest[1:]
-    if text.count(":") > 1:  # a bare IPv6 literal, no port
-        if not _is_ip(text):
-            raise LocalProtocolError(
-                f"invalid {what} {text!r}: write IPv6 with a port as [ADDR]:PORT"
-            )
-        return text, None
-    host, sep, port = text.partition(":")
-    return host, (port if sep else None)
-
-
-def _parse_port(text: str, what: str, original: str) -> int:
-    if not text.isdigit():
-        raise LocalProtocolError(f"invalid {what} {original!r}: port must be a number")
-    port = int(text)
-    if not 1 <= port <= 65535:
-        raise LocalProtocolError(f"invalid {what} {original!r}: port must be 1..65535")
-    return port
-
-
-def _check_host(host: str, what: str, original: str) -> str:
-    if not host:
-        raise LocalProtocolError(f"invalid {what} {original!r}: missing host")
-    if _is_ip(host):
-        return str(ipaddress.ip_address(host))
-    # a last label of digits only (999.1.1.1, 1234) is a mistyped address, not a host name
-    # (RFC 3696 section 2); a resolver would read "1234" as the address 0.0.4.210
-    if (not _HOSTNAME.match(host) or host.rstrip(".").rsplit(".", 1)[-1].isdigit()
-            or len(host.rstrip(".")) > 253):
-        raise LocalProtocolError(f"invalid {what} {original!r}: not an IP address or host name")
-    return host.lower()
-
-
-def _join_host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def parse_peer_address(text: str, default_port: int = DEFAULT_PORT) -> str:
-    """Normalise ``host[:port]`` / ``[v6]:port`` to ``host:port`` (``[v6]:port``)."""
-    original = text
-    text = text.strip()
-    if not text:
-        raise LocalProtocolError("invalid peer address '': empty")
-    host, port_text = _split_host_port(text, "peer address")
-    host = _check_host(host, "peer address", original)
-    port = default_port if port_text is None else _parse_port(port_text, "peer address", original)
-    return _join_host_port(host, port)
-
-
-def parse_http_addr(text: str) -> tuple[str, int]:
-    """``ADDR:PORT`` (``[v6]:PORT``) of the HTTP API; the port is required."""
-    original = text
-    text = text.strip()
-    if not text:
-        raise LocalProtocolError("invalid HTTP address '': expected ADDR:PORT")
-    host, port_text = _split_host_port(text, "HTTP address")
-    if port_text is None:
-        raise LocalProtocolError(f"invalid HTTP address {original!r}: expected ADDR:PORT")
-    return _check_host(host, "HTTP address", original), _parse_port(
-        port_text, "HTTP address", original
-    )
-
-
-def format_http_addr(addr: tuple[str, int]) -> str:
-    return _join_host_port(addr[0], addr[1])
-
-
-# ---------------------------------------------------------------------------------------
 # Environment-dependent defaults
 
 
@@ -220,16 +136,6 @@ def default_data_dir() -> Path:
     if name is not None:
         return NETNS_DATA_ROOT / name
     return DEFAULT_DATA_DIR
-
-
-def default_http_addr() -> tuple[str, int]:
-    env = os.environ.get("WEFT_HTTP_ADDR")
-    if env:
-        try:
-            return parse_http_addr(env)
-        except LocalProtocolError as exc:
-            raise LocalProtocolError(f"WEFT_HTTP_ADDR: {exc.reason}") from None
-    return DEFAULT_HTTP_ADDR
 
 
 # ---------------------------------------------------------------------------------------
@@ -312,7 +218,7 @@ def _dns_domain_option(text: str) -> str:
     domain = text.strip().lower()
     if not domain.endswith("."):
         domain += "."
-    if domain == "." or not _HOSTNAME.match(domain) or len(domain) > 254:
+    if domain == "." or not HOSTNAME_RE.match(domain) or len(domain) > 254:
         raise LocalProtocolError(f"--dns-domain: {text!r} is not a valid domain")
     return domain
 
@@ -399,7 +305,7 @@ def config_from_args(ns: argparse.Namespace) -> LaunchConfig:
         cfg.trusted_subnets = [str(_cidr_option("--trusted-subnets", s)) for s in items]
     if ns.host is not None and ns.host.strip():
         host = ns.host.strip().strip("[]")
-        if not _is_ip(host):
+        if not is_ip(host):
             raise LocalProtocolError(f"--host: {ns.host!r} is not an IP address")
         cfg.host = str(ipaddress.ip_address(host))
     cfg.fastdp = not ns.no_fastdp

@@ -34,27 +34,21 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import weftnet
 from weftnet.proto.errors import LocalProtocolError
-from weftnet.router.daemon.config import (
-    add_launch_arguments,
-    config_from_args,
-    config_to_args,
-    default_data_dir,
-    default_http_addr,
-    format_http_addr,
-    parse_http_addr,
-    parse_peer_address,
-)
-from weftnet.router.host.datadir import DataDir
+from weftnet.router.api.address import default_http_addr, parse_http_addr, parse_peer_address
+from weftnet.router.api.client import ApiClient, Interrupted, NotRunning
+from weftnet.router.api.text import one_line
+
+if TYPE_CHECKING:
+    from weftnet.router.host.datadir import DataDir
 
 PROG = "weft"
 LAUNCH_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
 POLL_INTERVAL = 0.05
-REQUEST_TIMEOUT = 30.0
 ATTACH_TIMEOUT = 60.0
 STATUS_VIEWS = ("targets", "connections", "peers", "dns", "ipam")
 MAX_DNS_NAME_ARG = 1024           # dns-lookup NAME: longer cannot be a name, nor fit a URL
@@ -64,22 +58,6 @@ class UsageError(Exception):
     """Bad command line (exit 2)."""
 
 
-class NotRunning(Exception):
-    """Nothing answers on the API address (exit 1, like LocalProtocolError)."""
-
-    @property
-    def reason(self) -> str:
-        return str(self.args[0])
-
-
-class Interrupted(Exception):
-    """The API dropped the connection mid-answer (exit 1)."""
-
-    @property
-    def reason(self) -> str:
-        return str(self.args[0])
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of printing usage and exiting."""
 
@@ -87,93 +65,6 @@ class _Parser(argparse.ArgumentParser):
         where = self.prog if self.prog != PROG else ""
         prefix = where.removeprefix(PROG + " ") + ": " if where else ""
         raise UsageError(f"{prefix}{message} (see '{self.prog} --help')")
-
-
-# -- HTTP client --------------------------------------------------------------------------
-
-
-class ApiClient:
-    """Calls to the router API; errors become one-line LocalProtocolErrors."""
-
-    def __init__(self, addr: tuple[str, int]) -> None:
-        import urllib.request
-
-        self.addr = addr
-        self.where = format_http_addr(addr)
-        self.base = f"http://{self.where}"
-        # No proxies: the API is local, and http_proxy in the environment must not matter.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-    def call(
-        self, method: str, path: str, body: Any = None, *, timeout: float = REQUEST_TIMEOUT
-    ) -> Any:
-        import http.client
-        import urllib.error
-        import urllib.request
-
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base + path, data=data, method=method)
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        try:
-            with self._opener.open(request, timeout=timeout) as response:
-                raw = response.read()
-                content_type = response.headers.get("Content-Type", "")
-        except urllib.error.HTTPError as exc:
-            raise LocalProtocolError(self._error_text(exc.code, exc.read())) from None
-        except urllib.error.URLError as exc:
-            raise self._connect_error(exc.reason) from None
-        except (OSError, ValueError) as exc:  # timeouts, resets mid-response
-            raise self._connect_error(exc) from None
-        except http.client.HTTPException as exc:  # cut short (e.g. a router stopping)
-            raise Interrupted(
-                f"the router API on {self.where} closed the connection mid-answer "
-                f"({type(exc).__name__})"
-            ) from None
-        if not content_type.startswith("application/json"):
-            return raw
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise LocalProtocolError(
-                f"the router API on {self.where} sent malformed JSON for {path}"
-            ) from None
-
-    def answers(self) -> bool:
-        """Whether something answers HTTP on the address (any status)."""
-        try:
-            self.call("GET", "/version", timeout=2.0)
-        except NotRunning:
-            return False
-        except (LocalProtocolError, Interrupted):
-            return True
-        return True
-
-    def _connect_error(self, reason: object) -> Exception:
-        if isinstance(reason, ConnectionRefusedError):
-            return NotRunning(f"no router is running (nothing answers on {self.where})")
-        if isinstance(reason, ConnectionResetError | ConnectionAbortedError | BrokenPipeError):
-            return Interrupted(
-                f"the router API on {self.where} closed the connection mid-answer "
-                f"({type(reason).__name__})"
-            )
-        if isinstance(reason, TimeoutError):
-            message = f"the router API on {self.where} did not answer in time"
-        else:
-            text = getattr(reason, "strerror", None) or str(reason)
-            message = f"cannot reach the router API on {self.where}: {text}"
-        error: Exception = LocalProtocolError(message)
-        return error
-
-    @staticmethod
-    def _error_text(status: int, raw: bytes) -> str:
-        try:
-            message = json.loads(raw)["error"]
-            if isinstance(message, str) and message:
-                return message
-        except (ValueError, KeyError, TypeError):
-            pass
-        return f"the router API answered HTTP {status}"
 
 
 def _client(ns: argparse.Namespace) -> ApiClient:
@@ -201,6 +92,8 @@ def _wait_unlocked(datadir: DataDir | None, deadline: float) -> None:
 
 def _router_data_dir(client: ApiClient, explicit: str | None) -> DataDir | None:
     """The running router's data dir: --data-dir, else what its report says, else None."""
+    from weftnet.router.host.datadir import DataDir
+
     if explicit is not None:
         if not explicit.strip():  # "" would be the current directory
             raise UsageError("--data-dir: empty path")
@@ -217,6 +110,9 @@ def _router_data_dir(client: ApiClient, explicit: str | None) -> DataDir | None:
 
 
 def cmd_launch(ns: argparse.Namespace) -> int:
+    from weftnet.router.daemon.config import config_from_args, config_to_args
+    from weftnet.router.host.datadir import DataDir
+
     config = config_from_args(ns)
     if config.foreground:
         # Children of the router (ip, iptables...) need not see the password.
@@ -318,6 +214,9 @@ def cmd_stop(ns: argparse.Namespace) -> int:
 
 
 def cmd_reset(ns: argparse.Namespace) -> int:
+    from weftnet.router.daemon.config import default_data_dir
+    from weftnet.router.host.datadir import DataDir
+
     client = _client(ns)
     datadir = _router_data_dir(client, ns.data_dir)
     try:
@@ -522,6 +421,10 @@ def _import_attr(module: str, attr: str, what: str) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # The launch options are the daemon's (router/daemon/config.py), read only to build
+    # the parser: importing this module stays light.
+    from weftnet.router.daemon.config import add_launch_arguments
+
     parser = _Parser(prog=PROG, description="weft: a mesh network for containers")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -644,14 +547,6 @@ def _run(argv: Sequence[str] | None) -> int:
     if handler is not cmd_launch and isinstance(name, str) and not name.strip():
         raise UsageError(f"{ns.command}: --name is empty")
     return handler(ns)
-
-
-def one_line(message: str, max_word: int = 120) -> str:
-    """One readable line (the CLI's errors, and the API's it prints): whitespace collapsed,
-    and a word as long as a hostile value (a 100 KB container name echoed in "no network
-    namespace '...'") cut short."""
-    return " ".join(w if len(w) <= max_word else f"{w[:60]}...({len(w)} characters)"
-                    for w in message.split())
 
 
 def _fail(message: str, status: int) -> int:

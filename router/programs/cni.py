@@ -64,6 +64,8 @@ from typing import Any, Protocol, TypeVar
 
 import weftnet
 from weftnet.proto.errors import LocalProtocolError
+from weftnet.router.api.address import DEFAULT_HTTP_ADDR, parse_http_addr
+from weftnet.router.api.client import ApiClient, Interrupted, NotRunning
 from weftnet.router.programs.cnispec import (
     DEFAULT_ROUTE,
     ERR_INVALID_CONFIG,
@@ -231,7 +233,7 @@ class RealHost:
 
 
 class Client(Protocol):
-    """cli.ApiClient's surface (tests give a fake)."""
+    """``api.client.ApiClient``'s surface (tests give a fake)."""
 
     where: str
 
@@ -252,8 +254,6 @@ class Plugin:
     # --- the router ---
 
     def _call(self, method: str, path: str, body: Any = None, *, timeout: float = 30.0) -> Any:
-        from weftnet.router.programs.cli import Interrupted, NotRunning
-
         try:
             return self.client.call(method, path, body, timeout=timeout)
         except NotRunning as exc:
@@ -263,8 +263,6 @@ class Plugin:
 
     def router_up(self, timeout: float) -> str | None:
         """Wait up to ``timeout`` s for the router's API; None when it answers, else why not."""
-        from weftnet.router.programs.cli import Interrupted, NotRunning
-
         deadline = self.clock() + timeout
         while True:
             try:
@@ -443,8 +441,6 @@ Env WEFT_CNI_TIMEOUT: seconds to wait for the router (default {ROUTER_TIMEOUT:g}
 
 
 def _http_addr(argv: Sequence[str], conf: Json, environ: Mapping[str, str]) -> tuple[str, int]:
-    from weftnet.router.daemon.config import DEFAULT_HTTP_ADDR, parse_http_addr
-
     given: list[tuple[str, str]] = []
     args = list(argv)
     while args:
@@ -501,7 +497,6 @@ def run(argv: Sequence[str], environ: Mapping[str, str], stdin: bytes,
         if inv.command == "GC":
             return 0, ""  # the router frees what vanished namespaces held (module docstring)
         if make_client is None:
-            from weftnet.router.programs.cli import ApiClient
             make_client = ApiClient
         plugin = Plugin(inv, conf, version, make_client(_http_addr(argv, conf, environ)),
                         host or RealHost(), timeout=_timeout(environ))

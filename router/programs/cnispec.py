@@ -14,11 +14,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from weftnet.router.api.text import ifname_ok
+
 PLUGIN = "weft-net"
 SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
 FALLBACK_VERSION = "1.0.0"        # of error objects when the config names none we know
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
-IFNAMSIZ = 16
 
 # Well-known error codes (CNI spec, "Error codes")
 ERR_INCOMPATIBLE_VERSION = 1
@@ -115,13 +116,6 @@ def require(inv: Invocation, *, netns: bool) -> None:
     if not ifname_ok(inv.ifname):
         raise CniError(ERR_INVALID_ENV, f"CNI_IFNAME {inv.ifname[:40]!r}: not an interface name "
                        "(1-15 characters, no '/', ':' or spaces)")
-
-
-def ifname_ok(name: str) -> bool:
-    """A name Linux takes for a network interface (the kernel's ``dev_valid_name``); the
-    router's API checks ``ifname`` with it too."""
-    return (0 < len(name) < IFNAMSIZ and name not in (".", "..") and "/" not in name
-            and ":" not in name and not any(c.isspace() for c in name))
 
 
 def parse_netconf(raw: bytes) -> Json:

@@ -43,7 +43,8 @@ Suites: ``weft bench [data] [OPTIONS]`` runs the data paths (the default suite);
 ``weft bench dns [OPTIONS]`` measures weftDNS against dnsmasq serving the same names, both
 driven by dnsperf in one run (``weftnet.router.tools.dnsbench``; the issue asks for at least
 ``DNS_TARGET_RATIO`` of dnsmasq's queries per second). A suite is one entry in ``SUITES``:
-a name and a function ``(argv) -> exit status`` with its own parser.
+a name and a function ``(argv) -> exit status`` with its own parser. This module runs the
+paths; what they yield, how tools' output is read and the table are in ``benchresults``.
 
 Exit status: 0 when every path was measured (or skipped), 1 when one failed or the bench
 could not run, 2 for bad arguments, 130 when interrupted.
@@ -55,47 +56,52 @@ import argparse
 import contextlib
 import json
 import os
-import platform
-import re
 import secrets
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from weftnet.router.tools.benchresults import (
+    BASELINE,
+    PING_COUNT,
+    PING_INTERVAL,
+    PING_ROUNDS,
+    BenchResult,
+    Measurement,
+    MeasurementFailed,
+    PathResult,
+    PathSkipped,
+    PingResult,
+    TcpResult,
+    UsageError,
+    UsageParser,
+    first_line,
+    format_table,
+    machine_info,
+    parse_iperf3,
+    parse_ping,
+)
+from weftnet.router.tools.dnsbench import run_dns_bench
+from weftnet.router.tools.namespaces import end_process, one_line
 from weftnet.router.tools.testbed import CommandFailed, Testbed, TestbedError, sigterm_as_interrupt
 
 __all__ = [
-    "BASELINE",
     "LOSS_PERCENT",
     "PATHS",
     "SUITES",
-    "BenchResult",
-    "Measurement",
-    "MeasurementFailed",
-    "PathResult",
-    "PathSkipped",
-    "PingResult",
-    "TcpResult",
+    "DataOptions",
     "check_overlay",
-    "format_table",
-    "machine_info",
     "main",
-    "one_line",
     "parse_data_args",
-    "parse_iperf3",
-    "parse_ping",
     "run_data_bench",
-    "run_dns_bench",
 ]
 
 PATHS = ("kernel-vxlan", "sleeve-plain", "sleeve-encrypted", "fastdp")
-BASELINE = "kernel-vxlan"
 LOSS_PERCENT = 1
 HOSTS = ("h1", "h2")
 CONTAINERS = ("c1", "c2")  # c1 lives on h1, c2 on h2
@@ -105,10 +111,7 @@ VXLAN_ID = 42
 VXLAN_PORT = 4789
 BASELINE_MTU = 1450  # 1500 underlay - 50 bytes of VXLAN/UDP/IP/Ethernet headers
 IPERF_PORT = 5201
-PING_COUNT = 60
 PING_COUNT_QUICK = 12
-PING_ROUNDS = 6  # the pings of a path alternate with the beside-baseline's in this many rounds
-PING_INTERVAL = 0.05
 DEFAULT_DURATION = 5
 QUICK_DURATION = 1
 DEFAULT_WAIT = 30.0  # seconds a path may take to come up (routers connected, first ping)
@@ -119,350 +122,10 @@ _BRIDGE, _VXLAN, _VETH = "benchbr", "benchvx", "benchve"
 BESIDE_CONTAINERS = ("k1", "k2")
 BESIDE_ADDRESSES = ("10.3.1.1", "10.3.1.2")
 
-Status = Literal["ok", "failed", "skipped"]
 Progress = Callable[[str], None]
 
 
-class MeasurementFailed(Exception):
-    """A path or one of its measurements did not work; the message is the one-line reason."""
-
-
-class PathSkipped(Exception):
-    """The path cannot be measured on this setup (not an error); the message says why."""
-
-
-# --- results ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TcpResult:
-    """One iperf3 run: what the server received."""
-
-    gbps: float
-    bytes: int
-    retransmits: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PingResult:
-    """Round-trip times of one ping run, in milliseconds."""
-
-    sent: int
-    received: int
-    avg_ms: float
-    median_ms: float
-    min_ms: float
-    max_ms: float
-    rtts: tuple[float, ...] = ()
-
-    @classmethod
-    def of(cls, sent: int, received: int, rtts: Sequence[float]) -> PingResult:
-        """The statistics of ``rtts`` (at least one)."""
-        return cls(
-            sent=sent,
-            received=received,
-            avg_ms=statistics.fmean(rtts),
-            median_ms=statistics.median(rtts),
-            min_ms=min(rtts),
-            max_ms=max(rtts),
-            rtts=tuple(rtts),
-        )
-
-    @classmethod
-    def combine(cls, runs: Sequence[PingResult]) -> PingResult:
-        """One result for several runs (the rounds of an interleaved measurement)."""
-        rtts = [r for run in runs for r in run.rtts]
-        if not rtts:
-            raise MeasurementFailed("ping: no round-trip times to combine")
-        return cls.of(sum(run.sent for run in runs), sum(run.received for run in runs), rtts)
-
-
-@dataclass(frozen=True, slots=True)
-class Measurement:
-    """The outcome of measuring one path under one condition (clean or lossy underlay)."""
-
-    status: Status
-    reason: str = ""
-    tcp: TcpResult | None = None
-    ping: PingResult | None = None
-    ping_beside: PingResult | None = None  # the baseline, pinged in turns with this path
-
-    @classmethod
-    def failed(cls, reason: str) -> Measurement:
-        return cls("failed", reason)
-
-    @classmethod
-    def skipped(cls, reason: str) -> Measurement:
-        return cls("skipped", reason)
-
-
-@dataclass(frozen=True, slots=True)
-class PathResult:
-    path: str
-    clean: Measurement
-    lossy: Measurement | None = None  # None when the bench ran with --no-loss
-
-
-@dataclass(slots=True)
-class BenchResult:
-    """A whole run: every path's results and what they ran on."""
-
-    duration: int
-    loss_percent: int | None  # None: no lossy measurements (--no-loss)
-    machine: dict[str, Any]
-    paths: list[PathResult] = field(default_factory=list)
-    ping_count: int = PING_COUNT
-    interrupted: bool = False
-
-    def _find(self, path: str) -> PathResult | None:
-        return next((p for p in self.paths if p.path == path), None)
-
-    def ratio(self, path: str, lossy: bool = False) -> float | None:
-        """Throughput of ``path`` over the baseline's, same run and condition; None when
-        either is missing."""
-        mine, base = self._find(path), self._find(BASELINE)
-        if mine is None or base is None:
-            return None
-        a, b = (mine.lossy, base.lossy) if lossy else (mine.clean, base.clean)
-        if a is None or b is None or a.tcp is None or b.tcp is None or b.tcp.gbps <= 0:
-            return None
-        return a.tcp.gbps / b.tcp.gbps
-
-    def rtt_ratio(self, path: str) -> float | None:
-        """Median RTT of ``path`` over the baseline's, measured in turns with it (or, for
-        the baseline itself, 1); None when either is missing."""
-        mine = self._find(path)
-        if mine is None or mine.clean.ping is None:
-            return None
-        if path == BASELINE:
-            return 1.0
-        base = mine.clean.ping_beside
-        if base is None or base.median_ms <= 0:
-            return None
-        return mine.clean.ping.median_ms / base.median_ms
-
-    @property
-    def ok(self) -> bool:
-        """True when nothing failed (skipped paths are fine) and the run was not cut short."""
-        return not self.interrupted and all(
-            m.status != "failed" for p in self.paths for m in (p.clean, p.lossy) if m is not None
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        paths: dict[str, Any] = {}
-        for p in self.paths:
-            entry = _measurement_json(p.clean)
-            entry["ratio"] = _round(self.ratio(p.path))
-            ping = p.clean.ping
-            entry["ping_ms"] = None if ping is None else {
-                "avg": round(ping.avg_ms, 4), "median": round(ping.median_ms, 4),
-                "min": round(ping.min_ms, 4), "max": round(ping.max_ms, 4),
-                "sent": ping.sent, "received": ping.received,
-            }  # fmt: skip
-            beside = p.clean.ping_beside
-            entry["ping_baseline_beside_ms"] = None if beside is None else {
-                "avg": round(beside.avg_ms, 4), "median": round(beside.median_ms, 4),
-                "sent": beside.sent, "received": beside.received,
-            }  # fmt: skip
-            entry["rtt_ratio"] = _round(self.rtt_ratio(p.path))
-            if p.lossy is not None:
-                entry["loss"] = {**_measurement_json(p.lossy), "ratio": _round(self.ratio(p.path, True))}
-            else:
-                entry["loss"] = None
-            paths[p.path] = entry
-        return {
-            "bench": "data",
-            "baseline": BASELINE,
-            "duration_s": self.duration,
-            "loss_percent": self.loss_percent,
-            "ping_count": self.ping_count,
-            "ping_interval_s": PING_INTERVAL,
-            "ping_rounds": PING_ROUNDS,
-            "machine": self.machine,
-            "paths": paths,
-            "interrupted": self.interrupted,
-        }
-
-
-def _round(x: float | None, digits: int = 4) -> float | None:
-    return None if x is None else round(x, digits)
-
-
-def _measurement_json(m: Measurement) -> dict[str, Any]:
-    return {
-        "status": m.status,
-        "reason": m.reason,
-        "tcp_gbps": None if m.tcp is None else round(m.tcp.gbps, 4),
-        "tcp_bytes": None if m.tcp is None else m.tcp.bytes,
-        "tcp_retransmits": None if m.tcp is None else m.tcp.retransmits,
-    }
-
-
-# --- the table --------------------------------------------------------------------------------
-
-
-def format_table(result: BenchResult) -> str:
-    """The human-readable report: a title line, one row per path, and under a row that
-    failed or was skipped, one indented line per reason. Newline-terminated."""
-    loss = result.loss_percent
-    header = ["path", "TCP Gbit/s", "x baseline", "ping ms avg/med", "RTT x baseline"]
-    if loss is not None:
-        header += [f"TCP Gbit/s @{loss}% loss", "x baseline@loss"]
-    rows: list[list[str]] = []
-    notes: list[list[str]] = []
-    for p in result.paths:
-        row = [p.path, _gbps_cell(p.clean), _ratio_cell(result.ratio(p.path)), _ping_cell(p.clean),
-               _ratio_cell(result.rtt_ratio(p.path))]
-        why = []
-        if p.clean.status != "ok":
-            why.append(f"{p.clean.status}: {p.clean.reason}")
-        if loss is not None:
-            lossy = p.lossy or Measurement.failed("not measured")
-            row += [_gbps_cell(lossy), _ratio_cell(result.ratio(p.path, True))]
-            # A lossy run that did not happen because the clean one failed needs no second line.
-            if lossy.status != "ok" and lossy.reason != p.clean.reason:
-                why.append(f"@{loss}% loss {lossy.status}: {lossy.reason}")
-        rows.append(row)
-        notes.append(why)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
-        return "  ".join([first, *rest]).rstrip()
-
-    m = result.machine
-    title = (
-        f"weft bench: container to container across two namespace hosts; iperf3 TCP, "
-        f"1 stream, {result.duration} s; {result.ping_count} pings; kernel {m.get('kernel')}, "
-        f"{m.get('cpus')} CPUs, Python {m.get('python')}"
-    )
-    out = [title, "", line(header), line(["-" * w for w in widths])]
-    for row, why in zip(rows, notes, strict=True):
-        out.append(line(row))
-        out += [f"    {w}" for w in why]
-    if result.interrupted:
-        out.append("(interrupted: the paths not listed were not measured)")
-    if all(p.path != BASELINE for p in result.paths):
-        out.append(f"(no ratios: the baseline {BASELINE} was not among the paths)")
-    return "\n".join(out) + "\n"
-
-
-def _gbps_cell(m: Measurement) -> str:
-    if m.status != "ok":
-        return m.status
-    return "-" if m.tcp is None else f"{m.tcp.gbps:.2f}"
-
-
-def _ratio_cell(r: float | None) -> str:
-    return "-" if r is None else f"{r:.2f}"
-
-
-def _ping_cell(m: Measurement) -> str:
-    if m.ping is None:
-        return "-"
-    return f"{m.ping.avg_ms:.3f}/{m.ping.median_ms:.3f}"
-
-
-# --- parsing tool output ----------------------------------------------------------------------
-
-
-def parse_iperf3(text: str) -> TcpResult:
-    """The result of ``iperf3 -c ... -J``; MeasurementFailed when it reports an error or
-    when no data reached the server."""
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        raise MeasurementFailed(f"iperf3 gave no JSON: {_first_line(text) or 'no output'}") from None
-    if not isinstance(doc, dict):
-        raise MeasurementFailed("iperf3 gave JSON that is not an object")
-    if doc.get("error"):
-        raise MeasurementFailed(f"iperf3: {_first_line(str(doc['error']))}")
-    end = doc.get("end")
-    received = end.get("sum_received") if isinstance(end, dict) else None
-    sent = end.get("sum_sent") if isinstance(end, dict) else None
-    if not isinstance(received, dict):
-        raise MeasurementFailed("iperf3 JSON has no end.sum_received")
-    bps, nbytes = received.get("bits_per_second"), received.get("bytes")
-    if not isinstance(bps, int | float) or not isinstance(nbytes, int):
-        raise MeasurementFailed("iperf3 JSON: end.sum_received lacks bytes or bits_per_second")
-    if nbytes <= 0 or bps <= 0:
-        raise MeasurementFailed("iperf3: no data reached the server")
-    retransmits = sent.get("retransmits") if isinstance(sent, dict) else None
-    return TcpResult(
-        gbps=float(bps) / 1e9,
-        bytes=nbytes,
-        retransmits=retransmits if isinstance(retransmits, int) else None,
-    )
-
-
-_RTT_RE = re.compile(r"\btime[=<]([0-9.]+) ?ms\b")
-_COUNTS_RE = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
-
-
-def parse_ping(text: str) -> PingResult:
-    """RTTs from iputils ``ping -n`` output (one ``time=X ms`` line per reply); duplicate
-    replies are not counted. MeasurementFailed when nothing came back."""
-    counts = _COUNTS_RE.search(text)
-    if counts is None:
-        raise MeasurementFailed(f"ping: no summary in its output: {_first_line(text) or 'no output'}")
-    sent, received = int(counts.group(1)), int(counts.group(2))
-    rtts = [float(m.group(1)) for line in text.splitlines() if "DUP!" not in line
-            for m in [_RTT_RE.search(line)] if m]  # fmt: skip
-    if received == 0 or not rtts:
-        raise MeasurementFailed(f"ping: none of {sent} pings was answered")
-    return PingResult.of(sent, received, rtts)
-
-
-def _first_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[0] if lines else ""
-
-
-def one_line(exc: BaseException) -> str:
-    """A one-line reason for ``exc``; a failed command shows as ``on HOST: `cmd` failed: why``."""
-    if isinstance(exc, CommandFailed):
-        detail = [ln.strip() for ln in (exc.stderr or "").splitlines() if ln.strip()]
-        if not detail:
-            detail = [ln.strip() for ln in (exc.stdout or "").splitlines() if ln.strip()]
-        cmd = " ".join(str(a) for a in exc.cmd)
-        cmd = cmd.replace(f"{sys.executable} -m weftnet.router.programs.cli", "weft")
-        return f"on {exc.host}: `{cmd}` failed: {detail[-1] if detail else exc.reason}"
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
-def machine_info() -> dict[str, Any]:
-    """What the figures were measured on."""
-    info: dict[str, Any] = {
-        "kernel": platform.release(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "cpu_model": None,
-        "iperf3": None,
-    }
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-    if shutil.which("iperf3"):
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out = subprocess.run(["iperf3", "--version"], capture_output=True, text=True, timeout=10)
-            info["iperf3"] = _first_line(out.stdout) or None
-    return info
-
-
 # --- arguments --------------------------------------------------------------------------------
-
-
-class UsageError(Exception):
-    """Bad command line; the message is the one-line reason."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        raise UsageError(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,7 +139,7 @@ class DataOptions:
 
 
 def _data_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = UsageParser(
         prog="weft bench [data]",
         description="Measure the data paths side by side, container to container, on two "
         "simulated hosts (network namespaces) built for the purpose: TCP throughput "
@@ -670,13 +333,7 @@ class _Runner:
             proc = self.tb.run(CONTAINERS[0], client, check=False, timeout=self.opts.duration + 60)
             return parse_iperf3(proc.stdout)
         finally:
-            if server.poll() is None:
-                server.terminate()
-            try:
-                server.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            end_process(server)
             if server.stdout is not None:
                 server.stdout.close()
 
@@ -853,7 +510,7 @@ def _wait_listening(
             return
         if proc.poll() is not None:
             out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-            raise MeasurementFailed(f"iperf3 server exited: {_first_line(out) or 'no output'}")
+            raise MeasurementFailed(f"iperf3 server exited: {first_line(out) or 'no output'}")
         if time.monotonic() > deadline:
             raise MeasurementFailed(f"iperf3 server not listening after {timeout:.0f} s")
         time.sleep(0.05)
@@ -937,87 +594,6 @@ def run_data_bench(argv: Sequence[str], *, progress: Progress | None = None) -> 
     if result.interrupted:
         return 130
     return 0 if result.ok and error is None else 1
-
-
-# --- the DNS suite ---------------------------------------------------------------------------
-
-DNS_TARGET_RATIO = 0.25
-
-
-def _dns_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="weft bench dns",
-        description="Queries per second of weftDNS against dnsmasq serving the same names, "
-        "both driven by dnsperf in one run, inside a network namespace of its own. Needs "
-        "root, iproute2, dnsmasq and dnsperf.",
-    )
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--names", type=int, default=1000, metavar="N",
-                   help="A records served by both (default 1000)")
-    p.add_argument("--seconds", type=float, default=10.0, metavar="S",
-                   help="dnsperf run per server (default 10)")
-    p.add_argument("--clients", type=int, default=4, metavar="N",
-                   help="dnsperf client sockets (default 4)")
-    p.add_argument("--outstanding", type=int, default=100, metavar="N",
-                   help="queries in flight (default 100)")
-    p.add_argument("--quick", action="store_true", help="a smoke run: 2 s per server")
-    return p
-
-
-def format_dns_table(result: dict[str, Any]) -> str:
-    """The human-readable result of ``bench_dns``."""
-    lines = [
-        f"weft bench dns: {result['names']} names, {result['seconds']:g} s per server, "
-        f"dnsperf -c {result['clients']} -q {result['outstanding']}",
-        "",
-        f"{'server':<10} {'queries/s':>12} {'completed':>11} {'lost':>7}",
-    ]
-    for label in ("weftdns", "dnsmasq"):
-        r = result[label]
-        lines.append(f"{label:<10} {r['qps']:>12.1f} {r['completed']:>11} {r['lost']:>7}")
-    ratio = result["ratio"]
-    verdict = "meets" if ratio >= DNS_TARGET_RATIO else "BELOW"
-    lines += ["", f"weftdns / dnsmasq: {ratio:.2f} ({verdict} the target of "
-                  f"{DNS_TARGET_RATIO:.2f})"]
-    return "\n".join(lines) + "\n"
-
-
-def run_dns_bench(argv: Sequence[str]) -> int:
-    """``weft bench dns OPTIONS``: 0 when measured, 1 when it could not run, 2 for bad args."""
-    from weftnet.router.tools.dnsbench import BenchUnavailable, bench_dns
-
-    try:
-        ns = _dns_parser().parse_args(list(argv))
-        seconds = 2.0 if ns.quick else ns.seconds
-        if not 1 <= ns.names <= 100_000:
-            raise UsageError(f"--names must be 1..100000, not {ns.names}")
-        if not 0 < seconds <= 3600:
-            raise UsageError(f"--seconds must be more than 0 and at most 3600, not {seconds:g}")
-        if not 1 <= ns.clients <= 256 or not 1 <= ns.outstanding <= 65535:
-            raise UsageError("--clients must be 1..256 and --outstanding 1..65535")
-    except UsageError as exc:
-        print(f"weft bench dns: {exc}", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else 0
-    try:
-        with sigterm_as_interrupt():
-            result = bench_dns(names=ns.names, seconds=seconds, clients=ns.clients,
-                               outstanding=ns.outstanding)
-    except KeyboardInterrupt:
-        print("weft bench dns: interrupted", file=sys.stderr)
-        return 130
-    except (BenchUnavailable, RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        print(f"weft bench dns: {one_line(exc)}", file=sys.stderr)
-        return 1
-    result["target_ratio"] = DNS_TARGET_RATIO
-    result["machine"] = machine_info()
-    if ns.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(format_dns_table(result), end="")
-    sys.stdout.flush()
-    return 0
 
 
 SUITES: dict[str, Callable[[Sequence[str]], int]] = {"data": run_data_bench,

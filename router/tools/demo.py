@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from weftnet.router.tools.namespaces import one_line
 from weftnet.router.tools.testbed import (
     CommandFailed,
     Testbed,
@@ -175,7 +176,7 @@ class _Tour:
             try:
                 verdict = judge({h: self.report(h) for h in hosts})
             except (CommandFailed, ValueError, KeyError, TypeError) as exc:
-                verdict = f"weft report: {_one_line(exc)}"
+                verdict = f"weft report: {one_line(exc)}"
             if verdict is None:
                 return time.monotonic() - start
             why = verdict
@@ -325,7 +326,7 @@ def run_demo(argv: list[str]) -> int:
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
     except (DemoError, TestbedError, OSError) as exc:
-        print(f"weft demo: {_one_line(exc)}", file=sys.stderr)
+        print(f"weft demo: {one_line(exc)}", file=sys.stderr)
         return 1
 
 
@@ -349,7 +350,7 @@ def _tour(keep: bool) -> int:
         interrupted = True
         print("weft demo: interrupted, cleaning up", file=sys.stderr)
     except (DemoError, TestbedError) as exc:
-        print(f"weft demo: {_one_line(exc)}", file=sys.stderr)
+        print(f"weft demo: {one_line(exc)}", file=sys.stderr)
     finally:
         if tb is not None and keep and not interrupted:
             tb.release()
@@ -404,16 +405,6 @@ def _explain_keep(tb: Testbed) -> None:
     say(f"h2's router was stopped in step 6; start it again with: ... weft launch "
         f"--nickname host2 {tb.address('h1')}")
     say("Remove everything (routers, hosts, files):  weft demo --cleanup")
-
-
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, CommandFailed):
-        detail = [ln for ln in (exc.stderr or "").splitlines() if ln.strip()]
-        cmd = " ".join(str(a) for a in exc.cmd)
-        cmd = cmd.replace(f"{sys.executable} -m weftnet.router.programs.cli", "weft")
-        return f"on {exc.host}: `{cmd}` failed: {detail[-1] if detail else exc.reason}"
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def say(line: str = "") -> None:

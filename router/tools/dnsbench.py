@@ -8,10 +8,14 @@ then queries each for ``seconds`` with the same query file (every name once, in
 order, repeated), ``clients`` sockets and ``outstanding`` queries in flight. Nothing
 leaves the namespace. Needs root, iproute2, dnsmasq and dnsperf
 (``apt-get install dnsmasq-base dnsperf``).
+
+``run_dns_bench`` is ``weft bench dns OPTIONS`` (``bench.SUITES``): it checks the options,
+runs ``bench_dns`` and prints the table (or JSON) with the ratio to the target.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -21,8 +25,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from weftnet.router.tools.benchresults import UsageError, UsageParser, machine_info
+from weftnet.router.tools.namespaces import end_process, one_line, sigterm_as_interrupt
 
 WEFT_PORT, DNSMASQ_PORT = 5300, 5301
 
@@ -112,22 +120,90 @@ def bench_dns(*, names: int = 1000, seconds: float = 10.0, clients: int = 4,
         return result
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            end_process(proc)
         if created:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         shutil.rmtree(d, ignore_errors=True)
 
 
-if __name__ == "__main__":
+# --- `weft bench dns` ------------------------------------------------------------------------
+
+DNS_TARGET_RATIO = 0.25
+
+
+def _dns_parser() -> argparse.ArgumentParser:
+    p = UsageParser(
+        prog="weft bench dns",
+        description="Queries per second of weftDNS against dnsmasq serving the same names, "
+        "both driven by dnsperf in one run, inside a network namespace of its own. Needs "
+        "root, iproute2, dnsmasq and dnsperf.",
+    )
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--names", type=int, default=1000, metavar="N",
+                   help="A records served by both (default 1000)")
+    p.add_argument("--seconds", type=float, default=10.0, metavar="S",
+                   help="dnsperf run per server (default 10)")
+    p.add_argument("--clients", type=int, default=4, metavar="N",
+                   help="dnsperf client sockets (default 4)")
+    p.add_argument("--outstanding", type=int, default=100, metavar="N",
+                   help="queries in flight (default 100)")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 2 s per server")
+    return p
+
+
+def format_dns_table(result: dict[str, Any]) -> str:
+    """The human-readable result of ``bench_dns``."""
+    lines = [
+        f"weft bench dns: {result['names']} names, {result['seconds']:g} s per server, "
+        f"dnsperf -c {result['clients']} -q {result['outstanding']}",
+        "",
+        f"{'server':<10} {'queries/s':>12} {'completed':>11} {'lost':>7}",
+    ]
+    for label in ("weftdns", "dnsmasq"):
+        r = result[label]
+        lines.append(f"{label:<10} {r['qps']:>12.1f} {r['completed']:>11} {r['lost']:>7}")
+    ratio = result["ratio"]
+    verdict = "meets" if ratio >= DNS_TARGET_RATIO else "BELOW"
+    lines += ["", f"weftdns / dnsmasq: {ratio:.2f} ({verdict} the target of "
+                  f"{DNS_TARGET_RATIO:.2f})"]
+    return "\n".join(lines) + "\n"
+
+
+def run_dns_bench(argv: Sequence[str]) -> int:
+    """``weft bench dns OPTIONS``: 0 when measured, 1 when it could not run, 2 for bad args."""
     try:
-        print(json.dumps(bench_dns(seconds=float(sys.argv[1]) if len(sys.argv) > 1 else 10.0),
-                         indent=2))
-    except BenchUnavailable as exc:
+        ns = _dns_parser().parse_args(list(argv))
+        seconds = 2.0 if ns.quick else ns.seconds
+        if not 1 <= ns.names <= 100_000:
+            raise UsageError(f"--names must be 1..100000, not {ns.names}")
+        if not 0 < seconds <= 3600:
+            raise UsageError(f"--seconds must be more than 0 and at most 3600, not {seconds:g}")
+        if not 1 <= ns.clients <= 256 or not 1 <= ns.outstanding <= 65535:
+            raise UsageError("--clients must be 1..256 and --outstanding 1..65535")
+    except UsageError as exc:
         print(f"weft bench dns: {exc}", file=sys.stderr)
-        sys.exit(1)
+        return 2
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    try:
+        with sigterm_as_interrupt():
+            result = bench_dns(names=ns.names, seconds=seconds, clients=ns.clients,
+                               outstanding=ns.outstanding)
+    except KeyboardInterrupt:
+        print("weft bench dns: interrupted", file=sys.stderr)
+        return 130
+    except (BenchUnavailable, RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        print(f"weft bench dns: {one_line(exc)}", file=sys.stderr)
+        return 1
+    result["target_ratio"] = DNS_TARGET_RATIO
+    result["machine"] = machine_info()
+    if ns.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_dns_table(result), end="")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_dns_bench(sys.argv[1:]))

@@ -50,6 +50,10 @@ Extra commands for tests: ``block_udp_port``/``unblock`` and ``set_loss`` add nf
 interfaces, so loopback (the router's HTTP API) is never affected. ``partition(a, b)``,
 ``isolate(host)`` and ``heal(a[, b])`` drop (and stop dropping) everything between hosts'
 underlay addresses, the same way.
+
+Parts: ``namespaces`` runs iproute2 and kills what runs in a namespace (and holds the
+errors), ``ownership`` keeps the prefix records and ``sweep_stale``; this module is the
+``Testbed`` itself and the names callers import.
 """
 
 from __future__ import annotations
@@ -61,16 +65,39 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from weftnet.router.tools.namespaces import (
+    KILL_GRACE,
+    CommandFailed,
+    NftablesMissing,
+    TestbedError,
+    delete_namespaces,
+    kill_namespace_processes,
+    links_up,
+    list_namespaces,
+    output_text,
+    run_ip,
+    sigint_deferred,
+    sigterm_as_interrupt,
+)
+from weftnet.router.tools.ownership import (
+    DEFAULT_PATTERN,
+    STATE_DIR,
+    claim,
+    owner_of,
+    record_path,
+    rewrite_record,
+    sweep_stale,
+)
 
 __all__ = [
     "DEFAULT_PATTERN",
@@ -82,237 +109,15 @@ __all__ = [
     "TestbedError",
     "list_namespaces",
     "owner_of",
+    "sigterm_as_interrupt",
     "sweep_stale",
 ]
 
-# Namespaces made by a testbed with a random prefix ("wt" + 4 hex digits, then "-").
-DEFAULT_PATTERN = r"^wt[0-9a-f]{4}-"
-# Who owns which prefix: one small JSON file per live (or crashed) testbed.
-STATE_DIR = Path(os.environ.get("WEFT_TESTBED_STATE", "/run/weft-testbed"))
 NFT_TABLE = "weft_testbed"
 
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 _SWITCH_RE = re.compile(r"^sw[0-9]+$")
-_KILL_GRACE = 3.0
-_IP_TIMEOUT = 30.0
-
-
-class TestbedError(RuntimeError):
-    """Setting up, using or tearing down the testbed failed; the message says what and why."""
-
-    __test__ = False  # not a pytest test class, despite the name
-
-
-class NftablesMissing(TestbedError):
-    """The ``nft`` command is not installed; packet filter helpers cannot work."""
-
-
-class CommandFailed(TestbedError, subprocess.CalledProcessError):
-    """A command run inside a host exited non-zero (or timed out); carries its output."""
-
-    def __init__(
-        self,
-        host: str,
-        argv: Sequence[str],
-        returncode: int,
-        stdout: str,
-        stderr: str,
-        reason: str = "",
-    ) -> None:
-        subprocess.CalledProcessError.__init__(self, returncode, list(argv), stdout, stderr)
-        self.host = host
-        self.reason = reason or f"exit status {returncode}"
-
-    def __str__(self) -> str:
-        out = (self.stdout or "").rstrip()
-        err = (self.stderr or "").rstrip()
-        return (
-            f"on {self.host}: {_show(self.cmd)} failed ({self.reason})\n"
-            f"--- stdout ---\n{out}\n--- stderr ---\n{err}"
-        )
-
-
-def _show(argv: Sequence[str] | str) -> str:
-    return argv if isinstance(argv, str) else " ".join(argv)
-
-
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run ``ip ARGS`` from here; every caller passes ``-n NS`` or a ``netns`` subcommand."""
-    argv = ["ip", *args]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=_IP_TIMEOUT)
-    except FileNotFoundError as exc:
-        raise TestbedError("the `ip` command (iproute2) is not installed") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise TestbedError(f"{_show(argv)} did not finish in {_IP_TIMEOUT:.0f} s") from exc
-    if check and proc.returncode != 0:
-        raise TestbedError(f"{_show(argv)} failed: {proc.stderr.strip() or proc.returncode}")
-    return proc
-
-
-def list_namespaces() -> list[str]:
-    """Names of all named network namespaces (``ip netns list``), sorted."""
-    out = _ip("netns", "list").stdout
-    return sorted(line.split()[0] for line in out.splitlines() if line.strip())
-
-
-def _netns_pids(ns: str) -> list[int]:
-    proc = _ip("netns", "pids", ns, check=False)
-    if proc.returncode != 0:
-        return []
-    return [int(tok) for tok in proc.stdout.split() if tok.isdigit()]
-
-
-def _kill_namespace_processes(namespaces: Sequence[str], grace: float = _KILL_GRACE) -> None:
-    """SIGTERM every process in these namespaces, wait up to ``grace`` s, then SIGKILL."""
-    me = os.getpid()
-
-    def alive() -> list[int]:
-        return sorted({p for ns in namespaces for p in _netns_pids(ns) if p != me})
-
-    def send(pids: list[int], sig: signal.Signals) -> None:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-
-    pids = alive()
-    if not pids:
-        return
-    send(pids, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while pids and time.monotonic() < deadline:
-        time.sleep(0.05)
-        pids = alive()
-    if pids:
-        send(pids, signal.SIGKILL)
-        deadline = time.monotonic() + grace
-        while pids and time.monotonic() < deadline:
-            time.sleep(0.05)
-            pids = alive()
-
-
-def _delete_namespaces(namespaces: Sequence[str]) -> list[str]:
-    """Delete the namespaces that exist; return one error line per failure."""
-    existing = set(list_namespaces())
-    errors = []
-    for ns in namespaces:
-        if ns in existing:
-            proc = _ip("netns", "delete", ns, check=False)
-            if proc.returncode != 0:
-                errors.append(f"ip netns delete {ns}: {proc.stderr.strip()}")
-        # per-namespace config a router wrote (resolv.conf for `ip netns exec`) goes too
-        shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
-    return errors
-
-
-def _links_up(ns: str) -> bool:
-    """True when every link but loopback in ``ns`` is in operational state UP."""
-    for line in _ip("-n", ns, "-o", "link", "show").stdout.splitlines():
-        name = line.split(":", 2)[1].strip().split("@", 1)[0]
-        if name != "lo" and " state UP " not in line:
-            return False
-    return True
-
-
-# --- prefix ownership ---------------------------------------------------------------------
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot, or None when it does not exist."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Field 22; the command name (field 2) may contain spaces, so count after its ')'.
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _record_path(prefix: str) -> Path:
-    return STATE_DIR / f"{prefix}.json"
-
-
-def _read_record(prefix: str) -> dict[str, Any] | None:
-    try:
-        data = json.loads(_record_path(prefix).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _owner_alive(record: dict[str, Any] | None) -> int | None:
-    """The owner's pid when the process that wrote ``record`` still runs, else None."""
-    if record is None:
-        return None
-    pid = record.get("pid")
-    if not isinstance(pid, int):
-        return None
-    start = _start_time(pid)
-    return pid if start is not None and start == record.get("start") else None
-
-
-def _claim(prefix: str, tmpdir: Path | None) -> bool:
-    """Create the prefix's ownership record; False when it is already taken."""
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(_record_path(prefix), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return False
-    record = {"pid": os.getpid(), "start": _start_time(os.getpid()), "tmpdir": str(tmpdir)}
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f)
-    return True
-
-
-def _rewrite_record(prefix: str, tmpdir: Path) -> None:
-    record = {"pid": os.getpid(), "start": _start_time(os.getpid()), "tmpdir": str(tmpdir)}
-    _record_path(prefix).write_text(json.dumps(record))
-
-
-def owner_of(prefix: str) -> int | None:
-    """The pid of the live process owning testbed ``prefix``, or None (free, or stale)."""
-    return _owner_alive(_read_record(prefix))
-
-
-def sweep_stale(prefix_pattern: str | re.Pattern[str] = DEFAULT_PATTERN) -> list[str]:
-    """Remove namespaces left behind by testbeds whose owning process is gone.
-
-    Only namespaces whose name matches ``prefix_pattern`` (``re.match`` against the full
-    name, e.g. ``wt1a2b-h1``) are candidates, and of those only the ones whose prefix (the
-    part before the first ``-``) has no live owner. Their processes are killed, the
-    namespaces deleted, and the owner record and temp dir removed. Returns the namespaces
-    removed, sorted.
-    """
-    pattern = re.compile(prefix_pattern)
-    by_prefix: dict[str, list[str]] = {}
-    for ns in list_namespaces():
-        if pattern.match(ns):
-            by_prefix.setdefault(ns.split("-", 1)[0], []).append(ns)
-    if STATE_DIR.is_dir():
-        for path in sorted(STATE_DIR.glob("*.json")):
-            if pattern.match(f"{path.stem}-"):
-                by_prefix.setdefault(path.stem, [])
-    removed: list[str] = []
-    errors: list[str] = []
-    for prefix in sorted(by_prefix):
-        record = _read_record(prefix)
-        if _owner_alive(record) is not None:
-            continue
-        namespaces = by_prefix[prefix]
-        _kill_namespace_processes(namespaces)
-        errors += _delete_namespaces(namespaces)
-        removed += namespaces
-        tmpdir = (record or {}).get("tmpdir")
-        if isinstance(tmpdir, str) and Path(tmpdir).name.startswith(f"weft-testbed-{prefix}-"):
-            shutil.rmtree(tmpdir, ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            _record_path(prefix).unlink()
-    if errors:
-        raise TestbedError("; ".join(errors))
-    return sorted(removed)
-
-
-# --- the testbed --------------------------------------------------------------------------
 
 
 class Testbed:
@@ -346,7 +151,7 @@ class Testbed:
         atexit.register(self.close)
         try:
             self._tmpdir = Path(tempfile.mkdtemp(prefix=f"weft-testbed-{self.prefix}-"))
-            _rewrite_record(self.prefix, self._tmpdir)
+            rewrite_record(self.prefix, self._tmpdir)
             self._build()
         except BaseException:
             self.close()
@@ -378,7 +183,7 @@ class Testbed:
         if prefix is not None:
             if not _PREFIX_RE.match(prefix):
                 raise ValueError(f"bad prefix {prefix!r} (a lowercase letter, then a-z0-9, ≤12)")
-            if prefix in existing or not _claim(prefix, None):
+            if prefix in existing or not claim(prefix, None):
                 owner = owner_of(prefix)
                 who = f"the running process {owner}" if owner else "an earlier run"
                 raise TestbedError(
@@ -389,7 +194,7 @@ class Testbed:
             return prefix
         for _ in range(100):
             candidate = "wt" + secrets.token_hex(2)
-            if candidate not in existing and _claim(candidate, None):
+            if candidate not in existing and claim(candidate, None):
                 self._claimed = True
                 return candidate
         raise TestbedError("could not find a free random prefix")
@@ -398,8 +203,8 @@ class Testbed:
         # Record before creating, so an interrupted `ip netns add` is still cleaned up; the
         # prefix is claimed exclusively, so no one else has a namespace under it.
         self._created.append(ns)
-        _ip("netns", "add", ns)
-        _ip("-n", ns, "link", "set", "lo", "up")
+        run_ip("netns", "add", ns)
+        run_ip("-n", ns, "link", "set", "lo", "up")
 
     def _build(self) -> None:
         assert self._tmpdir is not None
@@ -409,16 +214,16 @@ class Testbed:
         for s, (seg, members) in enumerate(self.segments.items()):
             sw = self._switch_ns(s)
             self._add_ns(sw)
-            _ip("-n", sw, "link", "add", "br0", "type", "bridge", "stp_state", "0")
-            _ip("-n", sw, "link", "set", "br0", "up")
+            run_ip("-n", sw, "link", "add", "br0", "type", "bridge", "stp_state", "0")
+            run_ip("-n", sw, "link", "set", "br0", "up")
             for host in members:
                 hns, ifname = self.ns(host), self._ifname(host, seg)
                 port = f"v{self.hosts.index(host) + 1}"
-                _ip("-n", sw, "link", "add", port, "type", "veth",
+                run_ip("-n", sw, "link", "add", port, "type", "veth",
                     "peer", "name", ifname, "netns", hns)  # fmt: skip
-                _ip("-n", sw, "link", "set", port, "master", "br0", "up")
-                _ip("-n", hns, "addr", "add", f"{self.address(host, seg)}/24", "dev", ifname)
-                _ip("-n", hns, "link", "set", ifname, "up")
+                run_ip("-n", sw, "link", "set", port, "master", "br0", "up")
+                run_ip("-n", hns, "addr", "add", f"{self.address(host, seg)}/24", "dev", ifname)
+                run_ip("-n", hns, "link", "set", ifname, "up")
         self._wait_links_up()
 
     def _wait_links_up(self, timeout: float = 10.0) -> None:
@@ -430,7 +235,7 @@ class Testbed:
         deadline = time.monotonic() + timeout
         pending = list(self.namespaces)
         while True:
-            pending = [ns for ns in pending if not _links_up(ns)]
+            pending = [ns for ns in pending if not links_up(ns)]
             if not pending:
                 return
             if time.monotonic() > deadline:
@@ -550,15 +355,15 @@ class Testbed:
         if name not in self._containers:
             raise KeyError(f"no container {name!r} in this testbed")
         ns = self._containers[name]
-        _kill_namespace_processes([ns])
+        kill_namespace_processes([ns])
         # Deleting a namespace frees its devices later, in the kernel's own time; deleting
         # them first makes the veth pairs (and their host ends) go away now.
         if ns in list_namespaces():
-            for line in _ip("-n", ns, "-o", "link", "show", check=False).stdout.splitlines():
+            for line in run_ip("-n", ns, "-o", "link", "show", check=False).stdout.splitlines():
                 link = line.split(":", 2)[1].strip().split("@", 1)[0]
                 if link != "lo":
-                    _ip("-n", ns, "link", "del", link, check=False)
-        errors = _delete_namespaces([ns])
+                    run_ip("-n", ns, "link", "del", link, check=False)
+        errors = delete_namespaces([ns])
         if errors:
             raise TestbedError("; ".join(errors))
         del self._containers[name]
@@ -568,7 +373,7 @@ class Testbed:
     def kill_processes(self, host: str) -> None:
         """SIGTERM (then SIGKILL) every process inside ``host`` (or a container)."""
         self._check_open()
-        _kill_namespace_processes([self.ns(host)])
+        kill_namespace_processes([self.ns(host)])
 
     # -- running commands --
 
@@ -606,7 +411,8 @@ class Testbed:
             if not check:
                 raise
             raise CommandFailed(
-                host, argv, -1, _text(exc.stdout), _text(exc.stderr), f"timed out after {timeout} s"
+                host, argv, -1, output_text(exc.stdout), output_text(exc.stderr),
+                f"timed out after {timeout} s",
             ) from exc
         if check and proc.returncode != 0:
             raise CommandFailed(host, argv, proc.returncode, proc.stdout, proc.stderr)
@@ -768,23 +574,23 @@ class Testbed:
                 return
             self._closed = True
         atexit.unregister(self.close)
-        with _sigint_deferred():
+        with sigint_deferred():
             errors: list[str] = []
             try:
-                _kill_namespace_processes(self._created)
+                kill_namespace_processes(self._created)
                 for proc in self._popens:
                     if proc.poll() is None:
                         proc.kill()
                     with contextlib.suppress(subprocess.TimeoutExpired):
-                        proc.wait(timeout=_KILL_GRACE)
-                errors += _delete_namespaces(self._created)
+                        proc.wait(timeout=KILL_GRACE)
+                errors += delete_namespaces(self._created)
             except Exception as exc:  # keep going: the temp dir and record must still go
                 errors.append(str(exc))
             if self._tmpdir is not None:
                 shutil.rmtree(self._tmpdir, ignore_errors=True)
             if self._claimed and not errors:
                 with contextlib.suppress(FileNotFoundError):
-                    _record_path(self.prefix).unlink()
+                    record_path(self.prefix).unlink()
         if errors:
             raise TestbedError("cleanup incomplete: " + "; ".join(errors))
 
@@ -806,47 +612,3 @@ class Testbed:
     def __repr__(self) -> str:
         state = "released" if self._released else "closed" if self._closed else "up"
         return f"<Testbed {self.prefix} hosts={list(self.hosts)} {state}>"
-
-
-def _text(data: str | bytes | None) -> str:
-    if data is None:
-        return ""
-    return data.decode(errors="replace") if isinstance(data, bytes) else data
-
-
-@contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold Ctrl-C while cleaning up (main thread only), then deliver it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-
-    def note(signum: int, frame: object) -> None:
-        pending.append(signum)
-
-    old = signal.signal(signal.SIGINT, note)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
-        if pending and callable(old):
-            old(signal.SIGINT, None)
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Let SIGTERM clean up like Ctrl-C does (main thread only): the demo and the bench
-    run their teardown on KeyboardInterrupt, so a `kill` leaves no namespace behind."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)

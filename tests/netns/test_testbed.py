@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from weftnet.router.tools import testbed as testbed_mod
+from weftnet.router.tools.ownership import record_path
 from weftnet.router.tools.testbed import (
     DEFAULT_PATTERN,
     CommandFailed,
@@ -41,7 +42,7 @@ def assert_gone(tb: Testbed) -> None:
     assert tb.closed
     assert ours(tb.prefix) == []
     assert not tb.tmpdir.exists()
-    assert not testbed_mod._record_path(tb.prefix).exists()
+    assert not record_path(tb.prefix).exists()
 
 
 def test_hosts_ping_each_other(testbed: Testbed) -> None:
@@ -106,7 +107,7 @@ def test_exception_in_with_block_cleans_up() -> None:
 def test_setup_failing_midway_cleans_up(
     monkeypatch: pytest.MonkeyPatch, error: type[BaseException]
 ) -> None:
-    real_ip: Callable[..., subprocess.CompletedProcess[str]] = testbed_mod._ip
+    real_ip: Callable[..., subprocess.CompletedProcess[str]] = testbed_mod.run_ip
     added: list[str] = []
     veths: list[tuple[str, ...]] = []
 
@@ -119,14 +120,14 @@ def test_setup_failing_midway_cleans_up(
                 raise error("injected failure")
         return real_ip(*args, check=check)
 
-    monkeypatch.setattr(testbed_mod, "_ip", flaky_ip)
+    monkeypatch.setattr(testbed_mod, "run_ip", flaky_ip)
     before = root_links()
     with pytest.raises(error, match="injected"):
         Testbed(hosts=("h1", "h2"))
     assert len(added) == 3
     prefix = added[0].split("-")[0]
     assert ours(prefix) == []
-    assert not testbed_mod._record_path(prefix).exists()
+    assert not record_path(prefix).exists()
     assert not list(Path(tempfile.gettempdir()).glob(f"weft-testbed-{prefix}-*"))
     assert root_links() == before
 

@@ -17,7 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from weftnet.router.tools import bench
-from weftnet.router.tools.bench import (
+from weftnet.router.tools.bench import check_overlay, main, parse_data_args
+from weftnet.router.tools.benchresults import (
     BASELINE,
     BenchResult,
     Measurement,
@@ -26,14 +27,11 @@ from weftnet.router.tools.bench import (
     PathSkipped,
     PingResult,
     TcpResult,
-    check_overlay,
     format_table,
-    main,
-    one_line,
-    parse_data_args,
     parse_iperf3,
     parse_ping,
 )
+from weftnet.router.tools.namespaces import one_line
 from weftnet.router.tools.testbed import CommandFailed
 
 MACHINE = {"kernel": "6.1.0-test", "cpus": 2, "python": "3.11.2", "cpu_model": None, "iperf3": None}

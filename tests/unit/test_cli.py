@@ -27,16 +27,16 @@ import trio
 
 from tests.unit.test_api import FakeControl
 from weftnet.proto.errors import LocalProtocolError
+from weftnet.router.api.address import default_http_addr, parse_peer_address
 from weftnet.router.api.server import serve_api
+from weftnet.router.api.text import one_line
 from weftnet.router.daemon.config import (
     LaunchConfig,
     config_from_args,
     config_to_args,
     current_netns_name,
     default_data_dir,
-    default_http_addr,
     parse_ipalloc_init,
-    parse_peer_address,
 )
 from weftnet.router.host.datadir import DataDir
 from weftnet.router.programs import cli
@@ -154,7 +154,7 @@ def test_a_hostile_argument_is_cut_short_in_the_one_line(capsys: pytest.CaptureF
     status, _, err = run_cli(capsys, "status", long)
     assert status == 2 and "...(100002 characters)" in assert_one_line_error(err)
     assert len(err) < 400
-    assert cli.one_line(f"no network namespace {long!r}\n(really)") == (
+    assert one_line(f"no network namespace {long!r}\n(really)") == (
         f"no network namespace '{'x' * 59}...(100002 characters) (really)")
     body = json.loads(error_response(400, f"bad {long}").body)
     assert body == {"error": f"bad {'x' * 60}...(100000 characters)"}

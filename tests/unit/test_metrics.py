@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from weftnet.proto.mesh import MeshStats
 from weftnet.router.api.metrics import (
+    LINK_COUNTERS,
     RouterMetrics,
     Snapshot,
     TrafficTotals,
@@ -118,7 +119,9 @@ REPORT: dict[str, Any] = {
         "statistics": {"udp_queries": 7, "tcp_queries": 1, "upstream_failures": 2,
                        "send_errors": 0, "tcp_connections": 1, "tcp_refused": 0,
                        "resolv_conf_reloads": 1, "listeners": 3,
-                       "results": {"answered": 4, "nxdomain": 1, "forwarded": 2, "servfail": 1}},
+                       # as the DNS server lists them: every result, zeros included
+                       "results": dict.fromkeys(QUERY_RESULTS, 0) | {
+                           "answered": 4, "nxdomain": 1, "forwarded": 2, "servfail": 1}},
     },
 }
 
@@ -185,6 +188,30 @@ def test_the_families_of_a_report() -> None:
     assert value(samples, "weft_dns_queries_received_total", transport="udp") == 7
     assert value(samples, "weft_dns_upstream_failures_total") == 2
     assert value(samples, "weft_dns_listeners") == 3
+
+
+def test_dns_results_are_the_ones_the_report_lists() -> None:
+    """The metrics name no DNS result of their own: a result the server adds shows up, and
+    a report without statistics has no query families."""
+    report = copy.deepcopy(REPORT)
+    report["dns"]["statistics"]["results"] = {"answered": 3, "truncated": 2}
+    samples, _ = parse(exposition(Snapshot(report)))
+    shown = {dict(labels)["result"]: v for (name, labels), v in samples.items()
+             if name == "weft_dns_queries_total"}
+    assert shown == {"answered": 3, "truncated": 2}
+    del report["dns"]["statistics"]
+    samples, _ = parse(exposition(Snapshot(report)))
+    assert not any(name.startswith("weft_dns_queries") for name, _ in samples)
+    assert value(samples, "weft_dns_entries", origin="local") == 2
+
+
+def test_link_counters_are_the_engines() -> None:
+    """The counters shown at zero before any link are exactly the data plane's."""
+    assert LINK_COUNTERS == tuple(Counters().as_dict())
+    samples, _ = parse(RouterMetrics(fake_router({})).exposition().decode())
+    for key in LINK_COUNTERS:
+        overlay, base, direction = split_counter(key)
+        assert value(samples, f"weft_{base}_total", overlay=overlay, direction=direction) == 0
 
 
 def test_family_names_are_unique_and_prefixed() -> None:
