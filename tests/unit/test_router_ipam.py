@@ -11,7 +11,7 @@ import pytest
 from weftnet.ipam.mode import ConsensusInit, ObserverInit, SeedInit
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.router.daemon.config import add_launch_arguments, config_from_args, ipalloc_init_mode
-from weftnet.router.daemon.router import ipam_grace
+from weftnet.router.daemon.ipam_driver import ipam_grace
 from weftnet.router.host.attachments import parse_address_specs
 
 
