@@ -16,6 +16,9 @@ nothing left in the first case. The data dir itself is the CLI's to remove.
 from __future__ import annotations
 
 import logging
+import os
+
+from pyroute2.netlink.exceptions import NetlinkError
 
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.router.host import attachments, expose, netdev
@@ -29,7 +32,7 @@ def router_here() -> bool:
     only while the router holds it open) exists."""
     try:
         return netdev.link_exists(netdev.TAP)
-    except OSError:
+    except (NetlinkError, OSError):
         return False
 
 
@@ -46,7 +49,8 @@ def reset_host(datadir: DataDir) -> list[str]:
         removed += netdev.remove_all()
     except netdev.NetdevError as exc:
         raise LocalProtocolError(f"reset: {exc}") from None
-    except OSError as exc:
-        raise LocalProtocolError(f"reset: cannot list this host's network devices: "
-                                 f"{exc.strerror or exc}") from None
+    except (NetlinkError, OSError) as exc:   # listing the devices failed
+        code = exc.code if isinstance(exc, NetlinkError) else exc.errno
+        raise LocalProtocolError("reset: cannot list this host's network devices: "
+                                 f"{os.strerror(code) if code else exc}") from None
     return removed
