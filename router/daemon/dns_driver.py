@@ -136,8 +136,8 @@ class DnsDriver:
             held = self._listening.get(container)
             if held is not None and held.key == ref.key:
                 return
-            if held is not None:   # the watcher said so already; a listener left over goes
-                self._close_listener(container)
+            if held is not None:   # another namespace under this name (the watcher's
+                self._close_listener(container)   # news normally closed it already)
             self._listening[container] = ref
             if any(other.key == ref.key for c, other in self._listening.items()
                    if c != container):
