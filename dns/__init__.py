@@ -18,7 +18,7 @@ Modules (all pure but ``server`` and ``bench``)::
 
 Router integration (the API the daemon, CLI and HTTP API call)
 -----------------------------------------------------------------
-``router/daemon/router.py`` follows this recipe through ``service.DnsService``, which wraps
+``router/daemon/dns_driver.py`` follows this recipe through ``service.DnsService``, which wraps
 steps 1-6 (the store, its gossiper, ``news``, claims, ``remove_peer`` after a grace
 period); its docstring and the daemon's say how. The steps, as the store sees them:
 

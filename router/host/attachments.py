@@ -18,6 +18,8 @@ namespace gone) removes it again. A file of someone else's found there is kept a
 ``resolv.conf.weft-saved`` and put back on detach. A file without our marker is never
 removed. A router that was killed and lost its data dir cannot remember its files:
 ``sweep_resolv_confs`` (run at launch) removes ours whose namespace no longer exists.
+``weft reset`` forgets every container with its file (``forget_all``); deleting the host
+ends of the veth pairs (``netdev.remove_all``) takes their ``ethwe`` away.
 
 netlink work runs in a worker thread: it takes milliseconds, and the data path must not
 stall meanwhile.
@@ -222,6 +224,39 @@ def sweep_resolv_confs(etc: Path = NETNS_ETC, run_dir: Path = netdev.NETNS_RUN_D
     return cleaned
 
 
+def load_records(datadir: DataDir) -> dict[str, Record]:
+    """What is attached, by container, as persisted (state key ``"attached"``)."""
+    raw = datadir.load_state().get("attached", {})
+    out: dict[str, Record] = {}
+    if isinstance(raw, dict):
+        for container, rec in raw.items():
+            if (isinstance(rec, dict) and isinstance(rec.get("mac"), str)
+                    and isinstance(rec.get("cidrs"), list)):
+                resolv = rec.get("resolv_conf")
+                ifname = rec.get("ifname")
+                out[container] = Record(container, rec["mac"],
+                                        [c for c in rec["cidrs"] if isinstance(c, str)],
+                                        resolv if isinstance(resolv, str) else None,
+                                        ifname if isinstance(ifname, str) and ifname
+                                        else netdev.CONTAINER_IFNAME)
+    return out
+
+
+def forget_all(datadir: DataDir) -> list[str]:
+    """``reset``: forget every attached container and remove the resolv.conf written for
+    it; the containers forgotten. (Their veth pairs go with ``netdev.remove_all``.)"""
+    records = load_records(datadir)
+    if not records:
+        return []
+    for rec in records.values():
+        if rec.resolv_conf is not None:
+            remove_resolv_conf(rec.resolv_conf)
+    state = datadir.load_state()
+    state.pop("attached", None)
+    datadir.save_state(state)
+    return sorted(records)
+
+
 class Attachments:
     def __init__(self, datadir: DataDir, *, mtu: int, netns_etc: Path = NETNS_ETC) -> None:
         self.datadir = datadir
@@ -232,20 +267,7 @@ class Attachments:
     # --- the record ----------------------------------------------------------------------
 
     def _load(self) -> dict[str, Record]:
-        raw = self.datadir.load_state().get("attached", {})
-        out: dict[str, Record] = {}
-        if isinstance(raw, dict):
-            for container, rec in raw.items():
-                if (isinstance(rec, dict) and isinstance(rec.get("mac"), str)
-                        and isinstance(rec.get("cidrs"), list)):
-                    resolv = rec.get("resolv_conf")
-                    ifname = rec.get("ifname")
-                    out[container] = Record(container, rec["mac"],
-                                            [c for c in rec["cidrs"] if isinstance(c, str)],
-                                            resolv if isinstance(resolv, str) else None,
-                                            ifname if isinstance(ifname, str) and ifname
-                                            else netdev.CONTAINER_IFNAME)
-        return out
+        return load_records(self.datadir)
 
     def records(self) -> dict[str, Record]:
         """What is attached, by container (as persisted)."""

@@ -228,10 +228,14 @@ def cmd_reset(ns: argparse.Namespace) -> int:
     else:
         _wait_for_stop(client, datadir)
     target = datadir or DataDir(default_data_dir().absolute())
-    if not target.is_locked():  # a router that was not running: undo its `expose` here
-        from weftnet.router.host.expose import teardown
+    if not target.is_locked():  # no router (any more): remove what one left on this host
+        from weftnet.router.host import teardown
 
-        teardown(target, table=False)
+        if teardown.router_here():
+            raise LocalProtocolError(
+                "a router runs in this network namespace but does not answer on "
+                f"{client.where}: give its --http-addr (and --data-dir)")
+        teardown.reset_host(target)
     target.remove()
     return 0
 

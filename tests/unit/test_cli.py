@@ -515,8 +515,20 @@ def test_stop_tolerates_an_answer_cut_short(capsys: pytest.CaptureFixture[str]) 
         socket.create_connection(("127.0.0.1", int(addr.rsplit(":", 1)[1])), timeout=1)
 
 
+@pytest.fixture
+def host_teardown(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The host side of ``reset`` faked (these tests run in the machine's own namespace,
+    which they must not touch): the data dirs it was run for. tests/netns has the real one."""
+    from weftnet.router.host import teardown
+
+    done: list[Path] = []
+    monkeypatch.setattr(teardown, "router_here", lambda: False)
+    monkeypatch.setattr(teardown, "reset_host", lambda datadir: done.append(datadir.path) or [])
+    return done
+
+
 def test_reset_stops_then_removes_the_data_dir(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, host_teardown: list[Path]
 ) -> None:
     data = tmp_path / "router-data"
     DataDir(data).save_state({"name": "02:00:00:00:00:01"})
@@ -527,15 +539,31 @@ def test_reset_stops_then_removes_the_data_dir(
         assert run_cli(capsys, "reset", "--http-addr", addr) == (0, "", "")
     assert ("reset", None) in ctl.calls
     assert not data.exists()
+    assert host_teardown == [data]   # once the router is gone, whatever it left goes
 
 
 def test_reset_without_a_router_removes_the_default_data_dir(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, host_teardown: list[Path]
 ) -> None:
     DataDir(tmp_path / "data").save_state({})
     (tmp_path / "data" / "mine.txt").write_text("keep")
     assert run_cli(capsys, "reset", "--http-addr", f"127.0.0.1:{free_port()}") == (0, "", "")
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["mine.txt"]
+    assert host_teardown == [(tmp_path / "data").absolute()]
+
+
+def test_reset_refuses_while_a_router_it_cannot_reach_runs_here(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, host_teardown: list[Path],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from weftnet.router.host import teardown
+
+    monkeypatch.setattr(teardown, "router_here", lambda: True)
+    DataDir(tmp_path / "data").save_state({})
+    status, out, err = run_cli(capsys, "reset", "--http-addr", f"127.0.0.1:{free_port()}")
+    assert (status, out) == (1, "")
+    assert "a router runs in this network namespace" in assert_one_line_error(err)
+    assert host_teardown == [] and (tmp_path / "data").exists()
 
 
 # -- background launch, for real -----------------------------------------------------------
