@@ -47,8 +47,10 @@ Entries of a router that left the mesh for good are tombstoned by ``remove_peer(
 (the router calls it when the topology forgets that peer); if a long-partitioned router
 brings them back later, the router calls it again (``origins()`` lists who has entries).
 
-Merging never reads a clock: it uses the latest ``now`` any call has passed in, which
-``get_timer()`` keeps fresh (it asks to be woken at least every ``TICK`` seconds).
+Merging never reads a clock either: ``merge`` takes the ``now`` of the gossip it applies
+(``DnsGossiper`` turns the mesh's clock into wall-clock seconds). Times only move forward:
+a ``now`` older than one already seen counts as that one. ``get_timer()`` asks to be woken
+at least every ``TICK`` seconds, so the router's periodic duties (peers gone) run too.
 
 Costs: ``merge`` is O(entries in the update); lookups by name or address are O(answer)
 through live indexes; the digest is an XOR of per-entry hashes kept up to date on every
@@ -369,8 +371,10 @@ class RecordStore:
 
     # --- merging ---------------------------------------------------------------------------
 
-    def merge(self, entries: Iterable[Entry]) -> list[Entry]:
-        """Apply received entries; return those that were news (sorted by key)."""
+    def merge(self, entries: Iterable[Entry], now: float) -> list[Entry]:
+        """Apply entries received at wall-clock ``now``; return those that were news
+        (sorted by key)."""
+        self._advance(now)
         changed: dict[Key, Entry] = {}
         limit = self._now + self.max_skew
         for e in entries:

@@ -3,7 +3,9 @@
 Theory of operation. The router's daemon owns the sockets, the files and the clocks;
 ``DnsService`` owns the record store and every decision about it, so the rules below are
 tested without either. ``now`` is wall-clock seconds (``time.time()``), as the store
-wants (see ``records``)::
+wants (see ``records``); gossip arrives with the mesh's own ``now`` (monotonic), which
+the gossiper turns into wall-clock seconds with ``wall_offset`` (wall clock minus the
+mesh's clock, taken when the router starts, as the IPAM allocator's)::
 
     inputs (daemon)                              outputs (daemon carries them out)
     ───────────────                              ─────────────────────────────────
@@ -86,11 +88,13 @@ def parse_claims(obj: Any) -> list[Claim]:
 class DnsService:
     """The store, its gossiper, and the router's operations on them (module docstring)."""
 
-    def __init__(self, our_name: PeerName, now: float, *, domain: str = DEFAULT_DOMAIN,
-                 grace: float = PEER_GONE_GRACE) -> None:
+    def __init__(self, our_name: PeerName, now: float, *, wall_offset: float = 0.0,
+                 domain: str = DEFAULT_DOMAIN, grace: float = PEER_GONE_GRACE) -> None:
+        """``now``: wall-clock seconds; ``wall_offset``: wall clock minus the mesh's clock
+        (0 when the mesh runs on the wall clock, as in tests)."""
         self.domain = normalize_domain(domain)
         self.store = RecordStore(our_name, now)
-        self.gossiper = DnsGossiper(self.store)
+        self.gossiper = DnsGossiper(self.store, wall_offset=wall_offset)
         self.grace = grace
         self._pending: list[Entry] = []
         self._claims_changed = False

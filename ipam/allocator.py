@@ -43,7 +43,7 @@ handoff`` (API),
 set by our own writes (allocations, grants, claims, consensus promises), which must
 survive a crash once others may have seen them; what we merely learnt from others is
 saved with the next write, and gossip brings it back anyway).
-Calls that carry no ``now`` (gossip from the mesh) use the latest ``now`` seen.
+Every input carries ``now`` (gossip too: the mesh passes its own); ``free`` may omit it.
 """
 
 from __future__ import annotations
@@ -353,10 +353,9 @@ class Allocator:
 
     # --- mesh inputs ----------------------------------------------------------------------------
 
-    def on_gossip(self, data: IpamGossip, now: float | None = None) -> IpamGossip | None:
+    def on_gossip(self, data: IpamGossip, now: float) -> IpamGossip | None:
         """Merge gossip; return the news worth passing on (the mesh forwards it)."""
-        if now is not None:
-            self._tick(now)
+        self._tick(now)
         self.stats["gossip_merged"] += 1
         ring = data.ring
         if (ring.start, ring.end) != (self.start, self.end):
@@ -380,10 +379,9 @@ class Allocator:
             return None
         return IpamGossip(delta or RingUpdate(self.start, self.end, NO_RING, ()), tuple(claims))
 
-    def on_unicast(self, src: PeerName, payload: bytes, now: float | None = None) -> None:
+    def on_unicast(self, src: PeerName, payload: bytes, now: float) -> None:
         """A unicast from ``src``; malformed payloads are counted and dropped."""
-        if now is not None:
-            self._tick(now)
+        self._tick(now)
         self.stats["unicast_received"] += 1
         try:
             msg = decode_unicast(payload)

@@ -185,7 +185,8 @@ class Router:
         self._dns_containers: dict[str, netdev.NetnsRef] = {}  # watched, with a listener
         self._dns_lock = trio.Lock()
         if config.dns:
-            self.dns = DnsService(name, time.time(), domain=config.dns_domain)
+            self.dns = DnsService(name, time.time(), wall_offset=time.time() - now,
+                                  domain=config.dns_domain)
             self.mesh.register_channel(DNS_CHANNEL, self.dns.gossiper)
         self.ipam: Allocator | None = None
         self._ipam_alive: dict[int, str] = {}
@@ -194,7 +195,7 @@ class Router:
         self._ipam_watched: dict[str, netdev.NetnsRef] = {}  # without DNS: namespaces to watch
         if config.ipalloc_range:
             self.ipam = self._make_allocator(name, now)
-            self.mesh.register_channel(IPAM_CHANNEL, IpamGossiper(self.ipam, trio.current_time))
+            self.mesh.register_channel(IPAM_CHANNEL, IpamGossiper(self.ipam))
         self.api_conns = HttpConnections()   # the API's connections (router/api/httpserve.py)
         self._metrics = RouterMetrics(self)  # GET /metrics (router/api/metrics.py): read at scrape time
 

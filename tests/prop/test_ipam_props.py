@@ -207,7 +207,7 @@ class IpamMachine(RuleBasedStateMachine):
             return
         p = self.peers[m.dst]
         if m.kind == "gossip":
-            delta = p.alloc.on_gossip(decode_gossip(m.payload))
+            delta = p.alloc.on_gossip(decode_gossip(m.payload), self.now)
             if delta is not None:
                 self._flood(p.index, delta, except_peer=m.src)
         else:

@@ -265,7 +265,7 @@ def test_gossip_for_another_range_is_reported_not_merged() -> None:
     assert alloc.next_result() is not None
     other = Ring.seeded(0, 256, [NAME + 1])
     gossiper = IpamGossiper(alloc)
-    assert gossiper.on_gossip(IpamGossip(other.snapshot())) is None
+    assert gossiper.on_gossip(IpamGossip(other.snapshot()), 0.0) is None
     assert any("every peer must be launched with the same --ipalloc-range" in p
                for p in alloc.status()["problems"])
 

@@ -129,13 +129,13 @@ def test_the_owner_holds_until_the_losing_peer_has_reclaimed() -> None:
     assert IPv4Interface("10.32.0.1/12") in theirs
     for a in (winner, loser):
         a.peers_changed({w: "w", l_name: "l", w2: "w2"}, 0.0)
-    relay = winner.on_gossip(loser.full_gossip())
+    relay = winner.on_gossip(loser.full_gossip(), 0.0)
     assert isinstance(relay, IpamGossip) and relay.ring.ring_id == loser.ring.ring_id
     winner.allocate(10, "w1", None, 0.1)
     assert winner.next_result() is None  # held: 10.32.0.1 may be in use over there
     assert "allocation there waits" in winner.why(winner._ops[10])
     # the loser hears the winner, adopts its ring and re-claims; the winner grants
-    loser.on_gossip(winner.full_gossip())
+    loser.on_gossip(winner.full_gossip(), 0.1)
     assert loser.ring.ring_id == winner.ring.ring_id
     for dst, payload in loser.messages_to_send():
         if dst == w:
