@@ -211,7 +211,7 @@ def test_handoff_gives_everything_to_a_live_peer() -> None:
     out = net.handoff(0)
     assert out is not None and out[0] == net.nodes[1].name and out[1] > 0
     net.run_for(1.0)
-    assert net.nodes[1].alloc.owned_ranges() == [(net.nodes[1].alloc.start, net.nodes[1].alloc.end)]
+    assert net.nodes[1].alloc.owned_ranges() == [(net.nodes[1].alloc.ring.start, net.nodes[1].alloc.ring.end)]
     assert net.nodes[0].alloc.lookup("c0") == []
     lonely = IpamNet(7)
     lonely.add_peer(ConsensusInit(1))
@@ -276,8 +276,9 @@ def test_a_repeated_request_gets_the_same_answer_not_a_second_grant() -> None:
     asker = NAME + 1
     alloc.peers_changed({asker: "h2"}, 0.0)
     answers = []
-    for msg in (RequestSpace(7, alloc.start, alloc.end), RequestSpace(7, alloc.start, alloc.end),
-                RequestClaim(8, alloc.start + 5, "c"), RequestClaim(8, alloc.start + 5, "c")):
+    start, end = alloc.ring.start, alloc.ring.end
+    for msg in (RequestSpace(7, start, end), RequestSpace(7, start, end),
+                RequestClaim(8, start + 5, "c"), RequestClaim(8, start + 5, "c")):
         alloc.on_unicast(asker, encode_unicast(msg), 1.0)
         answers.append(alloc.messages_to_send())
     assert answers[0] == answers[1] and answers[2] == answers[3]
