@@ -39,7 +39,6 @@ entries is always safe: if it is alive after all, it re-asserts them (origin aut
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -47,7 +46,14 @@ from weftnet.proto.errors import LocalProtocolError
 from weftnet.proto.peername import PeerName, format_peer_name
 
 from .gossip import DnsGossiper, Entries
-from .names import DEFAULT_DOMAIN, hostname_problem, normalize_domain, normalize_ipv4, qualify
+from .names import (
+    DEFAULT_DOMAIN,
+    hostname_problem,
+    normalize_domain,
+    normalize_ipv4,
+    packed_ipv4,
+    qualify,
+)
 from .records import MAX_CONTAINER, Entry, RecordStore
 
 EXTERN = "weft:extern"          # the container of records added without one
@@ -227,6 +233,6 @@ class DnsService:
     def entries_report(self) -> list[dict[str, str]]:
         """The report's ``dns.entries``: live entries sorted by name, address, container."""
         entries = sorted(self.store.entries(),
-                         key=lambda e: (e.hostname, socket.inet_aton(e.address), e.container, e.origin))
+                         key=lambda e: (e.hostname, packed_ipv4(e.address), e.container, e.origin))
         return [{"hostname": e.hostname, "address": e.address, "container": e.container,
                  "origin": format_peer_name(e.origin)} for e in entries]
