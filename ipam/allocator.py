@@ -432,6 +432,15 @@ class Allocator:
         return self.state.grace
 
     @property
+    def wall_offset(self) -> float:
+        return self.state.wall_offset
+
+    @property
+    def alive(self) -> Mapping[PeerName, str]:
+        """The peers reachable now (name -> nickname), ourselves included."""
+        return self.state.alive
+
+    @property
     def ring(self) -> Ring:
         return self.state.ring
 
