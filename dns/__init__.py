@@ -1,9 +1,13 @@
 """weftnet.dns: weftDNS, every router answers for every container in the mesh.
 
-Modules (all pure but ``server`` and ``bench``)::
+Every module here is pure: no I/O, no clock, no threads (``tests/unit/test_layering.py``
+checks the imports). The shell around it lives in ``weftnet.router``: the DNS server is
+``router/daemon/dns_server.py``, the benchmark ``router/tools/dnsbench.py``.
+
+Modules::
 
     names       canonical hostnames, ``qualify`` (a name without a dot gets the domain),
-                reverse names
+                reverse names, address conversions (``ipaddress``)
     records     ``RecordStore``: the entry CRDT (merge, tombstone expiry, clock-skew guard,
                 origin authority / reconcile), its gossip wire format
     gossip      ``DnsGossiper`` for mesh channel ``CHANNEL = "dns"``; ``news(delta)``
@@ -11,10 +15,7 @@ Modules (all pure but ``server`` and ``bench``)::
     answer      ``answer(query_bytes, ...)``: the reply, or None = forward upstream
     resolvconf  parsing resolv.conf, ``container_resolv_conf`` for attached containers
     service     ``DnsService``: the router's DNS duties (names of containers, dns-add/remove,
-                news to gossip, persisted claims, peers gone from the topology), pure
-    server      ``serve_dns``: trio UDP+TCP server and upstream forwarder, any number of
-                listeners (``open_sockets`` + ``DnsServer.add_listener/remove_listener``)
-    bench       ``bench_dns``: weftDNS vs dnsmasq under dnsperf, in a namespace of its own
+                news to gossip, persisted claims, peers gone from the topology)
 
 Router integration (the API the daemon, CLI and HTTP API call)
 -----------------------------------------------------------------
@@ -23,7 +24,9 @@ steps 1-6 (the store, its gossiper, ``news``, claims, ``remove_peer`` after a gr
 period); its docstring and the daemon's say how. The steps, as the store sees them:
 
 ``now`` arguments of the store are wall-clock seconds (``time.time()``): tombstone
-expiry compares them across routers (see ``records``). Deltas are ``list[Entry]``.
+expiry compares them across routers (see ``records``). Gossip arrives with the mesh's
+``now`` (the router's monotonic clock); the gossiper adds ``wall_offset`` (wall clock
+minus the mesh's clock, taken at launch). Deltas are ``list[Entry]``.
 
 1. Launch (unless ``--no-dns``)::
 
@@ -31,10 +34,11 @@ expiry compares them across routers (see ``records``). Deltas are ``list[Entry]`
        store.reconcile(claims, time.time())   # (hostname, address, container) of every
                                               # container still attached, BEFORE the mesh
                                               # connects: the restart rule relies on it
-       gossiper = DnsGossiper(store)
+       gossiper = DnsGossiper(store, wall_offset=time.time() - trio.current_time())
        mesh.register_channel(CHANNEL, gossiper)
        await nursery.start(functools.partial(serve_dns, lambda: store, address=DNS_ADDR,
                            domain=args.dns_domain, ttl=args.dns_ttl))   # -> DnsServer
+                           # (router/daemon/dns_server.py)
 
 2. Local changes (attach --name, dns-add, dns-remove, detach)::
 
@@ -57,8 +61,9 @@ expiry compares them across routers (see ``records``). Deltas are ``list[Entry]`
    ``format_peer_name``). ``DnsServer.statistics()`` gives counters for ``/metrics``.
 7. attach: write ``container_resolv_conf(DNS_ADDR, domain)`` to
    ``/etc/netns/NAME/resolv.conf`` (named namespaces), unless ``--without-dns``.
-8. ``weft bench dns``: ``bench_dns(names=1000, seconds=10) -> {"weftdns": {"qps", ...},
-   "dnsmasq": {...}, "ratio"}``; raises ``BenchUnavailable`` with the missing tool.
+8. ``weft bench dns`` (``router/tools/dnsbench.py``): ``bench_dns(names=1000, seconds=10)
+   -> {"weftdns": {"qps", ...}, "dnsmasq": {...}, "ratio"}``; raises ``BenchUnavailable``
+   with the missing tool.
 
 Dependency: ``dnslib>=0.9`` (the general DNS message reader).
 """

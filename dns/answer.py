@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import functools
 import random
-import socket
 
 from .codec import (
     BADVERS,
@@ -57,7 +56,14 @@ from .codec import (
     ptr_record,
     reply,
 )
-from .names import DEFAULT_DOMAIN, address_of_reverse, labels_of, name_of_labels, normalize_domain
+from .names import (
+    DEFAULT_DOMAIN,
+    address_of_reverse,
+    labels_of,
+    name_of_labels,
+    normalize_domain,
+    packed_ipv4,
+)
 from .records import RecordStore
 
 DEFAULT_MAX_UDP = 4096
@@ -109,7 +115,7 @@ def answer(query_bytes: bytes, *, store: RecordStore, domain: str = DEFAULT_DOMA
     if query.qtype in (TYPE_A, TYPE_ANY):
         addresses = list(store.lookup(name))
         rng.shuffle(addresses)
-        records = [a_record(socket.inet_aton(a), ttl) for a in addresses]
+        records = [a_record(packed_ipv4(a), ttl) for a in addresses]
     return reply(query, NOERROR, records, authoritative=True, limit=limit, udp_size=udp_size)
 
 

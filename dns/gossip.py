@@ -10,6 +10,11 @@ authority, see ``records``), the mesh floods the delta to every neighbour but th
 yet the sender is the one holding the stale copy. ``take_news()`` returns those rewrites;
 the router passes them to ``MeshNode.gossip_news(CHANNEL, ...)`` after feeding the mesh,
 so they reach the sender at once rather than at the next periodic digest exchange.
+
+Time: the mesh hands each payload over with its own ``now`` (the router's monotonic
+clock); the store compares tombstones across routers in wall-clock seconds, so the
+gossiper adds ``wall_offset`` (wall clock minus the mesh's clock, taken once when the
+router starts; 0 where the two are one clock, as in simulations).
 """
 
 from __future__ import annotations
@@ -49,16 +54,18 @@ def news(delta: list[Entry]) -> Entries | None:
 
 class DnsGossiper:
     def __init__(self, store: RecordStore,
-                 on_change: Callable[[list[Entry]], None] | None = None) -> None:
+                 on_change: Callable[[list[Entry]], None] | None = None, *,
+                 wall_offset: float = 0.0) -> None:
         self.store = store
         self._on_change = on_change
+        self.wall_offset = wall_offset
 
     def decode(self, payload: bytes) -> GossipData:
         return Entries(tuple(decode_entries(payload)))
 
-    def on_gossip(self, data: GossipData) -> GossipData | None:
+    def on_gossip(self, data: GossipData, now: float) -> GossipData | None:
         assert isinstance(data, Entries)
-        delta = self.store.merge(data.entries)
+        delta = self.store.merge(data.entries, now + self.wall_offset)
         if not delta:
             return None
         if self._on_change is not None:
@@ -80,8 +87,8 @@ class DnsGossiper:
         """Our entries that merges rewrote since the last call; flood them to everyone."""
         return news(self.store.take_overrides())
 
-    def on_gossip_broadcast(self, src: PeerName, payload: bytes) -> None:
+    def on_gossip_broadcast(self, src: PeerName, payload: bytes, now: float) -> None:
         return None
 
-    def on_gossip_unicast(self, src: PeerName, payload: bytes) -> None:
+    def on_gossip_unicast(self, src: PeerName, payload: bytes, now: float) -> None:
         return None

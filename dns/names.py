@@ -14,6 +14,7 @@ escaping rules. Addresses are IPv4 in dotted-quad text (``ipaddress``'s canonica
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -68,6 +69,31 @@ def normalize_ipv4(text: str) -> str:
         return str(ipaddress.IPv4Address(text))
     except (ipaddress.AddressValueError, ValueError, TypeError):
         raise LocalProtocolError(f"not an IPv4 address: {str(text)[:64]!r}") from None
+
+
+# Conversions of stored addresses are cached: answers, digests and gossip handle the same
+# few addresses again and again (the caches are bounded, so hostile input costs only misses).
+
+@functools.lru_cache(maxsize=4096)
+def packed_ipv4(address: str) -> bytes:
+    """The 4 bytes of a stored (dotted-quad) address; also its sort key."""
+    return ipaddress.IPv4Address(address).packed
+
+
+@functools.lru_cache(maxsize=4096)
+def ipv4_of_packed(data: bytes) -> str:
+    """The dotted quad of 4 bytes (ValueError for any other length)."""
+    return str(ipaddress.IPv4Address(data))
+
+
+@functools.lru_cache(maxsize=4096)
+def is_canonical_ipv4(text: str) -> bool:
+    """True when ``text`` is an IPv4 address in canonical dotted-quad form (no leading
+    zeros, no spaces), the only form the store keeps."""
+    try:
+        return str(ipaddress.IPv4Address(text)) == text
+    except ValueError:
+        return False
 
 
 def labels_of(name: str) -> tuple[bytes, ...]:

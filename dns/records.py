@@ -47,8 +47,10 @@ Entries of a router that left the mesh for good are tombstoned by ``remove_peer(
 (the router calls it when the topology forgets that peer); if a long-partitioned router
 brings them back later, the router calls it again (``origins()`` lists who has entries).
 
-Merging never reads a clock: it uses the latest ``now`` any call has passed in, which
-``get_timer()`` keeps fresh (it asks to be woken at least every ``TICK`` seconds).
+Merging never reads a clock either: ``merge`` takes the ``now`` of the gossip it applies
+(``DnsGossiper`` turns the mesh's clock into wall-clock seconds). Times only move forward:
+a ``now`` older than one already seen counts as that one. ``get_timer()`` asks to be woken
+at least every ``TICK`` seconds, so the router's periodic duties (peers gone) run too.
 
 Costs: ``merge`` is O(entries in the update); lookups by name or address are O(answer)
 through live indexes; the digest is an XOR of per-entry hashes kept up to date on every
@@ -76,7 +78,6 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
-import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -85,7 +86,14 @@ from weftnet.proto.errors import LocalProtocolError, RemoteProtocolError
 from weftnet.proto.framing import pack, unpack
 from weftnet.proto.peername import MAX_NAME, PeerName
 
-from .names import hostname_problem, normalize_hostname, normalize_ipv4
+from .names import (
+    hostname_problem,
+    ipv4_of_packed,
+    is_canonical_ipv4,
+    normalize_hostname,
+    normalize_ipv4,
+    packed_ipv4,
+)
 
 TOMBSTONE_TTL = 1800.0
 MAX_SKEW = 60.0
@@ -134,14 +142,9 @@ class _Invalid(LocalProtocolError):
 
 
 def _address_problem(address: Any) -> str | None:
-    if not isinstance(address, str) or len(address) > 15:
+    if not isinstance(address, str) or len(address) > 15 or not is_canonical_ipv4(address):
         return "bad address"
-    try:
-        if socket.inet_ntoa(socket.inet_aton(address)) == address:
-            return None
-    except OSError:
-        pass
-    return "bad address"
+    return None
 
 
 def _entry_problem(hostname: Any, address: Any, container: Any, origin: Any, version: Any,
@@ -174,7 +177,7 @@ def _stamp(now: float) -> int:
 
 
 def _to_wire(e: Entry) -> list[Any]:
-    return [e.hostname, socket.inet_aton(e.address), e.container, e.origin, e.version, e.deleted_at]
+    return [e.hostname, packed_ipv4(e.address), e.container, e.origin, e.version, e.deleted_at]
 
 
 def encode_entries(entries: Sequence[Entry]) -> bytes:
@@ -193,7 +196,7 @@ def _decode_entry(obj: Any) -> Entry:
     hostname, address, container, origin, version, deleted_at = obj
     if not isinstance(address, bytes) or len(address) != 4:
         raise _malformed("bad address")
-    return Entry(hostname, socket.inet_ntoa(address), container, origin, version, deleted_at)
+    return Entry(hostname, ipv4_of_packed(address), container, origin, version, deleted_at)
 
 
 def decode_entries(data: bytes) -> list[Entry]:
@@ -295,7 +298,7 @@ class RecordStore:
             addrs = self._by_name.get(name)
             if not addrs:
                 return ()
-            cached = self._sorted[name] = tuple(sorted(addrs, key=socket.inet_aton))
+            cached = self._sorted[name] = tuple(sorted(addrs, key=packed_ipv4))
         return cached
 
     def reverse(self, address: str) -> list[str]:
@@ -369,8 +372,10 @@ class RecordStore:
 
     # --- merging ---------------------------------------------------------------------------
 
-    def merge(self, entries: Iterable[Entry]) -> list[Entry]:
-        """Apply received entries; return those that were news (sorted by key)."""
+    def merge(self, entries: Iterable[Entry], now: float) -> list[Entry]:
+        """Apply entries received at wall-clock ``now``; return those that were news
+        (sorted by key)."""
+        self._advance(now)
         changed: dict[Key, Entry] = {}
         limit = self._now + self.max_skew
         for e in entries:

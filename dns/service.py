@@ -3,7 +3,9 @@
 Theory of operation. The router's daemon owns the sockets, the files and the clocks;
 ``DnsService`` owns the record store and every decision about it, so the rules below are
 tested without either. ``now`` is wall-clock seconds (``time.time()``), as the store
-wants (see ``records``)::
+wants (see ``records``); gossip arrives with the mesh's own ``now`` (monotonic), which
+the gossiper turns into wall-clock seconds with ``wall_offset`` (wall clock minus the
+mesh's clock, taken when the router starts, as the IPAM allocator's)::
 
     inputs (daemon)                              outputs (daemon carries them out)
     ───────────────                              ─────────────────────────────────
@@ -37,7 +39,6 @@ entries is always safe: if it is alive after all, it re-asserts them (origin aut
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -45,7 +46,14 @@ from weftnet.proto.errors import LocalProtocolError
 from weftnet.proto.peername import PeerName, format_peer_name
 
 from .gossip import DnsGossiper, Entries
-from .names import DEFAULT_DOMAIN, hostname_problem, normalize_domain, normalize_ipv4, qualify
+from .names import (
+    DEFAULT_DOMAIN,
+    hostname_problem,
+    normalize_domain,
+    normalize_ipv4,
+    packed_ipv4,
+    qualify,
+)
 from .records import MAX_CONTAINER, Entry, RecordStore
 
 EXTERN = "weft:extern"          # the container of records added without one
@@ -86,11 +94,13 @@ def parse_claims(obj: Any) -> list[Claim]:
 class DnsService:
     """The store, its gossiper, and the router's operations on them (module docstring)."""
 
-    def __init__(self, our_name: PeerName, now: float, *, domain: str = DEFAULT_DOMAIN,
-                 grace: float = PEER_GONE_GRACE) -> None:
+    def __init__(self, our_name: PeerName, now: float, *, wall_offset: float = 0.0,
+                 domain: str = DEFAULT_DOMAIN, grace: float = PEER_GONE_GRACE) -> None:
+        """``now``: wall-clock seconds; ``wall_offset``: wall clock minus the mesh's clock
+        (0 when the mesh runs on the wall clock, as in tests)."""
         self.domain = normalize_domain(domain)
         self.store = RecordStore(our_name, now)
-        self.gossiper = DnsGossiper(self.store)
+        self.gossiper = DnsGossiper(self.store, wall_offset=wall_offset)
         self.grace = grace
         self._pending: list[Entry] = []
         self._claims_changed = False
@@ -223,6 +233,6 @@ class DnsService:
     def entries_report(self) -> list[dict[str, str]]:
         """The report's ``dns.entries``: live entries sorted by name, address, container."""
         entries = sorted(self.store.entries(),
-                         key=lambda e: (e.hostname, socket.inet_aton(e.address), e.container, e.origin))
+                         key=lambda e: (e.hostname, packed_ipv4(e.address), e.container, e.origin))
         return [{"hostname": e.hostname, "address": e.address, "container": e.container,
                  "origin": format_peer_name(e.origin)} for e in entries]

@@ -19,7 +19,7 @@ def _start() -> RecordStore:
     s.add("gone.weft.local", "10.32.0.2", "c2", NOW)
     s.remove_container("c2", NOW)
     s.merge([Entry("db.weft.local.", "10.32.0.3", "c3", OTHER, 2),
-             Entry("old.weft.local.", "10.32.0.4", "c4", OTHER, 3, int(NOW) - 10)])
+             Entry("old.weft.local.", "10.32.0.4", "c4", OTHER, 3, int(NOW) - 10)], NOW)
     return s
 
 
@@ -41,10 +41,10 @@ def test_one_input(data: bytes) -> None:
     assert decode_entries(encode_entries(entries)) == entries
     s = _start()
     g = DnsGossiper(s)
-    g.on_gossip(Entries(tuple(entries)))
+    g.on_gossip(Entries(tuple(entries)), NOW)
     # our claim stands (other peers may hold the same name too: round robin, as in weaveDNS)
     assert "10.32.0.1" in s.lookup("web.weft.local.")
-    assert s.merge(entries) == []
+    assert s.merge(entries, NOW) == []
     assert s.digest() == digest_of_entries(s.entries(tombstones=True))
     for e in s.entries():
         assert e.address in s.lookup(e.hostname) and e.hostname in s.reverse(e.address)

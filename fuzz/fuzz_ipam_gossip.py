@@ -62,8 +62,8 @@ def test_one_input(data: bytes) -> None:
         return
     assert decode_gossip(encode_gossip(g)) == g
     for alloc in (_seeded(), _agreeing()):
-        alloc.on_gossip(g)
-        assert alloc.on_gossip(g) is None or alloc.ring.overlaps()  # idempotent but for repairs
+        alloc.on_gossip(g, 1.0)
+        assert alloc.on_gossip(g, 1.0) is None or alloc.ring.overlaps()  # idempotent but for repairs
         full = alloc.full_gossip()
         assert alloc.digest() == alloc.digest_of(full)
         orphans = alloc.orphans()

@@ -5,13 +5,16 @@ Modules (each opens with its theory of operation)::
     ring.py        the ring CRDT: entries [token, end) -> owner, version, free hint; merge,
                    grant, give_all (rmpeer / handoff), rival rings (ring_id)
     space.py       addresses in use on this peer and the searches over them
-    consensus.py   single-decree Paxos over gossiped claims (--ipalloc-init consensus=N)
+    consensus.py   single-decree Paxos over gossiped claims (--ipalloc-init consensus=N),
+                   and when to propose (Proposer)
     mode.py        InitMode = ConsensusInit(count) | SeedInit(names) | ObserverInit();
                    parse_init_mode(text, initial_peers)
     codec.py       wire formats: IpamGossip (gossip payload), RequestSpace / Donation /
                    Refused / RequestClaim / Released (unicasts); decoders raise only
                    RemoteProtocolError
     allocator.py   Allocator: the facade the router drives
+    state.py       IpamState: what the allocator knows, owned by it and handed to the
+                   helpers below (they import it, never the allocator)
     serve.py       serving other peers: donations and claims
     merge.py       two independently seeded rings that meet: holds, duplicates, records
     release.py     vanished containers' addresses, freed after a grace period (30 s)

@@ -18,14 +18,22 @@ knows and moves its own::
     decided   a quorum of claims accepted the same ballot: its value is chosen
 
 A claim that outranks our own (our earlier incarnation, gossiped back) is taken, so a
-restarted acceptor never forgets what it promised. Nothing here reads a clock: when to
-(re-)propose is the allocator's timer's business.
+restarted acceptor never forgets what it promised.
+
+When to propose (``Proposer``): only once someone wants an address (as in Weave: a peer
+launched alone and connected later never makes a ring that would have to give way); with
+every expected peer known the lowest-named proposes at once and the others after a short
+random delay that a proposal seen meanwhile stretches, so one proposal usually does; with
+only a quorum known, everyone first waits ``QUORUM_GRACE`` for the rest, so the ring is
+divided among as many peers as can be. Nothing here reads a clock: ``now`` comes in, and
+``Proposer.at`` is the time the allocator's timer must wake it.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import random
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -36,6 +44,10 @@ from weftnet.proto.peername import PeerName
 Ballot = tuple[int, PeerName]  # (round, proposer); (0, 0) is "none"
 NO_BALLOT: Ballot = (0, 0)
 MAX_ROUND = (1 << 63) - 1
+PROPOSE_RETRY = 2.0       # a proposer re-proposes after this (plus jitter)
+QUORUM_GRACE = 2.0        # with only a quorum known, wait this long for the others
+PROPOSE_DELAY = 0.2       # peers but the lowest-named wait this long before proposing,
+PROPOSE_JITTER = 0.8      # plus up to this: time enough to hear the lowest-named's proposal
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,3 +197,50 @@ class Paxos:
             if len(voters) >= self.quorum:
                 return self.claims[voters[0]].value
         return None
+
+
+class Proposer:
+    """When this peer proposes the seed peers (module docstring), for ``count`` expected."""
+
+    def __init__(self, paxos: Paxos, count: int, rng: random.Random) -> None:
+        self.paxos = paxos
+        self.count = count
+        self.rng = rng
+        self.at: float | None = None   # when to propose next: the allocator's timer
+        self._seen = -1                # the paxos generation last thought about
+        self._full = False             # ``at`` was chosen with every expected peer known
+
+    def step(self, now: float, demand: bool) -> tuple[Claim | None, tuple[PeerName, ...] | None]:
+        """Think about the claims known, and propose when due. Returns our claim when it
+        changed (to gossip and persist), and the seed peers once they are decided."""
+        paxos = self.paxos
+        news: Claim | None = None
+        moved = paxos.generation != self._seen
+        if moved:
+            news = paxos.think()
+            value = paxos.decided()
+            self._seen = paxos.generation
+            if value is not None:
+                return news, value
+        known = len(paxos.claims)
+        full = known >= self.count
+        if not demand or known < paxos.quorum:
+            self.at = None
+            return news, None
+        backoff = PROPOSE_RETRY * (1 + self.rng.random())
+        if self.at is None or (full and not self._full):
+            leader = min(paxos.claims) == paxos.me
+            target = now + (0.0 if leader else PROPOSE_DELAY + PROPOSE_JITTER * self.rng.random())
+            if not full:
+                target += QUORUM_GRACE
+            self.at = target if self.at is None else min(self.at, target)
+            self._full = full
+        elif moved and paxos.ours.promise != NO_BALLOT:
+            self.at = max(self.at, now + backoff)  # progress: let it finish
+        if now < self.at:
+            return news, None
+        paxos.propose(paxos.participants())
+        paxos.think()
+        self._seen = paxos.generation
+        self.at = now + backoff
+        return paxos.ours, paxos.decided()

@@ -8,11 +8,9 @@ malformed unicasts are counted there and dropped (they may have crossed several 
 they are no reason to drop the neighbour's connection). The channel does not use
 broadcasts.
 
-The mesh's gossip interface carries no time, yet what the allocator does with gossip
-depends on it (how long a merging ring's addresses are held, when a request expires):
-the router passes ``clock`` (its monotonic clock, the one it gives the allocator as
-``now``), and every payload is handled at ``clock()``. Without one (simulations that
-call the allocator directly) the allocator's latest ``now`` stands.
+What the allocator does with gossip depends on time (how long a merging ring's addresses
+are held, when a request expires): every payload is handled at the ``now`` the mesh hands
+the channel, the clock the router also gives the allocator.
 
 The router's glue after every call into the mesh or the allocator::
 
@@ -24,8 +22,6 @@ The router's glue after every call into the mesh or the allocator::
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from weftnet.proto.gossip import GossipData
 from weftnet.proto.peername import PeerName
 
@@ -36,16 +32,15 @@ CHANNEL = "ipam"
 
 
 class IpamGossiper:
-    def __init__(self, allocator: Allocator, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, allocator: Allocator) -> None:
         self.allocator = allocator
-        self.clock = clock
 
     def decode(self, payload: bytes) -> GossipData:
         return decode_gossip(payload)
 
-    def on_gossip(self, data: GossipData) -> GossipData | None:
+    def on_gossip(self, data: GossipData, now: float) -> GossipData | None:
         assert isinstance(data, IpamGossip)
-        return self.allocator.on_gossip(data, None if self.clock is None else self.clock())
+        return self.allocator.on_gossip(data, now)
 
     def gossip(self) -> GossipData | None:
         return self.allocator.full_gossip()
@@ -57,8 +52,8 @@ class IpamGossiper:
         assert isinstance(data, IpamGossip)
         return self.allocator.digest_of(data)
 
-    def on_gossip_broadcast(self, src: PeerName, payload: bytes) -> None:
+    def on_gossip_broadcast(self, src: PeerName, payload: bytes, now: float) -> None:
         return None
 
-    def on_gossip_unicast(self, src: PeerName, payload: bytes) -> None:
-        self.allocator.on_unicast(src, payload, None if self.clock is None else self.clock())
+    def on_gossip_unicast(self, src: PeerName, payload: bytes, now: float) -> None:
+        self.allocator.on_unicast(src, payload, now)

@@ -19,6 +19,10 @@ A well-formed file for another peer, or for another range, is discarded with a w
 (for a changed range, allocations that still fall inside the new range are kept and
 re-claimed once the new ring exists). The router writes it atomically (temp file, fsync,
 rename) whenever ``Allocator.dirty`` is set, *before* sending that call's messages.
+
+``state_of`` and ``restore`` work on the allocator's ``IpamState`` (``state.py``);
+``restore`` hands the persisted ring and consensus claim back rather than merging them:
+merging a ring is the allocator's business (it changes what the allocator waits for).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import json
 import math
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from weftnet.proto.errors import LocalProtocolError, RemoteProtocolError
 from weftnet.proto.peername import MAX_NAME, PeerName, format_peer_name, parse_peer_name
@@ -35,9 +39,7 @@ from weftnet.proto.peername import MAX_NAME, PeerName, format_peer_name, parse_p
 from .codec import decode_ring_obj, ring_wire
 from .consensus import Claim
 from .ring import NO_RING, RingUpdate
-
-if TYPE_CHECKING:
-    from .allocator import Allocator
+from .state import IpamState
 
 FORMAT = 1
 MAX_STATE_BYTES = 64 * 1024 * 1024
@@ -133,48 +135,58 @@ def parse_state(obj: Any) -> PersistedState:
                           tuple(names), tuple(pending))
 
 
-def state_of(a: Allocator) -> dict[str, Any]:
-    claim = a.paxos.claims.get(a.name) if a.paxos.participate else None
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What ``restore`` leaves to the allocator: the warnings to show, and the persisted
+    ring (None: none, or another range's) and our consensus claim to merge."""
+
+    warnings: tuple[str, ...]
+    ring: RingUpdate | None = None
+    claim: Claim | None = None
+
+
+def state_of(st: IpamState) -> dict[str, Any]:
+    claim = st.paxos.claims.get(st.name) if st.paxos.participate else None
     return {
         "format": FORMAT,
-        "peer": format_peer_name(a.name),
-        "range": str(a.universe),
-        "ring": ring_wire(a.ring.snapshot(), (claim,) if claim is not None else ()),
-        "allocations": [[str(a._iface(addr)), ident] for addr, ident in a.space.items()],
-        "releasing": a.releases.to_wall(a.wall_offset),
-        "nicknames": [[n, a.nicknames[n]] for n in sorted(a.nicknames)],
+        "peer": format_peer_name(st.name),
+        "range": str(st.universe),
+        "ring": ring_wire(st.ring.snapshot(), (claim,) if claim is not None else ()),
+        "allocations": [[str(st.iface(addr)), ident] for addr, ident in st.space.items()],
+        "releasing": st.releases.to_wall(st.wall_offset),
+        "nicknames": [[n, st.nicknames[n]] for n in sorted(st.nicknames)],
     }
 
 
-def load_into(a: Allocator, raw: Any) -> list[str]:
-    """Apply persisted state to a fresh allocator; the warnings to show."""
+def restore(st: IpamState, raw: Any) -> Restored:
+    """Apply persisted state (a ``PersistedState``, or its JSON object, validated here) to
+    a fresh allocator's state: nicknames, allocations, pending releases."""
     state = raw if isinstance(raw, PersistedState) else parse_state(raw)
-    if state.peer != a.name:
-        return [f"ipam state belongs to peer {format_peer_name(state.peer)}, not "
-                f"{format_peer_name(a.name)}: discarded"]
+    if state.peer != st.name:
+        return Restored((f"ipam state belongs to peer {format_peer_name(state.peer)}, not "
+                         f"{format_peer_name(st.name)}: discarded",))
     warnings: list[str] = []
     for name, nick in state.nicknames:
-        a.nicknames.setdefault(name, nick)
-    if state.universe != a.universe:
-        warnings.append(f"allocation range changed from {state.universe} to {a.universe}: the old "
+        st.nicknames.setdefault(name, nick)
+    ring = claim = None
+    if state.universe != st.universe:
+        warnings.append(f"allocation range changed from {state.universe} to {st.universe}: the old "
                         "ring is discarded")
     else:
-        if state.ring.ring_id != NO_RING:
-            a._merge_ring(state.ring)
-        if state.claim is not None and a.paxos.participate:
-            a.paxos.merge([state.claim])
+        ring = state.ring if state.ring.ring_id != NO_RING else None
+        claim = state.claim if st.paxos.participate else None
     dropped = 0
     for iface, ident in state.allocations:
-        if iface.ip not in a.universe or int(iface.ip) in a.space:
+        if iface.ip not in st.universe or int(iface.ip) in st.space:
             dropped += 1
             continue
-        a.space.add(int(iface.ip), ident)
-        a.prefix[int(iface.ip)] = iface.network.prefixlen
+        st.space.add(int(iface.ip), ident)
+        st.prefix[int(iface.ip)] = iface.network.prefixlen
     if dropped:
-        warnings.append(f"{dropped} persisted allocation(s) outside {a.universe} were dropped")
+        warnings.append(f"{dropped} persisted allocation(s) outside {st.universe} were dropped")
     for ident, wall in state.releasing:
-        if a.space.of(ident):  # a deadline that passed while we were away is met at once;
+        if st.space.of(ident):  # a deadline that passed while we were away is met at once;
             # one further ahead than a whole grace period means the wall clock was set
             # back meanwhile: hold the addresses for at most one grace period from now
-            a.releases.mark(ident, min(wall - a.wall_offset, a.now + a.grace))
-    return warnings
+            st.releases.mark(ident, min(wall - st.wall_offset, st.now + st.grace))
+    return Restored(tuple(warnings), ring, claim)

@@ -18,6 +18,12 @@ produce its complete state and a digest of it. The mesh moves the data:
   Converged channels cost one small digest per period;
 * BROADCAST relays a payload along the source's spanning tree (each peer gets it once);
   UNICAST relays hop by hop along the unicast routes.
+
+Every call that hands a channel something new carries ``now``, the mesh's clock (the one
+its driver passes to ``MeshNode``): what a channel does with gossip may depend on time
+(how long a merging ring holds its addresses, when a tombstone expires), and a pure
+channel reads no clock of its own. A channel that keeps another clock (DNS: wall-clock
+seconds) converts.
 """
 
 from __future__ import annotations
@@ -41,8 +47,8 @@ class Gossiper(Protocol):
         """Decode untrusted bytes; raise only RemoteProtocolError."""
         ...
 
-    def on_gossip(self, data: GossipData) -> GossipData | None:
-        """Merge into our state; return the delta worth passing on, or None."""
+    def on_gossip(self, data: GossipData, now: float) -> GossipData | None:
+        """Merge into our state at ``now``; return the delta worth passing on, or None."""
         ...
 
     def gossip(self) -> GossipData | None:
@@ -57,9 +63,9 @@ class Gossiper(Protocol):
         """The digest a peer whose complete state is ``data`` would have."""
         ...
 
-    def on_gossip_broadcast(self, src: PeerName, payload: bytes) -> None: ...
+    def on_gossip_broadcast(self, src: PeerName, payload: bytes, now: float) -> None: ...
 
-    def on_gossip_unicast(self, src: PeerName, payload: bytes) -> None: ...
+    def on_gossip_unicast(self, src: PeerName, payload: bytes, now: float) -> None: ...
 
 
 class SendQueue:

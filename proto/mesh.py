@@ -553,7 +553,7 @@ class MeshNode:
         try:
             if msg.kind in (GossipKind.DELTA, GossipKind.PERIODIC):
                 data = channel.decode(msg.payload)
-                delta = channel.on_gossip(data)
+                delta = channel.on_gossip(data, now)
                 if delta is not None:
                     self._flood(msg.channel, delta, except_conn=entry.conn_id)
                 if msg.kind is GossipKind.PERIODIC and channel.digest() != channel.digest_of(data):
@@ -569,13 +569,13 @@ class MeshNode:
                         self._dirty.add(entry.conn_id)
             elif msg.kind is GossipKind.BROADCAST:
                 if msg.src != self.config.name:
-                    channel.on_gossip_broadcast(msg.src, msg.payload)
+                    channel.on_gossip_broadcast(msg.src, msg.payload, now)
                     for hop in self.routes.broadcast_next_hops(msg.src):
                         if entry.remote is None or hop != entry.remote.name:
                             self._send_raw(hop, msg, now)
             elif msg.kind is GossipKind.UNICAST:
                 if msg.dst == self.config.name:
-                    channel.on_gossip_unicast(msg.src, msg.payload)
+                    channel.on_gossip_unicast(msg.src, msg.payload, now)
                 else:
                     next_hop = self.routes.unicast.get(msg.dst)
                     if next_hop is None:

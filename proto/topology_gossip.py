@@ -46,7 +46,7 @@ class TopologyGossiper:
     def decode(self, payload: bytes) -> GossipData:
         return Records(tuple(decode_records(payload)))
 
-    def on_gossip(self, data: GossipData) -> GossipData | None:
+    def on_gossip(self, data: GossipData, now: float) -> GossipData | None:
         assert isinstance(data, Records)
         delta = self.topology.merge(data.records)
         if not delta:
@@ -72,8 +72,8 @@ class TopologyGossiper:
         assert isinstance(data, Records)
         return digest_of_records(data.records)
 
-    def on_gossip_broadcast(self, src: PeerName, payload: bytes) -> None:
+    def on_gossip_broadcast(self, src: PeerName, payload: bytes, now: float) -> None:
         return None
 
-    def on_gossip_unicast(self, src: PeerName, payload: bytes) -> None:
+    def on_gossip_unicast(self, src: PeerName, payload: bytes, now: float) -> None:
         return None

@@ -10,7 +10,9 @@ Rooms, each a package whose ``__init__`` says what lives there and what it may i
     host/       host plumbing: netlink, bridge, veths, attachments, expose (nftables), data dir
     tools/      demo, bench and the testbed of namespace hosts they build
 
-The arrows (checked by tests/unit/test_layering.py): programs -> api (client), and the
-daemon only when the CLI runs it in the foreground; daemon -> api, dataplane, host and the
-cores; dataplane -> host (netdev); nothing in a core (proto, ipam, dns) imports the shell.
+The arrows: programs -> api (client), and the daemon only when the CLI runs it in the
+foreground; daemon -> api, dataplane, host and the cores; dataplane -> host (netdev);
+nothing in a core (proto, ipam, dns) imports the shell. The single source of these rules
+is the table ``ARROWS`` in tests/unit/test_layering.py, which checks them (and that the
+cores stay pure and no import cycle exists anywhere): change a room's arrows there.
 """

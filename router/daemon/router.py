@@ -133,7 +133,8 @@ class Router:
         self.timers = TimerLoop([self.mesh], self._pump)   # one line per timer source
         self.dns: DnsDriver | None = None
         if config.dns:
-            self.dns = DnsDriver(DnsService(name, now + wall_offset, domain=config.dns_domain),
+            self.dns = DnsDriver(DnsService(name, now + wall_offset, wall_offset=wall_offset,
+                                            domain=config.dns_domain),
                                  self.mesh, datadir, self.attachments, self._pump,
                                  ttl=config.dns_ttl, wall_offset=wall_offset)
             self.mesh.register_channel(DNS_CHANNEL, self.dns.service.gossiper)
@@ -142,7 +143,7 @@ class Router:
             alloc = load_allocator(config, datadir.path / IPAM_FILE, name, now,
                                    wall_offset=wall_offset, grace=ipam_grace())
             self.ipam = IpamDriver(alloc, self.mesh, datadir, self._pump)
-            self.mesh.register_channel(IPAM_CHANNEL, IpamGossiper(alloc, trio.current_time))
+            self.mesh.register_channel(IPAM_CHANNEL, IpamGossiper(alloc))
             self.timers.add(self.ipam)
         if self.dns is not None:
             self.timers.add(self.dns)

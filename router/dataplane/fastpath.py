@@ -346,7 +346,7 @@ class FastdpGossiper:
     def decode(self, payload: bytes) -> GossipData:
         raise RemoteProtocolError("the fastdp channel carries no gossip")
 
-    def on_gossip(self, data: GossipData) -> GossipData | None:
+    def on_gossip(self, data: GossipData, now: float) -> GossipData | None:
         return None
 
     def gossip(self) -> GossipData | None:
@@ -358,8 +358,8 @@ class FastdpGossiper:
     def digest_of(self, data: GossipData) -> bytes:
         return b""
 
-    def on_gossip_broadcast(self, src: PeerName, payload: bytes) -> None:
+    def on_gossip_broadcast(self, src: PeerName, payload: bytes, now: float) -> None:
         return None
 
-    def on_gossip_unicast(self, src: PeerName, payload: bytes) -> None:
+    def on_gossip_unicast(self, src: PeerName, payload: bytes, now: float) -> None:
         self.fast.on_unicast(src, payload)

@@ -32,7 +32,7 @@ def state(s: RecordStore) -> tuple[list[Entry], bytes]:
 def merged(*xs: list[Entry]) -> RecordStore:
     s = fresh()
     for x in xs:
-        s.merge(x)
+        s.merge(x, T0)
     return s
 
 
@@ -52,9 +52,9 @@ def test_merge_is_associative(x: list[Entry], y: list[Entry], z: list[Entry]) ->
 def test_merge_is_idempotent_and_the_delta_is_the_news(x: list[Entry], y: list[Entry]) -> None:
     s = merged(x)
     before = s.entries(tombstones=True)
-    delta = s.merge(y)
+    delta = s.merge(y, T0)
     assert state(merged(before, delta)) == state(s)
-    assert s.merge(y) == [] and s.merge(delta) == []
+    assert s.merge(y, T0) == [] and s.merge(delta, T0) == []
     assert s.digest() == digest_of_entries(s.entries(tombstones=True))
 
 
@@ -105,7 +105,7 @@ def test_routers_converge_on_what_each_origin_claims(script: list[tuple]) -> Non
             stores[p].remove_container(ctr, now)
         elif kind == "sync":
             _, src, dst = op
-            stores[dst].merge(stores[src].entries(tombstones=True))
+            stores[dst].merge(stores[src].entries(tombstones=True), now)
         elif kind == "restart":
             _, p = op
             stores[p] = RecordStore(p, now, tombstone_ttl=TTL, max_skew=SKEW)
@@ -123,7 +123,7 @@ def test_routers_converge_on_what_each_origin_claims(script: list[tuple]) -> Non
         news = False
         for src in PEERS:
             for dst in PEERS:
-                if src != dst and stores[dst].merge(stores[src].entries(tombstones=True)):
+                if src != dst and stores[dst].merge(stores[src].entries(tombstones=True), now):
                     news = True
         if not news:
             break

@@ -207,7 +207,7 @@ class IpamMachine(RuleBasedStateMachine):
             return
         p = self.peers[m.dst]
         if m.kind == "gossip":
-            delta = p.alloc.on_gossip(decode_gossip(m.payload))
+            delta = p.alloc.on_gossip(decode_gossip(m.payload), self.now)
             if delta is not None:
                 self._flood(p.index, delta, except_peer=m.src)
         else:
@@ -315,7 +315,7 @@ class IpamMachine(RuleBasedStateMachine):
         p = self.peers[who % len(self.peers)]
         if p.up or p.gone:
             return
-        p.alloc = self._new(p.index, p.alloc.init)
+        p.alloc = self._new(p.index, p.alloc.state.init)
         self.restarts += 1
         if p.saved is not None:
             p.alloc.load_state(p.saved)

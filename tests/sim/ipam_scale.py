@@ -311,7 +311,7 @@ class IpamNet:
             return
         node = self.nodes[b]
         data = decode_gossip(payload)
-        delta = node.alloc.on_gossip(data)
+        delta = node.alloc.on_gossip(data, self.now)
         if delta is not None:
             for j in sorted(node.links):
                 if j != a:

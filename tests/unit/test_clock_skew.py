@@ -62,7 +62,7 @@ class DnsHosts:
             frm, entries, dst = queue.pop(0)
             store = self.stores[dst]
             store.handle_timer(self.now(dst))
-            news = store.merge(entries) + store.take_overrides()
+            news = store.merge(entries, self.now(dst)) + store.take_overrides()
             if news:
                 queue += [(dst, news, n) for n in self.stores if n not in (dst, frm)]
                 if any(e.origin == dst for e in news):
@@ -105,10 +105,10 @@ def test_names_added_and_removed_on_skewed_clocks_converge_everywhere() -> None:
 def test_a_tombstone_from_a_fast_clock_is_clamped_and_expires() -> None:
     h = DnsHosts()
     a, b = h.stores[A], h.stores[B]
-    a.merge(b.add("b.weft.local", "10.32.0.2", "b", h.now(B)))
+    a.merge(b.add("b.weft.local", "10.32.0.2", "b", h.now(B)), h.now(A))
     removed = b.remove_container("b", h.now(B))
     assert removed[0].deleted_at == pytest.approx(h.now(B), abs=1)   # 2 h in A's future
-    assert a.merge(removed) and a.lookup("b.weft.local.") == ()
+    assert a.merge(removed, h.now(A)) and a.lookup("b.weft.local.") == ()
     held = a.entries(tombstones=True)
     # kept as if deleted at most MAX_SKEW ahead of A's clock, so it is not immortal
     assert len(held) == 1 and held[0].deleted_at == pytest.approx(h.now(A) + MAX_SKEW, abs=1)

@@ -28,10 +28,10 @@ def test_decode_on_gossip_and_digests() -> None:
     gb = DnsGossiper(b, on_change=seen.append)
     data = gb.decode(full.encode())
     assert gb.digest_of(data) == ga.digest() != gb.digest()
-    delta = gb.on_gossip(data)
+    delta = gb.on_gossip(data, T0)
     assert isinstance(delta, Entries) and delta.entries == tuple(a.entries())
     assert seen == [a.entries()]
-    assert gb.on_gossip(data) is None
+    assert gb.on_gossip(data, T0) is None
     assert gb.digest() == ga.digest()
     with pytest.raises(RemoteProtocolError):
         gb.decode(b"\x91\x01")
@@ -54,7 +54,7 @@ def test_overrides_are_offered_as_news_for_everyone() -> None:
     a = RecordStore(A, T0)
     ga = DnsGossiper(a)
     stale = Entry("old.weft.local.", "10.32.0.1", "c1", A, 3)   # from our previous incarnation
-    delta = ga.on_gossip(Entries((stale,)))
+    delta = ga.on_gossip(Entries((stale,)), T0)
     assert isinstance(delta, Entries)
     (fix,) = delta.entries
     assert (fix.version, fix.tombstone) == (4, True)

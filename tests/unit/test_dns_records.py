@@ -61,7 +61,7 @@ def test_remove_tombstones_only_our_matching_entries() -> None:
     s = store()
     s.add("x.weft.local", "10.32.0.1", "c1", T0)
     s.add("x.weft.local", "10.32.0.2", "c1", T0)
-    s.merge([Entry("x.weft.local.", "10.32.0.3", "c9", B, 4)])
+    s.merge([Entry("x.weft.local.", "10.32.0.3", "c9", B, 4)], T0)
     delta = s.remove(T0 + 5, hostname="x.weft.local", address="10.32.0.2")
     assert [(e.address, e.version, e.deleted_at) for e in delta] == [("10.32.0.2", 2, int(T0) + 5)]
     assert s.lookup("x.weft.local.") == ("10.32.0.1", "10.32.0.3")
@@ -81,13 +81,13 @@ def test_re_adding_a_removed_entry_outranks_its_tombstone() -> None:
 def test_merge_keeps_the_highest_rank_and_reports_news() -> None:
     s = store()
     live = Entry("x.weft.local.", "10.32.0.1", "c1", B, 2)
-    assert s.merge([live]) == [live]
-    assert s.merge([live]) == []
-    assert s.merge([Entry("x.weft.local.", "10.32.0.1", "c1", B, 1)]) == []
+    assert s.merge([live], T0) == [live]
+    assert s.merge([live], T0) == []
+    assert s.merge([Entry("x.weft.local.", "10.32.0.1", "c1", B, 1)], T0) == []
     dead = Entry("x.weft.local.", "10.32.0.1", "c1", B, 2, int(T0))
-    assert s.merge([dead]) == [dead]          # equal version: the tombstone wins
+    assert s.merge([dead], T0) == [dead]          # equal version: the tombstone wins
     earlier = Entry("x.weft.local.", "10.32.0.1", "c1", B, 2, int(T0) - 1)
-    assert s.merge([earlier]) == [earlier]    # of two tombstones, the earlier deletion
+    assert s.merge([earlier], T0) == [earlier]    # of two tombstones, the earlier deletion
     assert s.lookup("x.weft.local.") == ()
 
 
@@ -95,7 +95,7 @@ def test_our_live_entry_is_defended_against_outside_tombstones() -> None:
     s = store()
     s.add("x.weft.local", "10.32.0.1", "c1", T0)
     # another router ran remove_peer on us during a partition
-    (ours,) = s.merge([Entry("x.weft.local.", "10.32.0.1", "c1", A, 2, int(T0))])
+    (ours,) = s.merge([Entry("x.weft.local.", "10.32.0.1", "c1", A, 2, int(T0))], T0)
     assert (ours.version, ours.tombstone) == (3, False)
     assert s.lookup("x.weft.local.") == ("10.32.0.1",)
     assert s.take_overrides() == [ours]
@@ -107,13 +107,13 @@ def test_restarted_router_reconciles_what_others_hold_about_it() -> None:
     old.add("keep.weft.local", "10.32.0.1", "c1", T0)
     old.add("gone.weft.local", "10.32.0.2", "c2", T0)
     other = store(B)
-    other.merge(old.entries())
+    other.merge(old.entries(), T0)
     # A restarts: empty store, re-registers the container that is still attached
     new = store(A, T0 + 60)
     new.reconcile([("keep.weft.local", "10.32.0.1", "c1")], T0 + 60)
-    delta = new.merge(other.entries(tombstones=True))
+    delta = new.merge(other.entries(tombstones=True), T0 + 60)
     assert {(e.hostname, e.tombstone) for e in delta} == {("gone.weft.local.", True)}
-    other.merge(delta)
+    other.merge(delta, T0 + 60)
     assert other.lookup("gone.weft.local.") == ()
     assert other.lookup("keep.weft.local.") == ("10.32.0.1",)
 
@@ -131,14 +131,14 @@ def test_remove_peer_tombstones_its_entries_and_it_can_defend_them() -> None:
     b = store(B)
     b.add("x.weft.local", "10.32.0.1", "c1", T0)
     a = store(A)
-    a.merge(b.entries())
+    a.merge(b.entries(), T0)
     delta = a.remove_peer(B, T0 + 1)
     assert [(e.version, e.tombstone) for e in delta] == [(2, True)]
     with pytest.raises(LocalProtocolError):
         a.remove_peer(A, T0)
-    (back,) = b.merge(delta)       # B was alive after all
+    (back,) = b.merge(delta, T0 + 1)       # B was alive after all
     assert (back.version, back.tombstone) == (3, False)
-    a.merge([back])
+    a.merge([back], T0 + 1)
     assert a.lookup("x.weft.local.") == ("10.32.0.1",)
 
 
@@ -153,27 +153,37 @@ def test_tombstones_expire_after_the_ttl_and_do_not_come_back() -> None:
     assert s.handle_timer(T0 + 100) == [dead]
     assert len(s) == 0
     # an expired tombstone arriving later is not stored again ...
-    assert s.merge([dead]) == []
+    assert s.merge([dead], T0 + 100) == []
     assert len(s) == 0
     # ... but still removes the older live copy it outranks, and is passed on
     other = store(B, T0 + 200, tombstone_ttl=100.0)
-    other.merge([Entry("x.weft.local.", "10.32.0.1", "c1", A, 1)])
-    assert other.merge([dead]) == [dead]
+    other.merge([Entry("x.weft.local.", "10.32.0.1", "c1", A, 1)], T0 + 200)
+    assert other.merge([dead], T0 + 200) == [dead]
     assert len(other) == 0
 
 
 def test_tombstones_from_a_fast_clock_are_clamped() -> None:
     s = store(B, max_skew=60.0)
     far = Entry("x.weft.local.", "10.32.0.1", "c1", C, 2, int(T0) + 86400)
-    (held,) = s.merge([far])
+    (held,) = s.merge([far], T0)
     assert held.deleted_at == int(T0) + 60
+
+
+def test_merge_judges_skew_and_expiry_by_the_now_it_is_given() -> None:
+    s = store(B, max_skew=60.0, tombstone_ttl=100.0)   # last saw T0
+    later = Entry("x.weft.local.", "10.32.0.1", "c1", C, 2, int(T0) + 3600)
+    (held,) = s.merge([later], T0 + 3600)               # an hour on: not from the future
+    assert held.deleted_at == int(T0) + 3600 and s.now == T0 + 3600
+    old = Entry("y.weft.local.", "10.32.0.2", "c2", C, 2, int(T0) + 3000)
+    assert s.merge([old], T0) == []                     # time never goes back: expired
+    assert s.now == T0 + 3600 and len(s) == 1
 
 
 def test_versions_at_the_maximum_cannot_be_outranked() -> None:
     s = store()
     s.add("x.weft.local", "10.32.0.1", "c1", T0)
     forged = Entry("x.weft.local.", "10.32.0.1", "c1", A, MAX_VERSION, int(T0))
-    assert s.merge([forged]) == [forged]   # cannot answer with a higher version
+    assert s.merge([forged], T0) == [forged]   # cannot answer with a higher version
     with pytest.raises(LocalProtocolError):
         s.add("x.weft.local", "10.32.0.1", "c1", T0)
 
@@ -181,11 +191,11 @@ def test_versions_at_the_maximum_cannot_be_outranked() -> None:
 def test_digest_tracks_state() -> None:
     a, b = store(A), store(B)
     a.add("x.weft.local", "10.32.0.1", "c1", T0)
-    b.merge(a.entries())
+    b.merge(a.entries(), T0)
     assert a.digest() == b.digest() == digest_of_entries(a.entries(tombstones=True))
     a.remove_container("c1", T0)
     assert a.digest() != b.digest()
-    b.merge(a.entries(tombstones=True))
+    b.merge(a.entries(tombstones=True), T0)
     assert a.digest() == b.digest()
 
 

@@ -16,9 +16,10 @@ T0 = 1_700_000_000.0
 A, B = 0x0A0000000001, 0x0A0000000002
 
 
-def ship(news: Entries | None, to: DnsService) -> None:
+def ship(news: Entries | None, to: DnsService, now: float) -> None:
+    """Gossip ``news`` to ``to``, arriving at ``now`` on its mesh's clock."""
     assert news is not None
-    to.gossiper.on_gossip(to.gossiper.decode(news.encode()))
+    to.gossiper.on_gossip(to.gossiper.decode(news.encode()), now)
 
 
 def test_default_hostnames() -> None:
@@ -35,19 +36,34 @@ def test_register_gossip_lookup_and_unregister() -> None:
     assert a.register("c1", "c1.weft.local.", ["10.2.1.1", "10.2.1.11"], T0) == 2
     assert a.register("c1", "c1.weft.local.", ["10.2.1.1"], T0) == 0  # held already
     assert a.take_claims_changed() and not a.take_claims_changed()
-    ship(a.take_news(), b)
+    ship(a.take_news(), b, T0)
     assert a.take_news() is None
     assert b.lookup("c1") == ("c1.weft.local.", ("10.2.1.1", "10.2.1.11"))
     assert b.lookup("C1.Weft.Local") == ("c1.weft.local.", ("10.2.1.1", "10.2.1.11"))
     assert [e["origin"] for e in b.entries_report()] == ["0a:00:00:00:00:01"] * 2
 
     assert a.unregister("c1", T0 + 1, ["10.2.1.11"]) == 1
-    ship(a.take_news(), b)
+    ship(a.take_news(), b, T0 + 1)
     assert b.lookup("c1")[1] == ("10.2.1.1",)
     assert a.unregister("c1", T0 + 2) == 1
-    ship(a.take_news(), b)
+    ship(a.take_news(), b, T0 + 2)
     assert b.lookup("c1")[1] == () and b.entries_report() == []
     assert a.claims() == []
+
+
+def test_gossip_time_is_the_mesh_clock_plus_the_wall_offset() -> None:
+    # the mesh's clock started at 0 when the wall clock read T0 - 5
+    a, b = DnsService(A, T0), DnsService(B, T0, wall_offset=T0 - 5.0)
+    a.register("c1", "c1.weft.local.", ["10.2.1.1"], T0)
+    ship(a.take_news(), b, 5.0)
+    assert b.store.now == T0 and b.lookup("c1")[1] == ("10.2.1.1",)
+    # an hour later a's removal arrives: stamped an hour on, and on b's clock it is not
+    # from the future, so no clock-skew clamp shortens the tombstone's life
+    a.unregister("c1", T0 + 3600)
+    ship(a.take_news(), b, 3605.0)
+    assert b.store.now == T0 + 3600
+    (dead,) = b.store.entries(tombstones=True)
+    assert dead.tombstone and dead.deleted_at == int(T0) + 3600
 
 
 def test_dns_add_and_remove() -> None:
@@ -78,7 +94,7 @@ def test_restore_keeps_attached_and_external_claims_and_corrects_old_copies() ->
     a.register("c1", "c1.weft.local.", ["10.2.1.1"], T0)
     a.register("c2", "c2.weft.local.", ["10.2.1.2"], T0)
     a.add("ext", ["192.0.2.1"], None, T0)
-    ship(a.take_news(), b)
+    ship(a.take_news(), b, T0)
     saved = parse_claims([list(c) for c in a.claims()])
     assert saved == a.claims()
 
@@ -91,8 +107,8 @@ def test_restore_keeps_attached_and_external_claims_and_corrects_old_copies() ->
     # the peer still holds the old incarnation's entries (higher versions than a2's):
     # a2 corrects them, and b ends up with a2's truth
     a2.take_news()
-    ship(b.gossiper.gossip(), a2)
-    ship(a2.take_news(), b)
+    ship(b.gossiper.gossip(), a2, T0 + 60)
+    ship(a2.take_news(), b, T0 + 60)
     assert b.lookup("c2")[1] == () and b.lookup("c1")[1] == ("10.2.1.1",)
     assert a2.store.digest() == b.store.digest()
 
@@ -107,7 +123,7 @@ def test_parse_claims_skips_garbage() -> None:
 def test_names_of_a_router_gone_from_the_topology_go_after_the_grace_period() -> None:
     a, b = DnsService(A, T0), DnsService(B, T0)
     b.register("c9", "c9.weft.local.", ["10.2.1.9"], T0)
-    ship(b.take_news(), a)
+    ship(b.take_news(), a, T0)
     # B present: nothing happens however long
     assert a.handle_timer(T0 + 1000, [A, B]) == []
     # B absent, then back before the grace period ends: nothing happens
@@ -121,15 +137,15 @@ def test_names_of_a_router_gone_from_the_topology_go_after_the_grace_period() ->
     news = a.take_news()
     assert news is not None and all(e.tombstone and e.origin == B for e in news.entries)
     # B was alive after all: it re-asserts its names, and they come back
-    ship(news, b)
-    ship(b.take_news(), a)
+    ship(news, b, T0 + 2000 + PEER_GONE_GRACE)
+    ship(b.take_news(), a, T0 + 2000 + PEER_GONE_GRACE)
     assert a.lookup("c9")[1] == ("10.2.1.9",)
 
 
 def test_remove_peer_now_and_never_ourselves() -> None:
     a, b = DnsService(A, T0), DnsService(B, T0)
     b.register("c9", "c9.weft.local.", ["10.2.1.9"], T0)
-    ship(b.take_news(), a)
+    ship(b.take_news(), a, T0)
     assert a.remove_peer(A, T0) == 0
     assert a.remove_peer(B, T0) == 1
     assert a.lookup("c9")[1] == ()

@@ -12,6 +12,7 @@ from weftnet.ipam.allocator import Allocator
 from weftnet.ipam.codec import (
     Donation,
     IpamGossip,
+    Released,
     RequestClaim,
     RequestSpace,
     decode_unicast,
@@ -20,7 +21,7 @@ from weftnet.ipam.codec import (
 from weftnet.ipam.gossip import IpamGossiper
 from weftnet.ipam.mode import ConsensusInit, ObserverInit, SeedInit
 from weftnet.ipam.persist import StateError, decode_state, encode_state
-from weftnet.ipam.ring import Ring
+from weftnet.ipam.ring import NO_RING, Ring, RingUpdate
 from weftnet.ipam.status import format_status
 from weftnet.proto.errors import LocalProtocolError
 
@@ -211,7 +212,7 @@ def test_handoff_gives_everything_to_a_live_peer() -> None:
     out = net.handoff(0)
     assert out is not None and out[0] == net.nodes[1].name and out[1] > 0
     net.run_for(1.0)
-    assert net.nodes[1].alloc.owned_ranges() == [(net.nodes[1].alloc.start, net.nodes[1].alloc.end)]
+    assert net.nodes[1].alloc.owned_ranges() == [(net.nodes[1].alloc.ring.start, net.nodes[1].alloc.ring.end)]
     assert net.nodes[0].alloc.lookup("c0") == []
     lonely = IpamNet(7)
     lonely.add_peer(ConsensusInit(1))
@@ -265,9 +266,26 @@ def test_gossip_for_another_range_is_reported_not_merged() -> None:
     assert alloc.next_result() is not None
     other = Ring.seeded(0, 256, [NAME + 1])
     gossiper = IpamGossiper(alloc)
-    assert gossiper.on_gossip(IpamGossip(other.snapshot())) is None
+    assert gossiper.on_gossip(IpamGossip(other.snapshot()), 0.0) is None
     assert any("every peer must be launched with the same --ipalloc-range" in p
                for p in alloc.status()["problems"])
+
+
+def test_the_channel_handles_gossip_at_the_now_the_mesh_gives_it() -> None:
+    alloc = Allocator(NAME, "h", IPv4Network("10.32.0.0/12"), None, ConsensusInit(2), 0.0,
+                      random.Random(1), timeout=30.0)
+    gossiper = IpamGossiper(alloc)
+    alloc.allocate(1, "c", None, 0.0)  # waits for a second peer
+    nothing = IpamGossip(RingUpdate(alloc.ring.start, alloc.ring.end, NO_RING, ()))
+    gossiper.on_gossip(nothing, 29.0)
+    assert alloc.next_result() is None
+    gossiper.on_gossip(nothing, 31.0)   # past the deadline: the operation ends in this call
+    result = alloc.next_result()
+    assert result is not None and result.op_id == 1 and "timed out" in (result.error or "")
+    alloc.allocate(2, "d", None, 31.0)
+    gossiper.on_gossip_unicast(NAME + 1, encode_unicast(Released(alloc.ring.start + 9)), 62.0)
+    result = alloc.next_result()
+    assert result is not None and result.op_id == 2 and "timed out" in (result.error or "")
 
 
 def test_a_repeated_request_gets_the_same_answer_not_a_second_grant() -> None:
@@ -276,8 +294,9 @@ def test_a_repeated_request_gets_the_same_answer_not_a_second_grant() -> None:
     asker = NAME + 1
     alloc.peers_changed({asker: "h2"}, 0.0)
     answers = []
-    for msg in (RequestSpace(7, alloc.start, alloc.end), RequestSpace(7, alloc.start, alloc.end),
-                RequestClaim(8, alloc.start + 5, "c"), RequestClaim(8, alloc.start + 5, "c")):
+    start, end = alloc.ring.start, alloc.ring.end
+    for msg in (RequestSpace(7, start, end), RequestSpace(7, start, end),
+                RequestClaim(8, start + 5, "c"), RequestClaim(8, start + 5, "c")):
         alloc.on_unicast(asker, encode_unicast(msg), 1.0)
         answers.append(alloc.messages_to_send())
     assert answers[0] == answers[1] and answers[2] == answers[3]

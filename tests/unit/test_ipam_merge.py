@@ -67,7 +67,7 @@ def test_two_pairs_meet_merge_report_duplicates_and_keep_allocating() -> None:
     net.run_for(0.2)
     assert net.converged()
     net.check_invariants()
-    lost = [n.index for n in net.nodes if any(m.ours_lost for m in n.alloc.merges.records())]
+    lost = [n.index for n in net.nodes if any(m.ours_lost for m in n.alloc.state.merges.records())]
     won = [n.index for n in net.nodes if n.index not in lost]
     assert len(lost) == 2 and len(won) == 2 and {lost[0] // 2} == {lost[1] // 2}
     for i in range(4):
@@ -110,10 +110,10 @@ def test_a_peer_two_hops_away_hears_of_the_meeting_and_holds() -> None:
     net.link(1, 2)
     net.run_for(0.05)
     for i in range(4):
-        assert net.nodes[i].alloc.merges.records(), f"h{i} never heard of the other ring"
-        assert net.nodes[i].alloc.merges.held(net.now)
+        assert net.nodes[i].alloc.state.merges.records(), f"h{i} never heard of the other ring"
+        assert net.nodes[i].alloc.state.merges.held(net.now)
     net.run_for(MAX_HOLD)
-    assert all(not n.alloc.merges.held(net.now) for n in net.nodes)
+    assert all(not n.alloc.state.merges.held(net.now) for n in net.nodes)
     assert all(n.alloc.get_timer() is None or n.alloc.get_timer() > net.now for n in net.nodes)  # type: ignore[operator]
 
 
@@ -129,13 +129,13 @@ def test_the_owner_holds_until_the_losing_peer_has_reclaimed() -> None:
     assert IPv4Interface("10.32.0.1/12") in theirs
     for a in (winner, loser):
         a.peers_changed({w: "w", l_name: "l", w2: "w2"}, 0.0)
-    relay = winner.on_gossip(loser.full_gossip())
+    relay = winner.on_gossip(loser.full_gossip(), 0.0)
     assert isinstance(relay, IpamGossip) and relay.ring.ring_id == loser.ring.ring_id
     winner.allocate(10, "w1", None, 0.1)
     assert winner.next_result() is None  # held: 10.32.0.1 may be in use over there
-    assert "allocation there waits" in winner.why(winner._ops[10])
+    assert "allocation there waits" in winner.why(winner.state.ops[10])
     # the loser hears the winner, adopts its ring and re-claims; the winner grants
-    loser.on_gossip(winner.full_gossip())
+    loser.on_gossip(winner.full_gossip(), 0.1)
     assert loser.ring.ring_id == winner.ring.ring_id
     for dst, payload in loser.messages_to_send():
         if dst == w:
@@ -167,10 +167,10 @@ def test_seed_peer_restarting_after_its_ring_gave_way_starts_no_new_meeting() ->
     net.run_for(0.5)
     net.restart(0)  # re-seeds its own ring at construction, then loads the winner's
     net.run_for(1.0)
-    assert not net.nodes[0].alloc.merges.records()  # its past, not a meeting
+    assert not net.nodes[0].alloc.state.merges.records()  # its past, not a meeting
     for n in net.nodes[1:]:
         assert n.alloc.stats["rings_met"] == met[n.index]["rings_met"]
-        assert not n.alloc.merges.held(net.now)
+        assert not n.alloc.state.merges.held(net.now)
     assert net.nodes[0].alloc.lookup("c0") and net.converged()
 
 
@@ -239,7 +239,7 @@ def test_meeting_rings_never_hand_out_an_address_twice(
     for k, (who, gap) in enumerate(after):  # a burst while the rings merge
         net.run_for(gap)
         node = net.nodes[who % n]
-        heard = bool(node.alloc.merges.records())
+        heard = bool(node.alloc.state.merges.records())
         if heard:  # before a peer has heard, nobody can help it: that window is not ours
             ops.append(net.allocate(node.index, f"a{k}"))
             assert duplicates(net) <= dup_before, f"seed {seed}: handed out twice"

@@ -79,6 +79,7 @@ class SetChannel:
         self.items: set[bytes] = set()
         self.broadcasts: list[tuple[PeerName, bytes]] = []
         self.unicasts: list[tuple[PeerName, bytes]] = []
+        self.times: list[tuple[str, float]] = []   # (call, the now it was given)
 
     def add(self, item: bytes) -> Items:
         self.items.add(item)
@@ -90,8 +91,9 @@ class SetChannel:
             raise RemoteProtocolError("malformed set")
         return Items(frozenset(obj))
 
-    def on_gossip(self, data: GossipData) -> GossipData | None:
+    def on_gossip(self, data: GossipData, now: float) -> GossipData | None:
         assert isinstance(data, Items)
+        self.times.append(("gossip", now))
         new = data.items - self.items
         if not new:
             return None
@@ -108,11 +110,13 @@ class SetChannel:
         assert isinstance(data, Items)
         return _digest(data.items)
 
-    def on_gossip_broadcast(self, src: PeerName, payload: bytes) -> None:
+    def on_gossip_broadcast(self, src: PeerName, payload: bytes, now: float) -> None:
         self.broadcasts.append((src, payload))
+        self.times.append(("broadcast", now))
 
-    def on_gossip_unicast(self, src: PeerName, payload: bytes) -> None:
+    def on_gossip_unicast(self, src: PeerName, payload: bytes, now: float) -> None:
         self.unicasts.append((src, payload))
+        self.times.append(("unicast", now))
 
 
 # --- the in-memory network --------------------------------------------------------------------
@@ -565,6 +569,23 @@ def test_broadcast_reaches_every_peer_exactly_once(seed: int) -> None:
         # one spanning tree: five links carried it, none twice
         assert sum(h.mesh.stats.gossip_messages_sent for h in hosts) - sent_before == 5
     assert all(len(channel(h).broadcasts) == 5 for h in hosts)
+
+
+def test_channels_get_the_now_of_the_input_that_carried_their_gossip() -> None:
+    net = MiniNet(5)
+    a, b, c = build(net, 3, [(1, 0), (2, 1)])  # a - b - c
+    for h in (a, b, c):
+        channel(h).times.clear()  # the full states exchanged on connecting, at 0.0
+    net.now = 42.5
+    a.mesh.gossip_news(TEST, channel(a).add(b"one"))
+    a.mesh.gossip_broadcast(TEST, b"all", net.now)
+    a.mesh.gossip_unicast(TEST, c.name, b"c", net.now)
+    net.pump()
+    assert sorted(channel(c).times) == [("broadcast", 42.5), ("gossip", 42.5), ("unicast", 42.5)]
+    net.now = 77.0
+    c.mesh.gossip_news(TEST, channel(c).add(b"two"))
+    net.pump()
+    assert channel(b).times[-1] == channel(a).times[-1] == ("gossip", 77.0)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
