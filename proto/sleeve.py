@@ -299,9 +299,11 @@ class SleeveSession:
         self._drops[reason] += 1
         return SleeveDrop(reason, detail)
 
-    def open(self, datagram: bytes | bytearray | memoryview, now: float) -> tuple[Kind, bytes]:
+    def open(self, datagram: bytes | bytearray | memoryview,
+             now: float) -> tuple[Kind, bytes | memoryview]:
         """(kind, body) of an authentic, fresh datagram of this connection, else raise
-        SleeveDrop with the reason (counted in ``stats``)."""
+        SleeveDrop with the reason (counted in ``stats``). Without keys the body is a view
+        into ``datagram`` (no copy): keep it no longer than the caller keeps that buffer."""
         try:
             ver, kind, epoch, conn_uid, counter = _HEADER.unpack_from(datagram)
         except struct.error:
@@ -321,8 +323,9 @@ class SleeveSession:
         if not window.check(counter):
             raise self._drop("replay", f"epoch {epoch} counter {counter}")
         aead = slot.aead
+        body: bytes | memoryview
         if aead is None:
-            body = bytes(datagram[HEADER_LEN:])
+            body = memoryview(datagram)[HEADER_LEN:]
         else:
             if len(datagram) < HEADER_LEN + TAG_LEN:
                 raise self._drop("malformed", "no room for the tag")

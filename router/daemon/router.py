@@ -171,12 +171,11 @@ class Router:
         self._timer_changed = trio.Event()
         self._stopped = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._pumping = False
-        self._pump_again = False
         mtu = config.mtu or overlay_mtu(config)
+        # the data plane never calls the pump: it asks the timer task to look (get_timer)
         self.dataplane = Dataplane(self.mesh, port=config.port, host=config.host, mtu=mtu,
                                    trusted_subnets=config.trusted_subnets, fastdp=config.fastdp,
-                                   on_change=self._pump)
+                                   wake=lambda: self._timer_changed.set())
         self.mesh.register_channel(FASTDP_CHANNEL, FastdpGossiper(self.dataplane.fast))
         self.attachments = Attachments(datadir, mtu=mtu)
         self.exposer = Exposer(datadir)   # weft expose / hide (router/host/expose.py)
@@ -826,21 +825,9 @@ class Router:
     # --- the pump: carry out what the mesh asked for ------------------------------------
 
     def _pump(self) -> None:
-        if self._pumping:  # called back from inside (the data plane changed the mesh)
-            self._pump_again = True
-            return
-        self._pumping = True
-        try:
-            self._pump_again = True
-            while self._pump_again:
-                self._pump_again = False
-                self._pump_once()
-        finally:
-            self._pumping = False
-
-    def _pump_once(self) -> None:
         mesh = self.mesh
         now = trio.current_time()
+        self.dataplane.drain(now)  # links whose overlay changed: set_overlay first
         if self.dns is not None:
             if (news := self.dns.take_news()) is not None:
                 mesh.gossip_news(DNS_CHANNEL, news)
@@ -880,8 +867,10 @@ class Router:
         while True:
             deadline = self.mesh.get_timer()
             ipam_deadline = self.ipam.get_timer() if self.ipam is not None else None
+            dp_deadline = self.dataplane.get_timer()
             self._timer_changed = trio.Event()
-            wake = min((t for t in (deadline, ipam_deadline) if t is not None), default=math.inf)
+            wake = min((t for t in (deadline, ipam_deadline, dp_deadline) if t is not None),
+                       default=math.inf)
             with trio.move_on_at(wake):
                 await self._timer_changed.wait()
             now = trio.current_time()
@@ -891,6 +880,9 @@ class Router:
                 due = True
             if self.ipam is not None and ipam_deadline is not None and now >= ipam_deadline:
                 self.ipam.handle_timer(now)
+                due = True
+            if dp_deadline is not None and now >= dp_deadline:
+                self.dataplane.handle_timer(now)
                 due = True
             if due:
                 self._pump()

@@ -35,6 +35,8 @@ import struct
 from collections.abc import Sequence
 from types import TracebackType
 
+import trio
+
 from weftnet.router.host.netdev import BRIDGE, TAP, NetdevError, NetnsRef, enslave, run_in_netns
 
 __all__ = [
@@ -155,6 +157,10 @@ class Tap:
         if self._fd < 0:
             raise ValueError("I/O on a closed TAP")
         return self._fd
+
+    async def wait_readable(self) -> None:
+        """Until a frame can be read (the engine's ``TapPort``)."""
+        await trio.lowlevel.wait_readable(self.fileno())
 
     def read_into(self, buf: bytearray | memoryview) -> int:
         """Read one frame (virtio header first when ``vnet_hdr``) into ``buf``; its length.

@@ -125,8 +125,10 @@ def test_disabled_peer_and_silent_peer_say_why() -> None:
     fl = new_link()
     fl.handle_timer(fastdp.HELLO_WAIT - 0.01)
     assert "hello" in fl.reason and not fl.reason.startswith("the peer does not offer")
+    assert fl.get_timer() == fastdp.HELLO_WAIT
     fl.handle_timer(fastdp.HELLO_WAIT)
     assert fl.reason.startswith("the peer does not offer the fast path")
+    assert fl.get_timer() is None  # said once: no timer left to fire again and again
     fl.on_hello(Hello(False, BR, frozenset(), "fast path disabled (--no-fastdp)"), 6.0)
     assert "--no-fastdp" in fl.reason and fl.probes_due(7.0) == []
     assert fl.get_timer() is None
