@@ -224,10 +224,11 @@ class FastLink:
         return [Probe(r.full, self.mtu), Probe(r.small, SMALL_PROBE)]
 
     def handle_timer(self, now: float) -> None:
-        if self.remote is None and now - self.created >= HELLO_WAIT:
+        # the same sums as get_timer's, so a timer that fired finds its work due
+        if self.remote is None and now >= self.created + HELLO_WAIT:
             self.hello_overdue = True
             self._set(False, "the peer does not offer the fast path (no hello from it)")
-        while self.rounds and (self.rounds[0].full_ok or now - self.rounds[0].sent >= PROBE_TIMEOUT):
+        while self.rounds and (self.rounds[0].full_ok or now >= self.rounds[0].sent + PROBE_TIMEOUT):
             self._conclude(self.rounds.pop(0))
 
     def get_timer(self) -> float | None:

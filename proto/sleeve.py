@@ -395,9 +395,10 @@ class SleeveSession:
         """Erase keys that are due even when no traffic flows (forward secrecy). An idle
         sender rotates once, not once per interval: the key it moves to has sealed
         nothing, so the receiver never has to catch up more than one epoch."""
-        if self._send_counter and now - self._send_started >= self.rekey_interval:
+        # the same sums as get_timer's, so a timer that fired finds its work due
+        if self._send_counter and now >= self._send_started + self.rekey_interval:
             self._rekey_send(now)
-        if self._prev is not None and now - self._cur.started >= self.rekey_interval:
+        if self._prev is not None and now >= self._cur.started + self.rekey_interval:
             self._prev = None
 
 

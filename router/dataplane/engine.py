@@ -79,7 +79,7 @@ DEFAULT_PMTU = 1500  # until probes found the path's
 DRAIN_BATCH = 512  # datagrams or frames per wake before letting other tasks run
 READ_SIZE = 65536 + 64
 ARENA_SIZE = 1 << 20  # TAP reads of one drain, kept as views until sealed
-SWEEP_INTERVAL = 0.5  # incomplete fragmented messages are looked at this often
+SWEEP_INTERVAL = 0.5  # expired MACs and fragments are looked for at most this often
 ENTRY_VNET = sleeve.FLAG_VNET
 ENTRY_RELAY_ONLY = sleeve.FLAG_RELAY_ONLY
 GROUP_BIT = 0x010000000000  # of a MAC as an int: broadcast or multicast
@@ -169,7 +169,8 @@ class Dataplane:
         self._arena = memoryview(bytearray(ARENA_SIZE))
         self._nursery: trio.Nursery | None = None
         self._reassembler = sleeve_frag.Reassembler()
-        self._last_sweep = -math.inf
+        self._last_sweep = -math.inf  # of incomplete fragmented messages
+        self._mac_sweep = -math.inf  # of expired MACs
         self._msg_id = self._rng.getrandbits(32)
         self._unpublished: set[int] = set()  # conn_ids whose overlay the mesh must hear
         self._news = False  # something for the pump: get_timer says "now"
@@ -365,7 +366,7 @@ class Dataplane:
         if self._news or self.fast.moved:
             due = -math.inf
         else:
-            times = [self.fast.get_timer(), self.forwarder.get_timer()]
+            times = [self.fast.get_timer(), self._mac_timer()]
             for link in self.links.values():
                 times += (link.machine.get_timer(), link.session.get_timer(),
                           link.plain.get_timer())
@@ -385,14 +386,21 @@ class Dataplane:
             link.session.handle_timer(now)  # erase old keys while idle (forward secrecy)
             link.plain.handle_timer(now)
         self.fast.handle_timer(now)
-        due = self.forwarder.get_timer()
+        due = self._mac_timer()
         if due is not None and due <= now:
+            self._mac_sweep = now
             self.forwarder.expire(now)
-        if len(self._reassembler) and now - self._last_sweep >= SWEEP_INTERVAL:
+        if len(self._reassembler) and now >= self._last_sweep + SWEEP_INTERVAL:
             self._last_sweep = now
             lost = self._reassembler.expire(now)
             if lost:
                 self._drop("incomplete message", lost)
+
+    def _mac_timer(self) -> float | None:
+        """When to sweep expired MACs: when the oldest expires, but never twice within a
+        SWEEP_INTERVAL (its expiry test may round the other way at the very deadline)."""
+        due = self.forwarder.get_timer()
+        return None if due is None else max(due, self._mac_sweep + SWEEP_INTERVAL)
 
     # --- path MTU probes: a DF port per link while it probes --------------------------------
 
@@ -442,7 +450,7 @@ class Dataplane:
                 except BlockingIOError:
                     break
                 except OSError:  # e.g. ICMP port unreachable, reported once
-                    continue
+                    break
                 now = trio.current_time()
                 try:
                     kind, body = link.session.open(data, now)

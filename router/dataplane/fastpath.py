@@ -257,13 +257,13 @@ class FastPath:
 
     def handle_timer(self, now: float) -> None:
         if (self.enabled and self._nursery is not None and not self._polling
-                and now - self._last_poll >= MAC_POLL):
+                and now >= self._last_poll + MAC_POLL):  # get_timer's sums, exactly
             self._last_poll = now
             self._polling = True
             self._nursery.start_soon(self._poll_macs)
         sent = False
         for conn_id, entry in self.entries.items():
-            if now - entry.hello_sent >= fastdp.HELLO_REFRESH:
+            if now >= entry.hello_sent + fastdp.HELLO_REFRESH:
                 self._send_hello(entry, now)
                 sent = True
             fl = entry.fl

@@ -80,10 +80,16 @@ class Host:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.engine.run)
             self.pump()
+            spins, last = 0, -1.0
             while True:
                 mesh_due, engine_due = self.mesh.get_timer(), self.engine.get_timer()
                 self.wake = trio.Event()
                 wake = min((t for t in (mesh_due, engine_due) if t is not None), default=math.inf)
+                # virtual time stands still while anything runs: a timer that stays due
+                # after its handler ran would spin here for ever
+                spins = spins + 1 if wake <= trio.current_time() == last else 0
+                last = trio.current_time()
+                assert spins < 20, f"timers stay due at {last}: mesh {mesh_due} engine {engine_due}"
                 with trio.move_on_at(wake):
                     await self.wake.wait()
                 now = trio.current_time()
