@@ -33,8 +33,8 @@ class TapPort(Protocol):
 
     async def wait_readable(self) -> None: ...
 
-    def read_into(self, buf: bytearray | memoryview) -> int:
-        """One frame into ``buf``; its length. BlockingIOError when none is queued."""
+    def read(self, size: int) -> bytes:
+        """One frame (at most ``size`` bytes). BlockingIOError when none is queued."""
         ...
 
     def write(self, frame: Buffer) -> None: ...
