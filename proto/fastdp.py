@@ -186,6 +186,7 @@ class FastLink:
     next_round: float = 0.0
     rounds: list[_Round] = field(default_factory=list)
     changed: bool = False   # fast or reason moved since the caller last looked
+    hello_overdue: bool = False  # HELLO_WAIT passed without a hello (said so once)
 
     def on_hello(self, hello: Hello, now: float) -> None:
         was = self.remote
@@ -223,15 +224,18 @@ class FastLink:
         return [Probe(r.full, self.mtu), Probe(r.small, SMALL_PROBE)]
 
     def handle_timer(self, now: float) -> None:
-        if self.remote is None and now - self.created >= HELLO_WAIT:
+        # the same sums as get_timer's, so a timer that fired finds its work due
+        if self.remote is None and now >= self.created + HELLO_WAIT:
+            self.hello_overdue = True
             self._set(False, "the peer does not offer the fast path (no hello from it)")
-        while self.rounds and (self.rounds[0].full_ok or now - self.rounds[0].sent >= PROBE_TIMEOUT):
+        while self.rounds and (self.rounds[0].full_ok or now >= self.rounds[0].sent + PROBE_TIMEOUT):
             self._conclude(self.rounds.pop(0))
 
     def get_timer(self) -> float | None:
         times = [r.sent + PROBE_TIMEOUT for r in self.rounds]
         if self.remote is None:
-            times.append(self.created + HELLO_WAIT)
+            if not self.hello_overdue:
+                times.append(self.created + HELLO_WAIT)
         elif self.remote.enabled:
             times.append(self.next_round)
         return min(times) if times else None

@@ -299,9 +299,11 @@ class SleeveSession:
         self._drops[reason] += 1
         return SleeveDrop(reason, detail)
 
-    def open(self, datagram: bytes | bytearray | memoryview, now: float) -> tuple[Kind, bytes]:
+    def open(self, datagram: bytes | bytearray | memoryview,
+             now: float) -> tuple[Kind, bytes | memoryview]:
         """(kind, body) of an authentic, fresh datagram of this connection, else raise
-        SleeveDrop with the reason (counted in ``stats``)."""
+        SleeveDrop with the reason (counted in ``stats``). Without keys the body is a view
+        into ``datagram`` (no copy): keep it no longer than the caller keeps that buffer."""
         try:
             ver, kind, epoch, conn_uid, counter = _HEADER.unpack_from(datagram)
         except struct.error:
@@ -321,8 +323,9 @@ class SleeveSession:
         if not window.check(counter):
             raise self._drop("replay", f"epoch {epoch} counter {counter}")
         aead = slot.aead
+        body: bytes | memoryview
         if aead is None:
-            body = bytes(datagram[HEADER_LEN:])
+            body = memoryview(datagram)[HEADER_LEN:]
         else:
             if len(datagram) < HEADER_LEN + TAG_LEN:
                 raise self._drop("malformed", "no room for the tag")
@@ -392,9 +395,10 @@ class SleeveSession:
         """Erase keys that are due even when no traffic flows (forward secrecy). An idle
         sender rotates once, not once per interval: the key it moves to has sealed
         nothing, so the receiver never has to catch up more than one epoch."""
-        if self._send_counter and now - self._send_started >= self.rekey_interval:
+        # the same sums as get_timer's, so a timer that fired finds its work due
+        if self._send_counter and now >= self._send_started + self.rekey_interval:
             self._rekey_send(now)
-        if self._prev is not None and now - self._cur.started >= self.rekey_interval:
+        if self._prev is not None and now >= self._cur.started + self.rekey_interval:
             self._prev = None
 
 

@@ -16,7 +16,7 @@ Times given to the mesh are trio's monotonic clock; randomness comes from the OS
     dns_driver.py    weftDNS: the record service on the mesh, the server's listeners
     expose_driver.py ``expose`` / ``hide`` with their IPAM addresses and DNS name
     watcher.py       the one loop that notices attached namespaces gone (tells DNS, IPAM)
-    timers.py        the one timer task: the mesh's, IPAM's and DNS's ``get_timer``
+    timers.py        the one timer task: the mesh's, the data plane's, IPAM's and DNS's ``get_timer``
 
 ``_pump`` runs each driver's step (DNS news and claims, IPAM's reachable peers and
 outputs), then the mesh's actions and events, then wakes the writers and the timer task.
@@ -120,17 +120,16 @@ class Router:
         self._stopped = trio.Event()
         self._resetting = False
         self._nursery: trio.Nursery | None = None
-        self._pumping = False
-        self._pump_again = False
         self.connections = Connections(self.mesh, self._pump)
         mtu = config.mtu or overlay_mtu(config)
+        # the data plane never calls the pump: it asks the timer task to look (get_timer)
         self.dataplane = Dataplane(self.mesh, port=config.port, host=config.host, mtu=mtu,
                                    trusted_subnets=config.trusted_subnets, fastdp=config.fastdp,
-                                   on_change=self._pump)
+                                   wake=lambda: self.timers.changed())
         self.mesh.register_channel(FASTDP_CHANNEL, FastdpGossiper(self.dataplane.fast))
         self.attachments = Attachments(datadir, mtu=mtu)
         self.exposer = Exposer(datadir)   # weft expose / hide (router/host/expose.py)
-        self.timers = TimerLoop([self.mesh], self._pump)   # one line per timer source
+        self.timers = TimerLoop([self.mesh, self.dataplane], self._pump)   # one line per timer source
         self.dns: DnsDriver | None = None
         if config.dns:
             self.dns = DnsDriver(DnsService(name, now + wall_offset, wall_offset=wall_offset,
@@ -380,21 +379,9 @@ class Router:
     # --- the pump: carry out what the mesh asked for ------------------------------------
 
     def _pump(self) -> None:
-        if self._pumping:  # called back from inside (the data plane changed the mesh)
-            self._pump_again = True
-            return
-        self._pumping = True
-        try:
-            self._pump_again = True
-            while self._pump_again:
-                self._pump_again = False
-                self._pump_once()
-        finally:
-            self._pumping = False
-
-    def _pump_once(self) -> None:
         mesh = self.mesh
         now = trio.current_time()
+        self.dataplane.drain(now)  # links whose overlay changed: set_overlay first
         if self.dns is not None:
             self.dns.pump()
         if self.ipam is not None:

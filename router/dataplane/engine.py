@@ -1,4 +1,4 @@
-"""The sleeve data plane: TAP device <-> forwarding decision <-> sealed UDP datagrams.
+"""The sleeve data plane: TAP port <-> forwarding decision <-> sealed UDP datagrams.
 
 Theory of operation
 -------------------
@@ -8,28 +8,33 @@ TCP flow reaches us as ~64 KiB *super-frames* each led by a 10-byte virtio-net h
 and we never compute a checksum or cut a segment: the header travels inside the sealed
 datagram and the receiving router writes the frame back to its own TAP unchanged.
 
-Per mesh connection there is a *link*: the peer's UDP address, a ``SleeveSession`` (keys
-from the handshake, separate from the control keys; plain without a password or when both
-ends trust each other's subnet), heartbeats and counters::
+The engine only moves bytes, between two ports (router/dataplane/ports.py: the TAP and the
+UDP socket in production, router/dataplane/doubles.py in tests). Per mesh connection there
+is a *link*: a ``SleeveSession`` (keys from the handshake, separate from the control keys;
+plain without a password or when both ends trust each other's subnet), counters, and a
+``LinkMachine`` (proto/link.py) that decides everything else: heartbeats, trust, up or down
+and why, the path MTU, the peer's current UDP address. The engine seals and sends what the
+machine asks and feeds it what arrives::
 
     TAP readable ─▶ drain reads ─▶ Forwarder.from_local ─▶ per next hop: entries ─▶ seal ─▶ UDP
     UDP readable ─▶ drain recvs ─▶ peek conn_uid ─▶ link ─▶ open (AEAD, replay window)
-                     ─▶ entries ─▶ Forwarder.from_remote ─▶ TAP write and/or relay (reseal)
+                     ─▶ machine.receive ─▶ DATA: entries ─▶ Forwarder.from_remote
+                     ─▶ TAP write and/or relay (reseal)
 
 Each direction waits for readiness once and then drains with non-blocking calls, so a
 burst costs one ``await``, not one per packet. Frames for the same next hop read in one
-drain share a datagram; a super-frame fills one (a large UDP datagram the kernel
-fragments; ``IP_PMTUDISC_DONT``).
+drain share a datagram; a super-frame fills one. A TAP read makes one fresh ``bytes`` (the
+frame waits in its batch until sealed: a reused buffer would cost a copy, and an arena
+cycling through a megabyte measured slower than the allocator's hot 64 KiB chunk); UDP
+reads reuse one buffer, and a plain datagram's frames stay views into it (no copy on open).
 
-A connection counts as established in the topology only once UDP works both ways: the
-dialling side sends heartbeats to the address it dialled, the other side learns the
-dialler's UDP address from them and answers; an answer (HEARTBEAT_ACK) proves both
-directions. Any authenticated datagram from a new address moves the link there (NAT
-rebinding). Silence for ``LINK_TIMEOUT`` takes the connection out of the topology again
-(routes go around it) until heartbeats flow once more.
+Nothing here calls back into the daemon. What the mesh must hear (a link's overlay: ready
+or not, which one, why, its MTU) is decided by ``_decide``, the single writer of
+``link.fast``, from the facts (machine up and clear, the fast path's verdict), and queued;
+the daemon's pump hands it to ``MeshNode.set_overlay`` with ``drain``. ``wake`` only asks the
+daemon's timer task to look again: ``get_timer`` is in the past while news waits, and
+``handle_timer`` runs the machines', sessions' and fast path's timers.
 
-Path MTU: once a link is up, DF-marked probes of decreasing size find the largest IP
-packet that reaches the peer; the overlay MTU of the link is that minus our overheads.
 A frame larger than the link's MTU that carries IPv4 with DF gets an ICMP "fragmentation
 needed" back to the sender; anything else is carried (the kernel fragments the datagram).
 """
@@ -39,9 +44,9 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import math
 import os
 import random
-import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,35 +56,36 @@ import trio
 from weftnet.proto import ethernet, sleeve, sleeve_frag
 from weftnet.proto.errors import RemoteProtocolError
 from weftnet.proto.forwarding import Forwarder
+from weftnet.proto.link import (
+    IP_UDP_OVERHEAD,
+    AddressMoved,
+    LinkMachine,
+    LinkWentDown,
+    LinkWentUp,
+    PathMtuFound,
+    Send,
+)
 from weftnet.proto.mesh import MeshNode, PeerConnected, PeerDisconnected
 from weftnet.proto.peername import describe_peer
 from weftnet.proto.routes import Routes
 from weftnet.proto.sleeve import Kind, SleeveDrop, SleeveSession
 from weftnet.router.dataplane import udpsock
 from weftnet.router.dataplane.fastpath import FastPath
-from weftnet.router.dataplane.tap import Tap
+from weftnet.router.dataplane.ports import Address, ProbePort, TapPort, UdpPort, UdpSocketPort
+from weftnet.router.dataplane.tap import PLAIN_VNET_HDR, Tap
 from weftnet.router.host import netdev
 
 log = logging.getLogger("weft")
 
-HEARTBEAT_FAST = 0.5  # until the link is up
-HEARTBEAT_SLOW = 2.0  # once it is
-LINK_TIMEOUT = 10.0  # no authenticated datagram for this long: the link is down
-NO_ANSWER_AFTER = 3.0  # say why a link is not up yet
-PMTU_REPROBE = 600.0
 DEFAULT_PMTU = 1500  # until probes found the path's
-PROBE_WAIT = 0.5
-PROBE_SIZES = (9000, 1500, 1480, 1460, 1440, 1420, 1400, 1380, 1280, 576)
 DRAIN_BATCH = 512  # datagrams or frames per wake before letting other tasks run
 READ_SIZE = 65536 + 64
-IP_UDP_OVERHEAD = 28
-# inner IP packet -> UDP payload: Ethernet + virtio-net header + entry + sleeve header + tag
-OVERLAY_OVERHEAD = (ethernet.ETH_HLEN + ethernet.VNET_HDR_LEN + sleeve.ENTRY_OVERHEAD
-                    + sleeve.HEADER_LEN + sleeve.TAG_LEN + IP_UDP_OVERHEAD)
+SWEEP_INTERVAL = 0.5  # expired MACs and fragments are looked for at most this often
 ENTRY_VNET = sleeve.FLAG_VNET
 ENTRY_RELAY_ONLY = sleeve.FLAG_RELAY_ONLY
 GROUP_BIT = 0x010000000000  # of a MAC as an int: broadcast or multicast
-HB_FLAG_TRUST = 1  # "I trust your underlay address: send to me in the clear if you trust me"
+
+Overlay = tuple[bool, str | None, str, int | None]  # ready, overlay, reason, mtu
 
 
 @dataclass(slots=True)
@@ -97,7 +103,7 @@ class Counters:
                 "datagrams_in": self.datagrams_in, "datagrams_out": self.datagrams_out}
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Link:
     """The data plane's side of one mesh connection."""
 
@@ -109,29 +115,20 @@ class Link:
     remote_address: str
     session: SleeveSession  # keyed (or plain without a password)
     plain: SleeveSession  # used for DATA when both ends trust each other
-    created: float
-    we_trust: bool
-    they_trust: bool = False
-    udp_addr: tuple[str, int] | None = None
-    last_rx: float | None = None
-    last_hb: float = -1e9
-    acked: bool = False  # our heartbeat was answered: UDP works both ways
-    up: bool = False  # what we last told the mesh
-    down_reason: str = ""  # why not up, as last told (said again only when it changes)
-    mtu: int | None = None
-    pmtu: int | None = None
-    next_probe: float = 0.0
-    probing: bool = False
-    fast: bool = False  # the kernel VXLAN carries this peer's traffic (router/dataplane/fastpath.py)
+    machine: LinkMachine
+    fast: bool = False  # the kernel VXLAN carries this peer's traffic: written by _decide only
+    published: Overlay | None = None  # what the mesh was (or is about to be) told
+    probe: ProbePort | None = None  # open while the machine probes the path MTU
+    probe_addr: Address | None = None
     counters: Counters = field(default_factory=Counters)
 
     @property
     def clear(self) -> bool:
         """DATA travels unencrypted (both ends trust each other, or no password at all)."""
-        return not self.session.encrypted or (self.we_trust and self.they_trust)
+        return self.machine.clear
 
     def data_session(self) -> SleeveSession:
-        return self.plain if self.session.encrypted and self.clear else self.session
+        return self.plain if self.session.encrypted and self.machine.clear else self.session
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -139,26 +136,31 @@ def _split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _noop() -> None:
+    return None
+
+
 class Dataplane:
-    """Owns the bridge's TAP port, the UDP socket and one Link per mesh connection."""
+    """Owns the bridge's TAP port, the UDP port and one Link per mesh connection."""
 
     def __init__(self, mesh: MeshNode, *, port: int, host: str, mtu: int,
                  trusted_subnets: Iterable[str], fastdp: bool,
-                 on_change: Callable[[], None]) -> None:
+                 wake: Callable[[], None] = _noop, rng: random.Random | None = None) -> None:
         self.mesh = mesh
         self.port = port
         self.host = host
         self.mtu = mtu
         self.trusted = [ipaddress.ip_network(s, strict=False) for s in trusted_subnets]
-        self._on_change = on_change  # the router pumps the mesh after we change it
+        self._wake = wake  # asks the daemon's timer task to look at get_timer again
+        self._rng = rng if rng is not None else random.Random(os.urandom(16))
         self.me = mesh.config.name
         self.forwarder = Forwarder(self.me)
         self.links: dict[int, Link] = {}  # by conn_id
         self._by_uid: dict[int, Link] = {}
         self._by_peer: dict[int, Link] = {}
         self._routes: Routes | None = None
-        self.tap: Tap | None = None
-        self.sock: socket.socket | None = None
+        self.tap: TapPort | None = None
+        self.udp: UdpPort | None = None
         self.drops: dict[str, int] = {}
         self._pending: dict[int, list[tuple[int, int, int, Any]]] = {}
         self._pending_size: dict[int, int] = {}
@@ -167,47 +169,56 @@ class Dataplane:
         self._rx_view = memoryview(self._rx)
         self._nursery: trio.Nursery | None = None
         self._reassembler = sleeve_frag.Reassembler()
-        self._msg_id = int.from_bytes(os.urandom(4), "big")
-        self._gro = False
+        self._last_sweep = -math.inf  # of incomplete fragmented messages
+        self._mac_sweep = -math.inf  # of expired MACs
+        self._msg_id = self._rng.getrandbits(32)
+        self._unpublished: set[int] = set()  # conn_ids whose overlay the mesh must hear
+        self._news = False  # something for the pump: get_timer says "now"
+        self._armed = math.inf  # the deadline get_timer last gave the daemon
         self.fast = FastPath(mesh, enabled=fastdp,
                              disabled_reason="" if fastdp else "fast path disabled (--no-fastdp)",
-                             port=port + 1, mtu=mtu, links=lambda: list(self.links.values()),
-                             publish=self._publish, pump=on_change,
-                             rng=random.Random(os.urandom(16)))
+                             port=port + 1, mtu=mtu, wake=self._notify,
+                             rng=random.Random(self._rng.getrandbits(64)))
 
     # --- life cycle -------------------------------------------------------------------
 
-    def open(self) -> None:
-        """Create (or adopt) the bridge and our TAP port, and bind the UDP socket."""
-        netdev.ensure_bridge(self.mtu)
-        self.tap = Tap.open(netdev.TAP, bridge=netdev.BRIDGE, mtu=self.mtu)
-        try:
-            self.sock = udpsock.open_udp(self.port, self.host)
-            self._gro = udpsock.enable_gro(self.sock)
-        except OSError as exc:
-            self.tap.close()
-            raise OSError(exc.errno, f"cannot listen on UDP port {self.port}: "
-                          f"{exc.strerror or exc}") from None
+    def open(self, tap: TapPort | None = None, udp: UdpPort | None = None) -> None:
+        """Take the ports given, or create (or adopt) the bridge and our TAP port and bind
+        the UDP socket."""
+        if tap is None:
+            netdev.ensure_bridge(self.mtu)
+            tap = Tap.open(netdev.TAP, bridge=netdev.BRIDGE, mtu=self.mtu)
+        if udp is None:
+            try:
+                sock = udpsock.open_udp(self.port, self.host)
+                udp = UdpSocketPort(sock, udpsock.enable_gro(sock))
+            except OSError as exc:
+                tap.close()
+                raise OSError(exc.errno, f"cannot listen on UDP port {self.port}: "
+                              f"{exc.strerror or exc}") from None
+        self.tap, self.udp = tap, udp
         self.fast.open()
         log.info("sleeve data plane on UDP port %d, TAP %s (offloads: %s), MTU %d", self.port,
-                 self.tap.name, ",".join(sorted(self.tap.offloads)) or "none", self.mtu)
+                 tap.name, ",".join(sorted(tap.offloads)) or "none", self.mtu)
 
     def close(self) -> None:
         self.fast.close()
-        if self.sock is not None:
-            self.sock.close()
+        for link in self.links.values():
+            self._close_probe(link)
+        if self.udp is not None:
+            self.udp.close()
         if self.tap is not None:
             self.tap.close()
 
     async def run(self) -> None:
+        assert self.tap is not None and self.udp is not None, "open() first"
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._tap_loop)
-            nursery.start_soon(self._udp_loop)
-            nursery.start_soon(self._tick_loop)
+            nursery.start_soon(self._tap_loop, self.tap)
+            nursery.start_soon(self._udp_loop, self.udp)
             nursery.start_soon(self.fast.run)
 
-    # --- what the mesh tells us -------------------------------------------------------
+    # --- what the mesh tells us, and what we tell it --------------------------------------
 
     def peer_connected(self, event: PeerConnected, now: float) -> None:
         keys = event.sleeve_keys
@@ -216,20 +227,21 @@ class Dataplane:
                                 send_key=keys.sleeve_send if keys else None,
                                 recv_key=keys.sleeve_recv if keys else None, now=now)
         plain = SleeveSession(conn_uid=event.conn_uid, send_key=None, recv_key=None, now=now)
+        machine = LinkMachine(
+            me=self.me, uid=self.mesh.config.uid, mtu=self.mtu, port=self.port,
+            we_trust=self._trusts(host), encrypted=session.encrypted,
+            # the control port is the sleeve port too; the inbound side learns the address
+            addr=(host, port) if event.outbound else None, now=now, rng=self._rng)
         link = Link(conn_id=event.conn_id, peer=event.peer.name, nickname=event.peer.nickname,
                     conn_uid=event.conn_uid, outbound=event.outbound,
                     remote_address=event.remote_address, session=session, plain=plain,
-                    created=now, we_trust=self._trusts(host))
-        if event.outbound:
-            link.udp_addr = (host, port)  # the control port is the sleeve port too
+                    machine=machine)
         old = self.links.pop(event.conn_id, None)
         if old is not None:
             self._unindex(old)
         self.links[event.conn_id] = link
         self._by_uid[event.conn_uid] = link
-        self._send_heartbeat(link, now)
-        self._link_down(link, "waiting for the peer's UDP heartbeat"
-                        if not event.outbound else "no answer to UDP heartbeats yet")
+        self._service(link, now)
 
     def peer_disconnected(self, event: PeerDisconnected) -> None:
         link = self.links.pop(event.conn_id, None)
@@ -241,6 +253,9 @@ class Dataplane:
             del self._by_uid[link.conn_uid]
         if self._by_peer.get(link.peer) is link:
             del self._by_peer[link.peer]
+        self._close_probe(link)
+        self.fast.forget(link.conn_id)
+        self._unpublished.discard(link.conn_id)
 
     def routes_changed(self) -> None:
         routes = self.mesh.routes
@@ -253,6 +268,26 @@ class Dataplane:
             for peer in set(old.unicast) - set(routes.unicast):
                 self.forwarder.forget_peer(peer)
 
+    def drain(self, now: float) -> None:
+        """Tell the mesh each changed link's overlay (the daemon's pump calls this first)."""
+        self._news = False
+        for conn_id in self.fast.take_moved():
+            link = self.links.get(conn_id)
+            if link is not None:
+                self._decide(link, now)
+        self._news = False  # what _decide queued is published right here
+        for conn_id in sorted(self._unpublished):
+            link = self.links.get(conn_id)
+            if link is None or link.published is None:
+                continue
+            ready, overlay, reason, mtu = link.published
+            self.mesh.set_overlay(conn_id, ready=ready, overlay=overlay, reason=reason, mtu=mtu)
+        self._unpublished.clear()
+
+    def _notify(self) -> None:
+        self._news = True
+        self._wake()
+
     def _trusts(self, host: str) -> bool:
         try:
             ip = ipaddress.ip_address(host)
@@ -260,31 +295,23 @@ class Dataplane:
             return False
         return any(ip in net for net in self.trusted)
 
-    def _link_up(self, link: Link) -> None:
-        """UDP works both ways: the connection may join the topology."""
-        link.up = True
-        self._by_peer[link.peer] = link
-        self._publish(link)
-
-    def _link_down(self, link: Link, reason: str) -> None:
-        """The link cannot carry traffic (``reason`` says why): out of the topology."""
-        link.fast = False
-        if not link.up and link.down_reason == reason:
-            return
-        link.up, link.down_reason = False, reason
-        if self._by_peer.get(link.peer) is link:
-            del self._by_peer[link.peer]
-        self.mesh.set_overlay(link.conn_id, ready=False, overlay=None, reason=reason, mtu=link.mtu)
-        self._on_change()
-
-    def _publish(self, link: Link) -> None:
-        """Tell the mesh which overlay an up link uses, why, and its MTU."""
-        if not link.up:
-            return
-        self.mesh.set_overlay(link.conn_id, ready=True, overlay="fastdp" if link.fast else "sleeve",
-                              reason=self._overlay_reason(link),
-                              mtu=self.mtu if link.fast else link.mtu)
-        self._on_change()
+    def _decide(self, link: Link, now: float) -> None:
+        """The one writer of ``link.fast`` and of what the mesh hears about the link."""
+        m = link.machine
+        eligible = m.up and m.clear
+        self.fast.follow(link.conn_id, link.peer, link.nickname,
+                         m.udp_addr[0] if m.udp_addr is not None else None, eligible, now)
+        link.fast = fast = eligible and self.fast.carries(link.conn_id)
+        overlay: Overlay
+        if m.up:
+            overlay = (True, "fastdp" if fast else "sleeve", self._overlay_reason(link),
+                       self.mtu if fast else m.mtu)
+        else:
+            overlay = (False, None, m.down_reason, m.mtu)
+        if overlay != link.published:
+            link.published = overlay
+            self._unpublished.add(link.conn_id)
+            self._notify()
 
     def _overlay_reason(self, link: Link) -> str:
         if link.fast:
@@ -295,148 +322,166 @@ class Dataplane:
             why = "sleeve in the clear: both ends trust each other's subnet"
         else:
             why = "encrypted sleeve"
-        return f"{why}; {self.fast.why_not(link)}"
+        return f"{why}; {self.fast.why_not(link.conn_id, link.clear)}"
 
-    # --- heartbeats, timeouts, path MTU ------------------------------------------------
+    # --- the link machines: their outputs, their timers ---------------------------------
 
-    async def _tick_loop(self) -> None:
-        while True:
-            await trio.sleep(0.25)
-            self.tick(trio.current_time())
+    def _service(self, link: Link, now: float) -> None:
+        """Send what the link's machine asks and act on its events."""
+        m = link.machine
+        while sends := m.datagrams_to_send():
+            for send in sends:
+                if send.probe_id is None:
+                    self._send(link, link.session.seal(send.kind, send.body, now), send.addr)
+                else:
+                    self._send_probe(link, send, now)
+        moved = False
+        while (event := m.next_event()) is not None:
+            moved = True
+            if isinstance(event, LinkWentUp):
+                self._by_peer[link.peer] = link
+            elif isinstance(event, LinkWentDown):
+                if self._by_peer.get(link.peer) is link:
+                    del self._by_peer[link.peer]
+                if event.silent is not None:
+                    log.warning("no UDP from %s for %.0fs: connection unusable until it answers",
+                                describe_peer(link.peer, link.nickname), event.silent)
+            elif isinstance(event, AddressMoved):
+                if event.old is not None:
+                    log.info("%s now sends from %s:%d",
+                             describe_peer(link.peer, link.nickname), *event.new)
+            elif isinstance(event, PathMtuFound):
+                log.info("path MTU to %s is %d: overlay MTU %d",
+                         describe_peer(link.peer, link.nickname), event.pmtu, event.mtu)
+        if link.probe is not None and not m.probing:
+            self._close_probe(link)
+        if moved:
+            self._decide(link, now)
+        due = m.get_timer()
+        if due is not None and due < self._armed:
+            self._wake()
 
-    def tick(self, now: float) -> None:
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` has work; in the past while news waits for the pump."""
+        if self._news or self.fast.moved:
+            due = -math.inf
+        else:
+            times = [self.fast.get_timer(), self._mac_timer()]
+            for link in self.links.values():
+                times += (link.machine.get_timer(), link.session.get_timer(),
+                          link.plain.get_timer())
+            if len(self._reassembler):
+                times.append(self._last_sweep + SWEEP_INTERVAL)
+            due = min((t for t in times if t is not None), default=math.inf)
+        self._armed = due
+        return None if due == math.inf else due
+
+    def handle_timer(self, now: float) -> None:
+        self._armed = math.inf  # the daemon asks get_timer again after this
         for link in list(self.links.values()):
-            interval = HEARTBEAT_SLOW if link.acked else HEARTBEAT_FAST
-            if now - link.last_hb >= interval:
-                self._send_heartbeat(link, now)
-            silent = now - (link.last_rx if link.last_rx is not None else link.created)
-            if link.up and silent >= LINK_TIMEOUT:
-                link.acked = False
-                log.warning("no UDP from %s for %.0fs: connection unusable until it answers",
-                            describe_peer(link.peer, link.nickname), silent)
-                self._link_down(link, f"no UDP heartbeat from the peer for "
-                                f"{silent:.0f}s (is UDP port {self.port} blocked?)")
-            elif not link.up and silent >= NO_ANSWER_AFTER and link.last_rx is None:
-                self._link_down(link, f"no UDP heartbeat from the peer for {silent:.0f}s "
-                                f"(is UDP port {self.port} blocked?)")
-            if link.up and not link.probing and now >= link.next_probe:
-                link.probing = True
-                assert self._nursery is not None
-                self._nursery.start_soon(self._probe_pmtu, link)
+            due = link.machine.get_timer()
+            if due is not None and due <= now:
+                link.machine.handle_timer(now)
+                self._service(link, now)
             link.session.handle_timer(now)  # erase old keys while idle (forward secrecy)
             link.plain.handle_timer(now)
-        self.forwarder.expire(now)
-        lost = self._reassembler.expire(now)
-        if lost:
-            self._drop("incomplete message", lost)
+        self.fast.handle_timer(now)
+        due = self._mac_timer()
+        if due is not None and due <= now:
+            self._mac_sweep = now
+            self.forwarder.expire(now)
+        if len(self._reassembler) and now >= self._last_sweep + SWEEP_INTERVAL:
+            self._last_sweep = now
+            lost = self._reassembler.expire(now)
+            if lost:
+                self._drop("incomplete message", lost)
 
-    def _send_heartbeat(self, link: Link, now: float) -> None:
-        if link.udp_addr is None:
-            return
-        link.last_hb = now
-        body = sleeve.encode_heartbeat(self.me, self.mesh.config.uid, 0, self.mtu,
-                                       flags=HB_FLAG_TRUST if link.we_trust else 0)
-        self._send(link, link.session.seal(Kind.HEARTBEAT, body, now), link.udp_addr)
+    def _mac_timer(self) -> float | None:
+        """When to sweep expired MACs: when the oldest expires, but never twice within a
+        SWEEP_INTERVAL (its expiry test may round the other way at the very deadline)."""
+        due = self.forwarder.get_timer()
+        return None if due is None else max(due, self._mac_sweep + SWEEP_INTERVAL)
 
-    def _on_heartbeat(self, link: Link, kind: Kind, body: bytes, addr: tuple[str, int],
-                      now: float) -> None:
-        hb = sleeve.decode_heartbeat(body)
-        trust = bool(hb.flags & HB_FLAG_TRUST)
-        if trust != link.they_trust:
-            link.they_trust = trust
-        if kind is Kind.HEARTBEAT:
-            reply = sleeve.encode_heartbeat(self.me, self.mesh.config.uid, hb.nonce, self.mtu,
-                                            flags=HB_FLAG_TRUST if link.we_trust else 0)
-            self._send(link, link.session.seal(Kind.HEARTBEAT_ACK, reply, now), addr)
-            if not link.acked and now - link.last_hb >= HEARTBEAT_FAST / 2:
-                self._send_heartbeat(link, now)  # the inbound side answers with its own at once
-        else:
-            if not link.acked:
-                link.acked = True
-                link.next_probe = now
-            if not link.up:
-                link.mtu = link.mtu or self.mtu
-                self._link_up(link)
+    # --- path MTU probes: a DF port per link while it probes --------------------------------
 
-    async def _probe_pmtu(self, link: Link) -> None:
-        """Find the largest DF packet that reaches the peer; the link's MTU follows."""
-        try:
-            addr = link.udp_addr
-            if addr is None:
+    def _send_probe(self, link: Link, send: Send, now: float) -> None:
+        m = link.machine
+        assert send.probe_id is not None and self.udp is not None
+        if link.probe is None or link.probe_addr != send.addr:
+            self._close_probe(link)
+            if self._nursery is None:
+                m.probe_send_failed(send.probe_id, now, None)
                 return
             try:
-                probe = udpsock.probe_sender(addr)
+                probe = self.udp.open_probe(send.addr)
             except OSError as exc:
-                log.debug("cannot probe the path to %s: %s", addr, exc)
+                log.debug("cannot probe the path to %s: %s", send.addr, exc)
+                m.probe_send_failed(send.probe_id, now, None)
                 return
-            with probe:
-                route = udpsock.route_mtu(probe)
-                found = None
-                for size in sorted({s for s in PROBE_SIZES if s <= route} | {route}, reverse=True):
-                    if await self._probe_once(link, probe, size):
-                        found = size
-                        break
-            if found is not None and found != link.pmtu:
-                link.pmtu = found
-                link.mtu = min(self.mtu, found - OVERLAY_OVERHEAD)
-                log.info("path MTU to %s is %d: overlay MTU %d",
-                         describe_peer(link.peer, link.nickname), found, link.mtu)
-                self._publish(link)
-        finally:
-            link.probing = False
-            link.next_probe = trio.current_time() + PMTU_REPROBE
-
-    async def _probe_once(self, link: Link, probe: socket.socket, size: int) -> bool:
-        now = trio.current_time()
-        body_size = size - IP_UDP_OVERHEAD - sleeve.HEADER_LEN - (
-            sleeve.TAG_LEN if link.session.encrypted else 0)
-        probe_id = int.from_bytes(os.urandom(4), "big")
-        datagram = link.session.seal(Kind.PROBE, sleeve.encode_probe(probe_id, body_size), now)
+            link.probe, link.probe_addr = probe, send.addr
+            self._nursery.start_soon(self._probe_loop, link, probe)
+        route: int | None = None
         try:
-            probe.send(datagram)
+            link.probe.send(link.session.seal(send.kind, send.body, now))
+            return
         except OSError as exc:
             if exc.errno == errno.EMSGSIZE:
-                return False
-            raise
-        with trio.move_on_after(PROBE_WAIT):
-            while True:
-                await trio.lowlevel.wait_readable(probe)
+                try:
+                    route = link.probe.route_mtu()
+                except OSError:
+                    route = None
+        m.probe_send_failed(send.probe_id, now, route)
+
+    def _close_probe(self, link: Link) -> None:
+        probe, link.probe, link.probe_addr = link.probe, None, None
+        if probe is not None:
+            probe.close()
+
+    async def _probe_loop(self, link: Link, probe: ProbePort) -> None:
+        """Answers to one link's probes (they come back to the probe port's own address)."""
+        while link.probe is probe:
+            try:
+                await probe.wait_readable()
+            except (trio.ClosedResourceError, OSError):
+                return
+            while link.probe is probe:
                 try:
                     data = probe.recv(2048)
                 except BlockingIOError:
-                    continue
-                except OSError:
-                    return False
+                    break
+                except OSError:  # e.g. ICMP port unreachable, reported once
+                    break
+                now = trio.current_time()
                 try:
-                    kind, body = link.session.open(data, trio.current_time())
-                    got_id, _ = sleeve.decode_probe(body)
+                    kind, body = link.session.open(data, now)
+                    if kind is Kind.PROBE_ACK and link.probe_addr is not None:
+                        link.machine.receive(kind, body, link.probe_addr, now)
                 except RemoteProtocolError:
                     continue
-                if kind is Kind.PROBE_ACK and got_id == probe_id:
-                    return True
-        return False
+                self._service(link, now)
 
     # --- TAP -> UDP ---------------------------------------------------------------------
 
-    async def _tap_loop(self) -> None:
-        assert self.tap is not None
-        fd = self.tap.fileno()
+    async def _tap_loop(self, tap: TapPort) -> None:
         while True:
-            await trio.lowlevel.wait_readable(fd)
-            while self._drain_tap(fd):
+            await tap.wait_readable()
+            while self._drain_tap(tap):
                 await trio.sleep(0)
 
-    def _drain_tap(self, fd: int) -> bool:
+    def _drain_tap(self, tap: TapPort) -> bool:
         """Read what the TAP has (up to a batch); True if there may be more."""
         now = trio.current_time()
         fwd = self.forwarder
-        vnet = ethernet.VNET_HDR_LEN if self.tap is not None and self.tap.vnet_hdr else 0
+        vnet = ethernet.VNET_HDR_LEN if tap.vnet_hdr else 0
         flags = ENTRY_VNET if vnet else 0
+        shortest = vnet + ethernet.ETH_HLEN
         me = self.me
+        by_peer = self._by_peer
+        read = tap.read
         more = True
         for _ in range(DRAIN_BATCH):
             try:
-                frame = os.read(fd, READ_SIZE)
+                frame = read(READ_SIZE)
             except BlockingIOError:
                 more = False
                 break
@@ -444,7 +489,8 @@ class Dataplane:
                 self._drop(f"tap read error: {exc.strerror}")
                 more = False
                 break
-            if len(frame) < vnet + ethernet.ETH_HLEN:
+            n = len(frame)
+            if n < shortest:
                 self._drop("malformed")
                 continue
             dst, src = ethernet.macs(frame, vnet)
@@ -453,11 +499,12 @@ class Dataplane:
                 self._drop(sends)
                 continue
             for hop, dst_peer in sends:
-                link = self._by_peer.get(hop)
+                link = by_peer.get(hop)
                 if link is None:
                     self._drop("no route")
                     continue
-                if link.mtu is not None and self._too_big(frame, vnet, link.mtu):
+                mtu = link.machine.mtu
+                if mtu is not None and n - shortest > mtu and self._too_big(tap, frame, vnet, mtu):
                     continue
                 if link.fast and dst & GROUP_BIT:
                     self._queue(link, (me, dst_peer, flags | ENTRY_RELAY_ONLY, frame))
@@ -466,8 +513,9 @@ class Dataplane:
         self._flush(now)
         return more
 
-    def _too_big(self, frame: bytes, vnet: int, mtu: int) -> bool:
-        """A frame whose IP packets exceed the link MTU: ICMP back if DF, else carry it."""
+    def _too_big(self, tap: TapPort, frame: bytes, vnet: int, mtu: int) -> bool:
+        """A frame whose IP packets exceed the link MTU: ICMP back if DF, else carry it.
+        Only called for a frame longer than the MTU (its segments may still fit)."""
         if vnet:
             hdr = ethernet.VnetHeader.decode(frame, 0)
             size = ethernet.segment_size(hdr, len(frame) - vnet, frame, vnet) - ethernet.ETH_HLEN
@@ -475,17 +523,17 @@ class Dataplane:
             size = len(frame) - ethernet.ETH_HLEN
         if size <= mtu:
             return False
-        plain = bytes(frame[vnet:]) if vnet else frame
-        reply = ethernet.frag_needed_reply(plain, mtu, size)
+        reply = ethernet.frag_needed_reply(memoryview(frame)[vnet:], mtu, size)
         if reply is None:
             return False  # no DF (or not IPv4): the kernel fragments the datagram
         self._drop("too big")
-        if self.tap is not None:
-            out = (bytes(ethernet.VNET_HDR_LEN) + reply) if vnet else reply
-            try:
-                self.tap.write(out)
-            except OSError:
-                pass
+        try:
+            if vnet:
+                tap.writev((PLAIN_VNET_HDR, reply))
+            else:
+                tap.write(reply)
+        except OSError:
+            pass
         return True
 
     def _queue(self, link: Link, entry: tuple[int, int, int, Any]) -> None:
@@ -518,24 +566,26 @@ class Dataplane:
     def _flush_link(self, link: Link, now: float) -> None:
         entries = self._pending.pop(link.conn_id, None)
         self._pending_size.pop(link.conn_id, None)
-        if not entries or link.udp_addr is None:
+        addr = link.machine.udp_addr
+        if not entries or addr is None:
             return
         body = sleeve.encode_entries(entries)
-        self._send(link, link.data_session().seal(Kind.DATA, body, now), link.udp_addr)
+        self._send(link, link.data_session().seal(Kind.DATA, body, now), addr)
 
-    def _send(self, link: Link, datagram: bytes, addr: tuple[str, int]) -> None:
+    def _send(self, link: Link, datagram: bytes, addr: Address) -> None:
         """One sealed message: a datagram if it fits the path, else our own fragments in
         one GSO send (see proto/sleeve_frag.py for why not IP fragmentation)."""
-        assert self.sock is not None
-        seg = (link.pmtu or DEFAULT_PMTU) - IP_UDP_OVERHEAD
+        udp = self.udp
+        assert udp is not None
+        seg = (link.machine.pmtu or DEFAULT_PMTU) - IP_UDP_OVERHEAD
         try:
             if len(datagram) <= seg or len(datagram) > sleeve_frag.max_message(seg):
-                self.sock.sendto(datagram, addr)
+                udp.sendto(datagram, addr)
                 link.counters.datagrams_out += 1
             else:
                 self._msg_id = (self._msg_id + 1) & 0xFFFFFFFF
                 buf = sleeve_frag.fragment(datagram, seg, self._msg_id)
-                udpsock.send_segments(self.sock, buf, seg, addr)
+                udp.send_segments(buf, seg, addr)
                 link.counters.datagrams_out += sleeve_frag.fragment_count(len(datagram), seg)
         except BlockingIOError:
             self._drop("send buffer full")
@@ -547,26 +597,21 @@ class Dataplane:
 
     # --- UDP -> TAP ---------------------------------------------------------------------
 
-    async def _udp_loop(self) -> None:
-        assert self.sock is not None
-        sock = self.sock
+    async def _udp_loop(self, udp: UdpPort) -> None:
         while True:
-            await trio.lowlevel.wait_readable(sock)
-            while self._drain_udp(sock):
+            await udp.wait_readable()
+            while self._drain_udp(udp):
                 await trio.sleep(0)
 
-    def _drain_udp(self, sock: socket.socket) -> bool:
+    def _drain_udp(self, udp: UdpPort) -> bool:
         now = trio.current_time()
         view = self._rx_view
         rx = self._rx
+        recv_into = udp.recv_into
         more = True
         for _ in range(DRAIN_BATCH):
             try:
-                if self._gro:
-                    n, seg, addr = udpsock.recv_batch(sock, rx)
-                else:
-                    n, addr = sock.recvfrom_into(rx)
-                    seg = None
+                n, seg, addr = recv_into(rx)
             except BlockingIOError:
                 more = False
                 break
@@ -586,7 +631,7 @@ class Dataplane:
         self._flush(now)
         return more
 
-    def _receive(self, data: memoryview, addr: tuple[str, int], now: float) -> None:
+    def _receive(self, data: memoryview, addr: Address, now: float) -> None:
         if sleeve_frag.is_fragment(data):
             try:
                 message = self._reassembler.add(addr, data, now)
@@ -598,7 +643,7 @@ class Dataplane:
             data = memoryview(message)
         self._datagram(data, addr, now)
 
-    def _datagram(self, data: memoryview, addr: tuple[str, int], now: float) -> None:
+    def _datagram(self, data: memoryview, addr: Address, now: float) -> None:
         try:
             kind, _epoch, conn_uid, _counter = sleeve.peek(data)
         except RemoteProtocolError:
@@ -618,36 +663,33 @@ class Dataplane:
             self._drop("malformed")
             return
         link.counters.datagrams_in += 1
-        link.last_rx = now
-        if kind is not Kind.PROBE and kind is not Kind.PROBE_ACK and link.udp_addr != addr:
-            if link.udp_addr is not None:
-                log.info("%s now sends from %s:%d", describe_peer(link.peer, link.nickname), *addr)
-            link.udp_addr = addr  # learnt, or NAT rebinding: authenticated, so follow it
-        try:
-            if kind is Kind.DATA:
+        if kind is Kind.DATA:
+            if link.machine.receive(kind, body, addr, now):
+                self._service(link, now)  # it moved: any authenticated datagram says where
+            try:
                 self._on_data(link, body, now)
-            elif kind is Kind.HEARTBEAT or kind is Kind.HEARTBEAT_ACK:
-                self._on_heartbeat(link, kind, body, addr, now)
-            elif kind is Kind.PROBE:
-                probe_id, _ = sleeve.decode_probe(body)
-                self._send(link, link.session.seal(Kind.PROBE_ACK,
-                                                   sleeve.encode_probe(probe_id, 8), now), addr)
+            except RemoteProtocolError:
+                self._drop("malformed")
+            return
+        try:
+            link.machine.receive(kind, body, addr, now)
         except RemoteProtocolError:
             self._drop("malformed")
+        self._service(link, now)
 
-    def _on_data(self, link: Link, body: bytes, now: float) -> None:
-        if not link.up:
+    def _on_data(self, link: Link, body: bytes | memoryview, now: float) -> None:
+        if not link.machine.up:
             self._drop("link not up")
             return
         fwd = self.forwarder
         tap = self.tap
         assert tap is not None
         vnet = tap.vnet_hdr
+        # a plain body is a view into the receive buffer, which the next datagram reuses:
+        # relays (sealed after the drain) keep a copy; a decrypted body is ours to keep
+        borrowed = isinstance(body, memoryview) and body.obj is self._rx
         for src_peer, dst_peer, flags, frame in sleeve.decode_entries(body):
             off = ethernet.VNET_HDR_LEN if flags & ENTRY_VNET else 0
-            if len(frame) < off + ethernet.ETH_HLEN:
-                self._drop("malformed")
-                continue
             dst, src = ethernet.macs(frame, off)
             verdict = fwd.from_remote(src_peer, dst_peer, dst, src, now)
             if isinstance(verdict, str):
@@ -663,7 +705,7 @@ class Dataplane:
                     if vnet == bool(off):
                         tap.write(frame)
                     elif vnet:
-                        tap.write(bytes(ethernet.VNET_HDR_LEN) + bytes(frame))
+                        tap.writev((PLAIN_VNET_HDR, frame))
                     else:
                         tap.write(frame[off:])
                 except OSError as exc:
@@ -673,20 +715,20 @@ class Dataplane:
                 if out is None:
                     self._drop("no route")
                     continue
-                self._queue(out, (src_peer, relay_dst, flags, bytes(frame)))
+                self._queue(out, (src_peer, relay_dst, flags, bytes(frame) if borrowed else frame))
 
     # --- report -----------------------------------------------------------------------------
 
     def connection_report(self, address: str, outbound: bool) -> dict[str, Any] | None:
         for link in self.links.values():
             if link.remote_address == address and link.outbound == outbound:
+                addr = link.machine.udp_addr
                 return {
-                    "udp_address": (f"{link.udp_addr[0]}:{link.udp_addr[1]}"
-                                    if link.udp_addr else None),
-                    "heartbeat_answered": link.acked,
+                    "udp_address": f"{addr[0]}:{addr[1]}" if addr else None,
+                    "heartbeat_answered": link.machine.up,
                     "encrypted_data": not link.clear,
                     "fastdp": link.fast,
-                    "path_mtu": link.pmtu,
+                    "path_mtu": link.machine.pmtu,
                     "epoch": link.session.epoch_send,
                     **link.counters.as_dict(),
                 }

@@ -1,7 +1,8 @@
 """The fast path's shell: drives proto/fastdp.py's FastLinks over the kernel's VXLAN.
 
 Per sleeve link that is up and carries traffic in the clear, a ``FastLink`` decides from
-probes whether the VXLAN works to that peer. This module does the I/O around it:
+probes whether the VXLAN works to that peer. The engine says which links qualify
+(``follow``); this module does the I/O around them:
 
 * the VXLAN device and its forwarding entries (router/dataplane/vxlan.py, netlink in a worker
   thread: reprogramming takes milliseconds and the data path must not stall meanwhile);
@@ -11,11 +12,13 @@ probes whether the VXLAN works to that peer. This module does the I/O around it:
   ``MAC_POLL`` seconds, sent to each direct peer when they change and every
   ``HELLO_REFRESH`` seconds.
 
-A link's ``fast`` flag (what the data plane acts on) is raised only once the peer's flood
-entry is programmed, and dropped at once when the FastLink falls; the data plane then
-marks broadcasts it sends over sleeve to a fast peer "relay only" (the VXLAN delivered
-them already). Without ``--no-fastdp`` but with no VXLAN (device refused, port taken),
-the router runs on sleeve alone and says why.
+Nothing here writes the engine's state: ``carries(conn_id)`` is the fact the engine's
+single writer of ``link.fast`` reads (the FastLink is fast *and* the peer's flood entry is
+programmed), and ``take_moved`` names the links whose fact may have moved. Timers are the
+engine's (``get_timer``/``handle_timer``); what finishes in a worker thread, and messages
+for the mesh, are announced with ``wake`` (which only schedules the daemon's pump). Without
+``--no-fastdp`` but with no VXLAN (device refused, port taken), the router runs on sleeve
+alone and says why.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import random
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -39,12 +42,9 @@ from weftnet.proto.peername import PeerName, describe_peer
 from weftnet.router.dataplane import vxlan
 from weftnet.router.host.netdev import VXLAN, NetdevError
 
-if TYPE_CHECKING:
-    from weftnet.router.dataplane.engine import Link
-
 log = logging.getLogger("weft")
 
-TICK = 0.5
+SYNC_RETRY = 0.5  # after netlink refused an entry
 MAC_POLL = 1.0
 
 Tables = tuple[dict[str, str], set[str], set[str]]  # VXLAN entries, bridge entries, flood
@@ -52,9 +52,17 @@ Tables = tuple[dict[str, str], set[str], set[str]]  # VXLAN entries, bridge entr
 
 @dataclass(slots=True)
 class _Entry:
-    link: Link
+    """One link the fast path follows: what it needs of the engine's link, and its FastLink."""
+
+    peer: PeerName
+    nickname: str
+    ip: str | None                 # the peer's underlay address (its sleeve address)
     fl: FastLink | None            # None: we do not offer the fast path (hello says why)
     hello_sent: float = -1e9
+
+
+def _noop() -> None:
+    return None
 
 
 @dataclass(slots=True)
@@ -64,11 +72,9 @@ class FastPath:
     disabled_reason: str
     port: int                      # the VXLAN's UDP port (sleeve port + 1)
     mtu: int
-    links: Callable[[], list[Link]]
-    publish: Callable[[Link], None]  # the link's overlay or reason changed
-    pump: Callable[[], None]         # messages are waiting in the mesh
+    wake: Callable[[], None] = _noop  # news for the pump (mesh messages, moved links)
     rng: random.Random = field(default_factory=lambda: random.Random())
-    entries: dict[int, _Entry] = field(default_factory=dict)
+    entries: dict[int, _Entry] = field(default_factory=dict)  # by conn_id
     hellos: dict[PeerName, Hello] = field(default_factory=dict)  # received, by peer
     local: frozenset[bytes] = frozenset()
     bridge_mac: bytes = bytes(6)
@@ -76,8 +82,11 @@ class FastPath:
     fdb_errors: list[str] = field(default_factory=list)
     probes_sent: int = 0
     probes_answered: int = 0
+    moved: set[int] = field(default_factory=set)  # conn_ids whose carries() may have changed
     _want: Tables | None = None    # what the last sync was started for
     _syncing: bool = False
+    _retry_at: float | None = None
+    _polling: bool = False
     _last_poll: float = -1e9
     _tx: socket.socket | None = None
     _rx: socket.socket | None = None
@@ -110,38 +119,96 @@ class FastPath:
                 log.warning("%s", exc)
 
     async def run(self) -> None:
+        """The probe receiver, and the nursery of the netlink workers."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             if self._rx is not None:
                 nursery.start_soon(self._rx_loop, self._rx)
-            while True:
-                self.tick(trio.current_time())
-                await trio.sleep(TICK)
+            await trio.sleep_forever()
+
+    # --- what the engine tells us ---------------------------------------------------------
+
+    def follow(self, conn_id: int, peer: PeerName, nickname: str, ip: str | None,
+               eligible: bool, now: float) -> None:
+        """The engine's link ``conn_id``: ``eligible`` while it is up and in the clear (then
+        the fast path may carry it); ``ip`` is where its datagrams come from."""
+        entry = self.entries.get(conn_id)
+        if not eligible:
+            self.forget(conn_id)
+            return
+        if entry is not None and entry.peer == peer:
+            if entry.ip != ip:
+                entry.ip = ip
+                self.moved.add(conn_id)
+                self._sync()
+            return
+        fl = None
+        if self.enabled:
+            fl = FastLink(self.mtu, now, lambda: self.rng.getrandbits(64))
+            hello = self.hellos.get(peer)
+            if hello is not None:
+                fl.on_hello(hello, now)
+        self.entries[conn_id] = entry = _Entry(peer, nickname, ip, fl)
+        self._send_hello(entry, now)
+        self._changed(conn_id, entry)
+        self.moved.add(conn_id)
+        self._sync()
+        self.wake()
+
+    def forget(self, conn_id: int) -> None:
+        """Link ``conn_id`` is gone or no longer qualifies."""
+        if self.entries.pop(conn_id, None) is not None:
+            self.moved.add(conn_id)
+            self._sync()
+
+    def carries(self, conn_id: int) -> bool:
+        """The VXLAN carries this link's traffic: probes say it works, and the peer's flood
+        entry is programmed."""
+        entry = self.entries.get(conn_id)
+        if entry is None or entry.fl is None or not entry.fl.fast:
+            return False
+        return entry.ip is not None and entry.ip in self.fdb.flood
+
+    def take_moved(self) -> list[int]:
+        moved = sorted(self.moved)
+        self.moved.clear()
+        return moved
+
+    def why_not(self, conn_id: int, clear: bool) -> str:
+        """Why link ``conn_id``'s traffic does not take the VXLAN (while it does not)."""
+        if not self.enabled:
+            return self.disabled_reason
+        if not clear:
+            return "the fast path carries only unencrypted traffic"
+        entry = self.entries.get(conn_id)
+        fl = entry.fl if entry is not None else None
+        return f"fast path not used: {fl.reason if fl is not None else 'waiting for the link'}"
 
     # --- messages from peers ----------------------------------------------------------
 
-    def on_unicast(self, src: PeerName, payload: bytes) -> None:
+    def on_unicast(self, src: PeerName, payload: bytes, now: float) -> None:
         try:
             msg = fastdp.decode_message(payload)
         except RemoteProtocolError as exc:
             log.debug("from %x: %s", src, exc)
             return
-        now = trio.current_time()
-        entry = self._entry_of(src)
+        found = self._entry_of(src)
         if isinstance(msg, Hello):
             self.hellos[src] = msg
-            if entry is not None and entry.fl is not None:
-                entry.fl.on_hello(msg, now)
-                self._changed(entry)
-        elif entry is not None and entry.fl is not None and entry.fl.on_ack(msg.probe_id):
+            if found is not None and found[1].fl is not None:
+                found[1].fl.on_hello(msg, now)
+                self._changed(*found)
+        elif found is not None and found[1].fl is not None and found[1].fl.on_ack(msg.probe_id):
             self.probes_answered += 1
-            entry.fl.handle_timer(now)
-            self._changed(entry)
+            found[1].fl.handle_timer(now)
+            self._changed(*found)
+        self._sync()
+        self.wake()  # a hello may have made probes due
 
-    def _entry_of(self, peer: PeerName) -> _Entry | None:
-        for entry in self.entries.values():
-            if entry.link.peer == peer:
-                return entry
+    def _entry_of(self, peer: PeerName) -> tuple[int, _Entry] | None:
+        for conn_id, entry in self.entries.items():
+            if entry.peer == peer:
+                return conn_id, entry
         return None
 
     async def _rx_loop(self, sock: socket.socket) -> None:
@@ -159,58 +226,64 @@ class FastPath:
                 if self._entry_of(sender) is not None:
                     self.mesh.gossip_unicast(fastdp.CHANNEL, sender, ProbeAck(probe_id).encode(),
                                              trio.current_time())
-                    self.pump()
+                    self.wake()
 
-    # --- the periodic work ------------------------------------------------------------
+    # --- timers -----------------------------------------------------------------------
 
-    def tick(self, now: float) -> None:
-        self._follow_links(now)
-        if self.enabled and now - self._last_poll >= MAC_POLL and self._nursery is not None:
+    def _probes_ready(self, entry: _Entry) -> bool:
+        """Probes can find the peer's bridge: its MAC is programmed in the VXLAN device."""
+        fl = entry.fl
+        return (fl is not None and fl.remote is not None
+                and fastdp.mac_text(fl.remote.bridge_mac) in self.fdb.vxlan)
+
+    def get_timer(self) -> float | None:
+        times: list[float] = []
+        if self.enabled and self._nursery is not None and not self._polling:
+            times.append(self._last_poll + MAC_POLL)
+        if self._retry_at is not None:
+            times.append(self._retry_at)
+        for entry in self.entries.values():
+            times.append(entry.hello_sent + fastdp.HELLO_REFRESH)
+            fl = entry.fl
+            if fl is None:
+                continue
+            if self._probes_ready(entry) or fl.remote is None:
+                t = fl.get_timer()
+            else:  # rounds wait for the bridge MAC's entry: the sync's end wakes us
+                t = min((r.sent + fastdp.PROBE_TIMEOUT for r in fl.rounds), default=None)
+            if t is not None:
+                times.append(t)
+        return min(times, default=None)
+
+    def handle_timer(self, now: float) -> None:
+        if (self.enabled and self._nursery is not None and not self._polling
+                and now >= self._last_poll + MAC_POLL):  # get_timer's sums, exactly
             self._last_poll = now
+            self._polling = True
             self._nursery.start_soon(self._poll_macs)
         sent = False
-        for entry in self.entries.values():
-            if now - entry.hello_sent >= fastdp.HELLO_REFRESH:
+        for conn_id, entry in self.entries.items():
+            if now >= entry.hello_sent + fastdp.HELLO_REFRESH:
                 self._send_hello(entry, now)
                 sent = True
             fl = entry.fl
             if fl is None:
                 continue
             fl.handle_timer(now)
-            if fl.remote is not None and fastdp.mac_text(fl.remote.bridge_mac) in self.fdb.vxlan:
-                for probe in fl.probes_due(now):  # once probes can find the peer's bridge
+            if self._probes_ready(entry):
+                for probe in fl.probes_due(now):
                     self._send_probe(entry, probe)
-            self._changed(entry)
+            self._changed(conn_id, entry)
         if sent:
-            self.pump()
-        self._sync(now)
-
-    def _follow_links(self, now: float) -> None:
-        current = {link.conn_id: link for link in self.links() if link.up and link.clear}
-        for conn_id in [c for c in self.entries if c not in current]:
-            entry = self.entries.pop(conn_id)
-            if entry.link.fast:
-                entry.link.fast = False
-                self.publish(entry.link)
-        for conn_id, link in current.items():
-            old = self.entries.get(conn_id)
-            if old is not None and old.link is link:
-                continue
-            fl = None
-            if self.enabled:
-                fl = FastLink(self.mtu, now, lambda: self.rng.getrandbits(64))
-                hello = self.hellos.get(link.peer)
-                if hello is not None:
-                    fl.on_hello(hello, now)
-            self.entries[conn_id] = entry = _Entry(link, fl)
-            self._send_hello(entry, now)
-            self._changed(entry)
-            self.pump()
+            self.wake()
+        if self._retry_at is not None and now >= self._retry_at:
+            self._retry_at = None
+        self._sync()
 
     def _send_hello(self, entry: _Entry, now: float) -> None:
         entry.hello_sent = now
         hello = Hello(self.enabled, self.bridge_mac, self.local, self.disabled_reason)
-        self.mesh.gossip_unicast(fastdp.CHANNEL, entry.link.peer, hello.encode(), now)
+        self.mesh.gossip_unicast(fastdp.CHANNEL, entry.peer, hello.encode(), now)
 
     def _send_probe(self, entry: _Entry, probe: fastdp.Probe) -> None:
         assert entry.fl is not None and entry.fl.remote is not None and self._tx is not None
@@ -224,31 +297,19 @@ class FastPath:
                    else exc.strerror or str(exc))
             entry.fl.send_failed(probe.probe_id, why)
 
-    def _changed(self, entry: _Entry) -> None:
-        """Tell the data plane when the FastLink moved; the fast flag itself follows the
-        programmed flood entries (see _sync), except that a fall takes effect at once."""
+    def _changed(self, conn_id: int, entry: _Entry) -> None:
+        """Log when the FastLink moved, and name the link for the engine."""
         fl = entry.fl
         if fl is None or not fl.changed:
             return
         fl.changed = False
-        link = entry.link
+        who = describe_peer(entry.peer, entry.nickname)
         if fl.fast:
-            log.info("%s: fast path works (VXLAN probes answered)", describe_peer(link.peer, link.nickname))
+            log.info("%s: fast path works (VXLAN probes answered)", who)
         else:
-            log.log(logging.WARNING if link.fast else logging.INFO, "%s: %s",
-                    describe_peer(link.peer, link.nickname), fl.reason)
-            link.fast = False
-        self.publish(link)
-
-    def why_not(self, link: Link) -> str:
-        """Why ``link``'s traffic does not take the VXLAN (while it does not)."""
-        if not self.enabled:
-            return self.disabled_reason
-        if not link.clear:
-            return "the fast path carries only unencrypted traffic"
-        entry = self.entries.get(link.conn_id)
-        fl = entry.fl if entry is not None else None
-        return f"fast path not used: {fl.reason if fl is not None else 'waiting for the link'}"
+            carried = entry.ip is not None and entry.ip in self.fdb.flood
+            log.log(logging.WARNING if carried else logging.INFO, "%s: %s", who, fl.reason)
+        self.moved.add(conn_id)
 
     # --- netlink, in a worker thread ----------------------------------------------------
 
@@ -258,35 +319,36 @@ class FastPath:
         except (NetdevError, OSError) as exc:
             log.debug("cannot list the bridge's MACs: %s", exc)
             return
+        finally:
+            self._polling = False
+            self.wake()  # the next poll's timer
         local = frozenset(fastdp.mac_bytes(m) for m in macs)
         if local != self.local:
             self.local = local
             now = trio.current_time()
             for entry in self.entries.values():
                 self._send_hello(entry, now)
-            self.pump()
 
     def _desired(self) -> Tables:
         rows = []
         for entry in self.entries.values():
-            link, fl = entry.link, entry.fl
-            if fl is None or link.udp_addr is None:
+            if entry.fl is None or entry.ip is None:
                 continue
-            rows.append((link.udp_addr[0], fl.remote, fl.fast))
+            rows.append((entry.ip, entry.fl.remote, entry.fl.fast))
         return fastdp.desired_fdb(rows)
 
-    def _sync(self, now: float) -> None:
-        if not self.enabled or self._nursery is None:
+    def _sync(self) -> None:
+        if not self.enabled or self._nursery is None or self._syncing:
             return
         want = self._desired()
-        if want == self._want or self._syncing:
+        if want == self._want:
             return
         self._want = want
         self._syncing = True
         self._nursery.start_soon(self._run_sync, want)
 
     async def _run_sync(self, want: Tables) -> None:
-        # the worker updates a copy: report() and tick() read self.fdb meanwhile
+        # the worker updates a copy: report() and the timers read self.fdb meanwhile
         fdb = self.fdb.copy()
         try:
             errors = await trio.to_thread.run_sync(vxlan.sync_fdb, fdb, *want)
@@ -295,18 +357,17 @@ class FastPath:
         finally:
             self.fdb = fdb  # what was programmed, also when it stopped half-way
             self._syncing = False
+        now = trio.current_time()
         if errors:
-            self._want = None  # retry at the next tick
+            self._want = None
+            self._retry_at = now + SYNC_RETRY
             if errors != self.fdb_errors:
                 log.warning("fast path: cannot program %d forwarding entries: %s", len(errors), errors[0])
         self.fdb_errors = errors
-        for entry in self.entries.values():
-            link, fl = entry.link, entry.fl
-            fast = (fl is not None and fl.fast and link.udp_addr is not None
-                    and link.udp_addr[0] in self.fdb.flood)
-            if fast != link.fast:
-                link.fast = fast
-                self.publish(link)
+        self.moved.update(self.entries)  # flood entries decide whether links are fast
+        if not errors:
+            self._sync()  # what changed while the worker ran
+        self.wake()
 
     # --- report -----------------------------------------------------------------------
 
@@ -362,4 +423,4 @@ class FastdpGossiper:
         return None
 
     def on_gossip_unicast(self, src: PeerName, payload: bytes, now: float) -> None:
-        self.fast.on_unicast(src, payload)
+        self.fast.on_unicast(src, payload, now)

@@ -23,7 +23,7 @@ kernel knows it (Linux >= 6.2), and quietly left off otherwise; ``offloads`` rec
 was accepted.
 
 The file is non-blocking: the router waits for readiness once and drains with
-``read_into`` until it raises ``BlockingIOError``.
+``read`` (or ``read_into``) until it raises ``BlockingIOError``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ import os
 import struct
 from collections.abc import Sequence
 from types import TracebackType
+
+import trio
 
 from weftnet.router.host.netdev import BRIDGE, TAP, NetdevError, NetnsRef, enslave, run_in_netns
 
@@ -155,6 +157,18 @@ class Tap:
         if self._fd < 0:
             raise ValueError("I/O on a closed TAP")
         return self._fd
+
+    async def wait_readable(self) -> None:
+        """Until a frame can be read (the engine's ``TapPort``)."""
+        await trio.lowlevel.wait_readable(self.fileno())
+
+    def read(self, size: int = READ_SIZE) -> bytes:
+        """Read one frame (virtio header first when ``vnet_hdr``) of at most ``size`` bytes.
+
+        Raises ``BlockingIOError`` when no frame is queued. ``size`` below ``READ_SIZE``
+        truncates super-frames; 64 KiB and a little suffice for what the kernel hands over.
+        """
+        return os.read(self._fd, size)
 
     def read_into(self, buf: bytearray | memoryview) -> int:
         """Read one frame (virtio header first when ``vnet_hdr``) into ``buf``; its length.

@@ -77,14 +77,14 @@ class SimNet:
 
     def add_node(self, *, targets: Iterable[str] = (), password: bytes | None = None,
                  discovery: bool = True, conn_limit: int = 200,
-                 gossip_interval: float = 30.0) -> SimNode:
+                 gossip_interval: float = 30.0, require_overlay: bool = False) -> SimNode:
         index = len(self.nodes)
         address = f"10.{index // 250}.{index % 250 + 1}.1:6783"
         name = (0x02 << 40) | (index + 1)
         mesh = MeshNode(
             MeshConfig(name=name, nickname=f"n{index}", uid=self.rng.getrandbits(64) or 1,
                        password=password, discovery=discovery, conn_limit=conn_limit,
-                       gossip_interval=gossip_interval),
+                       gossip_interval=gossip_interval, require_overlay=require_overlay),
             now=self.now, random_bytes=self.random_bytes,
             rng=random.Random(self.rng.getrandbits(64)),
         )

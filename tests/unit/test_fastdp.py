@@ -125,8 +125,10 @@ def test_disabled_peer_and_silent_peer_say_why() -> None:
     fl = new_link()
     fl.handle_timer(fastdp.HELLO_WAIT - 0.01)
     assert "hello" in fl.reason and not fl.reason.startswith("the peer does not offer")
+    assert fl.get_timer() == fastdp.HELLO_WAIT
     fl.handle_timer(fastdp.HELLO_WAIT)
     assert fl.reason.startswith("the peer does not offer the fast path")
+    assert fl.get_timer() is None  # said once: no timer left to fire again and again
     fl.on_hello(Hello(False, BR, frozenset(), "fast path disabled (--no-fastdp)"), 6.0)
     assert "--no-fastdp" in fl.reason and fl.probes_due(7.0) == []
     assert fl.get_timer() is None
@@ -161,3 +163,23 @@ def test_desired_fdb_programs_probes_first_and_traffic_only_when_fast() -> None:
                   "02:00:00:00:00:09": "10.0.0.2"}
     assert br == {"02:bb:00:00:00:01", "02:00:00:00:00:09"}
     assert flood == {"10.0.0.2"}
+
+
+# starts where (start + wait) - start < wait in floating point, for HELLO_WAIT and PROBE_TIMEOUT
+@pytest.mark.parametrize("start", [0.0, 8189.035009917622, 511.5149660301466])
+def test_timers_that_fired_find_their_work_due(start: float) -> None:
+    """get_timer and handle_timer use the same sums: at the very time given, the work is due
+    (no timer left at or before now, which would spin a timer task)."""
+    fl = new_link(start)
+    due = fl.get_timer()
+    assert due == start + fastdp.HELLO_WAIT
+    fl.handle_timer(due)
+    assert fl.get_timer() is None
+    fl = new_link(start)
+    fl.on_hello(Hello(True, BR, frozenset()), start)
+    fl.probes_due(start)
+    due = min(r.sent + fastdp.PROBE_TIMEOUT for r in fl.rounds)
+    fl.handle_timer(due)
+    assert not fl.rounds and "timed out" in fl.reason
+    later = fl.get_timer()
+    assert later is not None and later > due

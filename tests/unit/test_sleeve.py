@@ -345,3 +345,17 @@ def test_heartbeat_and_probe_bodies() -> None:
         encode_probe(1, max_body(False) + 1)
     with pytest.raises(LocalProtocolError):
         encode_probe(1, 7)
+
+
+@pytest.mark.parametrize("start", [0.0, 4002.353689016469])  # (start + 120) - start < 120
+def test_a_timer_that_fired_finds_its_work_due(start: float) -> None:
+    """get_timer and handle_timer use the same sums: at the very time given, the key
+    rotates (no timer left at or before now, which would spin a timer task)."""
+    a, _b = sleeve_pair(now=start)
+    a.seal(Kind.DATA, b"x", start)
+    due = a.get_timer()
+    assert due is not None
+    a.handle_timer(due)
+    assert a.epoch_send == 1
+    later = a.get_timer()
+    assert later is None or later > due

@@ -1,0 +1,361 @@
+r"""The link machine: whether one mesh connection's UDP path works, and what size it carries.
+
+Theory of operation
+-------------------
+Per mesh connection the data plane keeps a *link*: the peer's UDP address and a sleeve
+session. This machine holds everything about the link that is protocol rather than I/O.
+Like aioquic's connection it has three inputs and three outputs: the engine
+(router/dataplane/engine.py) opens each datagram with the session and gives ``receive``
+what was authentic, calls ``handle_timer(now)`` at ``get_timer()`` and reports a probe the
+kernel refused (``probe_send_failed``); it seals and sends what ``datagrams_to_send``
+returns and acts on ``next_event`` (past-tense events).
+
+A connection counts as established in the topology only once UDP works both ways: the
+dialling side sends heartbeats to the address it dialled (every ``HEARTBEAT_FAST``), the
+other side learns the dialler's address from them, answers each (HEARTBEAT_ACK) and sends
+its own; an answer proves both directions, and heartbeats slow down (``HEARTBEAT_SLOW``).
+Any authenticated datagram but a path probe from a new address moves the link there (NAT
+rebinding: authenticated, so following it is safe). ``LINK_TIMEOUT`` without any datagram
+takes the link down (routes go around it) until an answer comes once more. The state is
+what the machine waits for::
+
+      inbound ──▶ PEER_HEARTBEAT ──(a datagram: address learnt)──▶ ANSWER ◀── outbound
+                                                                    │  ▲
+                                                     HEARTBEAT_ACK  │  │  LINK_TIMEOUT
+                                                                    ▼  │  of silence
+                                                                    UP ┘
+
+While not UP the link says why (``down_reason``): "waiting for the peer's UDP heartbeat",
+"no answer to UDP heartbeats yet", or, once ``NO_ANSWER_AFTER`` seconds passed without a
+word, "no UDP heartbeat from the peer for Ns (is UDP port P blocked?)", N kept current.
+
+Trust: each heartbeat carries ``HB_FLAG_TRUST`` when its sender trusts the receiver's
+underlay address (``--trusted-subnets``); DATA travels in the clear (``clear``) only when
+both ends trust each other.
+
+Path MTU: once UP, and every ``PMTU_REPROBE`` after, a round of DF-marked PROBEs of
+decreasing size finds the largest IP packet that reaches the peer: ``MAX_PROBE`` first, then
+``PROBE_SIZES``, each waited for ``PROBE_WAIT``. A size the kernel refuses locally comes back
+through ``probe_send_failed`` with the route's MTU: the round goes on at once with that MTU
+and the sizes below it. The first size answered is the path MTU; the link's MTU is
+``min(mtu, path MTU - OVERLAY_OVERHEAD)``. Probes leave by the shell's probe port
+(``Send.probe_id`` is set), answers arrive wherever and are never followed.
+
+Pure: time comes in as ``now`` and probe ids from the ``rng`` given. Bodies are decoded by
+proto/sleeve.py (RemoteProtocolError for a malformed one, after the address was followed).
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections import deque
+from dataclasses import dataclass
+
+from . import ethernet, sleeve
+from .peername import PeerName
+from .sleeve import Kind
+
+Address = tuple[str, int]
+
+HEARTBEAT_FAST = 0.5  # until the link is up
+HEARTBEAT_SLOW = 2.0  # once it is
+LINK_TIMEOUT = 10.0  # no authenticated datagram for this long: the link is down
+NO_ANSWER_AFTER = 3.0  # say why a link is not up yet
+PMTU_REPROBE = 600.0
+PROBE_WAIT = 0.5
+PROBE_SIZES = (9000, 1500, 1480, 1460, 1440, 1420, 1400, 1380, 1280, 576)
+MAX_PROBE = 65535  # the first size of a round: a route refusing it tells its MTU
+MIN_PROBE = 576  # every IPv4 path carries this much
+PROBE_ACK_SIZE = sleeve.PROBE_MIN
+IP_UDP_OVERHEAD = 28
+# inner IP packet -> UDP payload: Ethernet + virtio-net header + entry + sleeve header + tag
+OVERLAY_OVERHEAD = (ethernet.ETH_HLEN + ethernet.VNET_HDR_LEN + sleeve.ENTRY_OVERHEAD
+                    + sleeve.HEADER_LEN + sleeve.TAG_LEN + IP_UDP_OVERHEAD)
+HB_FLAG_TRUST = 1  # "I trust your underlay address: send to me in the clear if you trust me"
+_ROUNDING = 1e-6  # "for Ns" changes at half seconds; a timer that fires then must see it
+
+
+def _seconds(silent: float) -> int:
+    """Whole seconds, rounded, as reasons say them."""
+    return int(silent + 0.5 + _ROUNDING)
+
+
+class LinkState(enum.Enum):
+    """What the link waits for."""
+
+    PEER_HEARTBEAT = "the peer's first datagram (we do not know its UDP address yet)"
+    ANSWER = "an answer to our heartbeats"
+    UP = "nothing: UDP works both ways (until LINK_TIMEOUT of silence)"
+
+
+# --- outputs ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """A datagram to seal with the link's session and send to ``addr``."""
+
+    kind: Kind
+    body: bytes
+    addr: Address
+    probe_id: int | None = None  # a DF path probe: by the probe port; report EMSGSIZE
+
+
+@dataclass(frozen=True, slots=True)
+class LinkWentUp:
+    mtu: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkWentDown:
+    reason: str
+    silent: float | None = None  # seconds without a datagram, when an up link timed out
+
+
+@dataclass(frozen=True, slots=True)
+class AddressMoved:
+    old: Address | None  # None: learnt (an inbound link's first datagram)
+    new: Address
+
+
+@dataclass(frozen=True, slots=True)
+class TrustChanged:
+    they_trust: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PathMtuFound:
+    pmtu: int  # the largest IP packet that reached the peer
+    mtu: int  # the overlay MTU of the link that follows
+
+
+LinkEvent = LinkWentUp | LinkWentDown | AddressMoved | TrustChanged | PathMtuFound
+
+
+@dataclass(slots=True)
+class _Round:
+    """One path MTU round: the probe in flight and the sizes still to try."""
+
+    sizes: list[int]
+    size: int = 0
+    probe_id: int = 0
+    deadline: float = 0.0
+
+
+class LinkMachine:
+    """The protocol side of one mesh connection's UDP link (see the module docstring).
+
+    ``addr`` is the dialled address (outbound) or None (inbound: learnt from the peer);
+    ``mtu`` the overlay MTU we offer, ``port`` our UDP port (named in reasons), ``encrypted``
+    whether the session seals (probe bodies leave room for the tag).
+    """
+
+    __slots__ = ("me", "uid", "config_mtu", "port", "we_trust", "encrypted", "state",
+                 "udp_addr", "created", "last_rx", "last_hb", "they_trust", "mtu", "pmtu",
+                 "down_reason", "next_probe", "_rng", "_round", "_said", "_hb_body",
+                 "_sends", "_events")
+
+    def __init__(self, *, me: PeerName, uid: int, mtu: int, port: int, we_trust: bool,
+                 encrypted: bool, addr: Address | None, now: float,
+                 rng: random.Random) -> None:
+        self.me = me
+        self.uid = uid
+        self.config_mtu = mtu
+        self.port = port
+        self.we_trust = we_trust
+        self.encrypted = encrypted
+        self.state = LinkState.ANSWER if addr is not None else LinkState.PEER_HEARTBEAT
+        self.udp_addr = addr
+        self.created = now
+        self.last_rx: float | None = None
+        self.last_hb = float("-inf")
+        self.they_trust = False
+        self.mtu: int | None = None  # None until the link first came up
+        self.pmtu: int | None = None
+        self.down_reason = ""
+        self.next_probe = 0.0
+        self._rng = rng
+        self._round: _Round | None = None
+        self._said: int | None = None  # N of the "for Ns" reason last said
+        self._hb_body = self._heartbeat_body(0)
+        self._sends: list[Send] = []
+        self._events: deque[LinkEvent] = deque()
+        self._heartbeat(now)
+        self._down("no answer to UDP heartbeats yet" if addr is not None
+                   else "waiting for the peer's UDP heartbeat")
+
+    # --- state ------------------------------------------------------------------------
+
+    @property
+    def up(self) -> bool:
+        return self.state is LinkState.UP
+
+    @property
+    def clear(self) -> bool:
+        """DATA travels unencrypted (both ends trust each other, or no password at all)."""
+        return not self.encrypted or (self.we_trust and self.they_trust)
+
+    @property
+    def probing(self) -> bool:
+        return self._round is not None
+
+    # --- inputs -----------------------------------------------------------------------
+
+    def receive(self, kind: Kind, body: bytes | memoryview, addr: Address, now: float) -> bool:
+        """An authenticated datagram from ``addr``; True if there is output to collect.
+        RemoteProtocolError for a malformed heartbeat or probe body."""
+        self.last_rx = now
+        moved = False
+        if addr != self.udp_addr and kind is not Kind.PROBE and kind is not Kind.PROBE_ACK:
+            self._events.append(AddressMoved(self.udp_addr, addr))
+            self.udp_addr = addr
+            if self.state is LinkState.PEER_HEARTBEAT:
+                self.state = LinkState.ANSWER
+            moved = True
+        if kind is Kind.DATA:
+            return moved
+        if kind is Kind.HEARTBEAT or kind is Kind.HEARTBEAT_ACK:
+            self._on_heartbeat(kind, body, addr, now)
+        elif kind is Kind.PROBE:
+            probe_id, _ = sleeve.decode_probe(body)
+            self._sends.append(Send(Kind.PROBE_ACK, sleeve.encode_probe(probe_id, PROBE_ACK_SIZE),
+                                    addr))
+        else:
+            probe_id, _ = sleeve.decode_probe(body)
+            r = self._round
+            if r is not None and probe_id == r.probe_id:
+                self._end_round(now, r.size)
+        return True
+
+    def handle_timer(self, now: float) -> None:
+        # each test is the very sum get_timer returns: "due" must mean the same to both
+        base = self.last_rx if self.last_rx is not None else self.created
+        if self.state is LinkState.UP:
+            if now >= base + LINK_TIMEOUT:
+                self._down(self._no_heartbeat(_seconds(now - base)), now - base)
+        elif self.last_rx is None and now >= base + self._next_count():
+            n = _seconds(now - base)  # at least one more than said last time
+            self._said = n if self._said is None else max(n, self._said + 1)
+            self._down(self._no_heartbeat(self._said))
+        if now >= self.last_hb + (HEARTBEAT_SLOW if self.up else HEARTBEAT_FAST):
+            self._heartbeat(now)
+        r = self._round
+        if r is not None:
+            if now >= r.deadline:
+                self._next_size(now)  # unanswered
+        elif self.up and now >= self.next_probe:
+            self._start_round(now)
+
+    def probe_send_failed(self, probe_id: int, now: float, route_mtu: int | None) -> None:
+        """The probe could not leave: too big for the route (``route_mtu``, what the kernel
+        says the route carries), or no probe at all is possible now (None)."""
+        r = self._round
+        if r is None or probe_id != r.probe_id:
+            return
+        if route_mtu is None:
+            self._end_round(now, None)
+            return
+        sizes = {s for s in r.sizes if s <= route_mtu}
+        if MIN_PROBE <= route_mtu < r.size:
+            sizes.add(route_mtu)
+        r.sizes = sorted(sizes, reverse=True)
+        self._next_size(now)
+
+    # --- outputs ----------------------------------------------------------------------
+
+    def datagrams_to_send(self) -> list[Send]:
+        sends, self._sends = self._sends, []
+        return sends
+
+    def next_event(self) -> LinkEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` has work; after ``handle_timer(now)`` always later than now."""
+        base = self.last_rx if self.last_rx is not None else self.created
+        due = float("inf")
+        if self.udp_addr is not None:
+            due = self.last_hb + (HEARTBEAT_SLOW if self.up else HEARTBEAT_FAST)
+        if self.up:
+            due = min(due, base + LINK_TIMEOUT)
+        elif self.last_rx is None:
+            due = min(due, base + self._next_count())
+        r = self._round
+        if r is not None:
+            due = min(due, r.deadline)
+        elif self.up:
+            due = min(due, self.next_probe)
+        return None if due == float("inf") else due
+
+    # --- internals --------------------------------------------------------------------
+
+    def _heartbeat_body(self, nonce: int) -> bytes:
+        return sleeve.encode_heartbeat(self.me, self.uid, nonce, self.config_mtu,
+                                       flags=HB_FLAG_TRUST if self.we_trust else 0)
+
+    def _heartbeat(self, now: float) -> None:
+        if self.udp_addr is None:
+            return
+        self.last_hb = now
+        self._sends.append(Send(Kind.HEARTBEAT, self._hb_body, self.udp_addr))
+
+    def _on_heartbeat(self, kind: Kind, body: bytes | memoryview, addr: Address,
+                      now: float) -> None:
+        hb = sleeve.decode_heartbeat(body)
+        trust = bool(hb.flags & HB_FLAG_TRUST)
+        if trust != self.they_trust:
+            self.they_trust = trust
+            self._events.append(TrustChanged(trust))
+        if kind is Kind.HEARTBEAT:
+            body = self._hb_body if hb.nonce == 0 else self._heartbeat_body(hb.nonce)
+            self._sends.append(Send(Kind.HEARTBEAT_ACK, body, addr))
+            if not self.up and now - self.last_hb >= HEARTBEAT_FAST / 2:
+                self._heartbeat(now)  # the inbound side answers with its own at once
+        elif not self.up:
+            self.state = LinkState.UP
+            self.next_probe = now
+            if self.mtu is None:
+                self.mtu = self.config_mtu
+            self._events.append(LinkWentUp(self.mtu))
+
+    def _next_count(self) -> float:
+        """Seconds of silence after which the reason (which counts them) is said again."""
+        return NO_ANSWER_AFTER if self._said is None else self._said + 0.5
+
+    def _no_heartbeat(self, seconds: int) -> str:
+        return f"no UDP heartbeat from the peer for {seconds}s (is UDP port {self.port} blocked?)"
+
+    def _down(self, reason: str, silent: float | None = None) -> None:
+        if self.state is not LinkState.UP and reason == self.down_reason:
+            return
+        if self.state is LinkState.UP:
+            self.state = LinkState.ANSWER
+        self.down_reason = reason
+        self._events.append(LinkWentDown(reason, silent))
+
+    def _start_round(self, now: float) -> None:
+        self._round = _Round([MAX_PROBE, *PROBE_SIZES])
+        self._next_size(now)
+
+    def _next_size(self, now: float) -> None:
+        r = self._round
+        assert r is not None
+        if not r.sizes or self.udp_addr is None:
+            self._end_round(now, None)
+            return
+        r.size = r.sizes.pop(0)
+        r.probe_id = self._rng.getrandbits(32)
+        r.deadline = now + PROBE_WAIT
+        body_size = r.size - IP_UDP_OVERHEAD - sleeve.HEADER_LEN - (
+            sleeve.TAG_LEN if self.encrypted else 0)
+        self._sends.append(Send(Kind.PROBE, sleeve.encode_probe(r.probe_id, body_size),
+                                self.udp_addr, probe_id=r.probe_id))
+
+    def _end_round(self, now: float, found: int | None) -> None:
+        self._round = None
+        self.next_probe = now + PMTU_REPROBE
+        if found is not None and found != self.pmtu:
+            self.pmtu = found
+            self.mtu = min(self.config_mtu, found - OVERLAY_OVERHEAD)
+            self._events.append(PathMtuFound(found, self.mtu))

@@ -1,0 +1,295 @@
+"""The data-plane engine (router/dataplane/engine.py) between two routers over the in-memory
+ports of router/dataplane/doubles.py, in trio's virtual time (MockClock, autojump).
+
+Each ``Host`` is the smallest daemon around a real ``MeshNode`` and a real ``Dataplane``: its
+control bytes go straight to the other host's MeshNode, and it runs the daemon's pump and
+timer task (drain the engine, carry out the mesh's events, wake for the earliest timer), so
+what is tested is the engine as the daemon drives it: the connection is established only
+once UDP works both ways, frames cross TAP -> UDP -> TAP, silence takes the link down,
+answers bring it back, and the link follows a peer that moved.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from weftnet.proto import fastdp
+from weftnet.proto.link import HEARTBEAT_SLOW, LINK_TIMEOUT, OVERLAY_OVERHEAD
+from weftnet.proto.mesh import MeshConfig, MeshNode, PeerConnected, PeerDisconnected
+from weftnet.router.dataplane.doubles import MemoryNetwork, MemoryTap, MemoryUdp
+from weftnet.router.dataplane.engine import Dataplane
+from weftnet.router.dataplane.fastpath import FastdpGossiper
+from weftnet.router.dataplane.tap import PLAIN_VNET_HDR
+
+MTU = 1376
+PORT = 6783
+A_IP, B_IP = "10.0.0.1", "10.0.0.2"
+MAC_A, MAC_B = bytes.fromhex("02aa00000001"), bytes.fromhex("02bb00000002")
+BLOCKED = f"(is UDP port {PORT} blocked?)"
+
+
+class Host:
+    """One router: MeshNode + Dataplane over a MemoryTap and a MemoryUdp."""
+
+    def __init__(self, name: int, nickname: str, udp: MemoryUdp, *, password: bytes | None,
+                 seed: int, vnet: bool = False, trusted: tuple[str, ...] = ()) -> None:
+        self.mesh = MeshNode(
+            MeshConfig(name=name, nickname=nickname, uid=1000 + seed, password=password,
+                       port=PORT, discovery=False, require_overlay=True),
+            now=0.0, random_bytes=random.Random(seed).randbytes, rng=random.Random(seed))
+        self.tap = MemoryTap(vnet_hdr=vnet)
+        self.udp = udp
+        self.engine = Dataplane(self.mesh, port=PORT, host="", mtu=MTU, trusted_subnets=trusted,
+                                fastdp=False, wake=self.poke, rng=random.Random(seed))
+        self.mesh.register_channel(fastdp.CHANNEL, FastdpGossiper(self.engine.fast))
+        self.engine.open(tap=self.tap, udp=udp)
+        self.other: Host | None = None
+        self.wake = trio.Event()
+
+    def poke(self) -> None:
+        self.wake.set()
+
+    def pump(self) -> None:
+        """The daemon's pump: what the data plane learnt, the mesh's events, its writes."""
+        now = trio.current_time()
+        self.engine.drain(now)
+        while self.mesh.next_action() is not None:
+            pass
+        while (event := self.mesh.next_event()) is not None:
+            if isinstance(event, PeerConnected):
+                self.engine.peer_connected(event, now)
+            elif isinstance(event, PeerDisconnected):
+                self.engine.peer_disconnected(event)
+        self.engine.routes_changed()
+        for conn_id in self.mesh.pending_writes():
+            data = self.mesh.data_to_send(conn_id, now)
+            if data and self.other is not None:
+                self.other.mesh.data_received(conn_id, data, now)
+                self.other.poke()
+
+    async def run(self) -> None:
+        """The daemon's timer task (and the engine's own tasks)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.engine.run)
+            self.pump()
+            spins, last = 0, -1.0
+            while True:
+                mesh_due, engine_due = self.mesh.get_timer(), self.engine.get_timer()
+                self.wake = trio.Event()
+                wake = min((t for t in (mesh_due, engine_due) if t is not None), default=math.inf)
+                # virtual time stands still while anything runs: a timer that stays due
+                # after its handler ran would spin here for ever
+                spins = spins + 1 if wake <= trio.current_time() == last else 0
+                last = trio.current_time()
+                assert spins < 20, f"timers stay due at {last}: mesh {mesh_due} engine {engine_due}"
+                with trio.move_on_at(wake):
+                    await self.wake.wait()
+                now = trio.current_time()
+                if mesh_due is not None and now >= mesh_due:
+                    self.mesh.handle_timer(now)
+                if engine_due is not None and now >= engine_due:
+                    self.engine.handle_timer(now)
+                self.pump()
+
+    def connection(self) -> dict[str, Any]:
+        (conn,) = self.mesh.report(trio.current_time())["connections"]
+        return conn  # type: ignore[no-any-return]
+
+    def sleeve(self) -> dict[str, Any]:
+        conn = self.connection()
+        report = self.engine.connection_report(conn["address"], conn["outbound"])
+        assert report is not None
+        return report
+
+
+def frame(dst: bytes, src: bytes, payload: bytes, vnet: bool = False) -> bytes:
+    eth = dst + src + b"\x08\x00" + payload
+    return PLAIN_VNET_HDR + eth if vnet else eth
+
+
+def ipv4(size: int, *, df: bool) -> bytes:
+    """A UDP-in-IPv4 packet of ``size`` bytes from 10.32.0.1 to 10.32.0.2."""
+    head = struct.pack(">BBHHHBBH4s4s", 0x45, 0, size, 0, 0x4000 if df else 0, 64, 17, 0,
+                       bytes([10, 32, 0, 1]), bytes([10, 32, 0, 2]))
+    return head + bytes(size - len(head))
+
+
+async def eventually(what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Poll ``check`` in virtual time."""
+    with trio.move_on_after(timeout):
+        while not check():
+            await trio.sleep(0.1)
+        return
+    raise AssertionError(f"not within {timeout}s (virtual): {what}")
+
+
+Scenario = Callable[[Host, Host, MemoryNetwork], Awaitable[None]]
+
+
+def run_pair(scenario: Scenario, *, password: bytes | None = b"sesame", seed: int = 1,
+             vnet: tuple[bool, bool] = (False, False), trusted: tuple[str, ...] = (),
+             block_a: bool = False, **net: Any) -> None:
+    """A (dialling) and B over one MemoryNetwork, the scenario run against them."""
+    async def main() -> None:
+        network = MemoryNetwork(seed=seed, **net)
+        a = Host(0x0A0000000001, "a", network.udp((A_IP, PORT)), password=password, seed=seed,
+                 vnet=vnet[0], trusted=trusted)
+        b = Host(0x0B0000000002, "b", network.udp((B_IP, PORT)), password=password,
+                 seed=seed + 100, vnet=vnet[1], trusted=trusted)
+        a.other, b.other = b, a
+        if block_a:
+            network.blocked.add((A_IP, PORT))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.run)
+            nursery.start_soon(b.run)
+            now = trio.current_time()
+            a.mesh.connection_made(1, outbound=True, remote_address=f"{B_IP}:{PORT}",
+                                   target=None, now=now)
+            b.mesh.connection_made(1, outbound=False, remote_address=f"{A_IP}:51234",
+                                   target=None, now=now)
+            a.poke()
+            b.poke()
+            with trio.fail_after(600):
+                await scenario(a, b, network)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def established(*hosts: Host) -> bool:
+    return all(h.connection()["state"] == "established" for h in hosts)
+
+
+async def crosses(src: Host, dst: Host, data: bytes, dst_mac: bytes, src_mac: bytes) -> None:
+    """A frame injected at ``src``'s bridge comes out of ``dst``'s, unchanged."""
+    src.tap.inject(frame(dst_mac, src_mac, data, src.tap.vnet_hdr))
+    with trio.fail_after(5):
+        got = await dst.tap.receive()
+    assert got == frame(dst_mac, src_mac, data, dst.tap.vnet_hdr)
+
+
+# --- tests -------------------------------------------------------------------------------
+
+
+def test_up_only_once_heartbeats_cross_both_ways() -> None:
+    async def scenario(a: Host, b: Host, net: MemoryNetwork) -> None:
+        # A's datagrams reach B, B's answers never reach A
+        await eventually("the handshake", lambda: b.connection()["peer"] is not None)
+        await eventually("the reason", lambda: "no UDP heartbeat" in a.connection()["info"])
+        assert a.connection()["state"] == b.connection()["state"] == "pending"
+        assert a.connection()["info"].endswith(BLOCKED)
+        assert b.connection()["info"] == "waiting for the peer's UDP heartbeat"
+        assert b.sleeve()["udp_address"] == f"{A_IP}:{PORT}"  # learnt from A's heartbeats
+        assert not a.sleeve()["heartbeat_answered"] and not b.sleeve()["heartbeat_answered"]
+        await trio.sleep(30)
+        assert not established(a) and not established(b)
+        net.blocked.clear()
+        await eventually("established", lambda: established(a, b), timeout=5)
+        assert a.sleeve()["heartbeat_answered"] and b.sleeve()["heartbeat_answered"]
+        assert a.connection()["overlay"] == "sleeve" and a.connection()["mtu"] is not None
+
+    run_pair(scenario, block_a=True)
+
+
+@pytest.mark.parametrize("password", [b"sesame", None], ids=["encrypted", "plain"])
+@pytest.mark.parametrize("vnet", [(False, False), (True, True), (True, False), (False, True)])
+def test_frames_cross_tap_udp_tap(password: bytes | None, vnet: tuple[bool, bool]) -> None:
+    async def scenario(a: Host, b: Host, net: MemoryNetwork) -> None:
+        await eventually("established", lambda: established(a, b))
+        assert a.sleeve()["encrypted_data"] is (password is not None)
+        broadcast = b"\xff" * 6
+        await crosses(a, b, b"hello, everyone" * 3, broadcast, MAC_A)
+        await crosses(b, a, b"hello A, from B", MAC_A, MAC_B)   # A's MAC was learnt
+        await crosses(a, b, b"x" * 1300, MAC_B, MAC_A)
+        assert a.sleeve()["packets_out"] == 2 and b.sleeve()["packets_in"] == 2
+        assert a.engine.drops == {} and b.engine.drops == {}
+
+    run_pair(scenario, password=password, vnet=vnet)
+
+
+def test_silence_takes_the_link_down_and_answers_bring_it_back() -> None:
+    async def scenario(a: Host, b: Host, net: MemoryNetwork) -> None:
+        await eventually("established", lambda: established(a, b))
+        net.loss = 1.0
+        start = trio.current_time()
+        await eventually("down", lambda: not established(a), timeout=LINK_TIMEOUT + 3)
+        # the last datagram before the loss came at most one slow heartbeat earlier
+        assert trio.current_time() - start >= LINK_TIMEOUT - HEARTBEAT_SLOW
+        assert a.connection()["state"] == "pending"
+        assert a.connection()["info"] == f"no UDP heartbeat from the peer for 10s {BLOCKED}"
+        assert a.connection()["peer"] is not None  # the control connection lives on
+        net.loss = 0.0
+        await eventually("back up", lambda: established(a, b), timeout=5)
+        await crosses(a, b, b"after the outage", b"\xff" * 6, MAC_A)
+
+    run_pair(scenario)
+
+
+def test_the_link_follows_the_peer_to_a_new_address() -> None:
+    async def scenario(a: Host, b: Host, net: MemoryNetwork) -> None:
+        await eventually("established", lambda: established(a, b))
+        await crosses(a, b, b"before", b"\xff" * 6, MAC_A)
+        assert b.sleeve()["udp_address"] == f"{A_IP}:{PORT}"
+        net.rebind(a.udp, ("192.0.2.101", 40404))  # what a NAT rebinding looks like from B
+        await eventually("B follows", lambda: b.sleeve()["udp_address"] == "192.0.2.101:40404",
+                         timeout=5)
+        await crosses(b, a, b"to the new address", MAC_A, MAC_B)
+        assert established(a, b)
+
+    run_pair(scenario)
+
+
+@pytest.mark.parametrize("vnet", [False, True])
+def test_the_path_mtu_sets_the_link_mtu_and_df_senders_are_told(vnet: bool) -> None:
+    async def scenario(a: Host, b: Host, net: MemoryNetwork) -> None:
+        await eventually("established", lambda: established(a, b))
+        await eventually("probed", lambda: a.sleeve()["path_mtu"] == 1400
+                         and b.sleeve()["path_mtu"] == 1400)
+        assert a.connection()["mtu"] == 1400 - OVERLAY_OVERHEAD
+        await eventually("B's mesh hears it too", lambda: b.connection()["mtu"] == 1400 - OVERLAY_OVERHEAD)
+        await crosses(a, b, b"y" * 1200, b"\xff" * 6, MAC_A)
+        mtu = 1400 - OVERLAY_OVERHEAD
+        # bigger than the link's MTU with DF: "fragmentation needed" back, nothing sent
+        a.tap.inject(frame(MAC_B, MAC_A, ipv4(mtu + 1, df=True), vnet))
+        with trio.fail_after(5):
+            reply = await a.tap.receive()
+        if vnet:
+            assert reply[:len(PLAIN_VNET_HDR)] == PLAIN_VNET_HDR
+            reply = reply[len(PLAIN_VNET_HDR):]
+        assert reply[:12] == MAC_A + MAC_B and reply[14 + 9] == 1  # ICMP, to the sender
+        assert reply[34:36] == bytes([3, 4]) and int.from_bytes(reply[40:42], "big") == mtu
+        assert a.engine.drops == {"too big": 1} and not b.tap.written
+        # without DF it is carried (the underlay fragments it); at the MTU it just fits
+        await crosses(a, b, ipv4(mtu + 1, df=False), MAC_B, MAC_A)
+        await crosses(a, b, ipv4(mtu, df=True), MAC_B, MAC_A)
+        assert a.engine.drops == {"too big": 1}
+
+    run_pair(scenario, route_mtu=1500, path_mtu=1410, vnet=(vnet, False))
+
+
+def test_trust_on_both_sides_sends_data_in_the_clear() -> None:
+    async def scenario(a: Host, b: Host, net: MemoryNetwork) -> None:
+        await eventually("established", lambda: established(a, b))
+        await eventually("clear", lambda: not a.sleeve()["encrypted_data"]
+                         and not b.sleeve()["encrypted_data"])
+        assert "in the clear" in a.connection()["overlay_reason"]
+        await crosses(a, b, b"trusted", b"\xff" * 6, MAC_A)
+
+    run_pair(scenario, trusted=("10.0.0.0/24",))
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_a_lossy_network_still_brings_the_link_up(seed: int) -> None:
+    async def scenario(a: Host, b: Host, net: MemoryNetwork) -> None:
+        await eventually("established", lambda: established(a, b), timeout=120)
+        assert net.lost > 0, f"seed {seed}: nothing was lost"
+
+    run_pair(scenario, loss=0.4, seed=seed)
