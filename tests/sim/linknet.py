@@ -9,7 +9,8 @@ control address). A datagram carries ``(conn_uid, kind, body)``: sealing is the 
 business (tests/unit/test_sleeve.py), finding the link by ``conn_uid`` is the engine's.
 Datagrams are lost with probability ``udp_loss`` (the simulator's seeded rng), always
 between ``udp_block``ed pairs and across partitions; probes over ``ROUTE_MTU`` are refused
-as the kernel refuses them, the way ``Dataplane._send_probe`` reports it.
+as the kernel refuses them, the way ``Dataplane._send_probe`` reports it, and probes over a
+pair's ``path_mtu`` (a narrower hop on the way) are lost silently, as DF packets are.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class LinkSimNet(SimNet):
         self.udp_at: dict[Address, int] = {}  # who receives datagrams sent to an address
         self.udp_loss = 0.0
         self.udp_blocked: set[frozenset[int]] = set()
+        self.path_mtu: dict[frozenset[int], int] = {}  # pairs behind a narrower hop
         self.datagrams = 0
         self.lost = 0
 
@@ -140,6 +142,8 @@ class LinkSimNet(SimNet):
         if (dst is None or not self.nodes[dst].up
                 or frozenset((node.index, dst)) in self.udp_blocked
                 or frozenset((node.index, dst)) in self.blocked
+                or (send.probe_id is not None
+                    and size > self.path_mtu.get(frozenset((node.index, dst)), ROUTE_MTU))
                 or (self.udp_loss and self.rng.random() < self.udp_loss)):
             self.lost += 1
             return
@@ -173,3 +177,16 @@ class LinkSimNet(SimNet):
                 if conn.established and conn.remote in index:
                     claims.add((node.index, index[conn.remote]))
         return {frozenset(p) for p in claims if (p[1], p[0]) in claims}
+
+    def gated(self) -> bool:
+        """Every connection a node announces as established has its UDP link up."""
+        for node in self.live():
+            record = node.mesh.topology.peers.get(node.mesh.config.name)
+            if record is None:
+                continue
+            by_peer = node.mesh.connected_peers()
+            for conn in record.connections:
+                link = self.links_of(node).get(by_peer.get(conn.remote, -1))
+                if conn.established and (link is None or not link.machine.up):
+                    return False
+        return True

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from weftnet.proto.link import LINK_TIMEOUT
+from weftnet.proto.link import LINK_TIMEOUT, OVERLAY_OVERHEAD
 from weftnet.proto.routes import Routes
 
-from .linknet import PROBE_PORT, LinkSimNet
+from .linknet import MTU, PROBE_PORT, ROUTE_MTU, LinkSimNet
 
 ALL3 = {frozenset((0, 1)), frozenset((1, 2)), frozenset((0, 2))}
 
@@ -107,3 +107,34 @@ def test_links_follow_a_node_whose_datagrams_come_from_a_new_address(seed: int) 
     assert all(link.machine.udp_addr[1] != PROBE_PORT
                for node in net.nodes for link in net.links_of(node).values()
                if link.machine.udp_addr is not None)
+
+
+@pytest.mark.parametrize("seed", [10, 11])
+def test_no_connection_is_announced_before_its_link_is_up(seed: int) -> None:
+    """Checked after every 50 ms of virtual time, from the first dial, through 30% loss."""
+    net = triangle(seed)
+    net.udp_loss = 0.3
+    start = net.now
+    while not (net.established_pairs() == ALL3 and net.converged()):
+        assert net.now - start < 60, "not converged in 60 virtual seconds"
+        net.run_for(0.05)
+        assert net.gated(), f"a connection announced without its UDP link at t={net.now:.2f}"
+    assert net.lost > 0
+
+
+@pytest.mark.parametrize("seed", [12, 13])
+def test_each_link_finds_its_own_path_mtu(seed: int) -> None:
+    net = triangle(seed)
+    net.path_mtu[frozenset((0, 1))] = 1400  # a narrower hop between 0 and 1 only
+    net.run_until_converged(30, lambda: net.established_pairs() == ALL3 and net.converged())
+    net.run_for(10)  # a probe round waits PROBE_WAIT per lost size
+    names = {n.mesh.config.name: n.index for n in net.nodes}
+    found = {}
+    for node in net.live():
+        for peer, conn_id in node.mesh.connected_peers().items():
+            m = net.links_of(node)[conn_id].machine
+            found[(node.index, names[peer])] = (m.pmtu, m.mtu)
+    narrow = (1400, min(MTU, 1400 - OVERLAY_OVERHEAD))
+    wide = (ROUTE_MTU, min(MTU, ROUTE_MTU - OVERLAY_OVERHEAD))
+    assert found[(0, 1)] == found[(1, 0)] == narrow
+    assert found[(0, 2)] == found[(2, 0)] == found[(1, 2)] == found[(2, 1)] == wide
