@@ -75,6 +75,7 @@ from weftnet.router.daemon.watcher import NamespaceWatcher
 from weftnet.router.dataplane import vxlan
 from weftnet.router.dataplane.engine import Dataplane
 from weftnet.router.dataplane.fastpath import FastdpGossiper
+from weftnet.router.dataplane.ports import TapPort, UdpPort
 from weftnet.router.host import netdev
 from weftnet.router.host.attachments import Attachments, parse_address_specs
 from weftnet.router.host.datadir import IPAM_FILE, DataDir
@@ -304,14 +305,17 @@ class Router:
 
     # --- main ----------------------------------------------------------------------------
 
-    async def main(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def main(self, task_status: Any = trio.TASK_STATUS_IGNORED, *,
+                   ports: tuple[TapPort, UdpPort] | None = None) -> None:
+        """Run until stopped. ``ports``: the data plane's TAP and UDP ports to use instead of
+        the host's (router/dataplane/doubles.py in tests), else the bridge's TAP and a socket."""
         try:
             listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host or None)
         except OSError as exc:
             raise LocalProtocolError(
                 f"cannot listen on port {self.config.port}: {exc.strerror or exc}") from None
         try:
-            self.dataplane.open()
+            self.dataplane.open(*(ports or ()))
         except OSError as exc:
             raise LocalProtocolError(f"cannot set up the data plane: {exc.strerror or exc}") from None
         except netdev.NetdevError as exc:
