@@ -73,7 +73,7 @@ class DnsDriver:
         self.server: DnsServer | None = None
         self._listening: dict[str, netdev.NetnsRef] = {}   # containers served (or sharing)
         self._lock = trio.Lock()
-        self._next_check = trio.current_time() + TOPOLOGY_CHECK
+        self._next_check: float = trio.current_time() + TOPOLOGY_CHECK
 
     @property
     def domain(self) -> str:
@@ -81,7 +81,8 @@ class DnsDriver:
 
     def wall(self) -> float:
         """Now, in the service's wall-clock seconds."""
-        return trio.current_time() + self.wall_offset
+        now: float = trio.current_time()
+        return now + self.wall_offset
 
     def qualify(self, name: str) -> str:
         return self.service.qualify(name)
@@ -251,7 +252,8 @@ class DnsDriver:
             self.persist()
 
     def get_timer(self) -> float:
-        return min(self.service.get_timer() - self.wall_offset, self._next_check)
+        wake: float = self.service.get_timer() - self.wall_offset
+        return min(wake, self._next_check)
 
     def handle_timer(self, now: float) -> None:
         self._next_check = now + TOPOLOGY_CHECK
