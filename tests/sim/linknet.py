@@ -21,7 +21,7 @@ from typing import Any
 
 from weftnet.proto import sleeve
 from weftnet.proto.errors import RemoteProtocolError
-from weftnet.proto.link import IP_UDP_OVERHEAD, LinkMachine, Send
+from weftnet.proto.link import IP_UDP_OVERHEAD, LinkEvent, LinkMachine, Send
 from weftnet.proto.mesh import PeerConnected, PeerDisconnected
 
 from .simnet import SimNet, SimNode
@@ -57,6 +57,7 @@ class LinkSimNet(SimNet):
         self.path_mtu: dict[frozenset[int], int] = {}  # pairs behind a narrower hop
         self.datagrams = 0
         self.lost = 0
+        self.link_events: list[tuple[float, int, int, LinkEvent]] = []  # (t, node, conn_id, e)
 
     def add_node(self, **kw: Any) -> SimNode:
         node = super().add_node(require_overlay=True, **kw)
@@ -106,7 +107,8 @@ class LinkSimNet(SimNet):
             for send in sends:
                 self._udp_send(node, link, send)
         changed = False
-        while m.next_event() is not None:
+        while (event := m.next_event()) is not None:
+            self.link_events.append((self.now, node.index, link.conn_id, event))
             changed = True
         if changed:
             node.mesh.set_overlay(link.conn_id, ready=m.up, overlay="sleeve" if m.up else None,

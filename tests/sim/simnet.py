@@ -255,4 +255,10 @@ class SimNet:
             self.run_for(every)
             if check():
                 return self.now - start
-        raise AssertionError(f"not converged after {limit} virtual seconds")
+        digests = {n.mesh.topology.digest() for n in self.live()}
+        expected = ("equal topology digests" if check == self.converged
+                    else getattr(check, "__doc__", None)
+                    or f"{getattr(check, '__name__', 'the check')} to hold")
+        raise AssertionError(f"not converged after {limit} virtual seconds: expected "
+                             f"{expected}; at t={self.now:.2f} the {len(self.live())} live "
+                             f"nodes hold {len(digests)} distinct topology digests")
