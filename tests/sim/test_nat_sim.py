@@ -306,3 +306,30 @@ def test_the_public_end_finds_the_path_mtu_through_a_port_dependent_filter(seed:
     outside = link_to(net, public, node)
     got = (outside.pmtu, outside.mtu)
     assert got == narrow, f"n0's link to n1: expected (pmtu, mtu) {narrow}, got {got}"
+
+
+@pytest.mark.parametrize("seed", [10, 11])
+def test_neighbours_behind_one_gateway_talk_privately(seed: int) -> None:
+    """Two nodes behind one gateway: the one given the other's private address links to it
+    directly, around the gateway, which maps only what goes out to the public node (the
+    second node's port 6783 being taken, it gets another)."""
+    net = NatNet(seed)
+    public = net.add_node()
+    gw = net.add_gateway(EIM, APDF)
+    one = net.add_node(nat=gw, targets=[public.address])
+    two = net.add_node(nat=gw, targets=[public.address, one.address])
+    want = {frozenset((0, 1)), frozenset((0, 2)), frozenset((1, 2))}
+    net.run_until(60, lambda: net.established_pairs() == want and net.converged(),
+                  f"established pairs {sorted(tuple(sorted(p)) for p in want)}",
+                  lambda: state(net))
+    net.run_for(2 * DIAL_TIMEOUT)
+    for a, b in ((one, two), (two, one)):
+        m = link_to(net, a, b)
+        assert m.up and m.udp_addr == _split(b.address), (
+            f"n{a.index}->n{b.index}: expected up at {b.address}, {m.udp_addr} {m.down_reason}")
+    mapped = gw.mappings(net.now)
+    hosts = {inside[0] for inside, _ in mapped}
+    assert hosts == {_split(one.address)[0], _split(two.address)[0]}, f"mapped {mapped}"
+    ports = {inside: public[1] for (inside, _), public in mapped.items()}
+    assert ports[_split(one.address)] == 6783 != ports[_split(two.address)], (
+        f"expected n1 to keep 6783 and n2 to get another port: {mapped}")
