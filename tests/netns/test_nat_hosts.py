@@ -80,4 +80,10 @@ def test_natted_pair_meshes_and_talks_relayed_through_the_public_peer(natted: Te
         wait_for(f"h2's status to show the failed dial to {gw3}", dial_failed, timeout=35)
         print(f"h2's status {time.monotonic() - t_h3:.1f} s after h3 joined: {seen}")
         assert all("established" not in line for line in seen)
+        # and it stays shown while the next try is under way (a dial in flight is listed as
+        # connecting with the last try's reason; it used to vanish for the whole try)
+        for _ in range(3):
+            time.sleep(1)
+            assert dial_failed(), f"the dial to {gw3} left h2's status: {seen}"
+        print(f"... and {time.monotonic() - t_h3:.1f} s after: {seen}")
         assert established(report(tb, "h2")) == {"h1"}
