@@ -24,7 +24,9 @@ starts again at 1 s. Nothing is dialled beyond ``conn_limit`` connections, nor a
 a live connection already covers (``LiveConnections.covers``: an address we are connected
 to, outbound by address or inbound by IP, or the address of a peer already connected
 under another one); such a target is looked at again INITIAL_BACKOFF later (a poll while
-covered, never a deadline left in the past), and is not listed as waiting either.
+covered, never a deadline left in the past), and is not listed as waiting either. A dial in
+flight (``dialling``: since ``dialled_at``, with the last try's error) is listed too, so a
+target whose every try times out is shown all the time, not only between tries.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class Target:
     last_error: str = ""
     connected_since: float | None = None
     peer: PeerName | None = None  # learned from a handshake with whoever answered here
+    dialled_at: float | None = None  # when the latest dial was handed out (CONNECTING)
 
 
 def split_host(address: str) -> str:
@@ -153,7 +156,7 @@ class ConnectionMaker:
                 if full and not covered:
                     target.last_error = f"connection limit of {self.conn_limit} reached"
                 continue
-            target.state = TargetState.CONNECTING
+            target.state, target.dialled_at = TargetState.CONNECTING, now
             dial.append(addr)
         return dial
 
@@ -197,6 +200,13 @@ class ConnectionMaker:
 
     def target(self, addr: str) -> Target | None:
         return self._targets.get(addr)
+
+    def dialling(self, live: LiveConnections) -> list[Target]:
+        """Targets whose dial is in flight (handed out by ``due``, no connection yet), direct
+        and discovered alike: status shows them as connecting, with the last try's error."""
+        return [t for a in sorted(self._targets)
+                if (t := self._targets[a]).state is TargetState.CONNECTING
+                and a not in live.targets]
 
     def waiting(self, live: LiveConnections) -> list[Target]:
         """Targets shown in status on their own: neither being dialled nor connected, nor

@@ -629,11 +629,14 @@ class MeshNode:
                 "peer": None, "encrypted": self.config.password is not None,
                 "overlay": None, "overlay_reason": "", "mtu": None,
             })
-        for address in sorted(a for a in self.maker.direct_targets()
-                              if (t := self.maker.target(a)) is not None
-                              and t.state is TargetState.CONNECTING and a not in live.targets):
-            conns.append({"address": address, "outbound": True, "state": "connecting",
-                          "info": "", "peer": None,
+        for target in self.maker.dialling(live):
+            # discovered dials too: without them a dial that keeps timing out vanished from
+            # status for the whole of each try and showed only between tries
+            since = now - (target.dialled_at if target.dialled_at is not None else now)
+            info = f"dialling for {max(0.0, since):.0f}s" + (
+                f"; last try: {target.last_error}" if target.last_error else "")
+            conns.append({"address": target.address, "outbound": True, "state": "connecting",
+                          "info": info, "peer": None,
                           "encrypted": self.config.password is not None,
                           "overlay": None, "overlay_reason": "", "mtu": None})
         return {

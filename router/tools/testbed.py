@@ -45,6 +45,15 @@ the container), or a test wires it by hand. ``run``/``popen``/``ping`` accept co
 wherever they accept host names. Containers share the prefix, so ``close()`` and
 ``sweep_stale()`` remove them with the rest; ``remove_container`` removes one earlier.
 
+*NAT gateways*: ``Testbed(..., nat={"h2": Nat(), "h3": Nat(symmetric=True)})`` puts each
+named host behind a gateway namespace ``PREFIX-gw<i>`` (``i`` = the host's number) of its own,
+as a cloud would (``natgw.py`` says how it behaves). The gateway takes the host's place on its
+one segment (leg ``pub``, address ``172.31.<s>.<i>``: ``public_address(host)``); the host's only
+underlay interface ``eth0`` is on a veth to the gateway's ``priv`` leg, address
+``172.20.<i>.2/24`` (``address(host)``), default route via ``172.20.<i>.1``. ``gateway(host)``
+names the gateway for ``run``/``ping``; ``nat_flush`` and ``nat_timeouts`` simulate rebinding.
+``count_underlay(host)`` and ``underlay_bytes(host)`` count what crosses a host's underlay.
+
 Extra commands for tests: ``block_udp_port``/``unblock`` and ``set_loss`` add nftables rules
 (table ``inet weft_testbed``) inside one host namespace, matching only its underlay
 interfaces, so loopback (the router's HTTP API) is never affected. ``partition(a, b)``,
@@ -89,6 +98,14 @@ from weftnet.router.tools.namespaces import (
     sigint_deferred,
     sigterm_as_interrupt,
 )
+from weftnet.router.tools.natgw import (
+    FLUSH_CONNTRACK_PY,
+    Nat,
+    gateway_sysctls,
+    nat_ruleset,
+    private_net,
+    timeout_sysctls,
+)
 from weftnet.router.tools.ownership import (
     DEFAULT_PATTERN,
     STATE_DIR,
@@ -102,6 +119,7 @@ from weftnet.router.tools.ownership import (
 __all__ = [
     "DEFAULT_PATTERN",
     "NFT_TABLE",
+    "Nat",
     "STATE_DIR",
     "CommandFailed",
     "NftablesMissing",
@@ -117,7 +135,7 @@ NFT_TABLE = "weft_testbed"
 
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
-_SWITCH_RE = re.compile(r"^sw[0-9]+$")
+_SWITCH_RE = re.compile(r"^(sw|gw)[0-9]+$")  # names of the testbed's own namespaces
 
 
 class Testbed:
@@ -133,11 +151,14 @@ class Testbed:
         hosts: Sequence[str] = ("h1", "h2", "h3"),
         segments: Mapping[str, Sequence[str]] | None = None,
         prefix: str | None = None,
+        nat: Mapping[str, Nat] | None = None,
     ) -> None:
         self.hosts: tuple[str, ...] = tuple(hosts)
         if segments is None:
             segments = {"lan": self.hosts}
         self.segments: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in segments.items()}
+        self.nat: dict[str, Nat] = dict(nat or {})
+        self._gateways: dict[str, str] = {}  # gateway name -> namespace, filled by _build
         self._validate()
         self._closed = False
         self._released = False
@@ -168,7 +189,7 @@ class Testbed:
             raise ValueError(f"duplicate host names in {self.hosts}")
         for host in self.hosts:
             if not _HOST_RE.match(host) or _SWITCH_RE.match(host):
-                raise ValueError(f"bad host name {host!r} (letters, digits, _.-; not swN)")
+                raise ValueError(f"bad host name {host!r} (letters, digits, _.-; not swN, gwN)")
         if not 1 <= len(self.segments) <= 254:
             raise ValueError("need between 1 and 254 segments")
         for seg, members in self.segments.items():
@@ -177,6 +198,15 @@ class Testbed:
                 raise ValueError(f"segment {seg!r} names unknown hosts {unknown}")
             if len(set(members)) != len(members):
                 raise ValueError(f"segment {seg!r} lists a host twice")
+        for host, how in self.nat.items():
+            if host not in self.hosts:
+                raise ValueError(f"nat names the unknown host {host!r}")
+            if not isinstance(how, Nat):
+                raise TypeError(f"nat[{host!r}] must be a Nat, not {how!r}")
+            on = [seg for seg, members in self.segments.items() if host in members]
+            if len(on) != 1:
+                raise ValueError(f"a host behind NAT must be on exactly one segment, "
+                                 f"{host!r} is on {on}")
 
     def _claim_prefix(self, prefix: str | None) -> str:
         existing = {ns.split("-", 1)[0] for ns in list_namespaces()}
@@ -219,12 +249,42 @@ class Testbed:
             for host in members:
                 hns, ifname = self.ns(host), self._ifname(host, seg)
                 port = f"v{self.hosts.index(host) + 1}"
+                if host in self.nat:
+                    self._build_gateway(sw, port, host, seg)
+                    continue
                 run_ip("-n", sw, "link", "add", port, "type", "veth",
                     "peer", "name", ifname, "netns", hns)  # fmt: skip
                 run_ip("-n", sw, "link", "set", port, "master", "br0", "up")
                 run_ip("-n", hns, "addr", "add", f"{self.address(host, seg)}/24", "dev", ifname)
                 run_ip("-n", hns, "link", "set", ifname, "up")
         self._wait_links_up()
+
+    def _build_gateway(self, sw: str, port: str, host: str, seg: str) -> None:
+        """``host``'s NAT gateway on segment ``seg`` (bridge port ``port`` in ``sw``)."""
+        number = self.hosts.index(host) + 1
+        name = f"gw{number}"
+        gns = f"{self.prefix}-{name}"
+        self._gateways[name] = gns
+        self._add_ns(gns)
+        net = private_net(number)
+        run_ip("-n", sw, "link", "add", port, "type", "veth", "peer", "name", "pub", "netns", gns)
+        run_ip("-n", sw, "link", "set", port, "master", "br0", "up")
+        run_ip("-n", gns, "addr", "add", f"{self.public_address(host)}/24", "dev", "pub")
+        run_ip("-n", gns, "link", "set", "pub", "up")
+        hns = self.ns(host)
+        run_ip("-n", gns, "link", "add", "priv", "type", "veth", "peer", "name", "eth0",
+               "netns", hns)
+        run_ip("-n", gns, "addr", "add", f"{net[1]}/24", "dev", "priv")
+        run_ip("-n", gns, "link", "set", "priv", "up")
+        run_ip("-n", hns, "addr", "add", f"{net[2]}/24", "dev", "eth0")
+        run_ip("-n", hns, "link", "set", "eth0", "up")
+        run_ip("-n", hns, "route", "add", "default", "via", str(net[1]))
+        self._sysctl(name, gateway_sysctls())
+        self._nft(name, script=nat_ruleset(net, symmetric=self.nat[host].symmetric))
+
+    def _sysctl(self, name: str, values: Mapping[str, str]) -> None:
+        for key, value in values.items():
+            self.run(name, ["sysctl", "-q", "-w", f"{key}={value}"], timeout=30)
 
     def _wait_links_up(self, timeout: float = 10.0) -> None:
         """Wait until the kernel reports every underlay link operationally up.
@@ -248,6 +308,8 @@ class Testbed:
         """The network namespace name of ``host`` (or of a container of that name)."""
         if host in self._containers:
             return self._containers[host]
+        if host in self._gateways:
+            return self._gateways[host]
         self._check_host(host)
         return f"{self.prefix}-{host}"
 
@@ -256,10 +318,12 @@ class Testbed:
 
     @property
     def namespaces(self) -> list[str]:
-        """Every namespace of this testbed: hosts first, then switches, then containers."""
+        """Every namespace of this testbed: hosts first, then switches, NAT gateways, then
+        containers."""
         return (
             [self.ns(h) for h in self.hosts]
             + [self._switch_ns(i) for i in range(len(self.segments))]
+            + list(self._gateways.values())
             + list(self._containers.values())
         )
 
@@ -285,15 +349,34 @@ class Testbed:
         return [f"eth{i}" for i in range(len(self.host_segments(host)))]
 
     def address(self, host: str, segment: str | None = None) -> str:
-        """``host``'s IPv4 address (no prefix length) on ``segment`` (default: its first)."""
+        """``host``'s IPv4 address (no prefix length) on ``segment`` (default: its first).
+
+        Behind NAT: its private address (behind the gateway on that segment)."""
         on = self.host_segments(host)
         if not on:
             raise KeyError(f"host {host!r} is on no segment")
         seg = on[0] if segment is None else segment
         if seg not in on:
             raise KeyError(f"host {host!r} is not on segment {seg!r} (it is on {on})")
+        if host in self.nat:
+            return str(private_net(self.hosts.index(host) + 1)[2])
         s = list(self.segments).index(seg)
         return f"172.31.{s + 1}.{self.hosts.index(host) + 1}"
+
+    def public_address(self, host: str) -> str:
+        """The address others see ``host``'s packets come from on its (first) segment: its
+        NAT gateway's ``pub`` address, or its own when it is not behind NAT."""
+        if host not in self.nat:
+            return self.address(host)
+        seg = self.host_segments(host)[0]
+        return f"172.31.{list(self.segments).index(seg) + 1}.{self.hosts.index(host) + 1}"
+
+    def gateway(self, host: str) -> str:
+        """The name (for ``run``, ``ping``, ``popen``) of ``host``'s NAT gateway."""
+        self._check_host(host)
+        if host not in self.nat:
+            raise KeyError(f"host {host!r} is not behind NAT")
+        return f"gw{self.hosts.index(host) + 1}"
 
     @property
     def tmpdir(self) -> Path:
@@ -312,7 +395,7 @@ class Testbed:
 
         For a container: this process's environment as it is (no router runs there).
         """
-        if host in self._containers:
+        if host in self._containers or host in self._gateways:
             return dict(os.environ)
         return {**os.environ, "WEFT_DATA_DIR": str(self.data_dir(host))}
 
@@ -335,7 +418,7 @@ class Testbed:
         """
         self._check_open()
         if not _HOST_RE.match(name) or _SWITCH_RE.match(name):
-            raise ValueError(f"bad container name {name!r} (letters, digits, _.-; not swN)")
+            raise ValueError(f"bad container name {name!r} (letters, digits, _.-; not swN, gwN)")
         if name in self.hosts or name in self._containers:
             raise ValueError(f"the name {name!r} is taken in this testbed")
         ns = f"{self.prefix}-{name}"
@@ -514,10 +597,52 @@ class Testbed:
             f'{chance}drop comment "loss"\n'
         ))  # fmt: skip
 
+    def count_underlay(self, host: str) -> None:
+        """Count (from now on, from zero) the bytes crossing ``host``'s underlay interfaces,
+        both directions; ``underlay_bytes`` reads the count."""
+        self._check_host(host)
+        self._delete_rules(host, "count")
+        self._ensure_table(host)
+        t, dev = f"inet {NFT_TABLE}", self._underlay(host)
+        with contextlib.suppress(CommandFailed):
+            self._nft(host, "delete", "counter", "inet", NFT_TABLE, "underlay")
+        self._nft(host, script=(
+            f"add counter {t} underlay\n"
+            f'add rule {t} input iifname {dev} counter name "underlay" comment "count"\n'
+            f'add rule {t} output oifname {dev} counter name "underlay" comment "count"\n'
+        ))  # fmt: skip
+
+    def underlay_bytes(self, host: str) -> int:
+        """Bytes counted on ``host``'s underlay since ``count_underlay(host)``."""
+        listing = json.loads(self._nft(host, "-j", "list", "counter", "inet", NFT_TABLE,
+                                       "underlay"))
+        for item in listing.get("nftables", []):
+            if "counter" in item:
+                return int(item["counter"]["bytes"])
+        raise TestbedError(f"no underlay counter in {host}: call count_underlay first")
+
+    # -- NAT gateways --
+
+    def nat_flush(self, host: str) -> None:
+        """Forget every mapping of ``host``'s NAT gateway (flush its conntrack table): the
+        next datagram out gets a new mapping, as after a rebinding."""
+        gw = self.gateway(host)
+        if shutil.which("conntrack") is not None:
+            self.run(gw, ["conntrack", "-F"], timeout=30)
+        else:
+            self.run(gw, [sys.executable, "-c", FLUSH_CONNTRACK_PY], timeout=30)
+
+    def nat_timeouts(self, host: str, udp: int | None = None,
+                     udp_stream: int | None = None) -> None:
+        """Set conntrack's UDP timeouts (seconds) in ``host``'s NAT gateway only: an idle
+        mapping expires after that long (``udp``: one-way flows, ``udp_stream``: two-way)."""
+        self._sysctl(self.gateway(host), timeout_sysctls(udp, udp_stream))
+
     # -- partitions (faults tests) --
 
     def _all_addresses(self, host: str) -> list[str]:
-        return [self.address(host, seg) for seg in self.host_segments(host)]
+        own = [self.address(host, seg) for seg in self.host_segments(host)]
+        return own + ([self.public_address(host)] if host in self.nat else [])
 
     def partition(self, a: str, b: str) -> None:
         """Cut hosts ``a`` and ``b`` apart: every packet between their underlay addresses is

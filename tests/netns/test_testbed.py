@@ -278,3 +278,91 @@ def test_demo_runs() -> None:
     assert "encrypted" in proc.stdout
     assert not [ns for ns in list_namespaces() if ns.startswith("weftdemo-")]
     assert root_links() == before
+
+
+UDP_ECHO_SOURCE = """\
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[2])))
+s.settimeout(5)
+for dst in sys.argv[3:]:
+    s.sendto(b"x", (dst, int(sys.argv[1])))
+    print(s.recvfrom(64)[0].decode(), flush=True)
+"""
+
+UDP_REFLECT = """\
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+print("ready", flush=True)
+while True:
+    _, (ip, port) = s.recvfrom(64)
+    s.sendto(f"{ip}:{port}".encode(), (ip, port))
+"""
+
+
+def test_nat_gateways_masquerade_and_drop_the_unasked(testbed_factory: TestbedFactory) -> None:
+    """h2 behind a port-preserving gateway, h3 behind a symmetric one, h1 and h4 public."""
+    before = root_links()
+    tb = testbed_factory(hosts=("h1", "h2", "h3", "h4"),
+                         nat={"h2": testbed_mod.Nat(), "h3": testbed_mod.Nat(symmetric=True)})
+    assert [tb.address(h) for h in tb.hosts] == ["172.31.1.1", "172.20.2.2", "172.20.3.2",
+                                                 "172.31.1.4"]
+    assert tb.public_address("h2") == "172.31.1.2" and tb.public_address("h1") == "172.31.1.1"
+    assert sorted(ours(tb.prefix)) == sorted(tb.namespaces)
+    assert {tb.ns(tb.gateway(h)) for h in ("h2", "h3")} == {f"{tb.prefix}-gw2", f"{tb.prefix}-gw3"}
+    with pytest.raises(KeyError):
+        tb.gateway("h1")
+    # out through the gateways works; nothing gets in unasked, not even a ping to a gateway
+    assert tb.ping("h2", tb.address("h1")) and tb.ping("h3", tb.address("h4"))
+    assert not tb.ping("h1", tb.public_address("h2"))
+    assert not tb.ping("h1", tb.address("h2"))  # no route to the private side at all
+    assert not tb.ping("h2", tb.public_address("h3"))
+    # forwarding is on in the gateways only
+    for ns in ("h1", "h2", tb.gateway("h2")):
+        fwd = tb.run(ns, ["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip()
+        assert fwd == ("1" if ns.startswith("gw") else "0"), ns
+
+    # what h1 and h4 see as the source: the gateway's address; the easy NAT keeps the port
+    # for every destination, the symmetric one picks one per destination
+    for h in ("h1", "h4"):
+        r = tb.popen(h, [sys.executable, "-c", UDP_REFLECT, "7000"], stdout=subprocess.PIPE,
+                     text=True)
+        assert r.stdout is not None and r.stdout.readline().strip() == "ready"
+    dsts = [tb.address("h1"), tb.address("h4")]
+    easy = tb.run("h2", [sys.executable, "-c", UDP_ECHO_SOURCE, "7000", "40000", *dsts])
+    assert easy.stdout.split() == ["172.31.1.2:40000"] * 2
+    hard = tb.run("h3", [sys.executable, "-c", UDP_ECHO_SOURCE, "7000", "40000", *dsts])
+    seen = hard.stdout.split()
+    assert [s.split(":")[0] for s in seen] == ["172.31.1.3"] * 2
+    assert len(set(seen)) == 2, f"the symmetric NAT reused a mapping: {seen}"
+
+    # a flush forgets the mapping (the drop rule then refuses the return traffic of the old
+    # one); timeouts are set in the gateway's own namespace
+    tb.nat_flush("h2")
+    tb.nat_timeouts("h2", udp=3, udp_stream=4)
+    got = tb.run(tb.gateway("h2"), ["sysctl", "-n", "net.netfilter.nf_conntrack_udp_timeout",
+                                    "net.netfilter.nf_conntrack_udp_timeout_stream"]).stdout
+    assert got.split() == ["3", "4"]
+    assert tb.run("h1", ["sysctl", "-n", "net.netfilter.nf_conntrack_udp_timeout"],
+                  check=False).stdout.strip() != "3"
+
+    # counting what crosses a host's underlay
+    tb.count_underlay("h1")
+    assert tb.underlay_bytes("h1") == 0
+    assert tb.ping("h2", tb.address("h1"))
+    assert tb.underlay_bytes("h1") >= 2 * 84  # an echo request and its reply, IP and up
+
+    tb.close()
+    assert_gone(tb)
+    assert root_links() == before
+
+
+def test_nat_validation(testbed_factory: TestbedFactory) -> None:
+    with pytest.raises(ValueError, match="unknown host"):
+        Testbed(hosts=("h1",), nat={"h9": testbed_mod.Nat()})
+    with pytest.raises(ValueError, match="exactly one segment"):
+        Testbed(hosts=("h1", "h2"), segments={"a": ["h1", "h2"], "b": ["h2"]},
+                nat={"h2": testbed_mod.Nat()})
+    with pytest.raises(ValueError, match="bad host name"):
+        Testbed(hosts=("h1", "gw2"))

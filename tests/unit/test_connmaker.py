@@ -387,6 +387,21 @@ def test_get_timer_covers_only_idle_and_retrying_targets() -> None:
         (B, TargetState.RETRYING), (C, TargetState.FAILED)]
 
 
+def test_dials_in_flight_are_listed_direct_and_discovered_with_when_they_began() -> None:
+    cm = maker(3)
+    cm.add([A])
+    cm.set_discovered([B, C])
+    assert due(cm, 2.0) == [A, B, C]
+    cm.attempt_failed(C, 12.0, "connection timed out")
+    live = LiveConnections(targets=frozenset([A]))  # A's dial became a connection
+    assert [(t.address, t.dialled_at) for t in cm.dialling(live)] == [(B, 2.0)]
+    assert [t.address for t in cm.waiting(live)] == [C]
+    assert due(cm, next_try(cm, C)) == [C]
+    dialling = {t.address: t for t in cm.dialling(live)}
+    assert dialling[C].dialled_at == next_try(cm, C)
+    assert dialling[C].last_error == "connection timed out"  # what status shows meanwhile
+
+
 def test_unknown_addresses_are_ignored() -> None:
     cm = maker(1)
     cm.connected(A, PEER_A, 0.0)
