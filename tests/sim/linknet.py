@@ -130,17 +130,24 @@ class LinkSimNet(SimNet):
             link.machine.handle_timer(self.now)
         self._service(node, link)
 
-    def _udp_send(self, node: SimNode, link: SimLink, send: Send) -> None:
+    def _udp_leave(self, node: SimNode, link: SimLink, send: Send) -> tuple[int, Address] | None:
+        """The datagram's IP size and source, or None when our own route refuses a probe
+        (told to the machine, as the engine tells it of EMSGSIZE)."""
         m = link.machine
         size = (IP_UDP_OVERHEAD + sleeve.HEADER_LEN + len(send.body)
                 + (sleeve.TAG_LEN if m.encrypted else 0))
         if send.probe_id is not None and size > ROUTE_MTU:
             m.probe_send_failed(send.probe_id, self.now, ROUTE_MTU)
-            return
-        own = self.udp_addr[node.index]
-        src = (own[0], PROBE_PORT) if send.probe_id is not None else own
-        dst = self.udp_at.get(send.addr)
+            return None
         self.datagrams += 1
+        own = self.udp_addr[node.index]
+        return size, (own[0], PROBE_PORT) if send.probe_id is not None else own
+
+    def _udp_send(self, node: SimNode, link: SimLink, send: Send) -> None:
+        if (left := self._udp_leave(node, link, send)) is None:
+            return
+        size, src = left
+        dst = self.udp_at.get(send.addr)
         if (dst is None or not self.nodes[dst].up
                 or frozenset((node.index, dst)) in self.udp_blocked
                 or frozenset((node.index, dst)) in self.blocked

@@ -40,14 +40,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from weftnet.proto import sleeve
-from weftnet.proto.link import IP_UDP_OVERHEAD, Send
+from weftnet.proto.link import Send
 from weftnet.proto.sleeve import Kind
 
-from .linknet import PROBE_PORT, ROUTE_MTU, Address, LinkSimNet, SimLink, _split
-from .simnet import SimConn, SimNode
+from .linknet import ROUTE_MTU, Address, LinkSimNet, SimLink, _split
+from .simnet import SimNode
 
-DIAL_TIMEOUT = 10.0  # router/daemon/connections.py: a SYN nobody answers
 UDP_TIMEOUT = 30.0  # nf_conntrack_udp_timeout's default
 PUBLIC_NET = ipaddress.ip_network("203.0.113.0/24")  # gateways' public addresses
 PORTS = (1024, 65535)
@@ -208,60 +206,30 @@ class NatNet(LinkSimNet):
 
     # --- TCP --------------------------------------------------------------------------
 
-    def _dial(self, node: SimNode, address: str) -> None:
-        def connect() -> None:
-            host, _ = _split(address)
-            target = self.by_address.get(address)
-            if self.gateway_at(host) is not None or (
-                    target is not None and target in self.behind
-                    and self._outside(node.index, target)):
-                started = self.now
-                self.at(self.now + DIAL_TIMEOUT,
-                        lambda: self._timed_out(node, address, started))
-                return
-            if (target is None or not self.nodes[target].up or not node.up
-                    or frozenset((node.index, target)) in self.blocked):
-                node.mesh.dial_failed(address, "connection refused", self.now)
-                self._after_input(node)
-                return
-            other = self.nodes[target]
-            a_id, b_id = node.next_conn, other.next_conn
-            node.next_conn += 1
-            other.next_conn += 1
-            node.conns[a_id] = SimConn(node.index, a_id, target, b_id)
-            other.conns[b_id] = SimConn(target, b_id, node.index, a_id)
-            src = (_split(node.address)[0], 40000 + a_id)
-            gw = self.behind.get(node.index)
-            if gw is not None and self._outside(node.index, target):
-                src = gw.outbound(src, _split(address), self.now, proto="tcp")
-            node.mesh.connection_made(a_id, outbound=True, remote_address=address,
-                                      target=address, now=self.now)
-            other.mesh.connection_made(b_id, outbound=False,
-                                       remote_address=f"{src[0]}:{src[1]}",
-                                       target=None, now=self.now)
-            self._after_input(node)
-            self._after_input(other)
+    def _unanswered(self, node: SimNode, address: str, target: int | None) -> bool:
+        """A gateway drops unsolicited SYNs: dials to its public address, and from outside
+        to a host behind it, are never answered."""
+        host, _ = _split(address)
+        return self.gateway_at(host) is not None or (
+            target is not None and target in self.behind and self._outside(node.index, target))
 
-        self.at(self.now + self.latency, connect)
+    def _seen_from(self, node: SimNode, conn_id: int, address: str, target: int) -> str:
+        src = _split(super()._seen_from(node, conn_id, address, target))
+        gw = self.behind.get(node.index)
+        if gw is not None and self._outside(node.index, target):
+            src = gw.outbound(src, _split(address), self.now, proto="tcp")
+        return f"{src[0]}:{src[1]}"
 
     def _timed_out(self, node: SimNode, address: str, started: float) -> None:
         self.dials_timed_out.append((node.index, address, started, self.now))
-        if node.up:
-            node.mesh.dial_failed(address, "connection timed out", self.now)
-            self._after_input(node)
+        super()._timed_out(node, address, started)
 
     # --- UDP --------------------------------------------------------------------------
 
     def _udp_send(self, node: SimNode, link: SimLink, send: Send) -> None:
-        m = link.machine
-        size = (IP_UDP_OVERHEAD + sleeve.HEADER_LEN + len(send.body)
-                + (sleeve.TAG_LEN if m.encrypted else 0))
-        if send.probe_id is not None and size > ROUTE_MTU:
-            m.probe_send_failed(send.probe_id, self.now, ROUTE_MTU)
+        if (left := self._udp_leave(node, link, send)) is None:
             return
-        own = self.udp_addr[node.index]
-        src = (own[0], PROBE_PORT) if send.probe_id is not None else own
-        self.datagrams += 1
+        size, src = left
         mine = self.behind.get(node.index)
         to_gw = self.gateway_at(send.addr[0])
         dst = self.udp_at.get(send.addr)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from weftnet.proto.mesh import Close, Dial, MeshConfig, MeshNode
 
 FLUSH = 0.005
+DIAL_TIMEOUT = 10.0  # router/daemon/connections.py: a dial nobody answers gives up then
 LATENCY = 0.002
 
 
@@ -168,6 +169,10 @@ class SimNet:
     def _dial(self, node: SimNode, address: str) -> None:
         def connect() -> None:
             target = self.by_address.get(address)
+            if self._unanswered(node, address, target):
+                started = self.now
+                self.at(self.now + DIAL_TIMEOUT, lambda: self._timed_out(node, address, started))
+                return
             if (target is None or not self.nodes[target].up or not node.up
                     or frozenset((node.index, target)) in self.blocked):
                 node.mesh.dial_failed(address, "connection refused", self.now)
@@ -179,16 +184,28 @@ class SimNet:
             other.next_conn += 1
             node.conns[a_id] = SimConn(node.index, a_id, target, b_id)
             other.conns[b_id] = SimConn(target, b_id, node.index, a_id)
-            host = node.address.rsplit(":", 1)[0]
             node.mesh.connection_made(a_id, outbound=True, remote_address=address,
                                       target=address, now=self.now)
             other.mesh.connection_made(b_id, outbound=False,
-                                       remote_address=f"{host}:{40000 + a_id}",
+                                       remote_address=self._seen_from(node, a_id, address, target),
                                        target=None, now=self.now)
             self._after_input(node)
             self._after_input(other)
 
         self.at(self.now + self.latency, connect)
+
+    def _unanswered(self, node: SimNode, address: str, target: int | None) -> bool:
+        """A dial whose SYNs nobody answers (it fails after DIAL_TIMEOUT, not at once)."""
+        return False
+
+    def _seen_from(self, node: SimNode, conn_id: int, address: str, target: int) -> str:
+        """The address the dialled end sees the connection come from."""
+        return f"{node.address.rsplit(':', 1)[0]}:{40000 + conn_id}"
+
+    def _timed_out(self, node: SimNode, address: str, started: float) -> None:
+        if node.up:
+            node.mesh.dial_failed(address, "connection timed out", self.now)
+            self._after_input(node)
 
     def _close(self, node: SimNode, conn_id: int) -> None:
         conn = node.conns.pop(conn_id, None)

@@ -14,8 +14,8 @@ from weftnet.proto.routes import Routes
 from weftnet.proto.sleeve import Kind
 
 from .linknet import MTU, _split
-from .natnet import DIAL_TIMEOUT, DROP_FILTERED, DROP_NO_MAPPING, Filtering, Mapping, NatGateway, NatNet
-from .simnet import SimNode
+from .natnet import DROP_FILTERED, DROP_NO_MAPPING, Filtering, Mapping, NatGateway, NatNet
+from .simnet import DIAL_TIMEOUT, SimNode
 
 EIM, SYM = Mapping.ENDPOINT_INDEPENDENT, Mapping.SYMMETRIC
 EIF, ADF, APDF = (Filtering.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_DEPENDENT,
