@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 The router runs inside its host's network namespace. There it owns one Linux bridge,
-``weft``, whose ports are its TAP device (``weft-tap``, see ``tap.py``), later a VXLAN
+``weft``, whose ports are its TAP device (``weft-tap``, see ``router/dataplane/tap.py``), later a VXLAN
 device, and one veth end per attached container::
 
      host namespace (the router's)                  container namespace (CONTAINER)
