@@ -262,7 +262,7 @@ class Testbed:
     def _build_gateway(self, sw: str, port: str, host: str, seg: str) -> None:
         """``host``'s NAT gateway on segment ``seg`` (bridge port ``port`` in ``sw``)."""
         number = self.hosts.index(host) + 1
-        name = f"gw{number}"
+        name = self.gateway(host)
         gns = f"{self.prefix}-{name}"
         self._gateways[name] = gns
         self._add_ns(gns)
@@ -360,16 +360,18 @@ class Testbed:
             raise KeyError(f"host {host!r} is not on segment {seg!r} (it is on {on})")
         if host in self.nat:
             return str(private_net(self.hosts.index(host) + 1)[2])
-        s = list(self.segments).index(seg)
-        return f"172.31.{s + 1}.{self.hosts.index(host) + 1}"
+        return self._segment_address(host, seg)
 
     def public_address(self, host: str) -> str:
         """The address others see ``host``'s packets come from on its (first) segment: its
         NAT gateway's ``pub`` address, or its own when it is not behind NAT."""
         if host not in self.nat:
             return self.address(host)
-        seg = self.host_segments(host)[0]
-        return f"172.31.{list(self.segments).index(seg) + 1}.{self.hosts.index(host) + 1}"
+        return self._segment_address(host, self.host_segments(host)[0])
+
+    def _segment_address(self, host: str, segment: str) -> str:
+        """``host``'s place on ``segment``: its own address there, or its gateway's ``pub``."""
+        return f"172.31.{list(self.segments).index(segment) + 1}.{self.hosts.index(host) + 1}"
 
     def gateway(self, host: str) -> str:
         """The name (for ``run``, ``ping``, ``popen``) of ``host``'s NAT gateway."""
