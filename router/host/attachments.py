@@ -266,12 +266,9 @@ class Attachments:
 
     # --- the record ----------------------------------------------------------------------
 
-    def _load(self) -> dict[str, Record]:
-        return load_records(self.datadir)
-
     def records(self) -> dict[str, Record]:
         """What is attached, by container (as persisted)."""
-        return self._load()
+        return load_records(self.datadir)
 
     def _save(self, records: dict[str, Record]) -> None:
         state = self.datadir.load_state()
@@ -292,7 +289,7 @@ class Attachments:
         async with self._lock:
             ref = await trio.to_thread.run_sync(netdev.resolve_netns, container)
             refuse_host_namespace(ref)
-            records = self._load()
+            records = self.records()
             old = records.get(ref.name)
             if old is not None and old.ifname != ifname:  # one interface per container
                 raise LocalProtocolError(f"container {ref.name} is already attached as "
@@ -336,7 +333,7 @@ class Attachments:
         namespace that no longer exists is detached already, not an error."""
         cidrs = parse_cidrs(addresses) if addresses else None
         async with self._lock:
-            records = self._load()
+            records = self.records()
             try:
                 ref = await trio.to_thread.run_sync(netdev.resolve_netns, container)
                 key = ref.name
@@ -379,7 +376,7 @@ class Attachments:
     async def forget(self, container: str) -> Record | None:
         """Drop the record of a container whose namespace went away (and its resolv.conf)."""
         async with self._lock:
-            records = self._load()
+            records = self.records()
             if container not in records:
                 return None
             return self._forget(records, container)
@@ -392,7 +389,7 @@ class Attachments:
         return rec
 
     async def ps(self) -> list[dict[str, Any]]:
-        records = self._load()
+        records = self.records()
         return [{"container": r.container, "mac": r.mac, "cidrs": r.cidrs, "ifname": r.ifname}
                 for r in sorted(records.values(), key=lambda r: r.container)]
 
@@ -402,7 +399,7 @@ class Attachments:
         Returns the containers still there, with their namespaces."""
         alive: list[tuple[Record, netdev.NetnsRef]] = []
         async with self._lock:
-            records = self._load()
+            records = self.records()
             for key, rec in list(records.items()):
                 try:
                     ref = await trio.to_thread.run_sync(netdev.resolve_netns, rec.container)
