@@ -67,7 +67,7 @@ CONNECTION_STATES = ("established", "pending", "retrying", "failed", "connecting
 OVERLAYS = ("sleeve", "fastdp")
 DEFAULT_OVERLAY = "sleeve"
 DIRECTIONS = {"in": "in", "out": "out", "rx": "in", "tx": "out"}
-ENCRYPTIONS = ("encrypted", "unencrypted")   # of status.connection_encryption
+ENCRYPTIONS = ("encrypted", "unencrypted")   # of render.connection_encryption
 # The data plane's per-link counters (``Counters.as_dict()`` of router/dataplane/engine.py),
 # shown at zero before the first link comes; one added there later appears once a link counts
 # it (tests/unit/test_metrics.py holds this list to the engine's).
