@@ -24,7 +24,7 @@ import pytest
 
 from weftnet.router.tools.testbed import Testbed
 
-from .weftctl import attach, established, launch, report, wait_for
+from .weftctl import attach, established, launch, one_line_error, report, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("nft") is None,
                                 reason="needs nft (apt-get install nftables)")
@@ -79,13 +79,6 @@ def ip_forward(tb: Testbed, host: str) -> str:
 def bridge_addrs(tb: Testbed, host: str) -> list[str]:
     out = tb.run(host, ["ip", "-4", "-o", "addr", "show", "dev", "weft"], check=False).stdout
     return [line.split()[3] for line in out.splitlines()]
-
-
-def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
-    assert proc.stderr.startswith("weft: ") and proc.stderr.count("\n") == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    return proc.stderr
 
 
 @pytest.fixture

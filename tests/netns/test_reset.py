@@ -16,7 +16,6 @@ bounded liveness checks only.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import pytest
 from weftnet.router.host.attachments import NETNS_ETC
 from weftnet.router.tools.testbed import Testbed
 
-from .weftctl import attach, kill9, launch, meshed, report, wait_for
+from .weftctl import attach, kill9, launch, meshed, one_line_error, report, wait_for
 
 INIT = ("--ipalloc-init", "consensus=2")
 
@@ -44,14 +43,6 @@ def ruleset(tb: Testbed, host: str) -> str:
     if shutil.which("nft") is None:
         return ""
     return tb.run(host, ["nft", "list", "ruleset"]).stdout
-
-
-def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
-    assert proc.stdout == ""
-    assert proc.stderr.startswith("weft: ") and proc.stderr.count("\n") == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    return proc.stderr
 
 
 def resolv_conf(tb: Testbed, container: str) -> Path:

@@ -238,3 +238,12 @@ def kill9(tb: Testbed, host: str) -> int:
         return not datadir.is_locked()
     wait_for(f"{host}'s router (pid {pid}) to die and release its data dir", gone, timeout=10)
     return pid
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """A refused CLI call: exit 1, nothing on stdout, one ``weft: ...`` line on stderr."""
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stdout == "", proc.stdout
+    assert proc.stderr.startswith("weft: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc.stderr
