@@ -270,7 +270,6 @@ class Dataplane:
 
     def drain(self, now: float) -> None:
         """Tell the mesh each changed link's overlay (the daemon's pump calls this first)."""
-        self._news = False
         for conn_id in self.fast.take_moved():
             link = self.links.get(conn_id)
             if link is not None:
