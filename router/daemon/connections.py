@@ -59,9 +59,6 @@ class Connections:
         self._streams: dict[int, _Stream] = {}
         self._next_conn_id = 1
 
-    def __len__(self) -> int:
-        return len(self._streams)
-
     # --- what the mesh asked for (from the pump) ------------------------------------------
 
     def dial(self, address: str) -> None:

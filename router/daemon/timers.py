@@ -7,7 +7,7 @@ that deadlines may have moved (``changed()``, at the end of every pump), then ha
 to every source whose deadline (as read before the sleep) has passed, in the order the
 sources were added, and pumps once if any fired::
 
-    sources: mesh, IPAM driver, DNS driver, ...  ──get_timer()──▶ earliest deadline
+    sources: mesh, data plane, IPAM/DNS drivers  ──get_timer()──▶ earliest deadline
     sleep until then, or until changed()         ──handle_timer(now)──▶ each due source
                                                  ──pump()──▶ carry out what they asked for
 
@@ -25,7 +25,7 @@ import trio
 
 
 class TimerSource(Protocol):
-    """A machine that wants to be woken: ``MeshNode``, ``Allocator`` and the drivers."""
+    """A machine that wants to be woken: ``MeshNode``, the data plane and the drivers."""
 
     def get_timer(self) -> float | None: ...
 

@@ -25,10 +25,9 @@ from collections.abc import Sequence
 
 import trio
 
+from weftnet.proto.link import IP_UDP_OVERHEAD
 from weftnet.router.dataplane.ports import Address, Buffer, ProbePort
-
-IP_UDP_OVERHEAD = 28
-MAX_UDP_PAYLOAD = 65507
+from weftnet.router.dataplane.udpsock import MAX_UDP_PAYLOAD
 
 
 class _Inbox:

@@ -128,7 +128,7 @@ class Link:
         return self.machine.clear
 
     def data_session(self) -> SleeveSession:
-        return self.plain if self.session.encrypted and self.machine.clear else self.session
+        return self.plain if self.session.encrypted and self.clear else self.session
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -270,7 +270,6 @@ class Dataplane:
 
     def drain(self, now: float) -> None:
         """Tell the mesh each changed link's overlay (the daemon's pump calls this first)."""
-        self._news = False
         for conn_id in self.fast.take_moved():
             link = self.links.get(conn_id)
             if link is not None:
@@ -538,7 +537,7 @@ class Dataplane:
 
     def _queue(self, link: Link, entry: tuple[int, int, int, Any]) -> None:
         size = sleeve.ENTRY_OVERHEAD + len(entry[3])
-        limit = self._max_body[link.session.encrypted and not link.clear]
+        limit = self._max_body[link.data_session().encrypted]
         if size > limit:
             self._drop("too big")
             return

@@ -167,6 +167,10 @@ class FastPath:
         entry = self.entries.get(conn_id)
         if entry is None or entry.fl is None or not entry.fl.fast:
             return False
+        return self._flooded(entry)
+
+    def _flooded(self, entry: _Entry) -> bool:
+        """The peer's flood entry is programmed in the VXLAN device."""
         return entry.ip is not None and entry.ip in self.fdb.flood
 
     def take_moved(self) -> list[int]:
@@ -307,8 +311,8 @@ class FastPath:
         if fl.fast:
             log.info("%s: fast path works (VXLAN probes answered)", who)
         else:
-            carried = entry.ip is not None and entry.ip in self.fdb.flood
-            log.log(logging.WARNING if carried else logging.INFO, "%s: %s", who, fl.reason)
+            log.log(logging.WARNING if self._flooded(entry) else logging.INFO, "%s: %s", who,
+                    fl.reason)
         self.moved.add(conn_id)
 
     # --- netlink, in a worker thread ----------------------------------------------------
