@@ -44,7 +44,7 @@ SEEDS = [
 ]
 
 
-def _check_sends(m: LinkMachine) -> None:
+def _check_sends(m: LinkMachine, now: float) -> None:
     for send in m.datagrams_to_send():
         if send.kind in (Kind.HEARTBEAT, Kind.HEARTBEAT_ACK):
             sleeve.decode_heartbeat(send.body)
@@ -52,7 +52,7 @@ def _check_sends(m: LinkMachine) -> None:
             assert send.kind in (Kind.PROBE, Kind.PROBE_ACK), send.kind
             sleeve.decode_probe(send.body)
             if send.probe_id is not None and send.kind is Kind.PROBE and len(send.body) > 9000:
-                m.probe_send_failed(send.probe_id, m.created, 1500)  # as the kernel would
+                m.probe_send_failed(send.probe_id, now, 1500)  # as the kernel would
 
 
 def test_one_input(data: bytes) -> None:
@@ -84,7 +84,7 @@ def test_one_input(data: bytes) -> None:
             else:
                 if kind is Kind.HEARTBEAT_ACK:
                     answered = True
-        _check_sends(m)
+        _check_sends(m, now)
         while (event := m.next_event()) is not None:
             if isinstance(event, LinkWentUp):
                 assert answered and not up

@@ -124,7 +124,6 @@ class Allocator:
             alive={name: nickname}, nicknames={name: nickname})
         self.timeout = timeout
         self.rng = rng
-        self._loading = False
         self._results: deque[Result] = deque()
         self._out: list[tuple[PeerName | None, bytes]] = []
         self._news: IpamGossip | None = None
@@ -474,12 +473,9 @@ class Allocator:
         warnings (also kept in ``status()``)."""
         st = self.state
         restored = restore(self.state, state)
-        self._loading = True  # a ring replaced while loading is no meeting: it is our past
-        try:
-            if restored.ring is not None:
-                self._merge_ring(restored.ring)
-        finally:
-            self._loading = False
+        if restored.ring is not None:
+            # a ring replaced while loading is no meeting: it is our past
+            self._merge_ring(restored.ring, loading=True)
         if restored.claim is not None:
             st.paxos.merge([restored.claim])
         if self._news is not None and NO_RING != self._news.ring.ring_id != st.ring.ring_id:
@@ -503,11 +499,11 @@ class Allocator:
         if delta is not None:
             self._add_news(delta)
 
-    def _merge_ring(self, update: RingUpdate) -> RingUpdate | None:
+    def _merge_ring(self, update: RingUpdate, *, loading: bool = False) -> RingUpdate | None:
         st = self.state
         before = st.ring.ring_id
         old = None
-        if update.ring_id > before != NO_RING and not self._loading:
+        if update.ring_id > before != NO_RING and not loading:
             old = (st.ring.snapshot(), st.ring.seed_names)
         delta = st.ring.merge(update)
         if delta is None:

@@ -112,10 +112,11 @@ def test_link_invariants_under_loss_duplication_and_reordering(
         net.gather()
         if how == "tick":
             net.tick(value)
+        elif how == "drop":
+            if net.flight:
+                net.flight.pop(int(value) % len(net.flight))
         else:
             net.deliver(int(value), keep=how == "dup")
-            if how == "drop" and net.flight:
-                net.flight.pop(int(value) % len(net.flight))
     net.gather()
     for w in net.watches():
         if w.m.up:

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from weftnet.proto.connmaker import split_host
 from weftnet.proto.link import Send
 from weftnet.proto.sleeve import Kind
 
@@ -209,8 +210,7 @@ class NatNet(LinkSimNet):
     def _unanswered(self, node: SimNode, address: str, target: int | None) -> bool:
         """A gateway drops unsolicited SYNs: dials to its public address, and from outside
         to a host behind it, are never answered."""
-        host, _ = _split(address)
-        return self.gateway_at(host) is not None or (
+        return self.gateway_at(split_host(address)) is not None or (
             target is not None and target in self.behind and self._outside(node.index, target))
 
     def _seen_from(self, node: SimNode, conn_id: int, address: str, target: int) -> str:

@@ -24,10 +24,11 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from weftnet.proto.connmaker import split_host
 from weftnet.proto.mesh import Close, Dial, MeshConfig, MeshNode
+from weftnet.router.daemon.connections import DIAL_TIMEOUT  # a dial nobody answers gives up then
 
 FLUSH = 0.005
-DIAL_TIMEOUT = 10.0  # router/daemon/connections.py: a dial nobody answers gives up then
 LATENCY = 0.002
 
 
@@ -200,7 +201,7 @@ class SimNet:
 
     def _seen_from(self, node: SimNode, conn_id: int, address: str, target: int) -> str:
         """The address the dialled end sees the connection come from."""
-        return f"{node.address.rsplit(':', 1)[0]}:{40000 + conn_id}"
+        return f"{split_host(node.address)}:{40000 + conn_id}"
 
     def _timed_out(self, node: SimNode, address: str, started: float) -> None:
         if node.up:
