@@ -100,6 +100,7 @@ class DnsService:
         (0 when the mesh runs on the wall clock, as in tests)."""
         self.domain = normalize_domain(domain)
         self.store = RecordStore(our_name, now)
+        self.wall_offset = wall_offset
         self.gossiper = DnsGossiper(self.store, wall_offset=wall_offset)
         self.grace = grace
         self._pending: list[Entry] = []

@@ -61,15 +61,13 @@ class DnsDriver:
     """Drives ``service`` over ``mesh``; ``pump`` is the daemon's (it calls ``self.pump``)."""
 
     def __init__(self, service: DnsService, mesh: MeshNode, datadir: DataDir,
-                 attachments: Attachments, pump: Callable[[], None], *, ttl: int,
-                 wall_offset: float) -> None:
+                 attachments: Attachments, pump: Callable[[], None], *, ttl: int) -> None:
         self.service = service
         self.mesh = mesh
         self.datadir = datadir
         self.attachments = attachments
         self._pump = pump
         self.ttl = ttl
-        self.wall_offset = wall_offset
         self.server: DnsServer | None = None
         self._listening: dict[str, netdev.NetnsRef] = {}   # containers served (or sharing)
         self._lock = trio.Lock()
@@ -78,6 +76,11 @@ class DnsDriver:
     @property
     def domain(self) -> str:
         return self.service.domain
+
+    @property
+    def wall_offset(self) -> float:
+        """Wall clock minus trio's: the service's, taken once at start."""
+        return self.service.wall_offset
 
     def wall(self) -> float:
         """Now, in the service's wall-clock seconds."""

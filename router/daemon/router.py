@@ -136,7 +136,7 @@ class Router:
             self.dns = DnsDriver(DnsService(name, now + wall_offset, wall_offset=wall_offset,
                                             domain=config.dns_domain),
                                  self.mesh, datadir, self.attachments, self._pump,
-                                 ttl=config.dns_ttl, wall_offset=wall_offset)
+                                 ttl=config.dns_ttl)
             self.mesh.register_channel(DNS_CHANNEL, self.dns.service.gossiper)
         self.ipam: IpamDriver | None = None
         if config.ipalloc_range:

@@ -118,10 +118,14 @@ def test_link_invariants_under_loss_duplication_and_reordering(
         else:
             net.deliver(int(value), keep=how == "dup")
     net.gather()
-    for w in net.watches():
+    a, b = net.watches()
+    for w, other in ((a, b), (b, a)):
         if w.m.up:
             assert w.m.mtu is not None and w.m.mtu <= w.m.config_mtu
-        assert w.m.clear == (not encrypted or trust == (True, True)) or not w.m.they_trust
+            # an up link heard the peer's answer, which carries the peer's trust flag
+            assert w.m.they_trust == other.m.we_trust
+        assert not w.m.they_trust or other.m.we_trust  # never trust the peer did not send
+        assert w.m.clear == (not encrypted or (w.m.we_trust and w.m.they_trust))
 
 
 @given(ops=st.lists(OPS, max_size=80))

@@ -51,10 +51,10 @@ class FakeMesh:
 def run(tmp_path: Path, test: Callable[[DnsDriver, Recording, FakeMesh], Awaitable[None]]) -> None:
     async def main() -> None:
         datadir = DataDir(tmp_path)
-        service = Recording(ME, trio.current_time() + OFFSET)
+        service = Recording(ME, trio.current_time() + OFFSET, wall_offset=OFFSET)
         mesh = FakeMesh()
         driver = DnsDriver(service, mesh, datadir, Attachments(datadir, mtu=1376),  # type: ignore[arg-type]
-                           lambda: driver.pump(), ttl=1, wall_offset=OFFSET)
+                           lambda: driver.pump(), ttl=1)
         await test(driver, service, mesh)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
