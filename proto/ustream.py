@@ -33,8 +33,10 @@ with its window; the retransmission timer then paces the probes). The retransmis
 follows RFC 6298 (srtt, rttvar, RTO = srtt + 4 rttvar in [MIN_RTO, MAX_RTO], INITIAL_RTO
 before a sample, Karn's rule: no sample from a resent segment, doubling per expiry until a
 new sample). Loss recovery is NewReno-like: DUPACK_THRESHOLD acks carrying HOLE and no
-progress, or a timer expiry, resend the oldest segment and start a recovery that lasts
-until everything then sent is acknowledged; each partial ack in it resends the next hole.
+progress resend the oldest segment, a timer expiry everything in flight (go-back-N, as TCP
+after a timeout); either starts a recovery that lasts until everything then sent is
+acknowledged, and each partial ack in it resends the next hole. No congestion control
+beyond the window: the stream carries a control connection, a few segments at a time.
 
 Receiving. In-order bytes wait for ``read``; segments beyond a hole wait in a map, all
 within the advertised window. The window is RECV_BUFFER minus the unread bytes, so the
@@ -255,8 +257,12 @@ class DatagramStream:
             self._fail(f"no acknowledgement over the punched path for {self.dead_after:g} s")
             return
         if self._rto_deadline is not None and now >= self._rto_deadline and self._inflight:
-            # RFC 6298 5.4-5.6: resend the oldest, back off, restart the timer
-            self._inflight[0].resend = True
+            # RFC 6298 5.4-5.6: resend, back off, restart the timer. Everything in flight
+            # is resent, as TCP does from snd_una after a timeout: without selective acks
+            # we cannot tell which segments got through, and waiting a round trip per hole
+            # on a path lossy enough to time out costs more than a few duplicates
+            for seg in self._inflight:
+                seg.resend = True
             self._rto = min(self._rto * 2, MAX_RTO)
             self._rto_deadline = now + self._rto
             self._recover = self._snd_nxt
@@ -368,7 +374,7 @@ class DatagramStream:
         self._last_progress = now
         self._dupacks = 0
         sample: _Segment | None = None
-        resent = False
+        resent_at = latest = float("-inf")
         done = 0
         for seg in self._inflight:
             if seg.end > ack:
@@ -376,15 +382,22 @@ class DatagramStream:
                 break
             done += 1
             sample = seg
-            resent = resent or seg.transmissions > 1
+            latest = max(latest, seg.sent_at)
+            if seg.transmissions > 1:
+                resent_at = max(resent_at, seg.sent_at)
         del self._inflight[:done]
-        if sample is not None and not resent:  # Karn: an ack after a resend is ambiguous
+        # The newest segment acked times the round trip if it was sent once (Karn: the ack
+        # of a resent one may answer either copy) and after every resend this ack covers
+        # (else it may have waited at the peer for the hole to be filled)
+        if sample is not None and sample.transmissions == 1 and sample.sent_at >= resent_at:
             self._rtt_sample(now - sample.sent_at)
         if self._recover is not None:
             if ack >= self._recover:
                 self._recover = None
-            elif self._inflight:
-                self._inflight[0].resend = True  # a partial ack: the next hole is lost too
+            elif self._inflight and self._inflight[0].sent_at <= latest:
+                # a partial ack: the next hole is lost too, unless it was sent after what
+                # this ack answers (after a timeout everything was: it is on its way)
+                self._inflight[0].resend = True
         self._rto_deadline = now + self._rto if self._inflight else None
 
     def _rtt_sample(self, r: float) -> None:
