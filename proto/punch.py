@@ -240,6 +240,7 @@ class PunchSession:
             ports = rng.sample(range(PORT_RANGE[0], PORT_RANGE[1] + 1), SPRAY_PORTS)
             self._spray = [(ips[i % len(ips)], p) for i, p in enumerate(ports)]
         self._sprayed = 0
+        self._rounds = 0
         self._next_tick = now
         self._tick(now)
 
@@ -281,14 +282,14 @@ class PunchSession:
             self._on_ack(body, addr, sock, now)
 
     def handle_timer(self, now: float) -> None:
+        if self.state is SessionState.PROBING and now >= self.ends:
+            self.failure = (f"no answer to {self.probes_sent} probes to {self.tried} addresses "
+                            f"in {PUNCH_DURATION:g}s")
+            self.state = SessionState.ENDED
         if self.probing and now >= self._next_tick:
             self._tick(now)
         if self.state is SessionState.GRACE and now >= self._grace_end:
             self._decide(now)
-        elif self.state is SessionState.PROBING and now >= self.ends:
-            self.failure = (f"no answer to {self.probes_sent} probes to {self.tried} addresses "
-                            f"in {PUNCH_DURATION:g}s")
-            self.state = SessionState.ENDED
         elif self.state is SessionState.ANSWERING and now >= self._linger_end:
             self.state = SessionState.ENDED
 
@@ -314,21 +315,28 @@ class PunchSession:
     # --- the machine --------------------------------------------------------------------
 
     def _tick(self, now: float) -> None:
+        # rounds keep to the tick schedule (not to when the timer fired), and a target due
+        # within half a round goes now: a triggered probe shifts nobody by a whole round
+        tick = self._next_tick
         for (addr, sock), target in self._targets.items():
-            if target.next_at <= now:
-                self._probe(addr, sock, target, now)
+            if target.next_at <= tick + PROBE_INTERVAL / 2:
+                self._probe(addr, sock, target, now, tick)
         if self._spray:
-            window = (now - self.started - SPRAY_DELAY) / (SPRAY_END - SPRAY_DELAY)
-            due = math.ceil(len(self._spray) * min(1.0, window)) if window >= 0 else 0
+            window = (tick - self.started - SPRAY_DELAY) / (SPRAY_END - SPRAY_DELAY)
+            due = math.ceil(len(self._spray) * min(1.0, window) - 1e-9) if window >= 0 else 0
             for addr in self._spray[self._sprayed:due]:
                 self._send_probe(addr, 0, PEER_REFLEXIVE, now)
             self._sprayed = max(self._sprayed, due)
-        while self._next_tick <= now:
-            self._next_tick += PROBE_INTERVAL
+        self._rounds += 1
+        self._next_tick = self.started + self._rounds * PROBE_INTERVAL
+        while self._next_tick <= now:  # a late timer: skip the rounds missed
+            self._rounds += 1
+            self._next_tick = self.started + self._rounds * PROBE_INTERVAL
 
-    def _probe(self, addr: Address, sock: int, target: _Target, now: float) -> None:
+    def _probe(self, addr: Address, sock: int, target: _Target, now: float,
+               tick: float | None = None) -> None:
         target.last_sent = now
-        target.next_at = now + target.every
+        target.next_at = (now if tick is None else tick) + target.every
         self._send_probe(addr, sock, target.how, now)
 
     def _send_probe(self, addr: Address, sock: int, how: str, now: float) -> None:
@@ -367,12 +375,14 @@ class PunchSession:
         probe_id, sender, seen = decode_probe_ack(body)
         if sender != self.peer:
             raise PunchDrop("wrong sender")
-        sent = self._pending.pop(probe_id, None)
+        sent = self._pending.get(probe_id)
         if sent is None:
             raise PunchDrop("unknown or replayed probe ack")
         to, from_sock, sent_at, how = sent
         if (to, from_sock) != (addr, sock):
+            # kept: a copy raced from elsewhere must not spoil the genuine answer
             raise PunchDrop("probe ack from another address")
+        del self._pending[probe_id]
         self.mapped[sock] = seen
         if not self.probing:
             return
