@@ -94,6 +94,9 @@ class NatGateway:
         self.udp_timeout = udp_timeout
         self._rng = rng
         self._entries: dict[tuple[str, Address, Address | None], _Entry] = {}
+        # indexes, so a gateway with thousands of mappings (a punch's spray) stays fast
+        self._by_port: dict[tuple[str, int], _Entry] = {}
+        self._next_expiry = float("inf")  # no permission expires before this
         self.flushes = 0
         self.dropped: Counter[str] = Counter()
         self.last_drop = ""  # why ``inbound`` last returned None
@@ -110,8 +113,10 @@ class NatGateway:
         if entry is None:
             entry = _Entry(proto, src, self._allocate(proto, src[1]))
             self._entries[key] = entry
+            self._by_port[(proto, entry.public_port)] = entry
         # TCP lifetimes are not modelled: a TCP mapping lives as long as the connection
         entry.permits[dst] = now + self.udp_timeout if proto == "udp" else float("inf")
+        self._next_expiry = min(self._next_expiry, entry.permits[dst])
         return (self.public_ip, entry.public_port)
 
     def inbound(self, src: Address, public_port: int, now: float,
@@ -119,12 +124,10 @@ class NatGateway:
         """The inside address a packet from ``src`` to our public ``public_port`` goes to,
         or None (dropped, the reason counted in ``dropped``)."""
         self._expire(now)
-        entries = [e for e in self._entries.values()
-                   if e.proto == proto and e.public_port == public_port]
-        if not entries:
+        entry = self._by_port.get((proto, public_port))  # allocated uniquely per protocol
+        if entry is None:
             self._refuse(DROP_NO_MAPPING)
             return None
-        (entry,) = entries  # ports are allocated uniquely per protocol
         if self.filtering is Filtering.ADDRESS_DEPENDENT:
             allowed = any(d[0] == src[0] for d in entry.permits)
         elif self.filtering is Filtering.ADDRESS_AND_PORT_DEPENDENT:
@@ -151,23 +154,29 @@ class NatGateway:
     def flush(self, public_ip: str | None = None) -> None:
         """Forget every mapping (``conntrack -F``); a new public address if given."""
         self._entries.clear()
+        self._by_port.clear()
         self.flushes += 1
         if public_ip is not None:
             self.public_ip = public_ip
 
     def _expire(self, now: float) -> None:
+        if now < self._next_expiry:
+            return
         for key, entry in list(self._entries.items()):
             entry.permits = {d: t for d, t in entry.permits.items() if t > now}
             if not entry.permits:
                 del self._entries[key]
+                del self._by_port[(entry.proto, entry.public_port)]
+        self._next_expiry = min((t for e in self._entries.values() for t in e.permits.values()),
+                                default=float("inf"))
 
     def _allocate(self, proto: str, inside_port: int) -> int:
-        used = {e.public_port for e in self._entries.values() if e.proto == proto}
-        if self.mapping is Mapping.ENDPOINT_INDEPENDENT and inside_port not in used:
+        if (self.mapping is Mapping.ENDPOINT_INDEPENDENT
+                and (proto, inside_port) not in self._by_port):
             return inside_port
         while True:
             port = self._rng.randint(*PORTS)
-            if port not in used:
+            if (proto, port) not in self._by_port:
                 return port
 
 
