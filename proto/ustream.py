@@ -394,7 +394,7 @@ class DatagramStream:
         if self._recover is not None:
             if ack >= self._recover:
                 self._recover = None
-            elif self._inflight and self._inflight[0].sent_at <= latest:
+            elif self._inflight and self._inflight[0].sent_at < latest:
                 # a partial ack: the next hole is lost too, unless it was sent after what
                 # this ack answers (after a timeout everything was: it is on its way)
                 self._inflight[0].resend = True
