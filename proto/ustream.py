@@ -42,7 +42,9 @@ Receiving. In-order bytes wait for ``read``; segments beyond a hole wait in a ma
 within the advertised window. The window is RECV_BUFFER minus the unread bytes, so the
 right edge (read offset + RECV_BUFFER) never moves back; out-of-order bytes held are
 capped at the window too, so one stream holds at most 2 x RECV_BUFFER received bytes even
-from a hostile peer (at most RECV_BUFFER from an honest one). Every datagram carrying a
+from a hostile peer (at most RECV_BUFFER from an honest one), in at most OOO_MAX_SEGMENTS
+out-of-order pieces (an honest peer has at most SEND_WINDOW_SEGMENTS in flight, so tiny
+hostile pieces cannot bloat the map). Every datagram carrying a
 payload (new, duplicate or out of window) calls for an ack; acks are sent once per batch:
 ``datagrams_to_send`` piggybacks the ack on data or sends one ack-only segment, however
 many datagrams arrived since. No keepalives: the control connection heartbeats every 5 s.
@@ -91,6 +93,7 @@ MAX_MSS = 65507 - OVERHEAD - BODY_LEN  # the largest UDP payload over IPv4, less
 MAX_BUFFERED = 8 << 20  # bytes queued by send() and not yet acknowledged
 RECV_BUFFER = 256 << 10  # unread in-order bytes + advertised window
 SEND_WINDOW_SEGMENTS = 64
+OOO_MAX_SEGMENTS = 4 * SEND_WINDOW_SEGMENTS
 DUPACK_THRESHOLD = 3
 INITIAL_RTO = 1.0
 MIN_RTO = 0.2
@@ -426,8 +429,9 @@ class DatagramStream:
             if held is not None and len(held) >= len(data):
                 return "duplicate"
             grow = len(data) - (len(held) if held is not None else 0)
-            if self._ooo_bytes + grow > window:
-                return "out of window"  # only overlapping junk gets here
+            if self._ooo_bytes + grow > window or (
+                    held is None and len(self._ooo) >= OOO_MAX_SEGMENTS):
+                return "out of window"  # only overlapping or tiny junk gets here
             self._ooo[start] = data
             self._ooo_bytes += grow
             return None

@@ -24,6 +24,7 @@ from weftnet.proto.ustream import (
     MAX_BUFFERED,
     MAX_RTO,
     MIN_RTO,
+    OOO_MAX_SEGMENTS,
     RECV_BUFFER,
     SEND_WINDOW_SEGMENTS,
     DatagramStream,
@@ -321,6 +322,14 @@ def test_hostile_overlapping_segments_cannot_grow_the_buffer() -> None:
         b.receive_datagram(seal_datagram(PunchKind.STREAM, SESSION, body, KA.stream_send), 0.0)
     assert b.drops["out of window"] == 4 and b._ooo_bytes == 4 * 60_000 <= RECV_BUFFER
     assert b.read() == b""
+
+
+def test_hostile_tiny_segments_cannot_bloat_the_out_of_order_map() -> None:
+    _, b = pair()
+    for i in range(OOO_MAX_SEGMENTS + 5):  # a byte each, every other offset: all holes
+        body = BODY.pack(2 + 2 * i, 0, RECV_BUFFER, 0) + b"x"
+        b.receive_datagram(seal_datagram(PunchKind.STREAM, SESSION, body, KA.stream_send), 0.0)
+    assert b.drops["out of window"] == 5 and len(b._ooo) == OOO_MAX_SEGMENTS
 
 
 def test_partial_ack_in_recovery_resends_the_next_hole() -> None:
