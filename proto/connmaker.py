@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from .peername import PeerName
@@ -69,6 +69,11 @@ def split_host(address: str) -> str:
     if address.startswith("["):
         return address[1:address.index("]")]
     return address.rsplit(":", 1)[0]
+
+
+def join_host_port(host: str, port: int) -> str:
+    """``ip:port``, with an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,12 +127,18 @@ class ConnectionMaker:
         else:
             del self._targets[addr]
 
-    def set_discovered(self, addresses: Iterable[str]) -> None:
-        """Replace the discovered set; direct targets and live attempts are kept."""
+    def set_discovered(self, addresses: Iterable[str] | Mapping[str, PeerName]) -> None:
+        """Replace the discovered set; direct targets and live attempts are kept. Given as
+        a mapping, each address names the peer it leads to: a connection to that peer
+        (by any path, e.g. a punched one) covers it, so it is not dialled meanwhile."""
+        peers = addresses if isinstance(addresses, Mapping) else {}
         found = set(addresses) if self.discovery else set()
         for addr in sorted(found):
             if addr not in self._targets:
                 self._targets[addr] = Target(addr, direct=False)
+            target = self._targets[addr]
+            if target.peer is None and addr in peers:
+                target.peer = peers[addr]
         for addr, target in list(self._targets.items()):
             if (not target.direct and addr not in found
                     and target.state not in (TargetState.CONNECTED, TargetState.CONNECTING)):

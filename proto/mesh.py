@@ -49,7 +49,7 @@ from .connection import (
     RemoteIdentity,
     SessionKeys,
 )
-from .connmaker import ConnectionMaker, LiveConnections, TargetState, split_host
+from .connmaker import ConnectionMaker, LiveConnections, TargetState, join_host_port, split_host
 from .errors import LocalProtocolError, RemoteProtocolError
 from .gossip import GossipData, Gossiper, SendQueue
 from .messages import Gossip, GossipKind
@@ -295,6 +295,11 @@ class MeshNode:
     def next_event(self) -> MeshEvent | None:
         return self._events.popleft() if self._events else None
 
+    @property
+    def has_work(self) -> bool:
+        """Actions, events or writes are waiting for the caller."""
+        return bool(self._actions or self._events or self._dirty)
+
     def pending_writes(self) -> list[int]:
         dirty = sorted(self._dirty)
         self._dirty.clear()
@@ -454,18 +459,17 @@ class MeshNode:
         self._discovery_generation = self.topology.generation
         ours = self.config.name
         connected = set(self.connected_peers())
-        found: set[str] = set()
+        found: dict[str, PeerName] = {}   # address -> the peer it leads to
         peers = self.topology.peers
         for name in sorted(peers):
             for info in peers[name].connections:
                 if info.remote == ours or info.remote in connected:
                     continue
                 if info.outbound:
-                    found.add(info.address)
+                    found.setdefault(info.address, info.remote)
                 else:  # it dialled in from an ephemeral port: assume it listens on ours
-                    host = split_host(info.address)
-                    found.add(f"[{host}]:{self.config.port}" if ":" in host
-                              else f"{host}:{self.config.port}")
+                    found.setdefault(join_host_port(split_host(info.address), self.config.port),
+                                     info.remote)
         self.maker.set_discovered(found)
         return True
 

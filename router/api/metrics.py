@@ -316,6 +316,38 @@ def _router_families(report: Mapping[str, Any], router: Mapping[str, Any],
     for key, value in sorted(_int_items(snap.mesh_stats)):
         doc = MESH_DOCS.get(key, f"Mesh control plane: {key.replace('_', ' ')}.")
         out.append(CounterMetricFamily(_name("mesh", key), doc, value=value))
+    punch = router.get("punch")
+    if isinstance(punch, Mapping):
+        out += _punch_families(punch)
+    return out
+
+
+def _punch_families(punch: Mapping[str, Any]) -> list[Metric]:
+    """Hole punching: attempts, outcomes, probes, refused datagrams and messages."""
+    out: list[Metric] = [
+        CounterMetricFamily(_name("punch_attempts"),
+                            "Hole punches started (a rendezvous through the mesh).",
+                            value=int(punch.get("attempts", 0))),
+        CounterMetricFamily(_name("punch_probes_sent"),
+                            "Authenticated hole-punching probes sent.",
+                            value=int(punch.get("probes_sent", 0))),
+        _gauge("punch_relayed_peers", "Peers the mesh reaches only through others.",
+               len(punch.get("relayed") or {})),
+        _gauge("punch_connections", "Control connections over punched UDP paths.",
+               int(punch.get("punched_connections", 0))),
+    ]
+    outcomes = CounterMetricFamily(_name("punch_outcomes"), "Hole punches that ended, by outcome.",
+                                   labels=["outcome"])
+    for outcome, count in sorted((punch.get("outcomes") or {}).items()):
+        outcomes.add_metric([str(outcome)], int(count))
+    out.append(outcomes)
+    drops = CounterMetricFamily(
+        _name("punch_drops"),
+        "Punch datagrams and rendezvous messages refused (forged, replayed, unknown, over a "
+        "rate limit), by reason.", labels=["reason"])
+    for reason, count in sorted((punch.get("drops") or {}).items()):
+        drops.add_metric([_reason_key(str(reason))], int(count))
+    out.append(drops)
     return out
 
 

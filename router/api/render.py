@@ -24,6 +24,7 @@ gives one line per connection, columns aligned to the longest entry::
     -> 10.0.0.2:6783         established sleeve 02:00:00:00:00:02(host2) encrypted mtu=1376 (why sleeve)
     <- 10.0.0.3:41234        pending     02:00:00:00:00:03(host3) no answer to UDP heartbeats yet
     -> 10.0.0.9:6783         failed      connection refused; retry never
+    .. 02:00:00:00:00:04(h4) relayed     via 02:00:00:00:00:02(host2); both NATs symmetric; next try in 40s
 
 ``render_ps`` is ``weft ps``: ``CONTAINER MAC CIDR...``, the name column aligned. Besides the
 contract's keys, a few optional ones are shown when present: ``router.discovery``
@@ -133,10 +134,23 @@ def _router_section(router: Mapping[str, Any]) -> list[str]:
             + (f" (with {peer_counts} connections)" if peer_counts else ""),
         ),
     ]
+    punch = router.get("punch")
+    if isinstance(punch, Mapping):
+        lines.append(_kv("NATTraversal", _nat_traversal(punch)))
     if "trusted_subnets" in router:
         subnets = router["trusted_subnets"]
         lines.append(_kv("TrustedSubnets", ", ".join(subnets) if subnets else "none"))
     return lines
+
+
+def _nat_traversal(punch: Mapping[str, Any]) -> str:
+    """``enabled, mapping easy, 1 punched, 1 relayed``: hole punching at a glance."""
+    parts = ["enabled"]
+    if punch.get("mapping"):
+        parts.append(f"mapping {punch['mapping']}")
+    parts.append(f"{punch.get('punched_connections', 0)} punched")
+    parts.append(f"{len(punch.get('relayed') or {})} relayed")
+    return ", ".join(parts)
 
 
 def _ipam_section(ipam: Mapping[str, Any]) -> list[str]:
@@ -188,6 +202,8 @@ def _connections(report: Mapping[str, Any]) -> list[str]:
                         f"{connection_encryption(c):<{enc_w}}"]
             if c.get("mtu") is not None:
                 details.append(f"mtu={c['mtu']}")
+            if str(c.get("how") or "").startswith("punched"):
+                details.append(str(c["how"]))
             if c.get("overlay_reason"):
                 details.append(f"({c['overlay_reason']})")
         else:
@@ -198,6 +214,24 @@ def _connections(report: Mapping[str, Any]) -> list[str]:
         arrow = "->" if c["outbound"] else "<-"
         lines.append(f"{arrow} {c['address']:<{addr_w}} {c['state']:<{state_w}} "
                      + " ".join(details))
+    return lines + _relayed(report["router"], addr_w, state_w)
+
+
+def _relayed(router: Mapping[str, Any], addr_w: int, state_w: int) -> list[str]:
+    """Peers reached only through others (hole punching's report), after the connections:
+    ``.. PEER relayed via HOP; why not direct; next try``."""
+    punch = router.get("punch")
+    relayed = punch.get("relayed") if isinstance(punch, Mapping) else None
+    if not isinstance(relayed, Mapping):
+        return []
+    lines = []
+    for peer, entry in relayed.items():
+        details = [f"via {entry.get('via') or 'nobody (unreachable)'}"]
+        if entry.get("reason"):
+            details.append(str(entry["reason"]))
+        if entry.get("retry_in") is not None:
+            details.append(f"next try in {entry['retry_in']:.0f}s")
+        lines.append(f".. {peer:<{addr_w}} {'relayed':<{state_w}} " + "; ".join(details))
     return lines
 
 

@@ -28,7 +28,7 @@ from weftnet.proto.mesh import MeshNode
 
 log = logging.getLogger("weft")
 
-DIAL_TIMEOUT = 10.0
+DIAL_TIMEOUT = 5.0  # SYN, and two retransmits (1 s, 3 s): a peer that answers none is not there
 READ_SIZE = 65536
 
 
@@ -58,6 +58,12 @@ class Connections:
         self.nursery: trio.Nursery | None = None
         self._streams: dict[int, _Stream] = {}
         self._next_conn_id = 1
+
+    def new_conn_id(self) -> int:
+        """A connection id of the mesh's, for connections of any transport (punched ones)."""
+        conn_id = self._next_conn_id
+        self._next_conn_id += 1
+        return conn_id
 
     # --- what the mesh asked for (from the pump) ------------------------------------------
 
@@ -134,8 +140,7 @@ class Connections:
     def _start(self, stream: trio.SocketStream, *, outbound: bool, remote: str,
                target: str | None) -> None:
         stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        conn_id = self._next_conn_id
-        self._next_conn_id += 1
+        conn_id = self.new_conn_id()
         s = _Stream(stream)
         self._streams[conn_id] = s
         self.mesh.connection_made(conn_id, outbound=outbound, remote_address=remote,

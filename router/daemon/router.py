@@ -70,6 +70,7 @@ from weftnet.router.daemon.ipam_driver import (
     load_allocator,
     need_ipam,
 )
+from weftnet.router.daemon.punch_driver import PunchDriver
 from weftnet.router.daemon.timers import TimerLoop
 from weftnet.router.daemon.watcher import NamespaceWatcher
 from weftnet.router.dataplane import vxlan
@@ -86,6 +87,7 @@ log = logging.getLogger("weft")
 
 DEFAULT_MTU = netdev.DEFAULT_MTU
 GOODBYE_TIME = 1.0   # seconds the writers get to send the Goodbye
+PUMP_ROUNDS = 4      # bounded: a pump never spins
 
 
 def overlay_mtu(config: LaunchConfig) -> int:
@@ -131,6 +133,13 @@ class Router:
         self.attachments = Attachments(datadir, mtu=mtu)
         self.exposer = Exposer(datadir)   # weft expose / hide (router/host/expose.py)
         self.timers = TimerLoop([self.mesh, self.dataplane], self._pump)   # one line per timer source
+        # hole punching to peers the mesh reaches only through others (discovery's job too)
+        self.punch: PunchDriver | None = None
+        if config.discovery:
+            self.punch = PunchDriver(self.mesh, self.dataplane, port=config.port,
+                                     host=config.host, new_conn_id=self.connections.new_conn_id,
+                                     now=now)
+            self.timers.add(self.punch)
         self.dns: DnsDriver | None = None
         if config.dns:
             self.dns = DnsDriver(DnsService(name, now + wall_offset, wall_offset=wall_offset,
@@ -162,10 +171,16 @@ class Router:
         router["trusted_subnets"] = list(self.config.trusted_subnets)
         router["data_dir"] = str(self.config.data_dir)
         router["port"] = self.config.port
+        punched = self.punch.how if self.punch is not None else (lambda address: None)
         for conn in router["connections"]:
             extra = self.dataplane.connection_report(conn["address"], conn["outbound"])
             if extra is not None:
                 conn["sleeve"] = extra
+            if conn["peer"] is not None:
+                conn["how"] = punched(conn["address"]) or (
+                    "dialled" if conn["outbound"] else "accepted")
+        if self.punch is not None:
+            router["punch"] = self.punch.report(trio.current_time())
         router["dataplane"] = self.dataplane.report()
         router["api"] = self.api_conns.as_dict()
         return {
@@ -390,26 +405,38 @@ class Router:
             self.dns.pump()
         if self.ipam is not None:
             self.ipam.pump(now)
-        while (action := mesh.next_action()) is not None:
-            if isinstance(action, Dial):
-                self.connections.dial(action.address)
-            elif isinstance(action, Close):
-                self.connections.close(action.conn_id, action.reason)
-        while (event := mesh.next_event()) is not None:
-            if isinstance(event, PeerConnected):
-                log.info("connection %s %s established with %s%s",
-                         "to" if event.outbound else "from", event.remote_address,
-                         describe_peer(event.peer.name, event.peer.nickname),
-                         " (encrypted)" if event.encrypted else "")
-                self.dataplane.peer_connected(event, now)
-            elif isinstance(event, PeerDisconnected):
-                log.info("connection with %s lost: %s",
-                         describe_peer(event.peer.name, event.peer.nickname), event.reason)
-                self._metrics.connection_closed(event.conn_id, event.reason)  # before the link goes
-                self.dataplane.peer_disconnected(event)
-        self.dataplane.routes_changed()
-        for conn_id in mesh.pending_writes():
-            self.connections.wake(conn_id)
+        punch = self.punch
+        if punch is not None:
+            punch.pump(now)
+        for _ in range(PUMP_ROUNDS):  # a punched stream's write may end it: look again
+            while (action := mesh.next_action()) is not None:
+                if isinstance(action, Dial):
+                    self.connections.dial(action.address)
+                elif isinstance(action, Close):
+                    if punch is not None and punch.owns(action.conn_id):
+                        punch.close(action.conn_id, action.reason, now)
+                    else:
+                        self.connections.close(action.conn_id, action.reason)
+            while (event := mesh.next_event()) is not None:
+                if isinstance(event, PeerConnected):
+                    log.info("connection %s %s established with %s%s",
+                             "to" if event.outbound else "from", event.remote_address,
+                             describe_peer(event.peer.name, event.peer.nickname),
+                             " (encrypted)" if event.encrypted else "")
+                    self.dataplane.peer_connected(event, now)
+                elif isinstance(event, PeerDisconnected):
+                    log.info("connection with %s lost: %s",
+                             describe_peer(event.peer.name, event.peer.nickname), event.reason)
+                    self._metrics.connection_closed(event.conn_id, event.reason)  # before the link goes
+                    self.dataplane.peer_disconnected(event)
+            self.dataplane.routes_changed()
+            for conn_id in mesh.pending_writes():
+                if punch is not None and punch.owns(conn_id):
+                    punch.wake(conn_id, now)
+                else:
+                    self.connections.wake(conn_id)
+            if not mesh.has_work:
+                break
         self.timers.changed()
 
 

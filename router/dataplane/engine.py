@@ -53,7 +53,8 @@ from typing import Any
 
 import trio
 
-from weftnet.proto import ethernet, sleeve, sleeve_frag
+from weftnet.proto import ethernet, punchwire, sleeve, sleeve_frag
+from weftnet.proto.connmaker import join_host_port
 from weftnet.proto.errors import RemoteProtocolError
 from weftnet.proto.forwarding import Forwarder
 from weftnet.proto.link import (
@@ -84,6 +85,9 @@ SWEEP_INTERVAL = 0.5  # expired MACs and fragments are looked for at most this o
 ENTRY_VNET = sleeve.FLAG_VNET
 ENTRY_RELAY_ONLY = sleeve.FLAG_RELAY_ONLY
 GROUP_BIT = 0x010000000000  # of a MAC as an int: broadcast or multicast
+MAX_PUNCH_INBOX = 4096  # punch datagrams waiting for the daemon; beyond: dropped, counted
+PUNCHED_NO_FASTDP = ("the peer is reached through NAT (a punched UDP path): the kernel's "
+                     "VXLAN sends from other ports, which the NATs do not let through")
 
 Overlay = tuple[bool, str | None, str, int | None]  # ready, overlay, reason, mtu
 
@@ -121,6 +125,8 @@ class Link:
     probe: ProbePort | None = None  # open while the machine probes the path MTU
     probe_addr: Address | None = None
     counters: Counters = field(default_factory=Counters)
+    punched: bool = False  # carried by a punched UDP path through NAT (no TCP between us)
+    sock: int = 0  # which of our UDP sockets reaches the peer (0: the main one)
 
     @property
     def clear(self) -> bool:
@@ -175,6 +181,11 @@ class Dataplane:
         self._unpublished: set[int] = set()  # conn_ids whose overlay the mesh must hear
         self._news = False  # something for the pump: get_timer says "now"
         self._armed = math.inf  # the deadline get_timer last gave the daemon
+        # hole punching (router/daemon/punch_driver.py): punch-family datagrams wait here for
+        # the daemon, and connections it made over punched paths say where their peer is
+        self._punch_inbox: list[tuple[bytes, Address, int]] = []
+        self._paths: dict[int, tuple[Address, int]] = {}
+        self._socks: dict[int, UdpPort] = {}  # extra sockets (hole punching's spray), by index
         self.fast = FastPath(mesh, enabled=fastdp,
                              disabled_reason="" if fastdp else "fast path disabled (--no-fastdp)",
                              port=port + 1, mtu=mtu, wake=self._notify,
@@ -205,6 +216,8 @@ class Dataplane:
         self.fast.close()
         for link in self.links.values():
             self._close_probe(link)
+        for sock in list(self._socks):
+            self.release_socket(sock)
         if self.udp is not None:
             self.udp.close()
         if self.tap is not None:
@@ -227,15 +240,18 @@ class Dataplane:
                                 send_key=keys.sleeve_send if keys else None,
                                 recv_key=keys.sleeve_recv if keys else None, now=now)
         plain = SleeveSession(conn_uid=event.conn_uid, send_key=None, recv_key=None, now=now)
+        path, sock = self._paths.get(event.conn_id, (None, 0))
         machine = LinkMachine(
             me=self.me, uid=self.mesh.config.uid, mtu=self.mtu, port=self.port,
             we_trust=self._trusts(host), encrypted=session.encrypted,
-            # the control port is the sleeve port too; the inbound side learns the address
-            addr=(host, port) if event.outbound else None, now=now, rng=self._rng)
+            # the control port is the sleeve port too; the inbound side learns the address,
+            # except on a punched path, whose address both ends know already
+            addr=path if path is not None else (host, port) if event.outbound else None,
+            now=now, rng=self._rng)
         link = Link(conn_id=event.conn_id, peer=event.peer.name, nickname=event.peer.nickname,
                     conn_uid=event.conn_uid, outbound=event.outbound,
                     remote_address=event.remote_address, session=session, plain=plain,
-                    machine=machine)
+                    machine=machine, punched=path is not None, sock=sock)
         old = self.links.pop(event.conn_id, None)
         if old is not None:
             self._unindex(old)
@@ -244,9 +260,59 @@ class Dataplane:
         self._service(link, now)
 
     def peer_disconnected(self, event: PeerDisconnected) -> None:
+        self._paths.pop(event.conn_id, None)
         link = self.links.pop(event.conn_id, None)
         if link is not None:
             self._unindex(link)
+
+    # --- hole punching: the daemon's punch driver reads and sends through our socket ------
+
+    def punched_path(self, conn_id: int, addr: Address | None, sock: int = 0) -> None:
+        """Connection ``conn_id`` runs over a punched path to ``addr`` from our socket
+        ``sock`` (None: forget it)."""
+        if addr is None:
+            self._paths.pop(conn_id, None)
+        else:
+            self._paths[conn_id] = (addr, sock)
+
+    def adopt_socket(self, sock: int, udp: UdpPort) -> None:
+        """Read (and send through) an extra UDP socket, index ``sock`` >= 1: what arrives
+        there goes where the main socket's datagrams go, punch datagrams tagged with it."""
+        assert sock >= 1 and self._nursery is not None
+        self.release_socket(sock)
+        self._socks[sock] = udp
+        self._nursery.start_soon(self._udp_loop, udp, sock)
+
+    def release_socket(self, sock: int) -> None:
+        udp = self._socks.pop(sock, None)
+        if udp is not None:
+            udp.close()
+
+    def sockets_in_use(self) -> set[int]:
+        """Extra sockets that links use (a punched path from a spray socket)."""
+        return {link.sock for link in self.links.values() if link.sock} | {
+            s for _, s in self._paths.values() if s}
+
+    def take_punch(self) -> list[tuple[bytes, Address, int]]:
+        """The punch-family datagrams that arrived since the last call, with the index of
+        the socket each came in on."""
+        inbox, self._punch_inbox = self._punch_inbox, []
+        return inbox
+
+    def _port(self, sock: int) -> UdpPort | None:
+        return self.udp if sock == 0 else self._socks.get(sock)
+
+    def send_punch(self, datagram: bytes, addr: Address, sock: int = 0) -> None:
+        udp = self._port(sock)
+        if udp is None:
+            self._drop("no such socket")
+            return
+        try:
+            udp.sendto(datagram, addr)
+        except BlockingIOError:
+            self._drop("send buffer full")
+        except OSError as exc:
+            self._drop(f"send error: {exc.strerror}")
 
     def _unindex(self, link: Link) -> None:
         if self._by_uid.get(link.conn_uid) is link:
@@ -297,7 +363,7 @@ class Dataplane:
     def _decide(self, link: Link, now: float) -> None:
         """The one writer of ``link.fast`` and of what the mesh hears about the link."""
         m = link.machine
-        eligible = m.up and m.clear
+        eligible = m.up and m.clear and not link.punched
         self.fast.follow(link.conn_id, link.peer, link.nickname,
                          m.udp_addr[0] if m.udp_addr is not None else None, eligible, now)
         link.fast = fast = eligible and self.fast.carries(link.conn_id)
@@ -321,6 +387,8 @@ class Dataplane:
             why = "sleeve in the clear: both ends trust each other's subnet"
         else:
             why = "encrypted sleeve"
+        if link.punched and link.clear:
+            return f"{why}; {PUNCHED_NO_FASTDP}"
         return f"{why}; {self.fast.why_not(link.conn_id, link.clear)}"
 
     # --- the link machines: their outputs, their timers ---------------------------------
@@ -405,14 +473,15 @@ class Dataplane:
 
     def _send_probe(self, link: Link, send: Send, now: float) -> None:
         m = link.machine
-        assert send.probe_id is not None and self.udp is not None
+        udp = self._port(link.sock)
+        assert send.probe_id is not None and udp is not None
         if link.probe is None or link.probe_addr != send.addr:
             self._close_probe(link)
             if self._nursery is None:
                 m.probe_send_failed(send.probe_id, now, None)
                 return
             try:
-                probe = self.udp.open_probe(send.addr)
+                probe = udp.open_probe(send.addr)
             except OSError as exc:
                 log.debug("cannot probe the path to %s: %s", send.addr, exc)
                 m.probe_send_failed(send.probe_id, now, None)
@@ -437,27 +506,39 @@ class Dataplane:
             probe.close()
 
     async def _probe_loop(self, link: Link, probe: ProbePort) -> None:
-        """Answers to one link's probes (they come back to the probe port's own address)."""
+        """Answers to one link's probes. The probe port shares the data socket's address
+        (so NATs treat probes as the data flow) and, while open, receives everything the
+        peer sends there: what is not a probe answer goes the data socket's way."""
         while link.probe is probe:
             try:
                 await probe.wait_readable()
             except (trio.ClosedResourceError, OSError):
                 return
-            while link.probe is probe:
+            now = trio.current_time()
+            for _ in range(DRAIN_BATCH):
+                if link.probe is not probe or link.probe_addr is None:
+                    break
                 try:
-                    data = probe.recv(2048)
+                    data = probe.recv(READ_SIZE)
                 except BlockingIOError:
                     break
                 except OSError:  # e.g. ICMP port unreachable, reported once
                     break
-                now = trio.current_time()
+                try:
+                    answer = sleeve.peek(data)[::2] == (Kind.PROBE_ACK, link.conn_uid)
+                except RemoteProtocolError:
+                    answer = False
+                if not answer:
+                    self._receive(memoryview(data), link.probe_addr, now, link.sock)
+                    continue
                 try:
                     kind, body = link.session.open(data, now)
-                    if kind is Kind.PROBE_ACK and link.probe_addr is not None:
-                        link.machine.receive(kind, body, link.probe_addr, now)
+                    link.machine.receive(kind, body, link.probe_addr, now)
                 except RemoteProtocolError:
                     continue
                 self._service(link, now)
+            self._flush(now)
+            await trio.sleep(0)
 
     # --- TAP -> UDP ---------------------------------------------------------------------
 
@@ -574,8 +655,10 @@ class Dataplane:
     def _send(self, link: Link, datagram: bytes, addr: Address) -> None:
         """One sealed message: a datagram if it fits the path, else our own fragments in
         one GSO send (see proto/sleeve_frag.py for why not IP fragmentation)."""
-        udp = self.udp
-        assert udp is not None
+        udp = self._port(link.sock)
+        if udp is None:
+            self._drop("no such socket")
+            return
         seg = (link.machine.pmtu or DEFAULT_PMTU) - IP_UDP_OVERHEAD
         try:
             if len(datagram) <= seg or len(datagram) > sleeve_frag.max_message(seg):
@@ -596,13 +679,18 @@ class Dataplane:
 
     # --- UDP -> TAP ---------------------------------------------------------------------
 
-    async def _udp_loop(self, udp: UdpPort) -> None:
-        while True:
-            await udp.wait_readable()
-            while self._drain_udp(udp):
+    async def _udp_loop(self, udp: UdpPort, sock: int = 0) -> None:
+        while sock == 0 or self._socks.get(sock) is udp:
+            try:
+                await udp.wait_readable()
+            except (trio.ClosedResourceError, OSError):
+                if sock == 0:
+                    raise
+                return  # an extra socket released
+            while self._drain_udp(udp, sock) and (sock == 0 or self._socks.get(sock) is udp):
                 await trio.sleep(0)
 
-    def _drain_udp(self, udp: UdpPort) -> bool:
+    def _drain_udp(self, udp: UdpPort, sock: int = 0) -> bool:
         now = trio.current_time()
         view = self._rx_view
         rx = self._rx
@@ -618,19 +706,19 @@ class Dataplane:
                 self._drop(f"receive error: {exc.strerror}")
                 continue
             if seg is None:
-                self._receive(view[:n], addr, now)
+                self._receive(view[:n], addr, now, sock)
             else:  # GRO: consecutive datagrams of `seg` bytes
                 reasm = self._reassembler
                 bad = reasm.malformed
                 for item in reasm.add_batch(addr, view[:n], seg, now):
                     self._datagram(item if isinstance(item, memoryview) else memoryview(item),
-                                   addr, now)
+                                   addr, now, sock)
                 if reasm.malformed != bad:
                     self._drop("malformed", reasm.malformed - bad)
         self._flush(now)
         return more
 
-    def _receive(self, data: memoryview, addr: Address, now: float) -> None:
+    def _receive(self, data: memoryview, addr: Address, now: float, sock: int = 0) -> None:
         if sleeve_frag.is_fragment(data):
             try:
                 message = self._reassembler.add(addr, data, now)
@@ -640,9 +728,16 @@ class Dataplane:
             if message is None:
                 return
             data = memoryview(message)
-        self._datagram(data, addr, now)
+        self._datagram(data, addr, now, sock)
 
-    def _datagram(self, data: memoryview, addr: Address, now: float) -> None:
+    def _datagram(self, data: memoryview, addr: Address, now: float, sock: int = 0) -> None:
+        if punchwire.is_punch(data):  # the daemon's business: authenticated there
+            if len(self._punch_inbox) >= MAX_PUNCH_INBOX:
+                self._drop("punch queue full")
+            else:
+                self._punch_inbox.append((bytes(data), addr, sock))
+                self._notify()
+            return
         try:
             kind, _epoch, conn_uid, _counter = sleeve.peek(data)
         except RemoteProtocolError:
@@ -723,7 +818,8 @@ class Dataplane:
             if link.remote_address == address and link.outbound == outbound:
                 addr = link.machine.udp_addr
                 return {
-                    "udp_address": f"{addr[0]}:{addr[1]}" if addr else None,
+                    "udp_address": join_host_port(*addr) if addr else None,
+                    "punched": link.punched,
                     "heartbeat_answered": link.machine.up,
                     "encrypted_data": not link.clear,
                     "fastdp": link.fast,

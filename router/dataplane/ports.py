@@ -140,9 +140,12 @@ class UdpSocketPort:
 
     def open_probe(self, addr: Address) -> ProbePort:
         try:
-            return ProbeSocket(udpsock.probe_sender(addr))
+            return ProbeSocket(udpsock.probe_sender(addr, bind=self.sock.getsockname(),
+                                                    shared=True))
         except NetdevError as exc:
             raise OSError(str(exc)) from None
 
     def close(self) -> None:
-        self.sock.close()
+        if self.sock.fileno() >= 0:
+            trio.lowlevel.notify_closing(self.sock)  # wakes a task waiting on it
+            self.sock.close()

@@ -209,14 +209,19 @@ def probe_sender(
     *,
     mode: int = IP_PMTUDISC_PROBE,
     bind: Address = ("", 0),
+    shared: bool = False,
     netns: str | NetnsRef | None = None,
 ) -> socket.socket:
     """A non-blocking UDP socket connected to ``peer_addr`` that sets DF on every datagram.
 
     ``IP_PMTUDISC_PROBE`` (default) sends up to the route's MTU regardless of what the
     kernel learnt about the path; ``IP_PMTUDISC_DO`` also honours learnt path MTUs
-    (``EMSGSIZE`` beyond either). Binding to the data port would steal the peer's traffic
-    from the data socket, so the default is an ephemeral port.
+    (``EMSGSIZE`` beyond either). The default is an ephemeral port. ``shared``: bind to
+    the data socket's own address beside it (SO_REUSEADDR on both): the probes then leave
+    from the data flow's very address and port, so a NAT on the way maps and filters them
+    exactly as the data (a probe from another port gets its own mapping, which the NAT at
+    the far end drops); while it is open the kernel hands this connected socket everything
+    the peer sends to that port (the better match), so its reader must pass the data on.
     """
     if mode not in (IP_PMTUDISC_DO, IP_PMTUDISC_PROBE):
         raise ValueError("probe_sender needs IP_PMTUDISC_DO or IP_PMTUDISC_PROBE")
@@ -225,6 +230,9 @@ def probe_sender(
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, mode)
+            if shared:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, SOCKET_BUFFER)
             sock.bind(bind)
             sock.connect(peer_addr)
             sock.setblocking(False)

@@ -344,6 +344,32 @@ def _ipv4_addrs(ipr: IPRoute, index: int) -> list[ipaddress.IPv4Interface]:
     return sorted(out, key=lambda c: (int(c.ip), c.network.prefixlen))
 
 
+def host_addresses(*, netns: str | NetnsRef | None = None) -> list[str]:
+    """This host's own IPv4 addresses a peer might reach it at (hole punching's host
+    candidates): global scope, on interfaces that are up, neither loopback nor ours
+    (the bridge and everything enslaved to it carry the overlay, not the underlay)."""
+    found: list[str] = []
+    try:
+        with _ipr(netns) as ipr:
+            links = {int(link["index"]): link for link in ipr.get_links()}
+            for msg in ipr.get_addr(family=socket.AF_INET):
+                link = links.get(int(msg["index"]))
+                if link is None or msg["scope"] != 0 or not link["flags"] & 1:  # IFF_UP
+                    continue
+                name = link.get("IFLA_IFNAME")
+                master = link.get("IFLA_MASTER")
+                bridge = links.get(int(master)) if master else None
+                if name in (BRIDGE, TAP, VXLAN) or (
+                        bridge is not None and bridge.get("IFLA_IFNAME") == BRIDGE):
+                    continue
+                addr = ipaddress.IPv4Address(msg.get("IFA_ADDRESS") or msg.get("IFA_LOCAL"))
+                if not addr.is_loopback and not addr.is_link_local:
+                    found.append(str(addr))
+    except (NetlinkError, OSError) as exc:
+        raise _fail("cannot list the host's addresses", exc) from None
+    return sorted(set(found), key=lambda a: int(ipaddress.IPv4Address(a)))
+
+
 def link_exists(ifname: str, *, netns: str | NetnsRef | None = None) -> bool:
     """True when an interface ``ifname`` exists in ``netns`` (here when None)."""
     with _ipr(netns) as ipr:

@@ -49,19 +49,27 @@ def private_net(host_number: int) -> ipaddress.IPv4Network:
     return ipaddress.IPv4Network(f"172.20.{host_number}.0/24")
 
 
-def nat_ruleset(subnet: ipaddress.IPv4Network, *, symmetric: bool = False) -> str:
+def nat_ruleset(subnet: ipaddress.IPv4Network, *, symmetric: bool = False,
+                ports: tuple[int, int] | None = None) -> str:
     """The gateway's nftables script (for ``nft -f -``): masquerade ``subnet`` out of
-    ``pub``; accept on ``pub`` only what belongs to connections the inside started."""
+    ``pub``; accept on ``pub`` only what belongs to connections the inside started.
+    ``ports``: public ports only from this range (a rebinding moves mappings into a new one)."""
     if not subnet.subnet_of(PRIVATE_BASE):
         raise ValueError(f"{subnet} is not inside {PRIVATE_BASE}")
+    if ports is not None and not 1024 <= ports[0] <= ports[1] <= 65535:
+        raise ValueError(f"port range {ports[0]}-{ports[1]} not within 1024-65535")
     how = " random,fully-random" if symmetric else ""
+    rule = f'        ip saddr {subnet} oifname "pub" masquerade{how}\n'
+    if ports is not None:  # a port range needs a transport match; ICMP keeps the plain rule
+        rule = (f'        ip saddr {subnet} oifname "pub" meta l4proto {{ tcp, udp }} '
+                f"masquerade to :{ports[0]}-{ports[1]}{how}\n" + rule)
     guard = ('        iifname "pub" ct state established,related accept\n'
              '        iifname "pub" drop\n')
     return (
         f"table ip {NAT_TABLE} {{\n"
         f"    chain postrouting {{\n"
         f"        type nat hook postrouting priority srcnat; policy accept;\n"
-        f'        ip saddr {subnet} oifname "pub" masquerade{how}\n'
+        f"{rule}"
         f"    }}\n"
         f"    chain forward {{\n"
         f"        type filter hook forward priority filter; policy accept;\n"

@@ -100,6 +100,7 @@ from weftnet.router.tools.namespaces import (
 )
 from weftnet.router.tools.natgw import (
     FLUSH_CONNTRACK_PY,
+    NAT_TABLE,
     Nat,
     gateway_sysctls,
     nat_ruleset,
@@ -633,6 +634,15 @@ class Testbed:
             self.run(gw, ["conntrack", "-F"], timeout=30)
         else:
             self.run(gw, [sys.executable, "-c", FLUSH_CONNTRACK_PY], timeout=30)
+
+    def nat_rebind(self, host: str, ports: tuple[int, int]) -> None:
+        """A NAT rebinding: ``host``'s gateway takes its public ports from ``ports`` from now
+        on and forgets every mapping, so the host's flows reappear from other ports."""
+        net = private_net(self.hosts.index(host) + 1)
+        self._nft(self.gateway(host), script=(
+            f"flush table ip {NAT_TABLE}\n"
+            + nat_ruleset(net, symmetric=self.nat[host].symmetric, ports=ports)))
+        self.nat_flush(host)
 
     def nat_timeouts(self, host: str, udp: int | None = None,
                      udp_stream: int | None = None) -> None:

@@ -2,7 +2,7 @@
 virtual time: the peer's NAT gateway drops the SYN, so the connect never completes.
 
 Measured in a NAT lab (tests/netns/test_nat_hosts.py): each such dial gives up after
-DIAL_TIMEOUT (10 s) and is retried after the maker's backoff (1, 2, 4 s ... with jitter);
+DIAL_TIMEOUT (5 s) and is retried after the maker's backoff (1, 2, 4 s ... with jitter);
 a discovered target used to vanish from the report for the whole of each try, so status
 showed "connection timed out" only in the short gaps between tries. Here the dial is shown
 as connecting for all of its DIAL_TIMEOUT, then as retrying with the reason and the retry
