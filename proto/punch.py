@@ -62,6 +62,11 @@ Probes per punch, per NAT kind (PUNCH_DURATION 8 s, PROBE_INTERVAL 0.2 s: 40 rou
 * hard/hard: 256 x 1024 against 64512^2 pairs is hopeless (~6 %); the planner does not
   try (it fails at once, the pair stays relayed).
 
+Measured in the simulator (tests/sim/test_punch_sim.py, 60 seeded pairs each, probes a side
+in the punch that worked, mean / max): easy/easy 4-6 / 6; hard + easy, both filtering by
+address and port, 495 / 1094 (hard) and 306 / 986 (easy), 1-2 % of first tries missing
+(retried); hard + easy whose filter lets the hard side's probes in, 262 (hard) and 11.
+
 Nothing here is sent to an address that is neither a candidate given to the session
 (authenticated: it came with the offer or answer), nor the source of an authentic probe,
 nor (the easy side of a hard pair only) a port of an IP among the hard side's reflexive
@@ -368,8 +373,15 @@ class PunchSession:
             # the peer's mapping towards this socket of ours: authentic, so worth a probe
             self._peer_reflexive += 1
             target = self._targets[key] = _Target(PEER_REFLEXIVE, PROBE_INTERVAL, now)
-        if target is not None and now - target.last_sent >= PROBE_INTERVAL / 2:
-            self._probe(addr, sock, target, now)  # triggered: the way in is open now
+        if target is None:
+            return
+        # the way in is open now: probe at once (triggered), then every round (a spray
+        # socket's target too: its slow pace was for holding a mapping open, not this)
+        target.every = PROBE_INTERVAL
+        if now - target.last_sent >= PROBE_INTERVAL / 2:
+            self._probe(addr, sock, target, now)
+        else:
+            target.next_at = min(target.next_at, target.last_sent + PROBE_INTERVAL)
 
     def _on_ack(self, body: bytes, addr: Address, sock: int, now: float) -> None:
         probe_id, sender, seen = decode_probe_ack(body)
