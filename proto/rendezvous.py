@@ -201,6 +201,11 @@ def decode_message(payload: bytes) -> Message:
 
 @dataclass(frozen=True, slots=True)
 class PathPunched:
+    """Both ends hold the two halves of one verified 5-tuple pair (the initiator's choice,
+    nominated to the responder and confirmed): the initiator's event comes when the
+    responder answered the nomination, the responder's when it got it. Send the stream to
+    ``addr`` from socket ``sock``, and keep that socket open while the path is used."""
+
     peer: PeerName
     session: int
     addr: Address  # send to the peer here

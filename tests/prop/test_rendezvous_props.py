@@ -70,6 +70,8 @@ def test_damaged_messages_decode_or_are_refused(msg: Message, data: st.DataObjec
 def test_probe_bodies_round_trip(probe_id: int, sender: int,
                                  ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
                                  port: int) -> None:
-    assert decode_probe(encode_probe(probe_id, sender)) == (probe_id, sender)
+    assert decode_probe(encode_probe(probe_id, sender)) == (probe_id, sender, None)
+    rtt = (probe_id % 10**7) / 1e6  # any RTT of whole microseconds
+    assert decode_probe(encode_probe(probe_id, sender, rtt)) == (probe_id, sender, rtt)
     seen = (str(ip), port)
     assert decode_probe_ack(encode_probe_ack(probe_id, sender, seen)) == (probe_id, sender, seen)
