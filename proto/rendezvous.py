@@ -484,7 +484,7 @@ class Rendezvous:
         self._observed[src] = msg.addr
 
     def _on_offer(self, src: PeerName, msg: Offer, now: float) -> None:
-        state = self._state(src)
+        state = self._peers.get(src) or _Peer()  # kept only if the offer is taken
         current = (state.offered.session if state.offered is not None
                    else state.punch.session if state.punch is not None else None)
         if current == msg.session:
@@ -506,13 +506,14 @@ class Rendezvous:
             self._send(src, Cancel(msg.session, "busy"))
             return
         self._end(src, state)  # the higher peer's offer wins over our own
+        self._peers[src] = state
         state.last_accepted = now
         self._send(src, Answer(msg.session, self.candidates(), self.hard))
         self._begin(src, state, msg.session, msg.secret, msg.candidates, msg.hard,
                     initiator=False, now=now)
 
     def _on_answer(self, src: PeerName, msg: Answer, now: float) -> None:
-        state = self._state(src)
+        state = self._peers.get(src) or _Peer()
         offered = state.offered
         if offered is None or offered.session != msg.session:
             self._drop("answer to no offer of ours")
@@ -522,7 +523,7 @@ class Rendezvous:
                     initiator=True, now=now)
 
     def _on_cancel(self, src: PeerName, msg: Cancel, now: float) -> None:
-        state = self._state(src)
+        state = self._peers.get(src) or _Peer()
         current = (state.offered.session if state.offered is not None
                    else state.punch.session if state.punch is not None
                    and state.punch.probing else None)

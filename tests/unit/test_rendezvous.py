@@ -422,3 +422,12 @@ def test_direct_peers_are_neither_offered_nor_answered() -> None:
     a.on_message(B, encode_message(Offer(3, bytes(32), (), False)), 0.0)
     assert not a.messages_to_send() and a.counters.drops["offer from a direct peer"] == 1
     assert a.get_timer() is None
+
+
+def test_refused_messages_leave_no_peer_in_the_status() -> None:
+    a = rv(A)
+    a.direct({C}, 0.0)
+    a.on_message(B, encode_message(Answer(5, (), False)), 0.0)
+    a.on_message(B, encode_message(Cancel(5, "x")), 0.0)
+    a.on_message(C, encode_message(Offer(6, bytes(32), (), False)), 0.0)
+    assert set(a.status(0.0)) == set(), a.status(0.0)
