@@ -241,6 +241,7 @@ class PunchSession:
         self.failure: str | None = None
         self.probes_sent = 0
         self.mapped: dict[int, Address] = {}  # socket -> where the peer saw its probes from
+        self.mapped_at: dict[int, Address] = {}  # socket -> where that peer was (the ACK's source)
         self._rng = rng
         self._out: list[tuple[bytes, Address, int]] = []
         self._targets: dict[tuple[Address, int], _Target] = {}
@@ -449,7 +450,7 @@ class PunchSession:
             # kept: a copy raced from elsewhere must not spoil the genuine answer
             raise PunchDrop("probe ack from another address")
         del self._pending[probe_id]
-        self.mapped[sock] = seen
+        self.mapped[sock], self.mapped_at[sock] = seen, addr
         if self.state is SessionState.NOMINATING:
             if probe_id in self._nominations:
                 self.path = self._chosen

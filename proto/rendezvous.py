@@ -12,19 +12,31 @@ every direct peer tells us, by a SEEN message, the address our sleeve datagrams 
 (the daemon calls ``link_address`` when its link to a peer learns or changes the peer's
 address; we then send the peer SEEN{addr}). Our mapping kind: observers at >= 2 different IPs
 that see the same public IP with different ports: "hard" (the NAT maps per destination);
-at >= 2 IPs and no such difference: "easy"; fewer: "unknown", treated as easy. Observations
-equal to a host candidate (a peer behind the same gateway, or no NAT) say nothing of a
-NAT and are not reflexive candidates; nor is what a peer sees of us over a path punched
-from one of our spray sockets.
+at >= 2 IPs and no such difference: "easy"; seen only at our own addresses: "easy" (no NAT);
+else "unknown". Observations equal to a host candidate (a peer behind the same gateway, or
+no NAT) say nothing of a NAT and are not reflexive candidates; nor is what a peer sees of
+us over a path punched from one of our spray sockets. A punch's probe answers tell the same
+as a SEEN (the PROBE_ACK says where our main socket's probe came from, as the peer saw it):
+they count as the observation of that peer when it sent no SEEN, so a router with a single
+public peer learns its kind from its first punches.
+
+Roles. Who opens spray sockets (acts "hard") and who sprays ports (proto/punch.py) follows
+from both kinds, as each side sent them, and the offer's ``attempt`` (the offerer's failed
+tries with this peer since the last success), by ``roles``: both hard: no punch; one hard:
+it; both known easy, or the first attempt: nobody. Otherwise an unknown kind may hide a
+symmetric NAT (one public peer sees us from one destination only): from the second attempt
+on, the unknown side acts hard; two unknown sides take turns, the lower PeerName on odd
+attempts. So one symmetric NAT behind a single introducer costs a failed try or two.
 
 Messages (mesh unicast on gossip channel ``CHANNEL``; msgpack arrays; addresses are
 ``[ip string, port]``, candidates ``[kind (0 host, 1 reflexive), ip, port]``, at most
 MAX_CANDIDATES; sessions 1..2^64-1)::
 
-    [1, addr]                                   SEEN    your datagrams come from addr
-    [2, session, secret(32), candidates, hard]  OFFER   let's punch; keys from the secret
-    [3, session, candidates, hard]              ANSWER  yes: here are mine
-    [4, session, reason]                        CANCEL  no, or no more (busy, gave up)
+    [1, addr]                                            SEEN    your datagrams come from addr
+    [2, session, secret(32), candidates, kind, attempt]  OFFER   let's punch (secret: keys)
+    [3, session, candidates, kind]                       ANSWER  yes: here are mine
+    [4, session, reason]                                 CANCEL  no, or no more (busy, gave up)
+    kind: the sender's mapping, 0 unknown, 1 easy, 2 hard; attempt: u8
 
 The offer's secret travels only over authenticated, encrypted control connections (hop by
 hop), so only holders of the mesh password learn it, and every probe is authenticated under
@@ -32,7 +44,7 @@ keys derived from it: nobody else can make us probe anything.
 
 Per peer::
 
-                 want, retry due          ANSWER                  path verified
+                 want, retry due          ANSWER            path chosen and confirmed
       RELAYED ───────────────────▶ OFFERED ──────▶ PROBING ──────────────────▶ PUNCHED
          ▲  ▲    OFFER accepted ───────────────────▶ │ (both hard: fail at once)   │ direct()
          │  └─────── failure: backoff ◀──────────────┘◀── no answer ANSWER_TIMEOUT ▼
@@ -91,14 +103,15 @@ class Offer:
     session: int
     secret: bytes
     candidates: tuple[Candidate, ...]
-    hard: bool
+    kind: str  # the offerer's mapping: "unknown" / "easy" / "hard"
+    attempt: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Answer:
     session: int
     candidates: tuple[Candidate, ...]
-    hard: bool
+    kind: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +121,26 @@ class Cancel:
 
 
 Message = Seen | Offer | Answer | Cancel
+
+
+KINDS = ("unknown", "easy", "hard")
+MAX_ATTEMPT = 255
+
+
+def roles(kind_low: str, kind_high: str, attempt: int) -> tuple[bool, bool] | None:
+    """Who acts hard (opens spray sockets): (the lower PeerName, the higher), from the kinds
+    both sent and the offer's attempt; None when both are hard (see the module docstring)."""
+    kinds = (kind_low, kind_high)
+    if kinds == ("hard", "hard"):
+        return None
+    if "hard" in kinds:
+        return kind_low == "hard", kind_high == "hard"
+    unknown = (kind_low == "unknown", kind_high == "unknown")
+    if attempt == 0 or not any(unknown):
+        return False, False
+    if all(unknown):
+        return attempt % 2 == 1, attempt % 2 == 0
+    return unknown
 
 
 def valid_address(ip: str, port: int) -> Address | None:
@@ -131,9 +164,10 @@ def encode_message(msg: Message) -> bytes:
     if isinstance(msg, Seen):
         return pack([1, [msg.addr[0], msg.addr[1]]])
     if isinstance(msg, Offer):
-        return pack([2, msg.session, msg.secret, _cands(msg.candidates), msg.hard])
+        return pack([2, msg.session, msg.secret, _cands(msg.candidates), KINDS.index(msg.kind),
+                     min(msg.attempt, MAX_ATTEMPT)])
     if isinstance(msg, Answer):
-        return pack([3, msg.session, _cands(msg.candidates), msg.hard])
+        return pack([3, msg.session, _cands(msg.candidates), KINDS.index(msg.kind)])
     return pack([4, msg.session, msg.reason[:MAX_REASON]])
 
 
@@ -157,10 +191,10 @@ def _session(value: Any) -> int:
     return value
 
 
-def _hard(value: Any) -> bool:
-    if type(value) is not bool:
-        raise _bad("bad hard flag")
-    return value
+def _kind(value: Any) -> str:
+    if type(value) is not int or not 0 <= value < len(KINDS):
+        raise _bad("bad mapping kind")
+    return KINDS[value]
 
 
 def _candidates(value: Any) -> tuple[Candidate, ...]:
@@ -185,12 +219,14 @@ def decode_message(payload: bytes) -> Message:
     tag, n = obj[0], len(obj)
     if tag == 1 and n == 2:
         return Seen(_addr(obj[1]))
-    if tag == 2 and n == 5:
+    if tag == 2 and n == 6:
         if not isinstance(obj[2], bytes) or len(obj[2]) != SECRET_LEN:
             raise _bad("bad secret")
-        return Offer(_session(obj[1]), obj[2], _candidates(obj[3]), _hard(obj[4]))
+        if type(obj[5]) is not int or not 0 <= obj[5] <= MAX_ATTEMPT:
+            raise _bad("bad attempt")
+        return Offer(_session(obj[1]), obj[2], _candidates(obj[3]), _kind(obj[4]), obj[5])
     if tag == 3 and n == 4:
-        return Answer(_session(obj[1]), _candidates(obj[2]), _hard(obj[3]))
+        return Answer(_session(obj[1]), _candidates(obj[2]), _kind(obj[3]))
     if tag == 4 and n == 3 and isinstance(obj[2], str):
         return Cancel(_session(obj[1]), obj[2][:MAX_REASON])
     raise _bad(f"unknown type {tag} or wrong arity")
@@ -234,6 +270,8 @@ class _Offered:
     session: int
     secret: bytes
     deadline: float
+    kind: str  # ours, as the offer said it
+    attempt: int
 
 
 @dataclass(slots=True)
@@ -276,6 +314,7 @@ class Rendezvous:
         self._host: list[Address] = []
         self._links: dict[PeerName, Address] = {}
         self._observed: dict[PeerName, Address] = {}  # observer -> where it sees us
+        self._acked: dict[PeerName, tuple[Address, Address]] = {}  # punch: (peer at, us seen)
         self._via_spray: set[PeerName] = set()
         self._wanted: set[PeerName] = set()
         self._direct: set[PeerName] = set()
@@ -301,29 +340,32 @@ class Rendezvous:
 
     def candidates(self) -> tuple[Candidate, ...]:
         host = [Candidate(CandidateKind.HOST, a) for a in self._host[:MAX_HOST]]
-        refl = sorted(set(self._reflexive().values()))[:MAX_REFLEXIVE]
+        refl = sorted({seen for _, seen in self._reflexive().values()})[:MAX_REFLEXIVE]
         return tuple(host + [Candidate(CandidateKind.REFLEXIVE, a) for a in refl])
 
-    def _reflexive(self) -> dict[PeerName, Address]:
-        """Observations that tell of a NAT (see the module docstring)."""
+    def _reflexive(self) -> dict[PeerName, tuple[Address | None, Address]]:
+        """Observations that tell of a NAT, by observer: (where the observer is, if we know,
+        where it sees us); see the module docstring."""
         host = set(self._host)
-        return {p: seen for p, seen in sorted(self._observed.items())
-                if seen not in host and p not in self._via_spray}
+        obs = {p: (self._links.get(p), seen) for p, seen in self._observed.items()}
+        for p, (at, seen) in self._acked.items():
+            obs.setdefault(p, (at, seen))
+        return {p: o for p, o in sorted(obs.items())
+                if o[1] not in host and p not in self._via_spray}
 
     def mapping(self) -> str:
         """"hard", "easy" or "unknown" (see the module docstring)."""
         # only observers we know the address of: a per-destination NAT needs 2 destinations
-        obs = [(self._links[p], seen) for p, seen in self._reflexive().items() if p in self._links]
+        reflexive = self._reflexive()
+        obs = [(at, seen) for at, seen in reflexive.values() if at is not None]
+        if not reflexive and set(self._observed.values()) & set(self._host):
+            return "easy"  # seen at our own address: no NAT on the way
         if len({observer[0] for observer, _ in obs}) < 2:
             return "unknown"
         ports: dict[str, set[int]] = {}
         for _, seen in obs:
             ports.setdefault(seen[0], set()).add(seen[1])
         return "hard" if any(len(p) > 1 for p in ports.values()) else "easy"
-
-    @property
-    def hard(self) -> bool:
-        return self.mapping() == "hard"
 
     # --- what the daemon decides ------------------------------------------------------------
 
@@ -334,6 +376,7 @@ class Rendezvous:
     def direct(self, peers: set[PeerName], now: float) -> None:
         for gone in sorted(self._direct - peers):
             self._observed.pop(gone, None)  # its view of us ended with the link
+            self._acked.pop(gone, None)
             self._via_spray.discard(gone)
             if gone in self._peers:
                 self._peers[gone].punched = None  # a new punch may be needed
@@ -508,9 +551,10 @@ class Rendezvous:
         self._end(src, state)  # the higher peer's offer wins over our own
         self._peers[src] = state
         state.last_accepted = now
-        self._send(src, Answer(msg.session, self.candidates(), self.hard))
-        self._begin(src, state, msg.session, msg.secret, msg.candidates, msg.hard,
-                    initiator=False, now=now)
+        kind = self.mapping()
+        self._send(src, Answer(msg.session, self.candidates(), kind))
+        self._begin(src, state, msg.session, msg.secret, msg.candidates, kind, msg.kind,
+                    msg.attempt, initiator=False, now=now)
 
     def _on_answer(self, src: PeerName, msg: Answer, now: float) -> None:
         state = self._peers.get(src) or _Peer()
@@ -519,8 +563,8 @@ class Rendezvous:
             self._drop("answer to no offer of ours")
             return
         state.offered = None
-        self._begin(src, state, offered.session, offered.secret, msg.candidates, msg.hard,
-                    initiator=True, now=now)
+        self._begin(src, state, offered.session, offered.secret, msg.candidates, offered.kind,
+                    msg.kind, offered.attempt, initiator=True, now=now)
 
     def _on_cancel(self, src: PeerName, msg: Cancel, now: float) -> None:
         state = self._peers.get(src) or _Peer()
@@ -558,22 +602,26 @@ class Rendezvous:
             state = self._state(peer)
             session = int.from_bytes(self._random_bytes(8), "big") or 1
             secret = self._random_bytes(SECRET_LEN)
-            state.offered = _Offered(session, secret, now + ANSWER_TIMEOUT)
+            kind, attempt = self.mapping(), min(state.attempt, MAX_ATTEMPT)
+            state.offered = _Offered(session, secret, now + ANSWER_TIMEOUT, kind, attempt)
             state.reason = ""
-            self._send(peer, Offer(session, secret, self.candidates(), self.hard))
+            self._send(peer, Offer(session, secret, self.candidates(), kind, attempt))
 
     def _begin(self, peer: PeerName, state: _Peer, session: int, secret: bytes,
-               theirs: tuple[Candidate, ...], they_hard: bool, *, initiator: bool,
-               now: float) -> None:
+               theirs: tuple[Candidate, ...], ours: str, their_kind: str, attempt: int, *,
+               initiator: bool, now: float) -> None:
         state.punched = None
         self.counters.attempts += 1
-        if they_hard and self.hard:
+        low_first = self.me < peer
+        who = roles(*((ours, their_kind) if low_first else (their_kind, ours)), attempt)
+        if who is None:
             self._fail(peer, state, now, BOTH_HARD)
             return
+        we_hard, they_hard = who if low_first else who[::-1]
         state.punch = PunchSession(
             me=self.me, peer=peer, session=session,
             keys=derive_keys(secret, initiator=initiator), initiator=initiator,
-            theirs=theirs, we_hard=self.hard, they_hard=they_hard,
+            theirs=theirs, we_hard=we_hard, they_hard=they_hard,
             rng=random.Random(self._rng.getrandbits(64)), now=now)
         self._sessions[session] = peer
 
@@ -604,6 +652,8 @@ class Rendezvous:
             return
         self.counters.probes_sent += punch.probes_sent - state.probes
         state.tried, state.probes = punch.tried, punch.probes_sent
+        if 0 in punch.mapped:
+            self._acked[punch.peer] = (punch.mapped_at[0], punch.mapped[0])
         for out in punch.datagrams_to_send():
             self._datagrams.append(out)
 

@@ -19,6 +19,8 @@ from weftnet.proto.punch import (
     encode_probe_ack,
 )
 from weftnet.proto.rendezvous import (
+    KINDS,
+    MAX_ATTEMPT,
     MAX_CANDIDATES,
     MAX_REASON,
     Answer,
@@ -40,8 +42,9 @@ candidates = st.lists(st.builds(Candidate, st.sampled_from(CandidateKind), addre
                       max_size=MAX_CANDIDATES).map(tuple)
 messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Seen, addresses),
-    st.builds(Offer, sessions, st.binary(min_size=32, max_size=32), candidates, st.booleans()),
-    st.builds(Answer, sessions, candidates, st.booleans()),
+    st.builds(Offer, sessions, st.binary(min_size=32, max_size=32), candidates,
+              st.sampled_from(KINDS), st.integers(0, MAX_ATTEMPT)),
+    st.builds(Answer, sessions, candidates, st.sampled_from(KINDS)),
     st.builds(Cancel, sessions, st.text(max_size=MAX_REASON)),
 )
 

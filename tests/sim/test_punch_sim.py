@@ -263,7 +263,7 @@ class PunchNet:
         msg = decode_message(payload)
         if isinstance(msg, Offer | Answer):
             dst.given[msg.session] = {c.addr for c in msg.candidates}
-            if msg.hard:
+            if msg.kind != "easy":  # it may be given the hard role
                 dst.hard_ips[msg.session] = {c.addr[0] for c in msg.candidates
                                              if c.kind is CandidateKind.REFLEXIVE}
 
@@ -423,12 +423,12 @@ KINDS = [(EIM, EIF), (EIM, ADF), (EIM, APDF), (EIM, APDF), (EIM, ADF), (EIM, APD
 
 
 def build(seed: int, kinds: list[tuple[Mapping, Filtering]] = KINDS,
-          shared: int = 2) -> PunchNet:
-    """Two public nodes; ``shared`` nodes behind one EIM/APDF gateway; one node behind a
-    gateway of each of ``kinds``."""
+          shared: int = 2, publics: int = 2) -> PunchNet:
+    """``publics`` public nodes; ``shared`` nodes behind one EIM/APDF gateway; one node
+    behind a gateway of each of ``kinds``."""
     net = PunchNet(seed)
-    net.node()
-    net.node()
+    for _ in range(publics):
+        net.node()
     site = net.gateway(EIM, APDF)
     for _ in range(shared):
         net.node(site)
@@ -593,4 +593,25 @@ def test_a_control_connection_over_the_punched_path_outlives_the_introducers(see
         cb = net.connection(b, a)
         assert cb is not None and cb.events[-1] == MessageReceived(
             Gossip("topology", GossipKind.BROADCAST, a.name, 0, b"still here")), cb.events[-3:]
+    assert not net.unexpected, "\n".join(net.unexpected[:10])
+
+
+@pytest.mark.parametrize("seed", [8, 9])
+def test_behind_a_single_introducer_an_unknown_symmetric_nat_is_found_by_trying(
+        seed: int) -> None:
+    """The issue's lab: one public host, two NATed ones, one NAT symmetric. With a single
+    observer neither side knows its kind: the first punch tries without a spray and fails,
+    later ones give the hard role to the unknown sides in turn, and one punches. The easy
+    side learns its kind from the punch's answers (a second observer)."""
+    net = build(seed, kinds=[(SYM, APDF), (EIM, APDF)], shared=0, publics=1)
+    hard, easy = net.nodes[1:]
+    assert hard.rv.mapping() == easy.rv.mapping() == "unknown"
+    net.want_all()
+    net.run_for(90.0)
+    assert easy.name in hard.direct and hard.name in easy.direct, net.describe()
+    p = hard.punched[easy.name]
+    assert p.sock > 0, f"expected the symmetric side on a spray socket: {p}"
+    fails = [f.reason for _, f in hard.failures]
+    assert 1 <= len(fails) <= 3, f"expected a failed try or two first: {fails}"
+    assert easy.rv.mapping() == "easy", easy.rv.report()
     assert not net.unexpected, "\n".join(net.unexpected[:10])
