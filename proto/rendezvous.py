@@ -28,15 +28,10 @@ symmetric NAT (one public peer sees us from one destination only): from the seco
 on, the unknown side acts hard; two unknown sides take turns, the lower PeerName on odd
 attempts. So one symmetric NAT behind a single introducer costs a failed try or two.
 
-Messages (mesh unicast on gossip channel ``CHANNEL``; msgpack arrays; addresses are
-``[ip string, port]``, candidates ``[kind (0 host, 1 reflexive), ip, port]``, at most
-MAX_CANDIDATES; sessions 1..2^64-1)::
-
-    [1, addr]                                            SEEN    your datagrams come from addr
-    [2, session, secret(32), candidates, kind, attempt]  OFFER   let's punch (secret: keys)
-    [3, session, candidates, kind]                       ANSWER  yes: here are mine
-    [4, session, reason]                                 CANCEL  no, or no more (busy, gave up)
-    kind: the sender's mapping, 0 unknown, 1 easy, 2 hard; attempt: u8
+Messages (mesh unicast on gossip channel ``CHANNEL``; wire format in
+proto/rendezvous_codec.py): SEEN{addr} "your datagrams come from addr", OFFER{session,
+secret, candidates, kind, attempt} "let's punch", ANSWER{session, candidates, kind},
+CANCEL{session, reason} (busy, or gave up).
 
 The offer's secret travels only over authenticated, encrypted control connections (hop by
 hop), so only holders of the mesh password learn it, and every probe is authenticated under
@@ -61,7 +56,6 @@ rng; ``direct`` resets it. Malformed or unwanted messages and datagrams are coun
 
 from __future__ import annotations
 
-import ipaddress
 import random
 from collections import Counter, deque
 from collections.abc import Callable
@@ -69,18 +63,35 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import RemoteProtocolError
-from .framing import pack, unpack
 from .peername import PeerName, format_peer_name
 from .punch import SPRAY_SOCKETS, Address, Candidate, CandidateKind, PunchSession
 from .punchwire import SECRET_LEN, PunchKeys, PunchKind, derive_keys, peek_datagram
+from .rendezvous_codec import (
+    CHANNEL,
+    KINDS,
+    MAX_ATTEMPT,
+    MAX_CANDIDATES,
+    MAX_PAYLOAD,
+    MAX_REASON,
+    Answer,
+    Cancel,
+    Message,
+    Offer,
+    Seen,
+    decode_message,
+    encode_message,
+    valid_address,
+)
 
-CHANNEL = "punch"
-MAX_CANDIDATES = 16
+__all__ = [  # the codec's names are the planner's too
+    "BOTH_HARD", "CHANNEL", "KINDS", "MAX_ATTEMPT", "MAX_CANDIDATES", "MAX_PAYLOAD",
+    "MAX_REASON", "Answer", "Cancel", "Message", "Offer", "PathPunched", "PunchFailed",
+    "Rendezvous", "Seen", "decode_message", "encode_message", "roles", "valid_address",
+]
+
 MAX_HOST = 8
 MAX_REFLEXIVE = 8
 MAX_OBSERVERS = 32
-MAX_PAYLOAD = 2048
-MAX_REASON = 128
 MAX_SESSIONS = 16
 OFFER_MIN_INTERVAL = 3.0
 ANSWER_TIMEOUT = 5.0
@@ -88,43 +99,6 @@ BACKOFF_INITIAL = 10.0
 BACKOFF_MAX = 300.0
 PUNCHED_HOLD = 30.0  # a punched path must carry a connection (direct()) by then
 BOTH_HARD = "both behind endpoint-dependent (symmetric) NATs"
-
-
-# --- messages ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Seen:
-    addr: Address
-
-
-@dataclass(frozen=True, slots=True)
-class Offer:
-    session: int
-    secret: bytes
-    candidates: tuple[Candidate, ...]
-    kind: str  # the offerer's mapping: "unknown" / "easy" / "hard"
-    attempt: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    session: int
-    candidates: tuple[Candidate, ...]
-    kind: str
-
-
-@dataclass(frozen=True, slots=True)
-class Cancel:
-    session: int
-    reason: str
-
-
-Message = Seen | Offer | Answer | Cancel
-
-
-KINDS = ("unknown", "easy", "hard")
-MAX_ATTEMPT = 255
 
 
 def roles(kind_low: str, kind_high: str, attempt: int) -> tuple[bool, bool] | None:
@@ -141,95 +115,6 @@ def roles(kind_low: str, kind_high: str, attempt: int) -> tuple[bool, bool] | No
     if all(unknown):
         return attempt % 2 == 1, attempt % 2 == 0
     return unknown
-
-
-def valid_address(ip: str, port: int) -> Address | None:
-    """The address in canonical form if it is one worth probing, else None."""
-    try:
-        parsed = ipaddress.ip_address(ip)
-    except ValueError:
-        return None
-    if (str(parsed) != ip or not 1 <= port <= 65535 or parsed.is_unspecified
-            or parsed.is_multicast or parsed.is_loopback or parsed.is_link_local
-            or ip == "255.255.255.255"):
-        return None
-    return ip, port
-
-
-def _cands(cands: tuple[Candidate, ...]) -> list[list[Any]]:
-    return [[int(c.kind), c.addr[0], c.addr[1]] for c in cands]
-
-
-def encode_message(msg: Message) -> bytes:
-    if isinstance(msg, Seen):
-        return pack([1, [msg.addr[0], msg.addr[1]]])
-    if isinstance(msg, Offer):
-        return pack([2, msg.session, msg.secret, _cands(msg.candidates), KINDS.index(msg.kind),
-                     min(msg.attempt, MAX_ATTEMPT)])
-    if isinstance(msg, Answer):
-        return pack([3, msg.session, _cands(msg.candidates), KINDS.index(msg.kind)])
-    return pack([4, msg.session, msg.reason[:MAX_REASON]])
-
-
-def _bad(what: str) -> RemoteProtocolError:
-    return RemoteProtocolError(f"malformed punch message: {what}")
-
-
-def _addr(value: Any) -> Address:
-    if (not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], str)
-            or type(value[1]) is not int):
-        raise _bad("bad address")
-    addr = valid_address(value[0], value[1])
-    if addr is None:
-        raise _bad("address not usable")
-    return addr
-
-
-def _session(value: Any) -> int:
-    if type(value) is not int or not 0 < value < 1 << 64:
-        raise _bad("bad session")
-    return value
-
-
-def _kind(value: Any) -> str:
-    if type(value) is not int or not 0 <= value < len(KINDS):
-        raise _bad("bad mapping kind")
-    return KINDS[value]
-
-
-def _candidates(value: Any) -> tuple[Candidate, ...]:
-    if not isinstance(value, list) or len(value) > MAX_CANDIDATES:
-        raise _bad("bad candidate list")
-    out: list[Candidate] = []
-    for item in value:
-        if (not isinstance(item, list) or len(item) != 3 or type(item[0]) is not int
-                or item[0] not in CandidateKind._value2member_map_):
-            raise _bad("bad candidate")
-        out.append(Candidate(CandidateKind(item[0]), _addr(item[1:])))
-    return tuple(out)
-
-
-def decode_message(payload: bytes) -> Message:
-    """Decode an untrusted payload; raises only RemoteProtocolError."""
-    if len(payload) > MAX_PAYLOAD:
-        raise _bad("too long")
-    obj = unpack(payload)
-    if not isinstance(obj, list) or not obj or type(obj[0]) is not int:
-        raise _bad("not a typed array")
-    tag, n = obj[0], len(obj)
-    if tag == 1 and n == 2:
-        return Seen(_addr(obj[1]))
-    if tag == 2 and n == 6:
-        if not isinstance(obj[2], bytes) or len(obj[2]) != SECRET_LEN:
-            raise _bad("bad secret")
-        if type(obj[5]) is not int or not 0 <= obj[5] <= MAX_ATTEMPT:
-            raise _bad("bad attempt")
-        return Offer(_session(obj[1]), obj[2], _candidates(obj[3]), _kind(obj[4]), obj[5])
-    if tag == 3 and n == 4:
-        return Answer(_session(obj[1]), _candidates(obj[2]), _kind(obj[3]))
-    if tag == 4 and n == 3 and isinstance(obj[2], str):
-        return Cancel(_session(obj[1]), obj[2][:MAX_REASON])
-    raise _bad(f"unknown type {tag} or wrong arity")
 
 
 # --- events ----------------------------------------------------------------------------------
@@ -299,6 +184,10 @@ class Counters:
     failed: int = 0
     probes_sent: int = 0
     drops: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def outcomes(self) -> dict[str, int]:
+        return {"direct": self.direct, "failed": self.failed}
 
 
 class Rendezvous:
@@ -512,8 +401,7 @@ class Rendezvous:
                               for p, seen in sorted(self._observed.items())},
             },
             "mapping": self.mapping(),
-            "counters": {"attempts": c.attempts, "outcomes": {"direct": c.direct,
-                                                              "failed": c.failed},
+            "counters": {"attempts": c.attempts, "outcomes": c.outcomes,
                          "drops": dict(sorted(c.drops.items())),
                          "probes_sent": c.probes_sent},
         }
