@@ -69,8 +69,9 @@ Probes per punch, per NAT kind (PUNCH_DURATION 8 s, PROBE_INTERVAL 0.2 s: 40 rou
   rounds: about 1100 and 1100 probes of ~40 bytes (~45 kB a side). Doubling either side
   squares the miss rate, but costs linearly in probes and sockets; 98 % a try, retried
   with backoff, is the trade.
-* hard/hard: 256 x 1024 against 64512^2 pairs is hopeless (~6 %); the planner does not
-  try (it fails at once, the pair stays relayed).
+* hard/hard: both ports unknown, each new per destination: 256 x 1024 tries among 64512^2
+  port pairs (~0.006 %) is hopeless; the planner does not try when both kinds are known (it
+  fails at once, the pair stays relayed). Unknown kinds: see ``roles`` in the planner.
 
 Measured in the simulator (tests/sim/test_punch_sim.py, 100 seeded pairs each, probes a
 side in the punch that worked, mean / max): easy/easy 4-5 / 5; hard + easy, both filtering

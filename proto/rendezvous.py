@@ -367,13 +367,14 @@ class Rendezvous:
             if state.punch is not None and (t := state.punch.get_timer()) is not None:
                 times.append(t)
         if self._active() < MAX_SESSIONS:
-            times += [self._state(p).retry_at for p in self._wanted if self._may_offer(p)]
+            times += [self._peers[p].retry_at if p in self._peers else 0.0
+                      for p in self._wanted if self._may_offer(p)]
         return min(times) if times else None
 
     def status(self, now: float) -> dict[PeerName, dict[str, Any]]:
         out: dict[PeerName, dict[str, Any]] = {}
         for peer in sorted(set(self._peers) | self._wanted):
-            state = self._state(peer)
+            state = self._peers.get(peer) or _Peer()
             retry: float | None = None
             if peer in self._direct:
                 what, reason = "direct", "connected"
@@ -397,8 +398,8 @@ class Rendezvous:
         return {
             "candidates": {
                 "host": [_fmt(a) for a in self._host],
-                "reflexive": {format_peer_name(p): _fmt(seen)
-                              for p, seen in sorted(self._observed.items())},
+                "reflexive": {format_peer_name(p): _fmt(seen) for p, seen in sorted(
+                    ({p: a for p, (_, a) in self._acked.items()} | self._observed).items())},
             },
             "mapping": self.mapping(),
             "counters": {"attempts": c.attempts, "outcomes": c.outcomes,
