@@ -450,6 +450,7 @@ class Rendezvous:
         offered = state.offered
         if offered is None or offered.session != msg.session:
             self._drop("answer to no offer of ours")
+            self._send(src, Cancel(msg.session, "no such offer"))  # stop its probes now
             return
         state.offered = None
         self._begin(src, state, offered.session, offered.secret, msg.candidates, offered.kind,

@@ -349,7 +349,24 @@ def test_answers_to_no_offer_and_stray_datagrams_are_dropped_and_counted() -> No
     assert not a.receive(stream, ("198.51.100.9", 1), 0, 0.0)
     assert a.counters.drops == {"answer to no offer of ours": 1, "unknown session": 1,
                                 "malformed": 1}, a.counters.drops
-    assert not a.datagrams_to_send() and not a.messages_to_send()
+    assert not a.datagrams_to_send()
+    assert [(dst, decode_message(p)) for dst, p in a.messages_to_send()] == [
+        (B, Cancel(5, "no such offer"))], "the answerer may stop probing at once"
+
+
+def test_an_answer_after_the_offer_timed_out_is_cancelled_and_both_stop() -> None:
+    a, b = rv(A, 1), rv(B, 2)
+    a.want({B}, 0.0)
+    (_, offer), = a.messages_to_send()
+    a.handle_timer(ANSWER_TIMEOUT)  # gave up
+    assert isinstance(a.next_event(), PunchFailed)
+    b.on_message(A, offer, ANSWER_TIMEOUT + 1)
+    pair = Pair(a, b)
+    pair.now = ANSWER_TIMEOUT + 1
+    pair.pump(lose_datagrams=True)
+    reasons = [e.reason for me, e in pair.events if me == B and isinstance(e, PunchFailed)]
+    assert reasons == ["the peer cancelled: no such offer"], pair.events
+    assert b.status(pair.now)[A]["state"] == "relayed"
 
 
 def test_forged_and_replayed_probes_for_a_live_session_are_counted_and_unanswered() -> None:
