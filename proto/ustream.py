@@ -28,11 +28,13 @@ another session fails authentication instead of landing at a plausible offset.
 Sending. ``send`` queues bytes (at most MAX_BUFFERED queued and unacknowledged); each is
 cut once into segments of at most ``mss`` bytes, remembered until acknowledged and resent
 unchanged. At most SEND_WINDOW_SEGMENTS segments are in flight and none beyond the peer's
-right edge (window probe: one segment when nothing is in flight; the peer trims it and acks
-with its window; the retransmission timer then paces the probes). The retransmission timer
-follows RFC 6298 (srtt, rttvar, RTO = srtt + 4 rttvar in [MIN_RTO, MAX_RTO], INITIAL_RTO
-before a sample, Karn's rule: no sample from a resent segment, doubling per expiry until a
-new sample). Loss recovery is NewReno-like: DUPACK_THRESHOLD acks carrying HOLE and no
+right edge (window probe: when nothing is in flight, what fits or else one byte; the peer
+trims it and acks with its window, the retransmission timer paces the probes, and a window
+that opens resends the probe at once). The retransmission timer follows RFC 6298 (srtt,
+rttvar, RTO = srtt + 4 rttvar in [MIN_RTO, MAX_RTO], INITIAL_RTO before a sample, doubling
+per expiry until a new sample). A sample is the age of the newest segment an ack covers,
+taken only if it was sent once (Karn) and after every resend the ack covers (else it may
+have waited at the peer for a hole). Loss recovery is NewReno-like: DUPACK_THRESHOLD acks carrying HOLE and no
 progress resend the oldest segment, a timer expiry everything in flight (go-back-N, as TCP
 after a timeout); either starts a recovery that lasts until everything then sent is
 acknowledged, and each partial ack in it resends the next hole. No congestion control
@@ -42,10 +44,12 @@ Receiving. In-order bytes wait for ``read``; segments beyond a hole wait in a ma
 within the advertised window. The window is RECV_BUFFER minus the unread bytes, so the
 right edge (read offset + RECV_BUFFER) never moves back; out-of-order bytes held are
 capped at the window too, so one stream holds at most 2 x RECV_BUFFER received bytes even
-from a hostile peer (at most RECV_BUFFER from an honest one). Every datagram carrying a
-payload (new, duplicate or out of window) calls for an ack; acks are sent once per batch:
-``datagrams_to_send`` piggybacks the ack on data or sends one ack-only segment, however
-many datagrams arrived since. No keepalives: the control connection heartbeats every 5 s.
+from a hostile peer (at most RECV_BUFFER from an honest one), in at most OOO_MAX_SEGMENTS
+out-of-order pieces (an honest peer has at most SEND_WINDOW_SEGMENTS in flight, so tiny
+hostile pieces cannot bloat the map). Every datagram carrying a payload (new, duplicate or
+out of window) calls for an ack; acks are sent once per batch: ``datagrams_to_send``
+piggybacks the ack on data or sends one ack-only segment, however many datagrams arrived
+since. No keepalives: the control connection heartbeats every 5 s.
 
 Trust. ``receive_datagram`` checks length, family, kind, session and tag (proto/punchwire)
 before anything else: an unauthenticated datagram only increments ``drops[reason]``.
@@ -54,9 +58,19 @@ returns True only when an authentic datagram moved the stream forward (new bytes
 ack, a wider window): only then may the caller follow its source address (NAT rebinding);
 a replayed datagram never moves anything and counts as "duplicate".
 
-Failure (terminal, ``failed`` says why): nothing authentic received for ``dead_after``, or
-data outstanding with no progress for ``dead_after``. ``close`` refuses further ``send``
-but keeps delivering what is queued; ``flushed`` says when all of it was acknowledged.
+Drop reasons (``DROP_REASONS``): punchwire's "malformed" (also a short body, an ack of bytes
+never sent, a kind other than STREAM), "unknown session", "authentication"; then
+"duplicate" (authentic, moved nothing), "out of window" (payload beyond what we buffer),
+"stream failed" (authentic, after the failure).
+
+Life cycle::
+
+    open ──close()──▶ closing: send() refused, queued bytes still delivered (``flushed``)
+      │                 │
+      └─────────────────┴──▶ failed (terminal): nothing authentic received for
+          ``dead_after``, or data outstanding with no progress for ``dead_after`` (a full
+          peer that answers with a closed window is progress); ``failed`` says which.
+          Nothing is sent any more, input only counts, ``send`` discards.
 """
 
 from __future__ import annotations
@@ -91,6 +105,7 @@ MAX_MSS = 65507 - OVERHEAD - BODY_LEN  # the largest UDP payload over IPv4, less
 MAX_BUFFERED = 8 << 20  # bytes queued by send() and not yet acknowledged
 RECV_BUFFER = 256 << 10  # unread in-order bytes + advertised window
 SEND_WINDOW_SEGMENTS = 64
+OOO_MAX_SEGMENTS = 4 * SEND_WINDOW_SEGMENTS
 DUPACK_THRESHOLD = 3
 INITIAL_RTO = 1.0
 MIN_RTO = 0.2
@@ -143,7 +158,8 @@ class DatagramStream:
         self._snd_una = 0
         self._snd_nxt = 0  # next offset never sent yet
         self._inflight: list[_Segment] = []
-        # the peer's right edge (we may send bytes before it): it starts as ours does
+        # the peer's right edge (we may send bytes before it): it starts as ours does (one
+        # that buffers less trims what is beyond and says so in its first ack)
         self._peer_right = RECV_BUFFER
         self._rto = INITIAL_RTO
         self._srtt: float | None = None
@@ -394,7 +410,7 @@ class DatagramStream:
         if self._recover is not None:
             if ack >= self._recover:
                 self._recover = None
-            elif self._inflight and self._inflight[0].sent_at <= latest:
+            elif self._inflight and self._inflight[0].sent_at < latest:
                 # a partial ack: the next hole is lost too, unless it was sent after what
                 # this ack answers (after a timeout everything was: it is on its way)
                 self._inflight[0].resend = True
@@ -426,8 +442,9 @@ class DatagramStream:
             if held is not None and len(held) >= len(data):
                 return "duplicate"
             grow = len(data) - (len(held) if held is not None else 0)
-            if self._ooo_bytes + grow > window:
-                return "out of window"  # only overlapping junk gets here
+            if self._ooo_bytes + grow > window or (
+                    held is None and len(self._ooo) >= OOO_MAX_SEGMENTS):
+                return "out of window"  # only overlapping or tiny junk gets here
             self._ooo[start] = data
             self._ooo_bytes += grow
             return None

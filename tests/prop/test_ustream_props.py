@@ -117,7 +117,7 @@ def punch_drops(s: DatagramStream) -> int:
     return sum(s.drops[r] for r in PUNCH_DROP_REASONS)
 
 
-@settings(max_examples=80)
+@settings(max_examples=150)
 @given(ch=CHANNELS, mss=st.sampled_from([1, 7, 1200]),
        chunks_a=st.lists(st.binary(min_size=1, max_size=3000), max_size=12),
        chunks_b=st.lists(st.binary(min_size=1, max_size=300), max_size=6),
@@ -167,7 +167,7 @@ def gossip(i: int, src: int) -> Gossip:
     return Gossip("topology", GossipKind.BROADCAST, src, 0, i.to_bytes(2, "big") * (1 + i * 37))
 
 
-@settings(max_examples=12)
+@settings(max_examples=20)
 @given(ch=CHANNELS, n_a=st.integers(0, 6), n_b=st.integers(0, 6))
 def test_a_control_connection_runs_over_the_stream(ch: Channel, n_a: int, n_b: int) -> None:
     ca = copy.deepcopy(_template(True, 3))  # the offerer dials

@@ -24,6 +24,7 @@ from weftnet.proto.ustream import (
     MAX_BUFFERED,
     MAX_RTO,
     MIN_RTO,
+    OOO_MAX_SEGMENTS,
     RECV_BUFFER,
     SEND_WINDOW_SEGMENTS,
     DatagramStream,
@@ -296,6 +297,41 @@ def test_fast_retransmit_on_duplicate_acks_before_the_timer() -> None:
     assert a.stats.segments_retransmitted == 1
 
 
+def test_duplicate_acks_without_a_hole_do_not_retransmit() -> None:
+    a, b = pair()
+    a.send(bytes(1200), 0.0)
+    (first,) = a.datagrams_to_send(0.0)
+    b.receive_datagram(first, 0.01)
+    assert len(b.read()) == 1200
+    a.receive_datagram(b.datagrams_to_send(0.01)[0], 0.02)
+    a.send(bytes(1200), 0.02)
+    a.datagrams_to_send(0.02)  # in flight
+    for t in (0.03, 0.04, 0.05, 0.06):  # the first segment, duplicated on the way
+        assert not b.receive_datagram(first, t)
+        (ack,) = b.datagrams_to_send(t)
+        assert BODY.unpack_from(open_datagram(ack, KB.stream_send))[1:] == (1200, RECV_BUFFER, 0)
+        a.receive_datagram(ack, t)
+        assert a.datagrams_to_send(t) == []  # no hole at the peer: nothing was lost
+    assert a.stats.segments_retransmitted == 0
+
+
+def test_hostile_overlapping_segments_cannot_grow_the_buffer() -> None:
+    _, b = pair()
+    for i in range(8):  # out of order (a hole at 0), overlapping, each inside the window
+        body = BODY.pack(1 + i, 0, RECV_BUFFER, 0) + bytes(60_000)
+        b.receive_datagram(seal_datagram(PunchKind.STREAM, SESSION, body, KA.stream_send), 0.0)
+    assert b.drops["out of window"] == 4 and b._ooo_bytes == 4 * 60_000 <= RECV_BUFFER
+    assert b.read() == b""
+
+
+def test_hostile_tiny_segments_cannot_bloat_the_out_of_order_map() -> None:
+    _, b = pair()
+    for i in range(OOO_MAX_SEGMENTS + 5):  # a byte each, every other offset: all holes
+        body = BODY.pack(2 + 2 * i, 0, RECV_BUFFER, 0) + b"x"
+        b.receive_datagram(seal_datagram(PunchKind.STREAM, SESSION, body, KA.stream_send), 0.0)
+    assert b.drops["out of window"] == 5 and len(b._ooo) == OOO_MAX_SEGMENTS
+
+
 def test_partial_ack_in_recovery_resends_the_next_hole() -> None:
     a, b = pair()
     a.send(bytes(1200 * 6), 0.0)
@@ -311,6 +347,22 @@ def test_partial_ack_in_recovery_resends_the_next_hole() -> None:
     assert fields(second)[0] == 1200
     b.receive_datagram(second, 0.05)
     assert len(b.read()) == 7200
+
+
+def test_timeout_resends_everything_in_flight_once() -> None:
+    a, b = pair()
+    a.send(bytes(1200 * 4), 0.0)
+    assert len(a.datagrams_to_send(0.0)) == 4  # all lost
+    a.handle_timer(INITIAL_RTO)
+    again = a.datagrams_to_send(INITIAL_RTO)
+    assert [fields(d)[0] for d in again] == [0, 1200, 2400, 3600]
+    b.receive_datagram(again[0], 1.01)
+    a.receive_datagram(b.datagrams_to_send(1.01)[0], 1.02)  # a partial ack
+    assert a.datagrams_to_send(1.02) == []  # the rest is on its way already
+    for d in again[1:]:
+        b.receive_datagram(d, 1.03)
+    a.receive_datagram(b.datagrams_to_send(1.03)[0], 1.04)
+    assert a.flushed and len(b.read()) == 4800 and a.stats.segments_retransmitted == 4
 
 
 def test_lossy_exchange_still_delivers_everything() -> None:
@@ -332,7 +384,7 @@ def test_receiver_that_does_not_read_closes_its_window() -> None:
     data = bytes(range(256)) * 4096  # 1 MiB
     a.send(data, 0.0)
     now = 0.0
-    for _ in range(200):
+    for _ in range(400):  # 20 s: longer than dead_after, yet a full peer is no dead peer
         for d in a.datagrams_to_send(now):
             b.receive_datagram(d, now)
         for d in b.datagrams_to_send(now):
@@ -344,14 +396,17 @@ def test_receiver_that_does_not_read_closes_its_window() -> None:
     assert len(got) == RECV_BUFFER
     (update,) = b.datagrams_to_send(now)  # the window opened: b says so unasked
     assert a.receive_datagram(update, now)
-    while not a.flushed:
+    # a goes on at once where b stopped taking bytes, not at its next timeout
+    assert fields(a.datagrams_to_send(now)[0])[0] == RECV_BUFFER
+    for _ in range(100):
         for d in a.datagrams_to_send(now):
             b.receive_datagram(d, now)
         got += b.read()
         for d in b.datagrams_to_send(now):
             a.receive_datagram(d, now)
         now += 0.05
-    assert bytes(got) == data and a.failed is None
+        a.handle_timer(now)
+    assert bytes(got) == data and a.flushed and a.failed is None
 
 
 # ------------------------------------------------------------------ liveness and close
