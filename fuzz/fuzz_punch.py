@@ -8,9 +8,10 @@ PROBE_ACK body, under the peer's key (an ACK whose first 8 bytes are zero answer
 session's latest probe instead, with the rest of the body kept), from address ``(op >> 2)
 % 4`` on socket ``op >> 4``. Invariants: ``receive`` takes a datagram or raises
 RemoteProtocolError; every datagram the session sends goes to a candidate, to the source of
-a probe it accepted, or (the easy side of a hard pair) to the hard side's reflexive IP; a
-path is only ever one the session sent a probe to, from the socket it sent it from; a
-decided session sends no probe; after ``handle_timer(now)`` the next timer is later.
+a probe it accepted, or (the easy side of a hard pair) to the hard side's reflexive IP; the
+initiator's path is one it sent a probe to, from the socket it sent it from, the
+responder's the source of a probe it accepted (a nomination); a decided session sends no
+probe; after ``handle_timer(now)`` the next timer is later.
 """
 
 from __future__ import annotations
@@ -56,10 +57,14 @@ def _record(op: int, body: bytes) -> bytes:
 SEEDS = [
     b"\x01" + _record(2 | 2 << 2, encode_probe(5, PEER)) + _record(0, b"\x00" * 5)
     + _record(3 | 2 << 2, bytes(8) + encode_probe_ack(0, PEER, ("203.0.113.1", 6783))[8:])
-    + _record(0, bytes(40)),
+    + _record(0, bytes(40))  # the grace is over: the nomination goes out; answer it
+    + _record(3 | 2 << 2, bytes(8) + encode_probe_ack(0, PEER, ("203.0.113.1", 6783))[8:])
+    + _record(0, bytes(200)),
     b"\x02" + _record(0, bytes(100)) + _record(2 | 3 << 2 | 7 << 4, encode_probe(6, PEER))
     + _record(1, b"\x02\x02" + bytes(40)),
     b"\x04" + _record(0, bytes(250)) + _record(0, bytes(250)) + _record(0, bytes(250)),
+    b"\x00" + _record(2 | 1 << 2, encode_probe(8, PEER)) + _record(0, b"\x00")
+    + _record(2 | 1 << 2, encode_probe(9, PEER, 0.015)) + _record(0, bytes(200)),
 ]
 
 
@@ -86,9 +91,11 @@ def test_one_input(data: bytes) -> None:
             if kind is PunchKind.PROBE:
                 assert not decided, "a decided session probes no more"
                 probed.add((dst, sock))
-                last_probe, _ = decode_probe(open_datagram(datagram, s.keys.probe_send))
-        if s.path is not None:
+                last_probe, _, _ = decode_probe(open_datagram(datagram, s.keys.probe_send))
+        if s.path is not None and initiator:
             assert (s.path.addr, s.path.sock) in probed
+        elif s.path is not None:
+            assert s.path.addr in allowed  # nominated: where an accepted probe came from
         if i + 2 > len(data):
             break
         decided = s.path is not None

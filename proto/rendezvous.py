@@ -12,19 +12,26 @@ every direct peer tells us, by a SEEN message, the address our sleeve datagrams 
 (the daemon calls ``link_address`` when its link to a peer learns or changes the peer's
 address; we then send the peer SEEN{addr}). Our mapping kind: observers at >= 2 different IPs
 that see the same public IP with different ports: "hard" (the NAT maps per destination);
-at >= 2 IPs and no such difference: "easy"; fewer: "unknown", treated as easy. Observations
-equal to a host candidate (a peer behind the same gateway, or no NAT) say nothing of a
-NAT and are not reflexive candidates; nor is what a peer sees of us over a path punched
-from one of our spray sockets.
+at >= 2 IPs and no such difference: "easy"; seen only at our own addresses: "easy" (no NAT);
+else "unknown". Observations equal to a host candidate (a peer behind the same gateway, or
+no NAT) say nothing of a NAT and are not reflexive candidates; nor is what a peer sees of
+us over a path punched from one of our spray sockets. A punch's probe answers tell the same
+as a SEEN (the PROBE_ACK says where our main socket's probe came from, as the peer saw it):
+they count as the observation of that peer when it sent no SEEN, so a router with a single
+public peer learns its kind from its first punches.
 
-Messages (mesh unicast on gossip channel ``CHANNEL``; msgpack arrays; addresses are
-``[ip string, port]``, candidates ``[kind (0 host, 1 reflexive), ip, port]``, at most
-MAX_CANDIDATES; sessions 1..2^64-1)::
+Roles. Who opens spray sockets (acts "hard") and who sprays ports (proto/punch.py) follows
+from both kinds, as each side sent them, and the offer's ``attempt`` (the offerer's failed
+tries with this peer since the last success), by ``roles``: both hard: no punch; one hard:
+it; both known easy, or the first attempt: nobody. Otherwise an unknown kind may hide a
+symmetric NAT (one public peer sees us from one destination only): from the second attempt
+on, the unknown side acts hard; two unknown sides take turns, the lower PeerName on odd
+attempts. So one symmetric NAT behind a single introducer costs a failed try or two.
 
-    [1, addr]                                   SEEN    your datagrams come from addr
-    [2, session, secret(32), candidates, hard]  OFFER   let's punch; keys from the secret
-    [3, session, candidates, hard]              ANSWER  yes: here are mine
-    [4, session, reason]                        CANCEL  no, or no more (busy, gave up)
+Messages (mesh unicast on gossip channel ``CHANNEL``; wire format in
+proto/rendezvous_codec.py): SEEN{addr} "your datagrams come from addr", OFFER{session,
+secret, candidates, kind, attempt} "let's punch", ANSWER{session, candidates, kind},
+CANCEL{session, reason} (busy, or gave up).
 
 The offer's secret travels only over authenticated, encrypted control connections (hop by
 hop), so only holders of the mesh password learn it, and every probe is authenticated under
@@ -32,7 +39,7 @@ keys derived from it: nobody else can make us probe anything.
 
 Per peer::
 
-                 want, retry due          ANSWER                  path verified
+                 want, retry due          ANSWER            path chosen and confirmed
       RELAYED ───────────────────▶ OFFERED ──────▶ PROBING ──────────────────▶ PUNCHED
          ▲  ▲    OFFER accepted ───────────────────▶ │ (both hard: fail at once)   │ direct()
          │  └─────── failure: backoff ◀──────────────┘◀── no answer ANSWER_TIMEOUT ▼
@@ -49,7 +56,6 @@ rng; ``direct`` resets it. Malformed or unwanted messages and datagrams are coun
 
 from __future__ import annotations
 
-import ipaddress
 import random
 from collections import Counter, deque
 from collections.abc import Callable
@@ -57,18 +63,35 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import RemoteProtocolError
-from .framing import pack, unpack
 from .peername import PeerName, format_peer_name
 from .punch import SPRAY_SOCKETS, Address, Candidate, CandidateKind, PunchSession
 from .punchwire import SECRET_LEN, PunchKeys, PunchKind, derive_keys, peek_datagram
+from .rendezvous_codec import (
+    CHANNEL,
+    KINDS,
+    MAX_ATTEMPT,
+    MAX_CANDIDATES,
+    MAX_PAYLOAD,
+    MAX_REASON,
+    Answer,
+    Cancel,
+    Message,
+    Offer,
+    Seen,
+    decode_message,
+    encode_message,
+    valid_address,
+)
 
-CHANNEL = "punch"
-MAX_CANDIDATES = 16
+__all__ = [  # the codec's names are the planner's too
+    "BOTH_HARD", "CHANNEL", "KINDS", "MAX_ATTEMPT", "MAX_CANDIDATES", "MAX_PAYLOAD",
+    "MAX_REASON", "Answer", "Cancel", "Message", "Offer", "PathPunched", "PunchFailed",
+    "Rendezvous", "Seen", "decode_message", "encode_message", "roles", "valid_address",
+]
+
 MAX_HOST = 8
 MAX_REFLEXIVE = 8
 MAX_OBSERVERS = 32
-MAX_PAYLOAD = 2048
-MAX_REASON = 128
 MAX_SESSIONS = 16
 OFFER_MIN_INTERVAL = 3.0
 ANSWER_TIMEOUT = 5.0
@@ -78,122 +101,20 @@ PUNCHED_HOLD = 30.0  # a punched path must carry a connection (direct()) by then
 BOTH_HARD = "both behind endpoint-dependent (symmetric) NATs"
 
 
-# --- messages ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Seen:
-    addr: Address
-
-
-@dataclass(frozen=True, slots=True)
-class Offer:
-    session: int
-    secret: bytes
-    candidates: tuple[Candidate, ...]
-    hard: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    session: int
-    candidates: tuple[Candidate, ...]
-    hard: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Cancel:
-    session: int
-    reason: str
-
-
-Message = Seen | Offer | Answer | Cancel
-
-
-def valid_address(ip: str, port: int) -> Address | None:
-    """The address in canonical form if it is one worth probing, else None."""
-    try:
-        parsed = ipaddress.ip_address(ip)
-    except ValueError:
+def roles(kind_low: str, kind_high: str, attempt: int) -> tuple[bool, bool] | None:
+    """Who acts hard (opens spray sockets): (the lower PeerName, the higher), from the kinds
+    both sent and the offer's attempt; None when both are hard (see the module docstring)."""
+    kinds = (kind_low, kind_high)
+    if kinds == ("hard", "hard"):
         return None
-    if (str(parsed) != ip or not 1 <= port <= 65535 or parsed.is_unspecified
-            or parsed.is_multicast or parsed.is_loopback or parsed.is_link_local
-            or ip == "255.255.255.255"):
-        return None
-    return ip, port
-
-
-def _cands(cands: tuple[Candidate, ...]) -> list[list[Any]]:
-    return [[int(c.kind), c.addr[0], c.addr[1]] for c in cands]
-
-
-def encode_message(msg: Message) -> bytes:
-    if isinstance(msg, Seen):
-        return pack([1, [msg.addr[0], msg.addr[1]]])
-    if isinstance(msg, Offer):
-        return pack([2, msg.session, msg.secret, _cands(msg.candidates), msg.hard])
-    if isinstance(msg, Answer):
-        return pack([3, msg.session, _cands(msg.candidates), msg.hard])
-    return pack([4, msg.session, msg.reason[:MAX_REASON]])
-
-
-def _bad(what: str) -> RemoteProtocolError:
-    return RemoteProtocolError(f"malformed punch message: {what}")
-
-
-def _addr(value: Any) -> Address:
-    if (not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], str)
-            or type(value[1]) is not int):
-        raise _bad("bad address")
-    addr = valid_address(value[0], value[1])
-    if addr is None:
-        raise _bad("address not usable")
-    return addr
-
-
-def _session(value: Any) -> int:
-    if type(value) is not int or not 0 < value < 1 << 64:
-        raise _bad("bad session")
-    return value
-
-
-def _hard(value: Any) -> bool:
-    if type(value) is not bool:
-        raise _bad("bad hard flag")
-    return value
-
-
-def _candidates(value: Any) -> tuple[Candidate, ...]:
-    if not isinstance(value, list) or len(value) > MAX_CANDIDATES:
-        raise _bad("bad candidate list")
-    out: list[Candidate] = []
-    for item in value:
-        if (not isinstance(item, list) or len(item) != 3 or type(item[0]) is not int
-                or item[0] not in CandidateKind._value2member_map_):
-            raise _bad("bad candidate")
-        out.append(Candidate(CandidateKind(item[0]), _addr(item[1:])))
-    return tuple(out)
-
-
-def decode_message(payload: bytes) -> Message:
-    """Decode an untrusted payload; raises only RemoteProtocolError."""
-    if len(payload) > MAX_PAYLOAD:
-        raise _bad("too long")
-    obj = unpack(payload)
-    if not isinstance(obj, list) or not obj or type(obj[0]) is not int:
-        raise _bad("not a typed array")
-    tag, n = obj[0], len(obj)
-    if tag == 1 and n == 2:
-        return Seen(_addr(obj[1]))
-    if tag == 2 and n == 5:
-        if not isinstance(obj[2], bytes) or len(obj[2]) != SECRET_LEN:
-            raise _bad("bad secret")
-        return Offer(_session(obj[1]), obj[2], _candidates(obj[3]), _hard(obj[4]))
-    if tag == 3 and n == 4:
-        return Answer(_session(obj[1]), _candidates(obj[2]), _hard(obj[3]))
-    if tag == 4 and n == 3 and isinstance(obj[2], str):
-        return Cancel(_session(obj[1]), obj[2][:MAX_REASON])
-    raise _bad(f"unknown type {tag} or wrong arity")
+    if "hard" in kinds:
+        return kind_low == "hard", kind_high == "hard"
+    unknown = (kind_low == "unknown", kind_high == "unknown")
+    if attempt == 0 or not any(unknown):
+        return False, False
+    if all(unknown):
+        return attempt % 2 == 1, attempt % 2 == 0
+    return unknown
 
 
 # --- events ----------------------------------------------------------------------------------
@@ -201,6 +122,11 @@ def decode_message(payload: bytes) -> Message:
 
 @dataclass(frozen=True, slots=True)
 class PathPunched:
+    """Both ends hold the two halves of one verified 5-tuple pair (the initiator's choice,
+    nominated to the responder and confirmed): the initiator's event comes when the
+    responder answered the nomination, the responder's when it got it. Send the stream to
+    ``addr`` from socket ``sock``, and keep that socket open while the path is used."""
+
     peer: PeerName
     session: int
     addr: Address  # send to the peer here
@@ -229,6 +155,8 @@ class _Offered:
     session: int
     secret: bytes
     deadline: float
+    kind: str  # ours, as the offer said it
+    attempt: int
 
 
 @dataclass(slots=True)
@@ -257,6 +185,10 @@ class Counters:
     probes_sent: int = 0
     drops: Counter[str] = field(default_factory=Counter)
 
+    @property
+    def outcomes(self) -> dict[str, int]:
+        return {"direct": self.direct, "failed": self.failed}
+
 
 class Rendezvous:
     """The punch planner of one router (see the module docstring)."""
@@ -271,6 +203,7 @@ class Rendezvous:
         self._host: list[Address] = []
         self._links: dict[PeerName, Address] = {}
         self._observed: dict[PeerName, Address] = {}  # observer -> where it sees us
+        self._acked: dict[PeerName, tuple[Address, Address]] = {}  # punch: (peer at, us seen)
         self._via_spray: set[PeerName] = set()
         self._wanted: set[PeerName] = set()
         self._direct: set[PeerName] = set()
@@ -296,29 +229,32 @@ class Rendezvous:
 
     def candidates(self) -> tuple[Candidate, ...]:
         host = [Candidate(CandidateKind.HOST, a) for a in self._host[:MAX_HOST]]
-        refl = sorted(set(self._reflexive().values()))[:MAX_REFLEXIVE]
+        refl = sorted({seen for _, seen in self._reflexive().values()})[:MAX_REFLEXIVE]
         return tuple(host + [Candidate(CandidateKind.REFLEXIVE, a) for a in refl])
 
-    def _reflexive(self) -> dict[PeerName, Address]:
-        """Observations that tell of a NAT (see the module docstring)."""
+    def _reflexive(self) -> dict[PeerName, tuple[Address | None, Address]]:
+        """Observations that tell of a NAT, by observer: (where the observer is, if we know,
+        where it sees us); see the module docstring."""
         host = set(self._host)
-        return {p: seen for p, seen in sorted(self._observed.items())
-                if seen not in host and p not in self._via_spray}
+        obs = {p: (self._links.get(p), seen) for p, seen in self._observed.items()}
+        for p, (at, seen) in self._acked.items():
+            obs.setdefault(p, (at, seen))
+        return {p: o for p, o in sorted(obs.items())
+                if o[1] not in host and p not in self._via_spray}
 
     def mapping(self) -> str:
         """"hard", "easy" or "unknown" (see the module docstring)."""
         # only observers we know the address of: a per-destination NAT needs 2 destinations
-        obs = [(self._links[p], seen) for p, seen in self._reflexive().items() if p in self._links]
+        reflexive = self._reflexive()
+        obs = [(at, seen) for at, seen in reflexive.values() if at is not None]
+        if not reflexive and set(self._observed.values()) & set(self._host):
+            return "easy"  # seen at our own address: no NAT on the way
         if len({observer[0] for observer, _ in obs}) < 2:
             return "unknown"
         ports: dict[str, set[int]] = {}
         for _, seen in obs:
             ports.setdefault(seen[0], set()).add(seen[1])
         return "hard" if any(len(p) > 1 for p in ports.values()) else "easy"
-
-    @property
-    def hard(self) -> bool:
-        return self.mapping() == "hard"
 
     # --- what the daemon decides ------------------------------------------------------------
 
@@ -329,6 +265,7 @@ class Rendezvous:
     def direct(self, peers: set[PeerName], now: float) -> None:
         for gone in sorted(self._direct - peers):
             self._observed.pop(gone, None)  # its view of us ended with the link
+            self._acked.pop(gone, None)
             self._via_spray.discard(gone)
             if gone in self._peers:
                 self._peers[gone].punched = None  # a new punch may be needed
@@ -430,13 +367,14 @@ class Rendezvous:
             if state.punch is not None and (t := state.punch.get_timer()) is not None:
                 times.append(t)
         if self._active() < MAX_SESSIONS:
-            times += [self._state(p).retry_at for p in self._wanted if self._may_offer(p)]
+            times += [self._peers[p].retry_at if p in self._peers else 0.0
+                      for p in self._wanted if self._may_offer(p)]
         return min(times) if times else None
 
     def status(self, now: float) -> dict[PeerName, dict[str, Any]]:
         out: dict[PeerName, dict[str, Any]] = {}
         for peer in sorted(set(self._peers) | self._wanted):
-            state = self._state(peer)
+            state = self._peers.get(peer) or _Peer()
             retry: float | None = None
             if peer in self._direct:
                 what, reason = "direct", "connected"
@@ -460,12 +398,11 @@ class Rendezvous:
         return {
             "candidates": {
                 "host": [_fmt(a) for a in self._host],
-                "reflexive": {format_peer_name(p): _fmt(seen)
-                              for p, seen in sorted(self._observed.items())},
+                "reflexive": {format_peer_name(p): _fmt(seen) for p, seen in sorted(
+                    ({p: a for p, (_, a) in self._acked.items()} | self._observed).items())},
             },
             "mapping": self.mapping(),
-            "counters": {"attempts": c.attempts, "outcomes": {"direct": c.direct,
-                                                              "failed": c.failed},
+            "counters": {"attempts": c.attempts, "outcomes": c.outcomes,
                          "drops": dict(sorted(c.drops.items())),
                          "probes_sent": c.probes_sent},
         }
@@ -479,7 +416,7 @@ class Rendezvous:
         self._observed[src] = msg.addr
 
     def _on_offer(self, src: PeerName, msg: Offer, now: float) -> None:
-        state = self._state(src)
+        state = self._peers.get(src) or _Peer()  # kept only if the offer is taken
         current = (state.offered.session if state.offered is not None
                    else state.punch.session if state.punch is not None else None)
         if current == msg.session:
@@ -501,23 +438,26 @@ class Rendezvous:
             self._send(src, Cancel(msg.session, "busy"))
             return
         self._end(src, state)  # the higher peer's offer wins over our own
+        self._peers[src] = state
         state.last_accepted = now
-        self._send(src, Answer(msg.session, self.candidates(), self.hard))
-        self._begin(src, state, msg.session, msg.secret, msg.candidates, msg.hard,
-                    initiator=False, now=now)
+        kind = self.mapping()
+        self._send(src, Answer(msg.session, self.candidates(), kind))
+        self._begin(src, state, msg.session, msg.secret, msg.candidates, kind, msg.kind,
+                    msg.attempt, initiator=False, now=now)
 
     def _on_answer(self, src: PeerName, msg: Answer, now: float) -> None:
-        state = self._state(src)
+        state = self._peers.get(src) or _Peer()
         offered = state.offered
         if offered is None or offered.session != msg.session:
             self._drop("answer to no offer of ours")
+            self._send(src, Cancel(msg.session, "no such offer"))  # stop its probes now
             return
         state.offered = None
-        self._begin(src, state, offered.session, offered.secret, msg.candidates, msg.hard,
-                    initiator=True, now=now)
+        self._begin(src, state, offered.session, offered.secret, msg.candidates, offered.kind,
+                    msg.kind, offered.attempt, initiator=True, now=now)
 
     def _on_cancel(self, src: PeerName, msg: Cancel, now: float) -> None:
-        state = self._state(src)
+        state = self._peers.get(src) or _Peer()
         current = (state.offered.session if state.offered is not None
                    else state.punch.session if state.punch is not None
                    and state.punch.probing else None)
@@ -552,22 +492,26 @@ class Rendezvous:
             state = self._state(peer)
             session = int.from_bytes(self._random_bytes(8), "big") or 1
             secret = self._random_bytes(SECRET_LEN)
-            state.offered = _Offered(session, secret, now + ANSWER_TIMEOUT)
+            kind, attempt = self.mapping(), min(state.attempt, MAX_ATTEMPT)
+            state.offered = _Offered(session, secret, now + ANSWER_TIMEOUT, kind, attempt)
             state.reason = ""
-            self._send(peer, Offer(session, secret, self.candidates(), self.hard))
+            self._send(peer, Offer(session, secret, self.candidates(), kind, attempt))
 
     def _begin(self, peer: PeerName, state: _Peer, session: int, secret: bytes,
-               theirs: tuple[Candidate, ...], they_hard: bool, *, initiator: bool,
-               now: float) -> None:
+               theirs: tuple[Candidate, ...], ours: str, their_kind: str, attempt: int, *,
+               initiator: bool, now: float) -> None:
         state.punched = None
         self.counters.attempts += 1
-        if they_hard and self.hard:
+        low_first = self.me < peer
+        who = roles(*((ours, their_kind) if low_first else (their_kind, ours)), attempt)
+        if who is None:
             self._fail(peer, state, now, BOTH_HARD)
             return
+        we_hard, they_hard = who if low_first else who[::-1]
         state.punch = PunchSession(
             me=self.me, peer=peer, session=session,
             keys=derive_keys(secret, initiator=initiator), initiator=initiator,
-            theirs=theirs, we_hard=self.hard, they_hard=they_hard,
+            theirs=theirs, we_hard=we_hard, they_hard=they_hard,
             rng=random.Random(self._rng.getrandbits(64)), now=now)
         self._sessions[session] = peer
 
@@ -598,6 +542,8 @@ class Rendezvous:
             return
         self.counters.probes_sent += punch.probes_sent - state.probes
         state.tried, state.probes = punch.tried, punch.probes_sent
+        if 0 in punch.mapped:
+            self._acked[punch.peer] = (punch.mapped_at[0], punch.mapped[0])
         for out in punch.datagrams_to_send():
             self._datagrams.append(out)
 

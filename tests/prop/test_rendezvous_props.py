@@ -19,6 +19,8 @@ from weftnet.proto.punch import (
     encode_probe_ack,
 )
 from weftnet.proto.rendezvous import (
+    KINDS,
+    MAX_ATTEMPT,
     MAX_CANDIDATES,
     MAX_REASON,
     Answer,
@@ -40,8 +42,9 @@ candidates = st.lists(st.builds(Candidate, st.sampled_from(CandidateKind), addre
                       max_size=MAX_CANDIDATES).map(tuple)
 messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Seen, addresses),
-    st.builds(Offer, sessions, st.binary(min_size=32, max_size=32), candidates, st.booleans()),
-    st.builds(Answer, sessions, candidates, st.booleans()),
+    st.builds(Offer, sessions, st.binary(min_size=32, max_size=32), candidates,
+              st.sampled_from(KINDS), st.integers(0, MAX_ATTEMPT)),
+    st.builds(Answer, sessions, candidates, st.sampled_from(KINDS)),
     st.builds(Cancel, sessions, st.text(max_size=MAX_REASON)),
 )
 
@@ -70,6 +73,8 @@ def test_damaged_messages_decode_or_are_refused(msg: Message, data: st.DataObjec
 def test_probe_bodies_round_trip(probe_id: int, sender: int,
                                  ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
                                  port: int) -> None:
-    assert decode_probe(encode_probe(probe_id, sender)) == (probe_id, sender)
+    assert decode_probe(encode_probe(probe_id, sender)) == (probe_id, sender, None)
+    rtt = (probe_id % 10**7) / 1e6  # any RTT of whole microseconds
+    assert decode_probe(encode_probe(probe_id, sender, rtt)) == (probe_id, sender, rtt)
     seen = (str(ip), port)
     assert decode_probe_ack(encode_probe_ack(probe_id, sender, seen)) == (probe_id, sender, seen)

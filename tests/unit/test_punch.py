@@ -30,7 +30,14 @@ from weftnet.proto.punch import (
     encode_probe,
     encode_probe_ack,
 )
-from weftnet.proto.punchwire import PunchDrop, PunchKind, derive_keys, peek_datagram, seal_datagram
+from weftnet.proto.punchwire import (
+    PunchDrop,
+    PunchKind,
+    derive_keys,
+    open_datagram,
+    peek_datagram,
+    seal_datagram,
+)
 
 Address = tuple[str, int]
 A, B = 0x0200000000A1, 0x0200000000B2
@@ -45,12 +52,13 @@ R = CandidateKind.REFLEXIVE
 
 @pytest.mark.parametrize("seen", [("192.0.2.7", 6783), ("2001:db8::7", 1), ("10.0.0.1", 65535)])
 def test_probe_bodies_round_trip(seen: Address) -> None:
-    assert decode_probe(encode_probe(2**64 - 1, A)) == (2**64 - 1, A)
+    assert decode_probe(encode_probe(2**64 - 1, A)) == (2**64 - 1, A, None)
+    assert decode_probe(encode_probe(3, A, 0.0125)) == (3, A, 0.0125)
     assert decode_probe_ack(encode_probe_ack(7, B, seen)) == (7, B, seen)
 
 
 @pytest.mark.parametrize("body", [
-    b"", b"\x00" * 13, b"\x00" * 15,  # probe: wrong size
+    b"", b"\x00" * 13, b"\x00" * 15, b"\x00" * 17, b"\x00" * 19,  # probe: wrong size
     bytes(8) + bytes(6),  # sender 0
 ])
 def test_malformed_probe_bodies_are_refused(body: bytes) -> None:
@@ -139,7 +147,7 @@ def test_a_host_path_is_chosen_at_once_over_a_reflexive_one() -> None:
     for s, other in ((a, HOST_B), (b, HOST_A)):
         assert s.path is not None and s.path.addr == other and s.path.how == "host", s.path
         assert s.state is SessionState.ANSWERING, s.state
-    assert a.probes_sent == b.probes_sent == 2, "one round of probes, to both candidates"
+    assert a.probes_sent == 3 and b.probes_sent == 2, "one round to both, and a nomination"
 
 
 def test_after_a_reflexive_path_the_grace_lets_a_host_path_win() -> None:
@@ -195,11 +203,11 @@ def test_no_answer_fails_after_the_punch_duration_with_the_count() -> None:
 
 
 def test_forged_replayed_and_misdirected_datagrams_change_nothing() -> None:
-    a = session(A, B, [Candidate(R, PUB_B)], initiator=True)
-    b = session(B, A, [Candidate(R, PUB_A)], initiator=False, seed=2)
+    a = session(A, B, [Candidate(R, PUB_B)], initiator=False)
+    b = session(B, A, [Candidate(R, PUB_A)], initiator=True, seed=2)
     a.datagrams_to_send()
     (probe, _, _), = b.datagrams_to_send()
-    other_keys = derive_keys(bytes(32), initiator=False)
+    other_keys = derive_keys(bytes(32), initiator=True)
     forged = seal_datagram(PunchKind.PROBE, SESSION, encode_probe(5, B), other_keys.probe_send)
     own = seal_datagram(PunchKind.PROBE, SESSION, encode_probe(6, B), a.keys.probe_send)
     for datagram, reason in ((forged, "authentication"), (own, "authentication"),
@@ -229,8 +237,8 @@ def test_forged_replayed_and_misdirected_datagrams_change_nothing() -> None:
 
 
 def test_an_ack_verifies_once_and_its_replay_is_refused() -> None:
-    a = session(A, B, [Candidate(R, PUB_B)], initiator=True)
-    b = session(B, A, [Candidate(R, PUB_A)], initiator=False, seed=2)
+    a = session(A, B, [Candidate(R, PUB_B)], initiator=False)
+    b = session(B, A, [Candidate(R, PUB_A)], initiator=True, seed=2)
     a.datagrams_to_send()
     (probe, _, _), = b.datagrams_to_send()
     a.receive(probe, PUB_B, 0, 0.01)
@@ -241,7 +249,17 @@ def test_an_ack_verifies_once_and_its_replay_is_refused() -> None:
         b.receive(ack, PUB_A, 0, 0.03)
     assert exc.value.reason == "unknown or replayed probe ack"
     b.handle_timer(0.02 + GRACE)
+    assert b.state is SessionState.NOMINATING and b.path is None
+    *_, (nomination, dst, sock) = b.datagrams_to_send()  # after the round due at 0.2
+    assert (dst, sock) == (PUB_A, 0)
+    assert decode_probe(open_datagram(nomination, b.keys.probe_send))[2] == pytest.approx(0.02)
+    a.receive(nomination, PUB_B, 0, 0.4)
+    assert a.path is not None and (a.path.addr, a.path.how) == (PUB_B, "reflexive")
+    assert a.path.rtt == pytest.approx(0.02), "the initiator's measure, carried along"
+    (answer, _, _), = a.datagrams_to_send()
+    b.receive(answer, PUB_A, 0, 0.41)
     assert b.path is not None and b.path.addr == PUB_A and b.path.rtt == pytest.approx(0.02)
+    assert a.state is b.state is SessionState.ANSWERING
 
 
 def test_stream_datagrams_and_wrong_senders_are_refused() -> None:
@@ -281,7 +299,7 @@ def test_the_hard_side_probes_the_easy_reflexive_address_from_every_spray_socket
 
 def test_the_easy_side_sprays_random_ports_of_the_hard_ip_paced_in_its_window() -> None:
     hard_pub = ("203.0.113.9", 31337)
-    easy = session(B, A, [Candidate(H, HOST_A), Candidate(R, hard_pub)], initiator=False,
+    easy = session(B, A, [Candidate(H, HOST_A), Candidate(R, hard_pub)], initiator=True,
                    they_hard=True, seed=3)
     assert easy.spray_sockets == 0
     sprayed: list[tuple[float, Address]] = []

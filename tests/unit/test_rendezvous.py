@@ -33,6 +33,7 @@ from weftnet.proto.rendezvous import (
     Seen,
     decode_message,
     encode_message,
+    roles,
 )
 
 Address = tuple[str, int]
@@ -55,8 +56,8 @@ CANDS = (Candidate(H, ("10.0.0.2", 6783)), Candidate(R, ("203.0.113.9", 1024)),
          Candidate(H, ("2001:db8::1", 65535)))
 MESSAGES: list[Message] = [
     Seen(("203.0.113.9", 6783)), Seen(("2001:db8::5", 1)),
-    Offer(1, bytes(32), CANDS, True), Offer(2**64 - 1, bytes(range(32)), (), False),
-    Answer(7, CANDS, False), Cancel(9, "busy"),
+    Offer(1, bytes(32), CANDS, "hard", 3), Offer(2**64 - 1, bytes(range(32)), (), "easy", 255),
+    Answer(7, CANDS, "unknown"), Cancel(9, "busy"),
 ]
 
 
@@ -81,15 +82,19 @@ BAD = {
     "multicast": pack([1, ["224.0.0.1", 6783]]),
     "link-local v6": pack([1, ["fe80::1", 6783]]),
     "broadcast": pack([1, ["255.255.255.255", 6783]]),
-    "session 0": pack([3, 0, [], False]),
-    "session negative": pack([3, -1, [], False]),
-    "hard an int": pack([3, 1, [], 1]),
-    "short secret": pack([2, 1, bytes(31), [], False]),
-    "secret a string": pack([2, 1, "x" * 32, [], False]),
+    "session 0": pack([3, 0, [], 0]),
+    "session negative": pack([3, -1, [], 0]),
+    "kind a bool": pack([3, 1, [], True]),
+    "kind unknown": pack([3, 1, [], 3]),
+    "attempt negative": pack([2, 1, bytes(32), [], 0, -1]),
+    "attempt too big": pack([2, 1, bytes(32), [], 0, 256]),
+    "offer without attempt": pack([2, 1, bytes(32), [], 0]),
+    "short secret": pack([2, 1, bytes(31), [], 0, 0]),
+    "secret a string": pack([2, 1, "x" * 32, [], 0, 0]),
     "too many candidates": pack([3, 1, [[0, "10.0.0.1", 1 + i] for i in
-                                        range(MAX_CANDIDATES + 1)], False]),
-    "bad candidate kind": pack([3, 1, [[2, "10.0.0.1", 1]], False]),
-    "candidate too short": pack([3, 1, [[0, "10.0.0.1"]], False]),
+                                        range(MAX_CANDIDATES + 1)], 0]),
+    "bad candidate kind": pack([3, 1, [[2, "10.0.0.1", 1]], 0]),
+    "candidate too short": pack([3, 1, [[0, "10.0.0.1"]], 0]),
     "reason not a string": pack([4, 1, 5]),
     "too long": pack([4, 1, "x" * 3000]),
 }
@@ -129,12 +134,13 @@ def test_link_address_changes_are_told_to_the_peer_once_each() -> None:
     (("203.0.113.1", 6783), ("203.0.113.1", 6783), "easy"),
     (("203.0.113.1", 40001), ("203.0.113.1", 51234), "hard"),
     (("203.0.113.1", 6783), ("192.0.2.1", 6783), "unknown"),  # one sees our host address
+    (("192.0.2.1", 6783), ("192.0.2.1", 6783), "easy"),  # both do: no NAT
 ])
 def test_the_mapping_kind_follows_what_two_observers_see(seen1: Address, seen2: Address,
                                                         kind: str) -> None:
     r = rv(A)
     observe(r, OBS1, ("198.51.100.1", 6783), seen1)
-    assert r.mapping() == "unknown", "one observer tells nothing"
+    assert r.mapping() == ("easy" if seen1 == HOST[A] else "unknown"), "one NAT observer tells nothing"
     observe(r, OBS2, ("198.51.100.2", 6783), seen2)
     assert r.mapping() == kind
     cands = r.candidates()
@@ -222,7 +228,7 @@ def test_both_offer_and_the_higher_names_offer_wins() -> None:
     assert punched[A].keys.probe_send == punched[B].keys.probe_recv
     assert punched[A].addr == HOST[B] and punched[A].how == "host"
     assert [m for m in pair.messages if isinstance(m[2], Answer)] == [
-        (A, B, Answer(offers[B].session, a.candidates(), False))]  # type: ignore[union-attr]
+        (A, B, Answer(offers[B].session, a.candidates(), "unknown"))]  # type: ignore[union-attr]
     for r, peer in ((a, B), (b, A)):
         s = r.status(pair.now)[peer]
         assert s["state"] == "direct" and s["reason"].startswith("punched (host path"), s
@@ -298,7 +304,7 @@ def test_the_hard_side_wants_spray_sockets_while_it_probes_an_easy_peer() -> Non
 def test_offers_from_one_peer_are_rate_limited() -> None:
     a = rv(A)
     for i, t in enumerate((0.0, 1.0, OFFER_MIN_INTERVAL + 0.5)):
-        a.on_message(B, encode_message(Offer(100 + i, bytes(32), (), False)), t)
+        a.on_message(B, encode_message(Offer(100 + i, bytes(32), (), "unknown")), t)
     answers = [decode_message(p) for _, p in a.messages_to_send()]
     assert [m.session for m in answers if isinstance(m, Answer)] == [100, 102], answers
     assert a.counters.drops["offer rate limited"] == 1
@@ -309,7 +315,7 @@ def test_the_session_cap_answers_busy() -> None:
     peers = [0x020000001000 + i for i in range(MAX_SESSIONS + 2)]
     cand = (Candidate(H, ("192.0.2.200", 6783)),)
     for i, p in enumerate(peers):
-        a.on_message(p, encode_message(Offer(500 + i, bytes(32), cand, False)), 0.0)
+        a.on_message(p, encode_message(Offer(500 + i, bytes(32), cand, "unknown")), 0.0)
     msgs = [(dst, decode_message(p)) for dst, p in a.messages_to_send()]
     answered = [dst for dst, m in msgs if isinstance(m, Answer)]
     busy = [dst for dst, m in msgs if isinstance(m, Cancel) and m.reason == "busy"]
@@ -334,7 +340,7 @@ def test_a_cancel_fails_the_offer_it_names_only() -> None:
 
 def test_answers_to_no_offer_and_stray_datagrams_are_dropped_and_counted() -> None:
     a = rv(A)
-    a.on_message(B, encode_message(Answer(5, (), False)), 0.0)
+    a.on_message(B, encode_message(Answer(5, (), "unknown")), 0.0)
     keys = derive_keys(bytes(32), initiator=False)
     probe = seal_datagram(PunchKind.PROBE, 5, encode_probe(1, B), keys.probe_send)
     assert not a.receive(probe, ("198.51.100.9", 1), 0, 0.0)
@@ -343,14 +349,31 @@ def test_answers_to_no_offer_and_stray_datagrams_are_dropped_and_counted() -> No
     assert not a.receive(stream, ("198.51.100.9", 1), 0, 0.0)
     assert a.counters.drops == {"answer to no offer of ours": 1, "unknown session": 1,
                                 "malformed": 1}, a.counters.drops
-    assert not a.datagrams_to_send() and not a.messages_to_send()
+    assert not a.datagrams_to_send()
+    assert [(dst, decode_message(p)) for dst, p in a.messages_to_send()] == [
+        (B, Cancel(5, "no such offer"))], "the answerer may stop probing at once"
+
+
+def test_an_answer_after_the_offer_timed_out_is_cancelled_and_both_stop() -> None:
+    a, b = rv(A, 1), rv(B, 2)
+    a.want({B}, 0.0)
+    (_, offer), = a.messages_to_send()
+    a.handle_timer(ANSWER_TIMEOUT)  # gave up
+    assert isinstance(a.next_event(), PunchFailed)
+    b.on_message(A, offer, ANSWER_TIMEOUT + 1)
+    pair = Pair(a, b)
+    pair.now = ANSWER_TIMEOUT + 1
+    pair.pump(lose_datagrams=True)
+    reasons = [e.reason for me, e in pair.events if me == B and isinstance(e, PunchFailed)]
+    assert reasons == ["the peer cancelled: no such offer"], pair.events
+    assert b.status(pair.now)[A]["state"] == "relayed"
 
 
 def test_forged_and_replayed_probes_for_a_live_session_are_counted_and_unanswered() -> None:
     a = rv(A, 1)
     cand = (Candidate(H, HOST[B]),)
     secret = bytes(range(32))
-    a.on_message(B, encode_message(Offer(77, secret, cand, False)), 0.0)
+    a.on_message(B, encode_message(Offer(77, secret, cand, "unknown")), 0.0)
     a.messages_to_send()
     a.datagrams_to_send()
     b_keys = derive_keys(secret, initiator=True)
@@ -374,7 +397,7 @@ def test_hostile_input_never_makes_us_probe_an_address_we_were_not_given() -> No
     given = {HOST[B], ("203.0.113.2", 6783)}
     cands = tuple(Candidate(H if i == 0 else R, addr) for i, addr in enumerate(sorted(given)))
     secret = bytes(range(32))
-    a.on_message(B, encode_message(Offer(77, secret, cands, False)), 0.0)
+    a.on_message(B, encode_message(Offer(77, secret, cands, "unknown")), 0.0)
     b_keys = derive_keys(secret, initiator=True)
     sources: set[Address] = set()
     sent: set[Address] = set()
@@ -419,6 +442,45 @@ def test_direct_peers_are_neither_offered_nor_answered() -> None:
     a.direct({B}, 0.0)
     a.want({B, A}, 0.0)
     assert not a.messages_to_send()
-    a.on_message(B, encode_message(Offer(3, bytes(32), (), False)), 0.0)
+    a.on_message(B, encode_message(Offer(3, bytes(32), (), "unknown")), 0.0)
     assert not a.messages_to_send() and a.counters.drops["offer from a direct peer"] == 1
     assert a.get_timer() is None
+
+
+def test_refused_messages_leave_no_peer_in_the_status() -> None:
+    a = rv(A)
+    a.direct({C}, 0.0)
+    a.on_message(B, encode_message(Answer(5, (), "unknown")), 0.0)
+    a.on_message(B, encode_message(Cancel(5, "x")), 0.0)
+    a.on_message(C, encode_message(Offer(6, bytes(32), (), "unknown")), 0.0)
+    assert set(a.status(0.0)) == set(), a.status(0.0)
+
+
+@pytest.mark.parametrize(("low", "high", "attempt", "want"), [
+    ("hard", "hard", 0, None), ("hard", "hard", 5, None),
+    ("hard", "easy", 0, (True, False)), ("unknown", "hard", 0, (False, True)),
+    ("easy", "easy", 3, (False, False)),
+    ("unknown", "easy", 0, (False, False)), ("unknown", "easy", 1, (True, False)),
+    ("easy", "unknown", 2, (False, True)),
+    ("unknown", "unknown", 0, (False, False)), ("unknown", "unknown", 1, (True, False)),
+    ("unknown", "unknown", 2, (False, True)), ("unknown", "unknown", 3, (True, False)),
+])
+def test_roles(low: str, high: str, attempt: int, want: tuple[bool, bool] | None) -> None:
+    assert roles(low, high, attempt) == want
+
+
+def test_both_ends_agree_on_the_roles_whoever_offers() -> None:
+    """Unknown kinds, second attempt: the lower name acts hard, offering or answering."""
+    for offerer in (A, B):
+        a, b = rv(A, 1), rv(B, 2)
+        for r in (a, b):
+            r.set_host_candidates([])
+            observe(r, OBS1, ("198.51.100.1", 6783), ("203.0.113.7" if r is a else
+                                                       "203.0.113.8", 6783))
+            r.messages_to_send()
+        first, second = (a, b) if offerer == A else (b, a)
+        first._state(second.me).attempt = 1
+        pair = Pair(a, b)
+        first.want({second.me}, 0.0)
+        pair.pump(lose_datagrams=True)
+        assert a.sockets_wanted() == SPRAY_SOCKETS and b.sockets_wanted() == 0, offerer
