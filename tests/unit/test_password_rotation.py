@@ -1,0 +1,453 @@
+"""Several passwords: candidates in the handshake, rekeying an established connection, the
+sleeve session switch, and the mesh moving its connections (issue 18, pure tier)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from typing import Any
+
+import pytest
+
+from tests.pairs import ALPHA, BETA, PEER_SEED
+from weftnet.proto.connection import (
+    Connection,
+    ConnectionFailed,
+    ConnectionPair,
+    HandshakeCompleted,
+    PeerSwitchedKeys,
+    RekeyCompleted,
+    RekeyFailed,
+    drain_events,
+)
+from weftnet.proto.errors import LocalProtocolError, RemoteProtocolError
+from weftnet.proto.framing import pack, unpack
+from weftnet.proto.handshake import (
+    BAD_SPAKE,
+    MAX_CANDIDATES,
+    WRONG_PASSWORD,
+    Handshake,
+    HandshakeStep,
+    SessionKeys,
+    decode_confirms,
+    decode_hello,
+    decode_spakes,
+    validate_passwords,
+)
+from weftnet.proto.messages import KeySwitch, Rekey, decode_message, encode_message
+from weftnet.proto.sleeve import Kind, SleeveDrop, SleeveSession
+from weftnet.proto.sleeve_rotation import OVERLAP, SessionRotation
+
+A, B, C = b"alpha-pw", b"bravo-pw", b"charlie-pw"
+LISTS: list[tuple[bytes, ...]] = [(A,), (B,), (A, B), (B, A), (C, B)]
+
+
+def rng(seed: int) -> Any:
+    return random.Random(seed).randbytes
+
+
+def expected_winner(initiator: tuple[bytes, ...], responder: tuple[bytes, ...]) -> bytes | None:
+    return next((p for p in initiator if p in responder), None)
+
+
+def run_handshakes(a: Handshake, b: Handshake) -> tuple[str | None, str | None]:
+    """Exchange every frame until both are done; each side's failure (None: completed)."""
+    errors: list[str | None] = [None, None]
+    queues = [[a.hello_body], [b.hello_body]]
+    sides = [a, b]
+    while queues[0] or queues[1]:
+        for me in (0, 1):
+            other = 1 - me
+            while queues[me]:
+                body = queues[me].pop(0)
+                if errors[other] is not None or sides[other].step is HandshakeStep.NOTHING:
+                    continue
+                try:
+                    queues[other].extend(sides[other].receive_frame(body))
+                except RemoteProtocolError as exc:
+                    errors[other] = exc.reason
+    return errors[0], errors[1]
+
+
+# ------------------------------------------------------------------ handshake candidates
+
+@pytest.mark.parametrize(("ours", "theirs"), list(itertools.product(LISTS, LISTS)))
+def test_first_common_password_in_the_initiators_order_wins_at_both_ends(
+        ours: tuple[bytes, ...], theirs: tuple[bytes, ...]) -> None:
+    a = Handshake(outbound=True, local=ALPHA, passwords=ours, random_bytes=rng(1))
+    b = Handshake(outbound=False, local=BETA, passwords=theirs, random_bytes=rng(1 + PEER_SEED))
+    winner = expected_winner(ours, theirs)
+    errors = run_handshakes(a, b)
+    if winner is None:
+        assert errors == (WRONG_PASSWORD, WRONG_PASSWORD)
+        assert a.result is None and b.result is None
+        return
+    assert errors == (None, None)
+    assert a.result is not None and b.result is not None
+    assert a.result.keys is not None and b.result.keys is not None
+    assert a.result.password_index == ours.index(winner)
+    assert b.result.password_index == theirs.index(winner)
+    assert a.result.keys.control_send == b.result.keys.control_recv
+    assert a.result.keys.sleeve.sleeve_send == b.result.keys.sleeve.sleeve_recv
+    assert a.result.conn_uid == b.result.conn_uid
+
+
+def test_the_winner_does_not_depend_on_the_randomness() -> None:
+    for seed in range(4):
+        a = Handshake(outbound=True, local=ALPHA, passwords=(A, B), random_bytes=rng(seed))
+        b = Handshake(outbound=False, local=BETA, passwords=(B, A),
+                      random_bytes=rng(seed + PEER_SEED))
+        assert run_handshakes(a, b) == (None, None)
+        assert a.result and b.result and (a.result.password_index, b.result.password_index) == (0, 1)
+
+
+def test_one_password_each_is_the_single_pair_handshake() -> None:
+    # same frames as before: the hello carries no count, no Spake frame is sent
+    a = Handshake(outbound=True, local=ALPHA, passwords=(A,), random_bytes=rng(1))
+    b = Handshake(outbound=False, local=BETA, password=A, random_bytes=rng(1 + PEER_SEED))
+    assert a.hello_body == Handshake(outbound=True, local=ALPHA, password=A,
+                                     random_bytes=rng(1)).hello_body
+    assert "cands" not in unpack(a.hello_body)
+    replies = a.receive_frame(b.hello_body)
+    assert len(replies) == 1 and set(unpack(replies[0])) == {"confirm"}
+
+
+def test_spake_frame_carries_one_run_per_further_pair() -> None:
+    a = Handshake(outbound=True, local=ALPHA, passwords=(A, B, C), random_bytes=rng(1))
+    b = Handshake(outbound=False, local=BETA, passwords=(C, B), random_bytes=rng(1 + PEER_SEED))
+    assert decode_hello(a.hello_body).candidates == 3
+    (spakes,) = a.receive_frame(b.hello_body)
+    assert a.step is HandshakeStep.SPAKE
+    assert len(decode_spakes(spakes, 5)) == 5  # 3 x 2 pairs, the first in the hellos
+    (theirs,) = b.receive_frame(a.hello_body)
+    (confirm,) = a.receive_frame(theirs)
+    assert len(decode_confirms(confirm, 6)) == 6
+
+
+def test_hello_reveals_only_a_count_before_the_pake() -> None:
+    h1 = Handshake(outbound=True, local=ALPHA, passwords=(A, B), random_bytes=rng(1))
+    h2 = Handshake(outbound=True, local=ALPHA, passwords=(C, B), random_bytes=rng(1))
+    d1, d2 = unpack(h1.hello_body), unpack(h2.hello_body)
+    assert set(d1) == set(d2) and d1["cands"] == d2["cands"] == 2
+    # the only password-dependent field is pair 0's SPAKE2 message (a blinded point)
+    assert {k for k in d1 if d1[k] != d2[k]} == {"spake"}
+    for pw in (A, B):
+        assert pw not in h1.hello_body
+
+
+@pytest.mark.parametrize("cands", [0, MAX_CANDIDATES + 1, True, "2", -1])
+def test_hello_with_a_bad_candidate_count_is_malformed(cands: Any) -> None:
+    h = Handshake(outbound=True, local=ALPHA, passwords=(A, B), random_bytes=rng(1))
+    doc = unpack(h.hello_body)
+    doc["cands"] = cands
+    with pytest.raises(RemoteProtocolError, match="^malformed handshake: "):
+        decode_hello(pack(doc))
+
+
+def test_candidate_count_without_a_password_is_malformed() -> None:
+    h = Handshake(outbound=True, local=ALPHA, random_bytes=rng(1))
+    doc = unpack(h.hello_body)
+    doc["cands"] = 2
+    with pytest.raises(RemoteProtocolError, match="^malformed handshake: "):
+        decode_hello(pack(doc))
+
+
+@pytest.mark.parametrize("passwords", [(A,) * 2, (A, B, C, b"d", b"e"), (A, b"")])
+def test_bad_candidate_lists_are_local_errors(passwords: tuple[bytes, ...]) -> None:
+    with pytest.raises(LocalProtocolError):
+        Connection(outbound=True, local=ALPHA, passwords=passwords, now=0.0, random_bytes=rng(1))
+    with pytest.raises(LocalProtocolError):
+        validate_passwords(passwords)
+    with pytest.raises(LocalProtocolError, match="no password"):
+        validate_passwords(())
+
+
+def test_spake_and_confirm_frames_of_the_wrong_size_are_malformed() -> None:
+    for body in (pack({"spake": b"S" * 32}), pack({"spake": b"S" * 66}), pack([b"S" * 33]),
+                 pack({"spake": "S" * 33})):
+        with pytest.raises(RemoteProtocolError, match="^malformed handshake: "):
+            decode_spakes(body, 1)
+    with pytest.raises(RemoteProtocolError, match=BAD_SPAKE):
+        decode_spakes(pack({"spake": b"A" * 33}), 1)
+    with pytest.raises(RemoteProtocolError, match="^malformed handshake: "):
+        decode_confirms(pack({"confirm": bytes(32 * 3)}), 4)
+
+
+class Tamper(ConnectionPair):
+    """Flips one byte of the n-th handshake frame a sends (after the length prefix)."""
+
+    frame = 0
+    offset = 0
+    seen = 0  # frames of a's carried so far (pump hands over whole frames)
+
+    def carry(self, data: bytes, offset: int, from_a: bool) -> bytes:
+        if not from_a or not data:
+            return data
+        out = bytearray(data)
+        pos = 0
+        while pos + 4 <= len(out):
+            size = int.from_bytes(out[pos:pos + 4], "big")
+            if self.seen == self.frame:
+                out[pos + 4 + self.offset % size] ^= 0x01
+            pos += 4 + size
+            self.seen += 1
+        return bytes(out)
+
+
+def _tamper_pair(cls: type[ConnectionPair], seed: int) -> ConnectionPair:
+    pair = cls(Connection(outbound=True, local=ALPHA, passwords=(A, B), now=0.0,
+                          random_bytes=rng(seed)),
+               Connection(outbound=False, local=BETA, passwords=(B, A), now=0.0,
+                          random_bytes=rng(seed + PEER_SEED)))
+    pair.pump(0.0)
+    return pair
+
+
+@pytest.mark.parametrize("frame", [0, 1, 2])
+@pytest.mark.parametrize("seed", range(6))
+def test_tampering_with_any_frame_never_yields_other_keys(frame: int, seed: int) -> None:
+    honest = _tamper_pair(ConnectionPair, seed)
+    _, honest_b = honest.events()
+    cls = type("T", (Tamper,), {"frame": frame, "offset": random.Random(seed).randrange(4096)})
+    pair = _tamper_pair(cls, seed)
+    _, eb = pair.events()
+    # A flipped bit can only break a tag, never forge one: b fails, or completes on a
+    # pair whose two passwords are equal (a later one than the honest run's when the
+    # winner's tag was broken; then the ends disagree and a's first message fails at b,
+    # as any tampering on an established stream does), never on other keys.
+    done = [e for e in eb if isinstance(e, HandshakeCompleted)]
+    if not done:
+        assert [type(e) for e in eb] == [ConnectionFailed], (frame, seed)
+        return
+    (event,) = done
+    assert event.password_index is not None
+    assert (B, A)[event.password_index] in (A, B)
+    if done != honest_b:
+        assert frame == 2 and pair.a.established  # only a broken tag can do this
+        pair.a.handle_timer(5.0)  # a heartbeat under a's keys
+        pair.pump(5.0)
+        assert [type(e) for e in pair.events()[1]] == [ConnectionFailed]
+
+
+# ------------------------------------------------------------------ rekeying a connection
+
+def pair_with(pa: tuple[bytes, ...], pb: tuple[bytes, ...], seed: int = 1) -> ConnectionPair:
+    pair = ConnectionPair(
+        Connection(outbound=True, local=ALPHA, passwords=pa, now=0.0, random_bytes=rng(seed)),
+        Connection(outbound=False, local=BETA, passwords=pb, now=0.0,
+                   random_bytes=rng(seed + PEER_SEED)))
+    pair.pump(0.0)
+    ea, eb = pair.events()
+    assert [type(e) for e in ea + eb] == [HandshakeCompleted] * 2
+    return pair
+
+
+def test_rekey_moves_both_ends_to_the_new_preferred_password() -> None:
+    pair = pair_with((A, B), (A, B))
+    assert pair.a.password == pair.b.password == A
+    pair.b.rekey((B, A), 1.0)       # b moves B first: the dialler's order still rules
+    pair.pump(1.0)
+    ea, eb = pair.events()
+    assert pair.a.password == pair.b.password == A
+    pair.a.rekey((B, A), 2.0)
+    pair.pump(2.0)
+    ea, eb = pair.events()
+    assert [type(e) for e in ea] == [RekeyCompleted, PeerSwitchedKeys]
+    assert [type(e) for e in eb] == [RekeyCompleted, PeerSwitchedKeys]
+    assert pair.a.password == pair.b.password == B
+    assert isinstance(ea[0], RekeyCompleted) and isinstance(eb[0], RekeyCompleted)
+    assert ea[0].sleeve_uid == eb[0].sleeve_uid != pair.a.conn_uid
+    assert ea[0].sleeve_keys.sleeve_send == eb[0].sleeve_keys.sleeve_recv
+    assert pair.a.conn_uid == pair.b.conn_uid  # the connection's identity stays
+    # the control channel runs on the new keys: messages still flow both ways
+    pair.a.handle_timer(10.0)
+    pair.b.handle_timer(10.0)
+    pair.pump(10.0)
+    assert pair.a.established and pair.b.established and not pair.a.rekeying
+
+
+def test_both_ends_rekeying_at_once_run_one_handshake() -> None:
+    pair = pair_with((A,), (A,))
+    pair.a.rekey((B, A), 1.0)
+    pair.b.rekey((B, A), 1.0)
+    pair.pump(1.0)
+    ea, eb = pair.events()
+    assert [type(e) for e in ea] == [RekeyCompleted, PeerSwitchedKeys]
+    assert [type(e) for e in eb] == [RekeyCompleted, PeerSwitchedKeys]
+    assert pair.a.password == pair.b.password == B
+
+
+def test_rekey_during_a_run_runs_again_after_it() -> None:
+    pair = pair_with((A,), (A, B))
+    pair.a.rekey((A, B), 1.0)
+    pair.a.rekey((B,), 1.0)          # before the first run got anywhere
+    pair.pump(1.0)
+    ea, _ = pair.events()
+    assert [type(e) for e in ea] == [RekeyCompleted, PeerSwitchedKeys] * 2
+    assert pair.a.password == pair.b.password == B
+
+
+def test_rekey_without_a_common_password_keeps_the_old_keys() -> None:
+    pair = pair_with((A,), (A,))
+    pair.a.rekey((B,), 1.0)
+    pair.pump(1.0)
+    ea, eb = pair.events()
+    assert ea == [RekeyFailed(WRONG_PASSWORD)] and eb == [RekeyFailed(WRONG_PASSWORD)]
+    assert pair.a.established and pair.b.established and pair.a.password == A
+    pair.a.handle_timer(6.0)
+    pair.pump(6.0)
+    assert pair.events() == ([], [])
+
+
+def test_unexpected_key_switch_or_rekey_from_the_peer_ends_the_connection() -> None:
+    for msg in (KeySwitch(), Rekey(b"\x00garbage")):
+        pair = pair_with((A,), (A,))
+        pair.a._send_message(msg, 1.0)  # white-box: an authenticated but buggy peer
+        pair.pump(1.0)
+        _, eb = pair.events()
+        assert [type(e) for e in eb] == [ConnectionFailed]
+
+
+def test_rekey_messages_round_trip() -> None:
+    for msg in (Rekey(b"x" * 100), KeySwitch()):
+        assert decode_message(encode_message(msg)) == msg
+    with pytest.raises(RemoteProtocolError):
+        decode_message(pack([3, b"x" * 5000]))
+    with pytest.raises(RemoteProtocolError):
+        decode_message(pack([4, 1]))
+
+
+def test_plaintext_connection_cannot_rekey() -> None:
+    pair = ConnectionPair(Connection(outbound=True, local=ALPHA, now=0.0, random_bytes=rng(1)),
+                          Connection(outbound=False, local=BETA, now=0.0, random_bytes=rng(5)))
+    pair.pump(0.0)
+    with pytest.raises(LocalProtocolError):
+        pair.a.rekey((A,), 1.0)
+
+
+# ------------------------------------------------------------------ switch under loss
+
+class Lossy:
+    """A seeded datagram channel: loses, duplicates and reorders."""
+
+    def __init__(self, rnd: random.Random) -> None:
+        self.rnd = rnd
+        self.queue: list[bytes] = []
+
+    def send(self, datagram: bytes) -> None:
+        r = self.rnd.random()
+        if r < 0.1:
+            return
+        self.queue.append(datagram)
+        if r > 0.9:
+            self.queue.append(datagram)
+
+    def take(self) -> list[bytes]:
+        out = self.queue
+        self.queue = []
+        self.rnd.shuffle(out)
+        return out
+
+
+class End:
+    def __init__(self, conn: Connection, keys: Any, uid: int, outbound: bool) -> None:
+        self.conn = conn
+        send, recv = keys
+        self.rot = SessionRotation(SleeveSession(conn_uid=uid, send_key=send, recv_key=recv,
+                                                 now=0.0))
+        self.delivered: list[int] = []
+        self.refused: list[str] = []
+
+    def events(self, now: float) -> None:
+        for event in drain_events(self.conn):
+            if isinstance(event, RekeyCompleted):
+                self.rot.agreed(event.sleeve_uid, event.sleeve_keys, now)
+            elif isinstance(event, PeerSwitchedKeys):
+                self.rot.switched(now)
+
+    def receive(self, datagram: bytes, now: float) -> None:
+        uid = int.from_bytes(datagram[4:12], "big")
+        session = self.rot.session_for(uid)
+        if session is None:
+            self.refused.append("no session")
+            return
+        try:
+            _, body = session.open(datagram, now)
+        except SleeveDrop as exc:
+            self.refused.append(exc.reason)
+            return
+        self.delivered.append(int.from_bytes(bytes(body), "big"))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_switch_under_a_lossy_channel_delivers_nothing_twice_and_refuses_nothing(
+        seed: int) -> None:
+    rnd = random.Random(seed)
+    pair = pair_with((A,), (A,), seed=seed)
+    ka = pair.a._result.keys.sleeve  # type: ignore[union-attr]  # white-box: first keys
+    kb = pair.b._result.keys.sleeve  # type: ignore[union-attr]
+    uid = pair.a.conn_uid
+    assert uid is not None
+    a = End(pair.a, (ka.sleeve_send, ka.sleeve_recv), uid, True)
+    b = End(pair.b, (kb.sleeve_send, kb.sleeve_recv), uid, False)
+    to_b, to_a = Lossy(rnd), Lossy(rnd)
+    counter = itertools.count()
+    sent = {"a": set(), "b": set()}  # type: dict[str, set[int]]
+    now = 1.0
+    rotations = [((A, B), (A, B)), ((B, A), (B, A)), ((B,), (B,))]
+    step = 0
+    for tick in range(400):
+        now += 0.01
+        # the ends change their lists at seeded moments, one end first
+        if tick % 100 == 50 and step < len(rotations):
+            first, second = (a, b) if rnd.random() < 0.5 else (b, a)
+            first.conn.rekey(rotations[step][0], now)
+            if rnd.random() < 0.5:
+                second.conn.rekey(rotations[step][1], now)
+            else:
+                pair.pump(now)
+                second.events(now)
+                first.events(now)
+                second.conn.rekey(rotations[step][1], now)
+            step += 1
+        for name, end, chan in (("a", a, to_b), ("b", b, to_a)):
+            n = next(counter)
+            sent[name].add(n)
+            chan.send(end.rot.current.seal(Kind.DATA, n.to_bytes(8, "big"), now))
+        if rnd.random() < 0.3:  # the control stream moves at its own pace
+            pair.pump(now, chunk_size=rnd.choice([None, 7, 100]))
+            a.events(now)
+            b.events(now)
+        for datagram in to_b.take():
+            b.receive(datagram, now)
+        for datagram in to_a.take():
+            a.receive(datagram, now)
+        a.rot.handle_timer(now)
+        b.rot.handle_timer(now)
+    pair.pump(now)
+    a.events(now)
+    b.events(now)
+    assert pair.a.password == pair.b.password == B
+    assert a.rot.current.conn_uid == b.rot.current.conn_uid != uid
+    # nothing twice, nothing invented; refused only as a replay (the channel's duplicates)
+    for end, other in ((a, "b"), (b, "a")):
+        assert len(end.delivered) == len(set(end.delivered)), seed
+        assert set(end.delivered) <= sent[other]
+        assert set(end.refused) <= {"replay"}, (seed, end.refused)
+    # old keys are erased after the overlap
+    later = now + OVERLAP
+    a.rot.handle_timer(later)
+    b.rot.handle_timer(later)
+    assert a.rot.old is None and b.rot.old is None and a.rot.next is None
+
+
+def test_rotation_keeps_every_uid_and_finds_sessions() -> None:
+    first = SleeveSession(conn_uid=5, send_key=bytes(32), recv_key=bytes(range(32)), now=0.0)
+    rot = SessionRotation(first)
+    assert rot.switched(0.0) is first  # nothing agreed: nothing changes
+    new = rot.agreed(9, SessionKeys(bytes([1]) * 32, bytes([2]) * 32), 1.0)
+    assert rot.session_for(9) is new and rot.session_for(5) is first and rot.current is first
+    assert rot.switched(2.0) is new and rot.old is first
+    assert rot.get_timer() == 2.0 + OVERLAP
+    rot.handle_timer(2.0 + OVERLAP)
+    assert rot.session_for(5) is None and rot.uids == [5, 9]
