@@ -451,3 +451,82 @@ def test_rotation_keeps_every_uid_and_finds_sessions() -> None:
     assert rot.get_timer() == 2.0 + OVERLAP
     rot.handle_timer(2.0 + OVERLAP)
     assert rot.session_for(5) is None and rot.uids == [5, 9]
+
+
+# ------------------------------------------------------------------ the mesh
+
+def _mesh_conns(host: Any) -> list[dict[str, Any]]:
+    return [c for c in host.mesh.report(0.0)["connections"] if c["state"] != "retrying"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mesh_rotation_host_by_host_never_drops_a_connection(seed: int) -> None:
+    from tests.unit.test_mesh import MiniNet
+    from weftnet.proto.mesh import KeysAgreed, KeysSwitched, PeerDisconnected
+
+    net = MiniNet(seed)
+    h1 = net.add(1, passwords=(A,))
+    h2 = net.add(2, passwords=(A,), targets=[h1.address])
+    h3 = net.add(3, passwords=(A,), targets=[h1.address, h2.address])
+    hosts = [h1, h2, h3]
+    net.advance(1.0)
+    assert all(len(h.connected()) == 2 for h in hosts)
+    order = hosts[:]
+    random.Random(seed).shuffle(order)
+    for step in ((A, B), (B, A), (B,)):
+        for host in order:
+            host.mesh.set_passwords(step, net.now)
+            net.advance(0.5)
+            for h in hosts:  # every connection uses a password this host still holds
+                assert all(c["password"] is not None for c in _mesh_conns(h)), (seed, step)
+    for h in hosts:
+        assert not [e for e in h.events if isinstance(e, PeerDisconnected)], seed
+        assert [c["password"] for c in _mesh_conns(h)] == [1, 1]
+        assert any(isinstance(e, KeysAgreed) for e in h.events)
+        assert any(isinstance(e, KeysSwitched) for e in h.events)
+        assert h.mesh.stats.rekeys_failed == 0
+    # afterwards: a router with only the old password is refused, one with the new joins
+    old = net.add(4, passwords=(A,), targets=[h1.address])
+    net.advance(1.0)
+    assert not old.connected()
+    assert h1.mesh.stats.handshake_failures.get("wrong password (authentication failed)")
+    new = net.add(5, passwords=(B,), targets=[h1.address])
+    net.advance(1.0)
+    assert len(new.connected()) >= 1
+
+
+def test_mesh_connection_whose_password_was_removed_ends_as_retired() -> None:
+    from tests.unit.test_mesh import MiniNet
+    from weftnet.proto.mesh import PASSWORD_RETIRED, PeerDisconnected
+
+    net = MiniNet(7)
+    h1 = net.add(1, passwords=(A, B))
+    h2 = net.add(2, passwords=(A,), targets=[h1.address])
+    net.advance(1.0)
+    assert [c["password"] for c in _mesh_conns(h1)] == [1]
+    h1.mesh.set_passwords((B,), net.now)  # the peer knows only A: nothing to move to
+    net.pump()
+    (gone1,) = [e for e in h1.events if isinstance(e, PeerDisconnected)]
+    (gone2,) = [e for e in h2.events if isinstance(e, PeerDisconnected)]
+    assert gone1.reason == PASSWORD_RETIRED
+    assert gone2.reason == f"peer closed the connection: {PASSWORD_RETIRED}"
+
+
+def test_mesh_password_numbers_follow_the_list() -> None:
+    from tests.unit.test_mesh import MiniNet
+
+    net = MiniNet(3)
+    h1 = net.add(1, passwords=(A, B))
+    net.add(2, passwords=(B,), targets=[h1.address])
+    net.advance(1.0)
+    assert [c["password"] for c in _mesh_conns(h1)] == [2]
+    h1.mesh.set_passwords((C, B), net.now)  # B moves nowhere: the same pair, renewed keys
+    net.pump()
+    assert [c["password"] for c in _mesh_conns(h1)] == [2]
+    report = h1.mesh.report(net.now)
+    assert report["passwords"] == 2 and report["encryption"] is True
+    with pytest.raises(LocalProtocolError):
+        h1.mesh.set_passwords((), net.now)
+    plain = net.add(9)
+    with pytest.raises(LocalProtocolError, match="without encryption"):
+        plain.mesh.set_passwords((A,), net.now)
