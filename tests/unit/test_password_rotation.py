@@ -530,3 +530,55 @@ def test_mesh_password_numbers_follow_the_list() -> None:
     plain = net.add(9)
     with pytest.raises(LocalProtocolError, match="without encryption"):
         plain.mesh.set_passwords((A,), net.now)
+
+
+# ------------------------------------------------------------------ the data plane
+
+@pytest.mark.parametrize("seed", range(2))
+def test_dataplane_switches_keys_while_frames_flow(seed: int) -> None:
+    import trio
+
+    from tests.unit.test_engine import MAC_A, MAC_B, Host, established, eventually, frame, run_pair
+    from weftnet.router.dataplane.doubles import MemoryNetwork
+
+    async def scenario(a: Host, b: Host, net: MemoryNetwork) -> None:
+        await eventually("established", lambda: established(a, b))
+        (link_a,), (link_b,) = a.engine.links.values(), b.engine.links.values()
+        first_uid = link_a.session.conn_uid
+        got: list[bytes] = []
+        sent: list[bytes] = []
+
+        async def receive() -> None:
+            while True:
+                got.append(await b.tap.receive())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            for n in range(300):
+                if n in (50, 100, 150, 200, 250):  # A -> [A,B] -> [B,A] -> [B], one end first
+                    lists = {50: (A, B), 100: (A, B), 150: (B, A), 200: (B, A), 250: (B,)}
+                    host = (a, b)[(n // 50 + seed) % 2]
+                    host.mesh.set_passwords(lists[n], trio.current_time())
+                    host.poke()
+                    if n == 250:
+                        other = b if host is a else a
+                        other.mesh.set_passwords((B,), trio.current_time())
+                        other.poke()
+                data = frame(MAC_B, MAC_A, n.to_bytes(4, "big") + bytes(60))
+                sent.append(data)
+                a.tap.inject(data)
+                await trio.sleep(0.1)
+            await trio.sleep(1)
+            nursery.cancel_scope.cancel()
+        old_a = link_a.rotation.old if link_a.rotation is not None else None
+        await trio.sleep(OVERLAP)
+        assert got == sent  # every frame once, in order: no loss, nothing twice
+        assert a.connection()["password"] == b.connection()["password"] == 1
+        assert a.mesh.passwords == b.mesh.passwords == (B,)
+        assert link_a.session.conn_uid == link_b.session.conn_uid != first_uid
+        assert a.engine.drops.get("authentication", 0) == b.engine.drops.get("authentication", 0) == 0
+        assert old_a is not None and link_a.rotation is not None
+        assert link_a.rotation.old is None  # erased after the overlap
+        assert a.engine.links[1] is link_a  # the same link all along
+
+    run_pair(scenario, password=A, seed=seed)
