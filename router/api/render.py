@@ -25,6 +25,11 @@ gives one line per connection, columns aligned to the longest entry::
     <- 10.0.0.3:41234        pending     02:00:00:00:00:03(host3) no answer to UDP heartbeats yet
     -> 10.0.0.9:6783         failed      connection refused; retry never
 
+With several passwords (``--password-file``) an encrypted connection also shows which of
+ours it uses (``password=N``, N = its place in the file, 1 = preferred: nothing secret),
+and the summary gets a ``PasswordFile`` line: the file, how many passwords, and a problem
+reading it if there is one (``router.password_file`` of the report).
+
 ``render_ps`` is ``weft ps``: ``CONTAINER MAC CIDR...``, the name column aligned. Besides the
 contract's keys, a few optional ones are shown when present: ``router.discovery``
 (bool), ``router.trusted_subnets`` (list of CIDRs), ``router.protocol_min_version`` /
@@ -136,7 +141,16 @@ def _router_section(router: Mapping[str, Any]) -> list[str]:
     if "trusted_subnets" in router:
         subnets = router["trusted_subnets"]
         lines.append(_kv("TrustedSubnets", ", ".join(subnets) if subnets else "none"))
+    if router.get("password_file"):
+        lines.append(_kv("PasswordFile", password_file_summary(router["password_file"])))
     return lines
+
+
+def password_file_summary(info: Mapping[str, Any]) -> str:
+    """``/etc/weft/pw (2 passwords)``, or the problem reading it (nothing changed)."""
+    count = int(info["passwords"])
+    text = f"{info['path']} ({count} password{'' if count == 1 else 's'})"
+    return f"{text}; {info['problem']}" if info.get("problem") else text
 
 
 def _ipam_section(ipam: Mapping[str, Any]) -> list[str]:
@@ -186,6 +200,8 @@ def _connections(report: Mapping[str, Any]) -> list[str]:
         if c["state"] == "established":
             details += [f"{c.get('overlay') or '':<{overlay_w}}", f"{_conn_peer(c):<{peer_w}}",
                         f"{connection_encryption(c):<{enc_w}}"]
+            if c.get("password") is not None:
+                details.append(f"password={c['password']}")
             if c.get("mtu") is not None:
                 details.append(f"mtu={c['mtu']}")
             if c.get("overlay_reason"):
