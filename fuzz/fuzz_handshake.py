@@ -51,10 +51,11 @@ PASSWORD = b"fuzz"
 CANDIDATES = (b"fuzz", b"other")  # ours; the peer holds them the other way round
 
 # Templates are deep-copied per input: spake2's start() is slow pure Python.
+_ARGS: dict[str, dict[str, object]] = {
+    "plain": {}, "encrypted": {"password": PASSWORD}, "candidates": {"passwords": CANDIDATES},
+}
 TEMPLATES: dict[str, Connection] = {
-    "plain": connection(False, seed=2),
-    "encrypted": connection(False, password=PASSWORD, seed=2),
-    "candidates": connection(False, passwords=CANDIDATES, seed=2),
+    name: connection(False, seed=2, **args) for name, args in _ARGS.items()  # type: ignore[arg-type]
 }
 for _template in TEMPLATES.values():
     _template.data_to_send()  # the hello, identical every time
@@ -62,7 +63,7 @@ for _template in TEMPLATES.values():
 
 def _peer_stream(template: str, **kw: object) -> bytes:
     """What a real peer sends to a copy of the template: hello (+ spake) (+ confirm)."""
-    us = copy.deepcopy(TEMPLATES[template])
+    us = connection(False, seed=2, **_ARGS[template])  # type: ignore[arg-type]  # = a fresh copy
     pair = ConnectionPair(connection(True, seed=1, **kw), us)  # type: ignore[arg-type]
     pair.pump(0.0)
     return bytes(pair.sent_by_a)
