@@ -3,9 +3,10 @@ r"""The control-connection handshake: hellos, negotiation, key agreement, key co
 Theory of operation
 -------------------
 Both ends speak at once: neither waits for the other before sending its Hello, so the
-handshake costs one round trip without a password and two with one. Every decision is
-a function of the two hellos only, so both ends reach the same verdict (same version,
-same connection uid, same failure) without a further message::
+handshake costs one round trip without a password, two with one, and three when either
+end holds several (see "Several passwords" below). Every decision is a function of the
+frames both ends saw, so both reach the same verdict (same version, same connection uid,
+same password, same failure) without a further message::
 
     initiator (outbound)                       responder (inbound)
     --------------------                       -------------------
@@ -62,7 +63,11 @@ with one password::
     Confirm(ab tags)                ---/   \--- Confirm(ab tags)
     winner = first k whose tag verifies (same k at both ends)
 
-Nothing testable offline crosses the wire: before the PAKE only counts; the SPAKE2
+The verdict of a tampered run: a flipped bit can only break a tag, never forge one, so an
+end fails or completes on a pair whose passwords are equal; breaking the winner's tag can
+make the ends settle on different pairs, and then the first control message fails (as any
+tampering with an established stream does). Nothing testable offline crosses the wire:
+before the PAKE only counts; the SPAKE2
 messages hide the password (as with one); a tag is keyed by a pair's SPAKE2 + X25519
 output, which only a party to that run can compute. Online guessing: a peer that does
 not know a password learns, per connection attempt, whether any of the at most
