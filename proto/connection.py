@@ -271,6 +271,12 @@ class Connection:
         return self._password
 
     @property
+    def passwords(self) -> tuple[bytes, ...]:
+        """The candidates the next handshake run uses (the last ``rekey``'s or the
+        constructor's)."""
+        return self._passwords
+
+    @property
     def rekeying(self) -> bool:
         """A rekey run is in progress, or the peer's KeySwitch is awaited."""
         return self._rekey is not None or self._next_opener is not None

@@ -455,6 +455,9 @@ class MeshNode:
             full = self._channels[name].gossip()
             if full is not None:
                 entry.queue.put(name, GossipKind.DELTA, full)
+        if event.encrypted and entry.conn.passwords != self.passwords:
+            # our list changed while this handshake ran: move it over as the others were
+            entry.conn.rekey(self.passwords, now)
         self._dirty.add(entry.conn_id)
 
     def _drop(self, entry: _Conn, reason: str, now: float, *, close: bool,

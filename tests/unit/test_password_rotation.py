@@ -582,3 +582,27 @@ def test_dataplane_switches_keys_while_frames_flow(seed: int) -> None:
         assert a.engine.links[1] is link_a  # the same link all along
 
     run_pair(scenario, password=A, seed=seed)
+
+
+def test_mesh_handshake_in_flight_during_a_change_moves_over_when_done() -> None:
+    from weftnet.proto.mesh import MeshConfig, MeshNode, PeerConnected
+
+    def node(n: int, passwords: tuple[bytes, ...]) -> MeshNode:
+        return MeshNode(MeshConfig(name=0x020000000000 | n, nickname=f"n{n}", uid=n,
+                                   passwords=passwords), now=0.0,
+                        random_bytes=random.Random(n).randbytes, rng=random.Random(n))
+
+    a, b = node(1, (A,)), node(2, (A,))
+    a.connection_made(1, outbound=True, remote_address="10.0.0.2:6783", target=None, now=0.0)
+    b.connection_made(1, outbound=False, remote_address="10.0.0.1:40000", target=None, now=0.0)
+    a.set_passwords((B, A), 0.0)  # during the handshake: it completes on A, then moves
+    b.set_passwords((B, A), 0.0)
+    for _ in range(20):
+        b.data_received(1, a.data_to_send(1, 0.0), 0.0)
+        a.data_received(1, b.data_to_send(1, 0.0), 0.0)
+    events = []
+    while (event := a.next_event()) is not None:
+        events.append(type(event).__name__)
+    assert events[0] == PeerConnected.__name__ and "KeysSwitched" in events
+    report = a.report(0.0)["connections"]
+    assert [c["password"] for c in report] == [1]  # B, the new preferred
