@@ -19,6 +19,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,14 @@ def conn_passwords(tb: Testbed, host: str) -> list[Any]:
 
 def password_file(tb: Testbed, host: str) -> dict[str, Any]:
     return report(tb, host)["router"]["password_file"]  # type: ignore[no-any-return]
+
+
+def reaches(tb: Testbed, src: str, dst: str) -> Callable[[], bool]:
+    return lambda: tb.ping(src, ADDRESSES[dst])
+
+
+def reloaded(tb: Testbed, host: str, before: int) -> Callable[[], bool]:
+    return lambda: int(password_file(tb, host)["reloads"]) > before
 
 
 def start_pings(tb: Testbed) -> list[subprocess.Popen[str]]:
@@ -100,7 +109,7 @@ def test_rotation_host_by_host_keeps_containers_talking(testbed_factory: Any) ->
             ns = tb.add_container(container)
             tb.weft(host, "attach", f"{ADDRESSES[container]}/24", ns)
         for src, dst in PINGS:
-            wait_for(f"{src} reaches {dst}", lambda s=src, d=dst: tb.ping(s, ADDRESSES[d]))
+            wait_for(f"{src} reaches {dst}", reaches(tb, src, dst))
         assert all(conn_passwords(tb, h) == [1, 1] for h in HOSTS)
 
         pings = start_pings(tb)
@@ -116,8 +125,7 @@ def test_rotation_host_by_host_keeps_containers_talking(testbed_factory: Any) ->
                     os.kill(pid, signal.SIGHUP)
                 else:
                     write_atomically(pw_file(tb, host), lines)
-                wait_for(f"{host} reads {lines}",
-                         lambda h=host, n=before: password_file(tb, h)["reloads"] > n, timeout=6)
+                wait_for(f"{host} reads {lines}", reloaded(tb, host, before), timeout=6)
                 time.sleep(0.5)
         wait_for("every connection on the new password",
                  lambda: all(conn_passwords(tb, h) == [1, 1] for h in HOSTS), timeout=10)
