@@ -75,8 +75,12 @@ def start_pings(tb: Testbed) -> list[subprocess.Popen[str]]:
             for src, dst in PINGS]
 
 
-def stop_pings(procs: list[subprocess.Popen[str]]) -> list[tuple[int, int, float]]:
-    """(answered, lost, longest gap between two answers in s) per ping."""
+Figures = tuple[int, int, float]  # answered, lost, longest gap between two answers (s)
+
+
+def stop_pings(procs: list[subprocess.Popen[str]], split: float) -> list[tuple[Figures, Figures]]:
+    """Per ping: its figures before ``split`` (a wall-clock time: ping -D's clock) and
+    from then on."""
     figures = []
     for proc in procs:
         proc.send_signal(signal.SIGINT)
@@ -84,12 +88,19 @@ def stop_pings(procs: list[subprocess.Popen[str]]) -> list[tuple[int, int, float
         replies = [(float(m.group(1)), int(m.group(2)))
                    for m in map(REPLY.match, out.splitlines()) if m]
         assert replies, out[-2000:]
-        seqs = {seq for _, seq in replies}
-        lost = len(set(range(min(seqs), max(seqs) + 1)) - seqs)
-        times = [t for t, _ in replies]
-        gap = max((b - a for a, b in itertools.pairwise(times)), default=0.0)
-        figures.append((len(seqs), lost, gap))
+        figures.append((_figures([r for r in replies if r[0] < split]),
+                        _figures([r for r in replies if r[0] >= split])))
     return figures
+
+
+def _figures(replies: list[tuple[float, int]]) -> Figures:
+    if not replies:
+        return (0, 0, 0.0)
+    seqs = {seq for _, seq in replies}
+    lost = len(set(range(min(seqs), max(seqs) + 1)) - seqs)
+    times = [t for t, _ in replies]
+    gap = max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+    return (len(seqs), lost, round(gap, 3))
 
 
 def lost_lines(tb: Testbed) -> list[str]:
@@ -113,8 +124,8 @@ def test_rotation_host_by_host_keeps_containers_talking(testbed_factory: Any) ->
         assert all(conn_passwords(tb, h) == [1, 1] for h in HOSTS)
 
         pings = start_pings(tb)
-        started = time.monotonic()
-        time.sleep(1)
+        time.sleep(4)  # a quiet baseline of the same pings, for comparison
+        split, started = time.time(), time.monotonic()
         for lines in ([A, B], [B, A], [B]):
             for host in HOSTS:
                 before = password_file(tb, host)["reloads"]
@@ -130,9 +141,11 @@ def test_rotation_host_by_host_keeps_containers_talking(testbed_factory: Any) ->
         wait_for("every connection on the new password",
                  lambda: all(conn_passwords(tb, h) == [1, 1] for h in HOSTS), timeout=10)
         time.sleep(1)
-        figures = stop_pings(pings)
+        both = stop_pings(pings, split)
         elapsed = time.monotonic() - started
-        print(f"\nrotation over {elapsed:.1f} s; pings (answered, lost, longest gap s): {figures}")
+        print(f"\npings (answered, lost, longest gap s): before, quiet: {[q for q, _ in both]}; "
+              f"through the rotation ({elapsed:.1f} s): {[r for _, r in both]}")
+        figures = [r for _, r in both]
         assert meshed(tb, HOSTS)
         assert lost_lines(tb) == []  # no connection ended on the way
         assert "SIGHUP: re-reading the password file" in log_of(tb, "h2")
