@@ -89,6 +89,8 @@ class MeshConfig:
     password: bytes | None = None
     # all the passwords accepted, preferred first (overrides ``password`` when given)
     passwords: tuple[bytes, ...] = field(default=(), repr=False)
+    # what the report calls each of them (their lines in the password file); () = 1, 2...
+    password_labels: tuple[int, ...] = ()
     port: int = 6783
     conn_limit: int = 200
     discovery: bool = True
@@ -200,6 +202,7 @@ class MeshNode:
         self.passwords: tuple[bytes, ...] = config.passwords or (
             (config.password,) if config.password is not None else ())
         validate_passwords(self.passwords, allow_none=True)
+        self.password_labels = self._labels(self.passwords, config.password_labels)
         self._random_bytes = random_bytes
         self._rng = rng
         self.topology = Topology(PeerRecord(config.name, config.nickname, config.uid,
@@ -293,14 +296,17 @@ class MeshNode:
         self._conns[conn_id] = _Conn(conn_id, conn, outbound, remote_address, target, now)
         self._dirty.add(conn_id)
 
-    def set_passwords(self, passwords: Iterable[bytes], now: float) -> None:
+    def set_passwords(self, passwords: Iterable[bytes], now: float, *,
+                      labels: Iterable[int] = ()) -> None:
         """Accept these passwords from now on, preferred first, and move every
         established encrypted connection over to the first common one (see the module
-        docstring). Encryption itself cannot be turned on or off this way."""
+        docstring). ``labels`` name them in the report (their lines in the password
+        file; default 1, 2, ...). Encryption itself cannot be turned on or off this way."""
         new = tuple(passwords)
         validate_passwords(new)
         if not self.passwords:
             raise LocalProtocolError("this router runs without encryption")
+        self.password_labels = self._labels(new, tuple(labels))
         if new == self.passwords:
             return
         self.passwords = new
@@ -658,11 +664,20 @@ class MeshNode:
     # --- report ---------------------------------------------------------------------------------
 
     def password_number(self, password: bytes | None) -> int | None:
-        """Which of our passwords this is, 1 = preferred (None: unencrypted, not yet
-        established, or no longer in our list). A position, nothing secret."""
+        """Which of our passwords this is: its label, by default its place in the list
+        (1 = preferred), the router's are lines of the password file (None: unencrypted,
+        not established yet, or no longer in our list). Nothing secret."""
         if password is None or password not in self.passwords:
             return None
-        return self.passwords.index(password) + 1
+        return self.password_labels[self.passwords.index(password)]
+
+    @staticmethod
+    def _labels(passwords: tuple[bytes, ...], labels: tuple[int, ...]) -> tuple[int, ...]:
+        if not labels:
+            return tuple(range(1, len(passwords) + 1))
+        if len(labels) != len(passwords):
+            raise LocalProtocolError("one label per password")
+        return labels
 
     def report(self, now: float) -> dict[str, Any]:
         peers = self.topology.peers

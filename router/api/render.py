@@ -26,7 +26,7 @@ gives one line per connection, columns aligned to the longest entry::
     -> 10.0.0.9:6783         failed      connection refused; retry never
 
 With several passwords (``--password-file``) an encrypted connection also shows which of
-ours it uses (``password=N``, N = its place in the file, 1 = preferred: nothing secret),
+ours it uses (``password=N``: the line of the password file it is on; nothing secret),
 and the summary gets a ``PasswordFile`` line: the file, how many passwords, and a problem
 reading it if there is one (``router.password_file`` of the report).
 

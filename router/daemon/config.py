@@ -18,7 +18,8 @@ in ``ps``; a password file is passed by its absolute path, so the daemon can re-
 Passwords: ``WEFT_PASSWORD`` is one password. ``--password-file FILE`` holds one password a
 line, the first preferred and every one accepted from peers; surrounding whitespace is
 stripped, blank lines and lines starting with ``#`` are ignored, a repeated line counts
-once, and at most MAX_CANDIDATES (4) remain (``parse_password_file``). A file without any
+once, and at most MAX_CANDIDATES (4) remain (``parse_password_file``, which keeps each
+password's line number: status names passwords by their line). A file without any
 password is refused at launch; the daemon re-reads the file when it changes
 (router/daemon/password_file.py).
 
@@ -81,6 +82,7 @@ class LaunchConfig:
     nickname: str = field(default_factory=socket.gethostname)
     password: bytes | None = field(default=None, repr=False)  # the preferred one
     passwords: tuple[bytes, ...] = field(default=(), repr=False)  # all, preferred first
+    password_lines: tuple[int, ...] = ()  # the file line of each (() without a file)
     password_file: Path | None = None  # re-read when it changes (absolute)
     trusted_subnets: list[str] = field(default_factory=list)
     port: int = DEFAULT_PORT
@@ -234,22 +236,23 @@ def _dns_domain_option(text: str) -> str:
     return domain
 
 
-def parse_password_file(data: bytes) -> tuple[bytes, ...]:
-    """The passwords of a password file's contents, preferred first: one a line,
-    whitespace stripped, blank and ``#`` lines ignored, repeats dropped; () when none.
-    Raises LocalProtocolError when more than MAX_CANDIDATES remain."""
-    passwords: list[bytes] = []
-    for line in data.splitlines():
+def parse_password_file(data: bytes) -> tuple[tuple[int, bytes], ...]:
+    """``(line number, password)`` of each password of a password file's contents,
+    preferred first: one a line, whitespace stripped, blank and ``#`` lines ignored, a
+    repeat dropped; () when none. Raises LocalProtocolError when more than MAX_CANDIDATES
+    remain."""
+    found: list[tuple[int, bytes]] = []
+    for number, line in enumerate(data.splitlines(), start=1):
         pw = line.strip()
-        if pw and not pw.startswith(b"#") and pw not in passwords:
-            passwords.append(pw)
-    if len(passwords) > MAX_CANDIDATES:
+        if pw and not pw.startswith(b"#") and all(pw != p for _, p in found):
+            found.append((number, pw))
+    if len(found) > MAX_CANDIDATES:
         raise LocalProtocolError(
-            f"{len(passwords)} passwords; at most {MAX_CANDIDATES} are allowed")
-    return tuple(passwords)
+            f"{len(found)} passwords; at most {MAX_CANDIDATES} are allowed")
+    return tuple(found)
 
 
-def read_password_file(path: Path) -> tuple[bytes, ...]:
+def read_password_file(path: Path) -> tuple[tuple[int, bytes], ...]:
     """``parse_password_file`` of the file at ``path``; LocalProtocolError naming the
     file when it cannot be read or holds no usable password."""
     try:
@@ -257,15 +260,15 @@ def read_password_file(path: Path) -> tuple[bytes, ...]:
     except OSError as exc:
         raise LocalProtocolError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        passwords = parse_password_file(data)
+        found = parse_password_file(data)
     except LocalProtocolError as exc:
         raise LocalProtocolError(f"{path}: {exc.reason}") from None
-    if not passwords:
+    if not found:
         raise LocalProtocolError(f"{path}: no password (empty, or only comments)")
-    return passwords
+    return found
 
 
-def _read_passwords(password_file: str | None) -> tuple[bytes, ...]:
+def _read_passwords(password_file: str | None) -> tuple[tuple[int, bytes], ...]:
     env = os.environb.get(b"WEFT_PASSWORD")
     if env is not None and password_file is not None:
         raise LocalProtocolError(
@@ -283,7 +286,7 @@ def _read_passwords(password_file: str | None) -> tuple[bytes, ...]:
         except LocalProtocolError as exc:
             raise LocalProtocolError(f"--password-file: {password_file}: {exc.reason}") from None
     else:
-        passwords = () if env is None else (env,)
+        passwords = () if env is None else ((1, env),)
     if env is not None and not env or password_file is not None and not passwords:
         raise LocalProtocolError("empty password")
     return passwords
@@ -342,9 +345,11 @@ def config_from_args(ns: argparse.Namespace) -> LaunchConfig:
                 f"--nickname: {ns.nickname!r} must be 1..255 characters without spaces"
             )
         cfg.nickname = ns.nickname
-    cfg.passwords = _read_passwords(ns.password_file)
+    found = _read_passwords(ns.password_file)
+    cfg.passwords = tuple(pw for _, pw in found)
     cfg.password = cfg.passwords[0] if cfg.passwords else None
     if ns.password_file is not None:
+        cfg.password_lines = tuple(line for line, _ in found)
         cfg.password_file = Path(ns.password_file).absolute()
     if ns.trusted_subnets is not None:
         items = [s.strip() for s in ns.trusted_subnets.split(",") if s.strip()]

@@ -9,8 +9,9 @@ POLL_INTERVAL seconds it compares ``(st_dev, st_ino, st_size, st_mtime_ns, st_ct
 what it last read, so an edit in place and an atomic replace (write a new file, rename it
 over FILE: a new inode) are both noticed within POLL_INTERVAL; SIGHUP re-reads at once
 (``watch_sighup``). Each read that yields a list other than the current one is handed to
-``on_change`` (the router calls ``MeshNode.set_passwords``, which moves the connections
-over, make before break)::
+``on_change`` with the line each password is on (the router calls
+``MeshNode.set_passwords``, which moves the connections over, make before break, and names
+each password by its line in ``weft status``)::
 
     poll / SIGHUP ──stat changed?──▶ read + parse ──ok, new list──▶ on_change(passwords)
                                           │ unreadable, empty, too many lines
@@ -54,10 +55,12 @@ def _stamp(path: Path) -> Stamp:
 class PasswordFile:
     """Watches one password file; a TimerSource (``get_timer`` / ``handle_timer``)."""
 
-    def __init__(self, path: Path, passwords: tuple[bytes, ...],
-                 on_change: Callable[[tuple[bytes, ...]], None], *, now: float) -> None:
+    def __init__(self, path: Path, passwords: tuple[bytes, ...], lines: tuple[int, ...],
+                 on_change: Callable[[tuple[bytes, ...], tuple[int, ...]], None], *,
+                 now: float) -> None:
         self.path = path
         self.passwords = passwords  # what the mesh uses now
+        self.lines = lines  # the line each of them is on
         self.problem: str | None = None
         self.reloads = 0  # new lists handed to on_change
         self._on_change = on_change
@@ -83,7 +86,7 @@ class PasswordFile:
         changes nothing (``problem`` says why)."""
         self._stamp = _stamp(self.path)
         try:
-            passwords = read_password_file(self.path)
+            found = read_password_file(self.path)
         except LocalProtocolError as exc:
             problem = f"{exc.reason}; keeping the {_count(self.passwords)} in use"
             if problem != self.problem:
@@ -93,13 +96,18 @@ class PasswordFile:
         if self.problem is not None:
             log.info("password file %s readable again", self.path)
         self.problem = None
+        passwords = tuple(pw for _, pw in found)
+        lines = tuple(line for line, _ in found)
         if passwords == self.passwords:
+            if lines != self.lines:  # moved by a comment: only the labels change
+                self.lines = lines
+                self._on_change(passwords, lines)
             return False
-        self.passwords = passwords
+        self.passwords, self.lines = passwords, lines
         self.reloads += 1
         log.info("password file %s changed: %s, moving connections over", self.path,
                  _count(passwords))
-        self._on_change(passwords)
+        self._on_change(passwords, lines)
         return True
 
     async def watch_sighup(self) -> None:
@@ -116,7 +124,7 @@ class PasswordFile:
     def report(self) -> dict[str, Any]:
         """``router.password_file`` of ``weft report``: nothing secret."""
         return {"path": str(self.path), "passwords": len(self.passwords),
-                "problem": self.problem, "reloads": self.reloads}
+                "lines": list(self.lines), "problem": self.problem, "reloads": self.reloads}
 
 
 def _count(passwords: tuple[bytes, ...]) -> str:

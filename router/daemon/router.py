@@ -124,6 +124,7 @@ class Router:
         self.mesh = MeshNode(
             MeshConfig(name=name, nickname=config.nickname, uid=random_uid(os.urandom),
                        password=config.password, passwords=config.passwords,
+                       password_labels=config.password_lines,
                        port=config.port, conn_limit=config.conn_limit,
                        discovery=config.discovery, initial_version=int(time.time() * 1e6),
                        require_overlay=True),
@@ -196,12 +197,13 @@ class Router:
         path = self.config.password_file
         if path is None or not self.mesh.passwords:
             return None
-        watcher = PasswordFile(path, self.mesh.passwords, self._passwords_changed, now=now)
+        watcher = PasswordFile(path, self.mesh.passwords, self.mesh.password_labels,
+                               self._passwords_changed, now=now)
         self.timers.add(watcher)
         return watcher
 
-    def _passwords_changed(self, passwords: tuple[bytes, ...]) -> None:
-        self.mesh.set_passwords(passwords, trio.current_time())
+    def _passwords_changed(self, passwords: tuple[bytes, ...], lines: tuple[int, ...]) -> None:
+        self.mesh.set_passwords(passwords, trio.current_time(), labels=lines)
         self._pump()
 
     def metrics(self) -> bytes:

@@ -32,7 +32,12 @@ from weftnet.router.daemon.password_file import POLL_INTERVAL, PasswordFile
     (b"a\nb\nc\nd\n", (b"a", b"b", b"c", b"d")),
 ])
 def test_parse_password_file(text: bytes, expected: tuple[bytes, ...]) -> None:
-    assert parse_password_file(text) == expected
+    assert tuple(pw for _, pw in parse_password_file(text)) == expected
+
+
+def test_each_password_keeps_its_line_number() -> None:
+    assert parse_password_file(b"# head\n\nnew\n  # old, going\nold\nnew\n") == (
+        (3, b"new"), (5, b"old"))
 
 
 def test_more_than_four_passwords_are_refused() -> None:
@@ -56,6 +61,7 @@ def test_launch_reads_several_passwords_and_passes_the_file_on(
     (tmp_path / "pw").write_bytes(b"# rotation in progress\nnew\nold\n")
     cfg = config_from_args(launch_ns("--password-file", "pw"))
     assert cfg.passwords == (b"new", b"old") and cfg.password == b"new"
+    assert cfg.password_lines == (2, 3)
     assert cfg.password_file == tmp_path / "pw"
     args = config_to_args(cfg)
     assert args[:2] == ["--password-file", str(tmp_path / "pw")]
@@ -76,9 +82,16 @@ class Watched:
         self.path = tmp_path / "pw"
         self.path.write_bytes(text)
         self.changes: list[tuple[bytes, ...]] = []
+        self.labels: list[tuple[int, ...]] = []
         self.now = 0.0
-        self.watcher = PasswordFile(self.path, read_password_file(self.path),
-                                    self.changes.append, now=self.now)
+        found = read_password_file(self.path)
+        self.watcher = PasswordFile(self.path, tuple(pw for _, pw in found),
+                                    tuple(line for line, _ in found), self.changed, now=self.now)
+
+    def changed(self, passwords: tuple[bytes, ...], lines: tuple[int, ...]) -> None:
+        self.labels.append(lines)
+        if not self.changes or self.changes[-1] != passwords:
+            self.changes.append(passwords)
 
     def poll(self, seconds: float = 1.0) -> None:
         """Run the watcher's timer as the daemon's timer loop would."""
@@ -107,10 +120,10 @@ def test_a_change_is_noticed_within_one_poll(tmp_path: Path) -> None:
     w.replace(b"b\na\n")             # atomic replace, same size
     w.poll(POLL_INTERVAL)
     assert w.changes[-1] == (b"b", b"a")
-    w.replace(b"# comment only changes nothing that matters\nb\na\n")
+    w.replace(b"# a comment moves the passwords, no more\nb\na\n")
     w.poll(POLL_INTERVAL)
     assert len(w.changes) == 2 and w.watcher.reloads == 2
-    assert w.watcher.passwords == (b"b", b"a")
+    assert w.watcher.passwords == (b"b", b"a") and w.labels[-1] == (2, 3)
 
 
 @pytest.mark.parametrize("breakage", ["empty", "missing", "directory", "too many"])
@@ -154,8 +167,8 @@ def test_sighup_reload_reads_at_once(tmp_path: Path) -> None:
     w.path.write_bytes(b"c\na\n")
     assert w.watcher.reload() is True and w.changes == [(b"c", b"a")]
     assert w.watcher.reload() is False  # the same list again: nothing to do
-    assert w.watcher.report() == {"path": str(w.path), "passwords": 2, "problem": None,
-                                  "reloads": 1}
+    assert w.watcher.report() == {"path": str(w.path), "passwords": 2, "lines": [1, 2],
+                                  "problem": None, "reloads": 1}
 
 
 def test_status_shows_which_password_each_connection_uses() -> None:

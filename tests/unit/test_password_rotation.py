@@ -525,6 +525,10 @@ def test_mesh_password_numbers_follow_the_list() -> None:
     assert [c["password"] for c in _mesh_conns(h1)] == [2]
     report = h1.mesh.report(net.now)
     assert report["passwords"] == 2 and report["encryption"] is True
+    h1.mesh.set_passwords((C, B), net.now, labels=(3, 7))  # lines of a file: labels only
+    assert [c["password"] for c in _mesh_conns(h1)] == [7]
+    with pytest.raises(LocalProtocolError):
+        h1.mesh.set_passwords((C, B), net.now, labels=(3,))
     with pytest.raises(LocalProtocolError):
         h1.mesh.set_passwords((), net.now)
     plain = net.add(9)
