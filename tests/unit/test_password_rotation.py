@@ -15,6 +15,7 @@ from weftnet.proto.connection import (
     ConnectionFailed,
     ConnectionPair,
     HandshakeCompleted,
+    MessageReceived,
     PeerSwitchedKeys,
     RekeyCompleted,
     RekeyFailed,
@@ -34,7 +35,14 @@ from weftnet.proto.handshake import (
     decode_spakes,
     validate_passwords,
 )
-from weftnet.proto.messages import KeySwitch, Rekey, decode_message, encode_message
+from weftnet.proto.messages import (
+    Gossip,
+    GossipKind,
+    KeySwitch,
+    Rekey,
+    decode_message,
+    encode_message,
+)
 from weftnet.proto.sleeve import Kind, SleeveDrop, SleeveSession
 from weftnet.proto.sleeve_rotation import OVERLAP, SessionRotation
 
@@ -357,10 +365,14 @@ class End:
                                                  now=0.0))
         self.delivered: list[int] = []
         self.refused: list[str] = []
+        self.gossip: list[bytes] = []  # control messages received, in order
 
     def events(self, now: float) -> None:
         for event in drain_events(self.conn):
-            if isinstance(event, RekeyCompleted):
+            if isinstance(event, MessageReceived):
+                assert isinstance(event.message, Gossip)
+                self.gossip.append(event.message.payload)
+            elif isinstance(event, RekeyCompleted):
                 self.rot.agreed(event.sleeve_uid, event.sleeve_keys, now)
             elif isinstance(event, PeerSwitchedKeys):
                 self.rot.switched(now)
@@ -393,6 +405,7 @@ def test_switch_under_a_lossy_channel_delivers_nothing_twice_and_refuses_nothing
     to_b, to_a = Lossy(rnd), Lossy(rnd)
     counter = itertools.count()
     sent = {"a": set(), "b": set()}  # type: dict[str, set[int]]
+    gossip: dict[str, list[bytes]] = {"a": [], "b": []}
     now = 1.0
     rotations = [((A, B), (A, B)), ((B, A), (B, A)), ((B,), (B,))]
     step = 0
@@ -414,6 +427,9 @@ def test_switch_under_a_lossy_channel_delivers_nothing_twice_and_refuses_nothing
             n = next(counter)
             sent[name].add(n)
             chan.send(end.rot.current.seal(Kind.DATA, n.to_bytes(8, "big"), now))
+            if rnd.random() < 0.2:  # gossip on the control stream, whatever its keys now
+                end.conn.send_message(Gossip("t", GossipKind.DELTA, 1, 0, b"%d" % n), now)
+                gossip[name].append(b"%d" % n)
         if rnd.random() < 0.3:  # the control stream moves at its own pace
             pair.pump(now, chunk_size=rnd.choice([None, 7, 100]))
             a.events(now)
@@ -434,6 +450,7 @@ def test_switch_under_a_lossy_channel_delivers_nothing_twice_and_refuses_nothing
         assert len(end.delivered) == len(set(end.delivered)), seed
         assert set(end.delivered) <= sent[other]
         assert set(end.refused) <= {"replay"}, (seed, end.refused)
+    assert b.gossip == gossip["a"] and a.gossip == gossip["b"]  # all, once, in order
     # old keys are erased after the overlap
     later = now + OVERLAP
     a.rot.handle_timer(later)
