@@ -302,7 +302,9 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     add("peers", nargs="*", metavar="PEER", help="host[:port] of a peer to connect to")
     add("--name", metavar="MAC", help="peer name (default: persisted, else derived or random)")
     add("--nickname", metavar="NAME", help="nickname shown in status (default: hostname)")
-    add("--password-file", metavar="FILE", help="encrypt with the password in FILE")
+    add("--password-file", metavar="FILE",
+        help="encrypt with the passwords in FILE: one a line, the first preferred, every "
+             "one accepted; re-read when it changes and on SIGHUP")
     add("--trusted-subnets", metavar="CIDR,...", help="skip encryption towards these subnets")
     add("--port", metavar="N", help=f"control TCP and sleeve UDP port (default {DEFAULT_PORT})")
     add("--host", metavar="ADDR", help="bind address for the control port (default: all)")

@@ -271,6 +271,8 @@ class Dataplane:
         if link is None or link.rotation is None:
             return
         link.session = link.rotation.switched(now)
+        log.info("new keys with %s in use (password change)",
+                 describe_peer(link.peer, link.nickname))
         self._wake()
 
     def _unindex(self, link: Link) -> None:
