@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import pathlib
+import random
 import sys
 
 # Under atheris, give coverage feedback for our code only: instrumenting everything
@@ -31,7 +32,16 @@ with _instrumented:
     from weftnet.proto.aead import Sealer
     from weftnet.proto.connection import Connection, ConnectionFailed, Event, MessageReceived, drain_events
     from weftnet.proto.framing import encode_frame
-    from weftnet.proto.messages import Goodbye, Gossip, GossipKind, Heartbeat, encode_message
+    from weftnet.proto.handshake import Handshake
+    from weftnet.proto.messages import (
+        Goodbye,
+        Gossip,
+        GossipKind,
+        Heartbeat,
+        KeySwitch,
+        Rekey,
+        encode_message,
+    )
 
 _PLAIN = established_pair(None)  # the peer dials (a), we answer (b)
 _ENCRYPTED = established_pair(b"fuzz")
@@ -55,8 +65,13 @@ _SEALED_STREAM = _sealed_frames(_PEER_SEALER, [encode_message(m) for m in _MESSA
 _FIRST_SEALED_FRAME = _sealed_frames(_PEER_SEALER, [encode_message(_MESSAGES[0])])
 assert _SEALED_STREAM.startswith(_FIRST_SEALED_FRAME)
 
+# An authenticated peer starting a rekey (a real hello of the same peer) and switching keys.
+_REKEY_HELLO = Handshake(outbound=True, local=PEER, password=b"fuzz",
+                         random_bytes=random.Random(7).randbytes).hello_body
+
 SEEDS = [
     *(encode_message(m) for m in _MESSAGES),
+    encode_message(Rekey(_REKEY_HELLO)), encode_message(KeySwitch()),
     b"".join(encode_frame(encode_message(m)) for m in _MESSAGES),
     _SEALED_STREAM,
 ]

@@ -1,12 +1,15 @@
 """Fuzz the handshake: hello/confirm decoding, and a fresh Connection fed the bytes.
 
 Invariants:
-* ``decode_hello`` / ``decode_confirm`` accept or raise RemoteProtocolError, nothing else;
-  a hello that decodes re-encodes to one that decodes to the same value;
+* ``decode_hello`` / ``decode_confirm`` / ``decode_confirms`` / ``decode_spakes`` accept or
+  raise RemoteProtocolError, nothing else; a hello that decodes re-encodes to one that
+  decodes to the same value;
 * a fresh inbound Connection (with and without a password) fed the bytes, as a raw
   stream and as the body of one frame, never raises, and produces the same events and
   output whether fed whole or byte by byte (h11's invariant); it never completes a
-  password handshake without the peer's valid confirmation.
+  password handshake without the peer's valid confirmation; with two password
+  candidates at each end (the Spake frame in play), never without the real peer's hello
+  and Spake frame (a losing pair's tag carries nothing a verdict depends on).
 """
 
 from __future__ import annotations
@@ -36,23 +39,32 @@ with _instrumented:
     )
     from weftnet.proto.errors import RemoteProtocolError
     from weftnet.proto.framing import HANDSHAKE_MAX_FRAME, FrameDecoder, encode_frame
-    from weftnet.proto.handshake import decode_confirm, decode_hello, encode_hello
+    from weftnet.proto.handshake import (
+        decode_confirm,
+        decode_confirms,
+        decode_hello,
+        decode_spakes,
+        encode_hello,
+    )
 
 PASSWORD = b"fuzz"
+CANDIDATES = (b"fuzz", b"other")  # ours; the peer holds them the other way round
 
 # Templates are deep-copied per input: spake2's start() is slow pure Python.
+_ARGS: dict[str, dict[str, object]] = {
+    "plain": {}, "encrypted": {"password": PASSWORD}, "candidates": {"passwords": CANDIDATES},
+}
 TEMPLATES: dict[str, Connection] = {
-    "plain": connection(False, seed=2),
-    "encrypted": connection(False, password=PASSWORD, seed=2),
+    name: connection(False, seed=2, **args) for name, args in _ARGS.items()  # type: ignore[arg-type]
 }
 for _template in TEMPLATES.values():
     _template.data_to_send()  # the hello, identical every time
 
 
-def _peer_stream(password: bytes | None) -> bytes:
-    """What a real peer sends to a copy of the template: hello (+ confirm)."""
-    us = copy.deepcopy(TEMPLATES["encrypted" if password else "plain"])
-    pair = ConnectionPair(connection(True, password=password, seed=1), us)
+def _peer_stream(template: str, **kw: object) -> bytes:
+    """What a real peer sends to a copy of the template: hello (+ spake) (+ confirm)."""
+    us = connection(False, seed=2, **_ARGS[template])  # type: ignore[arg-type]  # = a fresh copy
+    pair = ConnectionPair(connection(True, seed=1, **kw), us)  # type: ignore[arg-type]
     pair.pump(0.0)
     return bytes(pair.sent_by_a)
 
@@ -66,9 +78,13 @@ def _bodies(stream: bytes) -> list[bytes]:
     return out
 
 
-_PLAIN_STREAM = _peer_stream(None)
-_ENCRYPTED_STREAM = _peer_stream(PASSWORD)
-SEEDS = [_PLAIN_STREAM, _ENCRYPTED_STREAM, *_bodies(_PLAIN_STREAM), *_bodies(_ENCRYPTED_STREAM)]
+_PLAIN_STREAM = _peer_stream("plain")
+_ENCRYPTED_STREAM = _peer_stream("encrypted", password=PASSWORD)
+_CANDIDATES_STREAM = _peer_stream("candidates", passwords=CANDIDATES[::-1])
+_CANDIDATES_BEFORE_CONFIRM = b"".join(
+    len(b).to_bytes(4, "big") + b for b in _bodies(_CANDIDATES_STREAM)[:2])
+SEEDS = [_PLAIN_STREAM, _ENCRYPTED_STREAM, _CANDIDATES_STREAM, *_bodies(_PLAIN_STREAM),
+         *_bodies(_ENCRYPTED_STREAM), *_bodies(_CANDIDATES_STREAM)]
 
 
 def _feed(template: Connection, chunks: list[bytes]) -> tuple[list[Event], bytes, bool]:
@@ -97,6 +113,15 @@ def _check_decoders(data: bytes) -> None:
         pass
     else:
         assert len(tag) == 32
+    for count in (1, 3):
+        try:
+            assert len(decode_confirms(data, count + 1)) == count + 1
+        except RemoteProtocolError:
+            pass
+        try:
+            assert all(len(m) == 33 for m in decode_spakes(data, count))
+        except RemoteProtocolError:
+            pass
 
 
 def test_one_input(data: bytes) -> None:
@@ -113,6 +138,8 @@ def test_one_input(data: bytes) -> None:
             if name == "encrypted" and completed:
                 # Only the real peer's own hello + confirmation can get here.
                 assert stream.startswith(_ENCRYPTED_STREAM), stream
+            if name == "candidates" and completed:
+                assert stream.startswith(_CANDIDATES_BEFORE_CONFIRM), stream
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ State machine (the state is named for what the connection waits for)::
                      hello in, no password
     AWAITING_HELLO ───────────────────────────────────────────┐
          │ hello in, password: send Confirm                   ▼
+         │  (several candidates: send Spake, AWAITING_SPAKE, spake in: send Confirm)
          └────────────▶ AWAITING_CONFIRM ──confirm ok──▶ ESTABLISHED ◀─┐ Gossip (event),
                              │                                │   └────┘ Heartbeat (absorbed)
                              │ bad frame, wrong password,     │ bad frame, Goodbye in,
@@ -44,6 +45,32 @@ Every failure emits exactly one ConnectionFailed(reason) and moves to CLOSED, wh
 input is ignored; ``close()`` is local and emits no event. A failure found on an
 established connection queues a Goodbye(reason) first, so the peer's log says why.
 
+Rekeying an established connection (make before break)
+-------------------------------------------------------
+``rekey(passwords, now)`` runs a whole new handshake (proto/handshake.py: new hellos, new
+ephemeral X25519 and SPAKE2 runs, the same candidate rules, the dialler still the
+initiator) *inside* the established connection: each of its frame bodies travels as a
+``Rekey`` message, sealed under the current keys. Either end may start one (when its
+password file changed); an end that receives a Rekey hello while idle answers with its own
+hello, so two ends starting at once simply run the one handshake both speak first in.
+The peer's name, uid and protocol version must not change. When our side of it completes
+(the peer's confirmation verified)::
+
+    us:   RekeyCompleted(sleeve_uid, sleeve_keys) event (the data plane can now OPEN
+          datagrams under the new sleeve keys), then send KeySwitch under the old control
+          key; every later frame we send is sealed with the new control key
+    peer's KeySwitch arrives (it completed too, and opens our new datagrams):
+          PeerSwitchedKeys event (the data plane may now SEAL with the new sleeve keys);
+          every later frame from the peer opens with the new control key
+
+The new sleeve session is named by the new handshake's connection uid (``sleeve_uid``),
+so a receiver tells old datagrams from new ones by their header during the overlap. The
+connection's ``conn_uid`` (duplicate tie-break) stays the first handshake's. A run that
+finds no common password ends with RekeyFailed(WRONG_PASSWORD) at both ends and the
+connection goes on with the keys it had (the mesh decides whether that is acceptable); any
+other fault in a run is the authenticated peer's bug and ends the connection. A
+``rekey`` call during a run is remembered and starts another run when this one ends.
+
 Timers: the handshake must finish within ``handshake_timeout`` of construction; once
 established a Heartbeat goes out after ``heartbeat_interval`` of send-silence, and
 ``timeout`` without any received byte ends the connection.
@@ -52,6 +79,7 @@ established a Heartbeat goes out after ``heartbeat_interval`` of send-silence, a
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .aead import TAG_SIZE, Opener, Sealer
@@ -60,6 +88,7 @@ from .framing import HANDSHAKE_MAX_FRAME, MESSAGE_MAX_FRAME, FrameDecoder, encod
 from .handshake import (
     HANDSHAKE_TIMEOUT,
     PROTOCOL_VERSIONS,
+    WRONG_PASSWORD,
     Handshake,
     HandshakeResult,
     HandshakeStep,
@@ -67,13 +96,24 @@ from .handshake import (
     RandomBytes,
     RemoteIdentity,
     SessionKeys,
+    validate_passwords,
 )
-from .messages import Goodbye, Gossip, Heartbeat, Message, decode_message, encode_message
+from .messages import (
+    Goodbye,
+    Gossip,
+    Heartbeat,
+    KeySwitch,
+    Message,
+    Rekey,
+    decode_message,
+    encode_message,
+)
 
 __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL", "DEFAULT_TIMEOUT", "Connection", "ConnectionFailed",
     "ConnectionState", "Event", "HandshakeCompleted", "LocalIdentity", "MessageReceived",
-    "RemoteIdentity", "SessionKeys", "ConnectionPair", "drain_events",
+    "PeerSwitchedKeys", "RekeyCompleted", "RekeyFailed", "RemoteIdentity", "SessionKeys",
+    "ConnectionPair", "drain_events",
 ]
 
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
@@ -82,6 +122,7 @@ DEFAULT_TIMEOUT = 15.0
 
 class ConnectionState(enum.Enum):
     AWAITING_HELLO = "awaiting hello"
+    AWAITING_SPAKE = "awaiting spake"  # several password candidates: their SPAKE2 runs
     AWAITING_CONFIRM = "awaiting confirm"
     ESTABLISHED = "established"
     CLOSED = "closed"
@@ -94,6 +135,29 @@ class HandshakeCompleted:
     version: int
     encrypted: bool
     sleeve_keys: SessionKeys | None
+    password_index: int | None = None  # which of our passwords (index) won
+
+
+@dataclass(frozen=True, slots=True)
+class RekeyCompleted:
+    """A rekey run completed on our side: open datagrams of ``sleeve_uid`` with the new
+    keys from now on (keep sealing with the old until PeerSwitchedKeys)."""
+
+    sleeve_uid: int
+    sleeve_keys: SessionKeys
+    password_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSwitchedKeys:
+    """The peer completed the rekey run too: seal with the new sleeve keys now."""
+
+
+@dataclass(frozen=True, slots=True)
+class RekeyFailed:
+    """A rekey run found no common password; the connection keeps its keys."""
+
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,10 +174,12 @@ class ConnectionFailed:
     reason: str
 
 
-Event = HandshakeCompleted | MessageReceived | ConnectionFailed
+Event = (HandshakeCompleted | MessageReceived | ConnectionFailed | RekeyCompleted
+         | PeerSwitchedKeys | RekeyFailed)
 
 _STATE_OF_STEP = {
     HandshakeStep.HELLO: ConnectionState.AWAITING_HELLO,
+    HandshakeStep.SPAKE: ConnectionState.AWAITING_SPAKE,
     HandshakeStep.CONFIRM: ConnectionState.AWAITING_CONFIRM,
 }
 
@@ -126,13 +192,14 @@ class Connection:
         *,
         outbound: bool,
         local: LocalIdentity,
-        password: bytes | None,
+        password: bytes | None = None,
         now: float,
         random_bytes: RandomBytes,
         versions: tuple[int, int] = PROTOCOL_VERSIONS,
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
         timeout: float = DEFAULT_TIMEOUT,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        passwords: Sequence[bytes] | None = None,
     ) -> None:
         if not heartbeat_interval > 0 or not timeout > 0 or not handshake_timeout > 0:
             raise LocalProtocolError("heartbeat interval and timeouts must be positive")
@@ -140,9 +207,16 @@ class Connection:
         self.local = local
         self._heartbeat_interval = heartbeat_interval
         self._timeout = timeout
+        self._random_bytes = random_bytes
+        self._versions = versions
         self._handshake: Handshake | None = Handshake(
             outbound=outbound, local=local, password=password, random_bytes=random_bytes,
-            versions=versions)
+            versions=versions, passwords=passwords)
+        self._passwords: tuple[bytes, ...] = self._handshake.passwords
+        self._password: bytes | None = None  # the one the last completed handshake used
+        self._rekey: Handshake | None = None
+        self._rekey_again = False
+        self._next_opener: Opener | None = None  # until the peer's KeySwitch
         self._handshake_deadline = now + handshake_timeout
         self._state = ConnectionState.AWAITING_HELLO
         self._decoder = FrameDecoder(max_size=HANDSHAKE_MAX_FRAME)
@@ -189,6 +263,23 @@ class Connection:
     @property
     def version(self) -> int | None:
         return self._result.version if self._result else None
+
+    @property
+    def password(self) -> bytes | None:
+        """The password the connection's current keys came from (None: unencrypted or
+        not established yet). Secret: for comparisons only, never for logs."""
+        return self._password
+
+    @property
+    def passwords(self) -> tuple[bytes, ...]:
+        """The candidates the next handshake run uses (the last ``rekey``'s or the
+        constructor's)."""
+        return self._passwords
+
+    @property
+    def rekeying(self) -> bool:
+        """A rekey run is in progress, or the peer's KeySwitch is awaited."""
+        return self._rekey is not None or self._next_opener is not None
 
     @property
     def failure_reason(self) -> str | None:
@@ -241,6 +332,18 @@ class Connection:
                 f"cannot send a message: the connection is {self._state.value}")
         self._send_message(msg, now)
 
+    def rekey(self, passwords: Sequence[bytes], now: float) -> None:
+        """Run a new handshake on this established encrypted connection with these
+        candidates (see the module docstring); during a run, run again after it."""
+        if self._state is not ConnectionState.ESTABLISHED or not self.encrypted:
+            raise LocalProtocolError("only an established encrypted connection can rekey")
+        validate_passwords(passwords)
+        self._passwords = tuple(passwords)
+        if self._rekey is not None:
+            self._rekey_again = True
+            return
+        self._start_rekey(now)
+
     def close(self, reason: str, now: float) -> None:
         """Close locally: tell an established peer why, then CLOSED. Emits no event."""
         if self._state is ConnectionState.CLOSED:
@@ -292,7 +395,64 @@ class Connection:
         elif isinstance(msg, Goodbye):
             # The peer is gone: answering it with a Goodbye of our own would be noise.
             self._fail(f"peer closed the connection: {msg.reason}", now, notify_peer=False)
+        elif isinstance(msg, Rekey):
+            self._on_rekey_frame(msg.body, now)
+        elif isinstance(msg, KeySwitch):
+            if self._next_opener is None:
+                raise RemoteProtocolError("unexpected key switch")
+            self._opener, self._next_opener = self._next_opener, None
+            self._events.append(PeerSwitchedKeys())
         # A Heartbeat only proves liveness, which receive_data already noted.
+
+    # ------------------------------------------------------------------ rekeying
+
+    def _start_rekey(self, now: float) -> None:
+        self._rekey_again = False
+        self._rekey = Handshake(outbound=self.outbound, local=self.local,
+                                passwords=self._passwords, random_bytes=self._random_bytes,
+                                versions=self._versions)
+        self._send_message(Rekey(self._rekey.hello_body), now)
+
+    def _on_rekey_frame(self, body: bytes, now: float) -> None:
+        if not self.encrypted:
+            raise RemoteProtocolError("rekey on an unencrypted connection")
+        if self._rekey is None:
+            if self._next_opener is not None:
+                raise RemoteProtocolError("rekey before the key switch")
+            self._start_rekey(now)  # the peer started one: answer with our hello
+        run = self._rekey
+        assert run is not None
+        try:
+            replies = run.receive_frame(body)
+        except RemoteProtocolError as exc:
+            if exc.reason != WRONG_PASSWORD:
+                raise  # an authenticated peer sent garbage: the connection ends
+            self._rekey = None
+            self._events.append(RekeyFailed(exc.reason))
+            if self._rekey_again:
+                self._start_rekey(now)
+            return
+        for reply in replies:
+            self._send_message(Rekey(reply), now)
+        if run.result is not None:
+            self._rekey_completed(run, run.result, now)
+
+    def _rekey_completed(self, run: Handshake, result: HandshakeResult, now: float) -> None:
+        current = self._result
+        assert current is not None and result.keys is not None
+        assert result.password_index is not None
+        if result.remote.name != current.remote.name or result.remote.uid != current.remote.uid \
+                or result.version != current.version:
+            raise RemoteProtocolError("rekey by another peer or version")
+        self._rekey = None
+        self._send_message(KeySwitch(), now)  # the last frame under the old key
+        self._sealer = Sealer(result.keys.control_send)
+        self._next_opener = Opener(result.keys.control_recv, what="control message")
+        self._password = run.passwords[result.password_index]
+        self._events.append(RekeyCompleted(result.conn_uid, result.keys.sleeve,
+                                           result.password_index))
+        if self._rekey_again:
+            self._start_rekey(now)
 
     def _handle_handshake_frame(self, handshake: Handshake, body: bytes, now: float) -> None:
         for reply in handshake.receive_frame(body):
@@ -306,6 +466,8 @@ class Connection:
         if result.keys is not None:
             self._sealer = Sealer(result.keys.control_send)
             self._opener = Opener(result.keys.control_recv, what="control message")
+            assert result.password_index is not None
+            self._password = handshake.passwords[result.password_index]
         self._decoder.max_size = MESSAGE_MAX_FRAME
         self._state = ConnectionState.ESTABLISHED
         # Timers restart at establishment: the handshake's frames are not heartbeats.
@@ -313,7 +475,8 @@ class Connection:
         self._events.append(HandshakeCompleted(
             remote=result.remote, conn_uid=result.conn_uid, version=result.version,
             encrypted=result.encrypted,
-            sleeve_keys=result.keys.sleeve if result.keys is not None else None))
+            sleeve_keys=result.keys.sleeve if result.keys is not None else None,
+            password_index=result.password_index))
 
     def _send_message(self, msg: Message, now: float) -> None:
         body = encode_message(msg)
@@ -348,6 +511,8 @@ class Connection:
     def _enter_closed(self) -> None:
         self._state = ConnectionState.CLOSED
         self._handshake = None
+        self._rekey = None
+        self._next_opener = None
         self._sealer = None
         self._opener = None
         self._decoder.take_remaining()  # free whatever a misbehaving peer left buffered

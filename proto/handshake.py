@@ -3,9 +3,10 @@ r"""The control-connection handshake: hellos, negotiation, key agreement, key co
 Theory of operation
 -------------------
 Both ends speak at once: neither waits for the other before sending its Hello, so the
-handshake costs one round trip without a password and two with one. Every decision is
-a function of the two hellos only, so both ends reach the same verdict (same version,
-same connection uid, same failure) without a further message::
+handshake costs one round trip without a password, two with one, and three when either
+end holds several (see "Several passwords" below). Every decision is a function of the
+frames both ends saw, so both reach the same verdict (same version, same connection uid,
+same password, same failure) without a further message::
 
     initiator (outbound)                       responder (inbound)
     --------------------                       -------------------
@@ -25,30 +26,63 @@ add some)::
 
     {"proto": "weft", "vmin": int, "vmax": int, "name": int (48 bit), "nick": str (<=255),
      "uid": int (64 bit, per start), "nonce": int (64 bit, per connection), "pw": bool,
-     "spake": bytes (33, SPAKE2 message) -- only when pw,
-     "x25519": bytes (32, ephemeral public key) -- only when pw}
+     "spake": bytes (33, SPAKE2 message of the pair (0, 0)) -- only when pw,
+     "x25519": bytes (32, ephemeral public key) -- only when pw,
+     "cands": int (2..4, how many passwords the sender holds) -- only when pw and > 1}
+
+Spake frame body (only when the two ends hold more than one pair of candidates)::
+
+    {"spake": bytes (33 * (pairs - 1)): the SPAKE2 messages of pairs 1.. in order}
 
 Confirm frame body::
 
-    {"confirm": bytes (32) = HMAC-SHA256(confirm key of the sender's direction,
-                                         b"weft key confirmation" + transcript)}
+    {"confirm": bytes (32 * pairs): for each pair k in order,
+                HMAC-SHA256(confirm key of pair k, sender's direction,
+                            b"weft key confirmation" + transcript of pair k)}
 
-Key schedule (password on both sides)::
+Several passwords (rotation)
+----------------------------
+A router holds 1..MAX_CANDIDATES passwords in its order of preference (the first is the
+one it prefers; every one is accepted). Each end says in its hello how many it holds: a
+count, nothing derived from a password. With ``a`` candidates at the initiator and ``b``
+at the responder there are ``a * b`` *pairs* (i, j), numbered k in the initiator's order
+first (k = i * b + j). Each pair is a complete, independent SPAKE2 run (fresh ephemeral
+scalar on both sides): the initiator runs it with its password i, the responder with its
+password j, and the run yields matching keys iff those two passwords are equal. Pair 0's
+messages ride in the hellos; with one candidate on each side the handshake is exactly the
+single-password one above (two round trips). Otherwise both ends, once they have both
+hellos, send a Spake frame with the messages of the other pairs, then a Confirm frame with
+one tag per pair. Each end then takes the *first pair in order whose tag verifies*: the
+first password of the initiator's list that the responder also holds. Both ends compute
+the same verdict from the same frames, and no pair verifying means WRONG_PASSWORD, as
+with one password::
 
-    transcript = SHA-256(initiator hello body || responder hello body)
-    prk        = HKDF-Extract(salt=transcript, ikm=spake2_key || x25519_shared)
-               = HMAC-SHA256(transcript, spake2_key || x25519_shared)   (RFC 5869 2.2,
-                 computed with hmac directly: cryptography exposes Expand alone)
-    key(label) = HKDF-Expand(prk, info=label, 32)  for the labels
-                 b"weft v1 confirm i>r"  b"weft v1 confirm r>i"
-                 b"weft v1 control i>r"  b"weft v1 control r>i"
-                 b"weft v1 sleeve i>r"   b"weft v1 sleeve r>i"
+    initiator                                           responder
+    Hello(cands a, spake of pair 0) ---\   /--- Hello(cands b, spake of pair 0)
+    [Spake(pairs 1..ab-1)]          ----X---- [Spake(pairs 1..ab-1)]      (only if ab > 1)
+    Confirm(ab tags)                ---/   \--- Confirm(ab tags)
+    winner = first k whose tag verifies (same k at both ends)
 
-SPAKE2 proves both ends know the password without exposing it to offline guessing; the
-X25519 exchange adds forward secrecy that does not rest on the password alone; hashing
-both hello bodies into the salt binds every field of both hellos (names, nonces,
-versions) to the keys, so a tampered hello ends in a failed key confirmation rather than
-a session with mismatched keys or a downgraded parameter.
+The verdict of a tampered run: a flipped bit can only break a tag, never forge one, so an
+end fails or completes on a pair whose passwords are equal; breaking the winner's tag can
+make the ends settle on different pairs, and then the first control message fails (as any
+tampering with an established stream does). Nothing testable offline crosses the wire:
+before the PAKE only counts; the SPAKE2
+messages hide the password (as with one); a tag is keyed by a pair's SPAKE2 + X25519
+output, which only a party to that run can compute. Online guessing: a peer that does
+not know a password learns, per connection attempt, whether any of the at most
+MAX_CANDIDATES guesses it put in its own hello equals any of our (at most MAX_CANDIDATES)
+passwords; a hello claiming more candidates is refused as malformed. So one attempt
+tests at most 4 guesses (at most 16 guess/password comparisons, 2 x 2 = 4 during a
+rotation between two single-password states), and the admission limits
+(proto/admission.py) bound how many attempts a source gets, as before.
+
+Transcript and key schedule of a pair with more than one pair in play (with a single pair
+the transcript is the one above, unchanged)::
+
+    transcript(k) = SHA-256(initiator hello || responder hello ||
+                            initiator Spake body || responder Spake body || u8 i || u8 j)
+    keys(k)       = the key schedule above with pair k's SPAKE2 key
 
 Error contract: ``decode_hello``, ``decode_confirm`` and ``Handshake.receive_frame``
 raise only RemoteProtocolError for anything the peer sent; constructor misuse raises
@@ -60,7 +94,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +126,10 @@ SPAKE2_MESSAGE_SIZE = 33  # one side byte (b"S" for the symmetric variant) + a p
 X25519_KEY_SIZE = 32
 CONFIRM_SIZE = 32
 CONFIRM_CONTEXT = b"weft key confirmation"
+# Spec constant: the most passwords one router may hold (and a hello may claim). It bounds
+# the online guesses one connection attempt gives a stranger, and the SPAKE2 runs (CPU)
+# a connection costs: at most MAX_CANDIDATES ** 2.
+MAX_CANDIDATES = 4
 
 LABEL_CONFIRM_I2R = b"weft v1 confirm i>r"
 LABEL_CONFIRM_R2I = b"weft v1 confirm r>i"
@@ -151,6 +189,8 @@ class HandshakeResult:
     version: int
     # None without a password; then nothing is encrypted.
     keys: DerivedKeys | None
+    # Which of our passwords (index in the list we were given) the winning pair used.
+    password_index: int | None = None
 
     @property
     def encrypted(self) -> bool:
@@ -170,6 +210,7 @@ class Hello:
     password: bool
     spake: bytes | None = None
     x25519: bytes | None = None
+    candidates: int = 1  # passwords the sender holds (only meaningful with a password)
 
 
 def encode_hello(hello: Hello) -> bytes:
@@ -180,6 +221,8 @@ def encode_hello(hello: Hello) -> bytes:
     if hello.password:
         doc["spake"] = hello.spake
         doc["x25519"] = hello.x25519
+        if hello.candidates != 1:
+            doc["cands"] = hello.candidates
     return pack(doc)
 
 
@@ -223,7 +266,8 @@ def decode_hello(body: bytes) -> Hello:
         raise _malformed("bad 'pw'")
     if not password:
         # Keys that only make sense with a password must not smuggle anything in.
-        if doc.get("spake") is not None or doc.get("x25519") is not None:
+        if doc.get("spake") is not None or doc.get("x25519") is not None \
+                or doc.get("cands") is not None:
             raise _malformed("key exchange fields without a password")
         return Hello(vmin, vmax, name, nick, uid, nonce, False)
     spake_msg = _bytes_field(doc, "spake", SPAKE2_MESSAGE_SIZE, "bad spake2 message")
@@ -231,22 +275,50 @@ def decode_hello(body: bytes) -> Hello:
         # spake2 only asserts this, and asserts vanish under python -O.
         raise RemoteProtocolError(BAD_SPAKE)
     x25519 = _bytes_field(doc, "x25519", X25519_KEY_SIZE, "bad x25519 public key")
-    return Hello(vmin, vmax, name, nick, uid, nonce, True, spake_msg, x25519)
+    cands = 1 if doc.get("cands") is None else _int_field(doc, "cands", 1, MAX_CANDIDATES)
+    return Hello(vmin, vmax, name, nick, uid, nonce, True, spake_msg, x25519, cands)
 
 
 def encode_confirm(tag: bytes) -> bytes:
+    """A Confirm frame: one tag, or the tags of every pair concatenated in order."""
     return pack({"confirm": tag})
 
 
 def decode_confirm(body: bytes) -> bytes:
     """Decode a Confirm frame into its 32-byte tag; only RemoteProtocolError escapes."""
+    return decode_confirms(body, 1)[0]
+
+
+def decode_confirms(body: bytes, pairs: int) -> list[bytes]:
+    """Decode a Confirm frame carrying the tags of ``pairs`` pairs; only
+    RemoteProtocolError escapes."""
     doc = unpack(body)
     if not isinstance(doc, dict):
         raise _malformed("expected a key confirmation")
-    tag = doc.get("confirm")
-    if not isinstance(tag, bytes) or len(tag) != CONFIRM_SIZE:
+    tags = doc.get("confirm")
+    if not isinstance(tags, bytes) or len(tags) != CONFIRM_SIZE * pairs:
         raise _malformed("expected a key confirmation")
-    return tag
+    return [tags[k:k + CONFIRM_SIZE] for k in range(0, len(tags), CONFIRM_SIZE)]
+
+
+def encode_spakes(messages: list[bytes]) -> bytes:
+    """A Spake frame: the SPAKE2 messages of pairs 1.. concatenated in order."""
+    return pack({"spake": b"".join(messages)})
+
+
+def decode_spakes(body: bytes, count: int) -> list[bytes]:
+    """The ``count`` SPAKE2 messages of a Spake frame; only RemoteProtocolError escapes."""
+    doc = unpack(body)
+    if not isinstance(doc, dict):
+        raise _malformed("expected spake2 messages")
+    blob = doc.get("spake")
+    if not isinstance(blob, bytes) or len(blob) != SPAKE2_MESSAGE_SIZE * count:
+        raise _malformed("expected spake2 messages")
+    messages = [blob[k:k + SPAKE2_MESSAGE_SIZE]
+                for k in range(0, len(blob), SPAKE2_MESSAGE_SIZE)]
+    if any(m[:1] != b"S" for m in messages):
+        raise RemoteProtocolError(BAD_SPAKE)
+    return messages
 
 
 # --------------------------------------------------------------------------- decisions
@@ -289,8 +361,9 @@ def negotiate(local: Hello, remote: Hello, *, outbound: bool) -> Agreement:
     return Agreement(version, conn_uid, local.password)
 
 
-def transcript_hash(initiator_hello: bytes, responder_hello: bytes) -> bytes:
-    return hashlib.sha256(initiator_hello + responder_hello).digest()
+def transcript_hash(initiator_hello: bytes, responder_hello: bytes, *more: bytes) -> bytes:
+    """SHA-256 of the hellos (and, with several pairs, what ``more`` adds)."""
+    return hashlib.sha256(b"".join((initiator_hello, responder_hello, *more))).digest()
 
 
 def derive_keys(spake_key: bytes, dh_shared: bytes, transcript: bytes, *,
@@ -321,6 +394,7 @@ class HandshakeStep(enum.Enum):
     """What the handshake waits for next."""
 
     HELLO = "hello"
+    SPAKE = "spake"  # only with more than one pair of candidates
     CONFIRM = "confirm"
     NOTHING = "nothing"  # completed or failed
 
@@ -331,42 +405,65 @@ class Handshake:
     Construct it, send ``hello_body`` at once, then feed each received frame body to
     ``receive_frame``, sending whatever bodies it returns. ``result`` is set once the
     handshake completed; a RemoteProtocolError from ``receive_frame`` ends it.
+    ``passwords`` (or the single ``password``) are our candidates, preferred first.
     """
 
-    def __init__(self, *, outbound: bool, local: LocalIdentity, password: bytes | None,
-                 random_bytes: RandomBytes,
-                 versions: tuple[int, int] = PROTOCOL_VERSIONS) -> None:
+    def __init__(self, *, outbound: bool, local: LocalIdentity, random_bytes: RandomBytes,
+                 password: bytes | None = None,
+                 versions: tuple[int, int] = PROTOCOL_VERSIONS,
+                 passwords: Sequence[bytes] | None = None) -> None:
         validate_identity(local)
         vmin, vmax = versions
         if not 1 <= vmin <= vmax <= MAX_VERSION_NUMBER:
             raise LocalProtocolError(f"invalid protocol version range {vmin}..{vmax}")
-        if password is not None and (not isinstance(password, bytes) or not password):
-            raise LocalProtocolError("the password must be non-empty bytes")
+        if passwords is not None and password is not None:
+            raise LocalProtocolError("give password or passwords, not both")
+        cands = tuple(passwords) if passwords is not None else (
+            (password,) if password is not None else ())
+        validate_passwords(cands, allow_none=True)
         self.outbound = outbound
         self.step = HandshakeStep.HELLO
         self.result: HandshakeResult | None = None
+        self._random_bytes = random_bytes
+        self._passwords = cands
         nonce = int.from_bytes(random_bytes(8), "big")
-        self._spake: spake2.SPAKE2_Symmetric | None = None
+        self._spakes: list[spake2.SPAKE2_Symmetric] = []
         self._dh: X25519PrivateKey | None = None
         spake_msg = x25519_pub = None
-        if password is not None:
+        if cands:
             self._dh = X25519PrivateKey.from_private_bytes(random_bytes(32))
             x25519_pub = self._dh.public_key().public_bytes_raw()
-            self._spake = spake2.SPAKE2_Symmetric(
-                password, idSymmetric=SPAKE2_ID, entropy_f=random_bytes)
-            spake_msg = self._spake.start()
+            self._spakes.append(spake2.SPAKE2_Symmetric(
+                cands[0], idSymmetric=SPAKE2_ID, entropy_f=random_bytes))
+            spake_msg = self._spakes[0].start()
         self.hello = Hello(vmin, vmax, local.name, local.nickname, local.uid, nonce,
-                           password is not None, spake_msg, x25519_pub)
+                           bool(cands), spake_msg, x25519_pub, max(1, len(cands)))
         self.hello_body = encode_hello(self.hello)
         if len(self.hello_body) > HANDSHAKE_MAX_FRAME:  # cannot happen with valid fields
             raise LocalProtocolError("hello exceeds the handshake frame cap")
         self._pending: HandshakeResult | None = None
         self._transcript = b""
+        # with several pairs: (i, j) of each pair, the peer's hello and our spake bodies
+        self._pairs: list[tuple[int, int]] = [(0, 0)]
+        self._remote_body = b""
+        self._remote_hello: Hello | None = None
+        self._identity: RemoteIdentity | None = None
+        self._agreement: Agreement | None = None
+        self._dh_shared = b""
+        self._spake_body = b""
+        self._candidates: list[tuple[DerivedKeys, bytes, int]] = []  # keys, transcript, index
+
+    @property
+    def passwords(self) -> tuple[bytes, ...]:
+        """Our candidates, as given (``result.password_index`` indexes them)."""
+        return self._passwords
 
     def receive_frame(self, body: bytes) -> list[bytes]:
         """Consume one frame body; return the frame bodies to send in reply."""
         if self.step is HandshakeStep.HELLO:
             return self._receive_hello(body)
+        if self.step is HandshakeStep.SPAKE:
+            return self._receive_spakes(body)
         if self.step is HandshakeStep.CONFIRM:
             self._receive_confirm(body)
             return []
@@ -380,25 +477,60 @@ class Handshake:
         if not agreement.encrypted:
             self.result = HandshakeResult(identity, agreement.conn_uid, agreement.version, None)
             return []
-        assert self._spake is not None and self._dh is not None
-        assert remote.spake is not None and remote.x25519 is not None
-        spake_key = self._finish_spake(remote.spake)
-        dh_shared = self._exchange(remote.x25519)
-        initiator, responder = (
-            (self.hello_body, body) if self.outbound else (body, self.hello_body))
-        self._transcript = transcript_hash(initiator, responder)
-        keys = derive_keys(spake_key, dh_shared, self._transcript, outbound=self.outbound)
-        # Ephemeral secrets are done with; drop them so a snapshot holds only the keys.
-        self._spake = None
-        self._dh = None
-        self._pending = HandshakeResult(identity, agreement.conn_uid, agreement.version, keys)
-        self.step = HandshakeStep.CONFIRM
-        return [encode_confirm(confirmation_tag(keys.confirm_send, self._transcript))]
+        assert self._dh is not None and remote.spake is not None and remote.x25519 is not None
+        self._dh_shared = self._exchange(remote.x25519)
+        self._dh = None  # ephemeral secrets are dropped as soon as they are used
+        self._identity, self._agreement = identity, agreement
+        self._remote_body, self._remote_hello = body, remote
+        a, b = ((self.hello.candidates, remote.candidates) if self.outbound
+                else (remote.candidates, self.hello.candidates))
+        self._pairs = [(i, j) for i in range(a) for j in range(b)]
+        if len(self._pairs) == 1:
+            initiator, responder = self._ordered(self.hello_body, body)
+            self._transcript = transcript_hash(initiator, responder)
+            spake_key = self._finish_spake(self._spakes[0], remote.spake)
+            keys = derive_keys(spake_key, self._dh_shared, self._transcript,
+                               outbound=self.outbound)
+            self._spakes = []
+            self._candidates = [(keys, self._transcript, 0)]
+            self.step = HandshakeStep.CONFIRM
+            return [encode_confirm(confirmation_tag(keys.confirm_send, self._transcript))]
+        # Several pairs: a fresh SPAKE2 run for every pair but the first (in the hellos).
+        messages = []
+        for i, j in self._pairs[1:]:
+            run = spake2.SPAKE2_Symmetric(self._passwords[i if self.outbound else j],
+                                          idSymmetric=SPAKE2_ID, entropy_f=self._random_bytes)
+            messages.append(run.start())
+            self._spakes.append(run)
+        self._spake_body = encode_spakes(messages)
+        self.step = HandshakeStep.SPAKE
+        return [self._spake_body]
 
-    def _finish_spake(self, message: bytes) -> bytes:
-        assert self._spake is not None
+    def _receive_spakes(self, body: bytes) -> list[bytes]:
+        self.step = HandshakeStep.NOTHING
+        remote = self._remote_hello
+        assert remote is not None and remote.spake is not None
+        theirs = [remote.spake, *decode_spakes(body, len(self._pairs) - 1)]
+        hello_i, hello_r = self._ordered(self.hello_body, self._remote_body)
+        spake_i, spake_r = self._ordered(self._spake_body, body)
+        tags = []
+        for (i, j), run, message in zip(self._pairs, self._spakes, theirs, strict=True):
+            transcript = transcript_hash(hello_i, hello_r, spake_i, spake_r, bytes((i, j)))
+            keys = derive_keys(self._finish_spake(run, message), self._dh_shared, transcript,
+                               outbound=self.outbound)
+            self._candidates.append((keys, transcript, i if self.outbound else j))
+            tags.append(confirmation_tag(keys.confirm_send, transcript))
+        self._spakes = []
+        self.step = HandshakeStep.CONFIRM
+        return [encode_confirm(b"".join(tags))]
+
+    def _ordered(self, ours: bytes, theirs: bytes) -> tuple[bytes, bytes]:
+        return (ours, theirs) if self.outbound else (theirs, ours)
+
+    @staticmethod
+    def _finish_spake(run: spake2.SPAKE2_Symmetric, message: bytes) -> bytes:
         try:
-            key = self._spake.finish(message)
+            key = run.finish(message)
         except (SPAKEError, NotOnCurve, ValueError, TypeError, AssertionError):
             # Not on the curve, in a small subgroup, the identity, or our own message
             # reflected back: all of them are the peer's doing.
@@ -419,14 +551,33 @@ class Handshake:
 
     def _receive_confirm(self, body: bytes) -> None:
         self.step = HandshakeStep.NOTHING
-        tag = decode_confirm(body)
-        pending = self._pending
-        assert pending is not None and pending.keys is not None
-        expected = confirmation_tag(pending.keys.confirm_recv, self._transcript)
-        if not hmac.compare_digest(tag, expected):
+        candidates, self._candidates = self._candidates, []
+        tags = decode_confirms(body, len(candidates))
+        identity, agreement = self._identity, self._agreement
+        assert identity is not None and agreement is not None
+        # Every tag is checked (constant work whatever matches); the first that verifies
+        # wins, at both ends: the initiator's most preferred password the responder holds.
+        verified = [hmac.compare_digest(tag, confirmation_tag(keys.confirm_recv, transcript))
+                    for tag, (keys, transcript, _) in zip(tags, candidates, strict=True)]
+        if not any(verified):
             raise RemoteProtocolError(WRONG_PASSWORD)
-        self.result = pending
-        self._pending = None
+        keys, _, index = candidates[verified.index(True)]
+        self.result = HandshakeResult(identity, agreement.conn_uid, agreement.version, keys,
+                                      index)
+
+
+def validate_passwords(passwords: Sequence[bytes], *, allow_none: bool = False) -> None:
+    """Refuse a candidate list we could not use (LocalProtocolError): 1..MAX_CANDIDATES
+    distinct non-empty byte strings (none at all only if ``allow_none``)."""
+    if not passwords and not allow_none:
+        raise LocalProtocolError("no password")
+    if len(passwords) > MAX_CANDIDATES:
+        raise LocalProtocolError(f"at most {MAX_CANDIDATES} passwords, got {len(passwords)}")
+    for pw in passwords:
+        if not isinstance(pw, bytes) or not pw:
+            raise LocalProtocolError("the password must be non-empty bytes")
+    if len(set(passwords)) != len(passwords):
+        raise LocalProtocolError("the same password is given twice")
 
 
 def validate_identity(local: LocalIdentity) -> None:

@@ -28,6 +28,17 @@ replaces the old one at once.
 
 Every change to our own connections bumps our topology record and floods it as a delta;
 a new neighbour receives the complete state of every channel.
+
+Passwords. A router holds 1..MAX_CANDIDATES passwords, preferred first (proto/handshake.py
+says how two routers find the first common one). ``set_passwords`` replaces the list
+(the router re-read its password file) and moves every established encrypted connection
+over, make before break: each runs a new handshake inside itself (proto/connection.py)
+with the new list; on success ``KeysAgreed`` (open datagrams with the new sleeve keys too)
+then ``KeysSwitched`` (seal with them; the old ones go after an overlap) reach the data
+plane, and gossip never stops. A run that finds no common password leaves the connection
+on its old keys if their password is still in our list, and otherwise ends it as
+PASSWORD_RETIRED. New connections use the new list at once; a peer that knows none of it
+is refused with "wrong password", as always.
 """
 
 from __future__ import annotations
@@ -46,12 +57,16 @@ from .connection import (
     HandshakeCompleted,
     LocalIdentity,
     MessageReceived,
+    PeerSwitchedKeys,
+    RekeyCompleted,
+    RekeyFailed,
     RemoteIdentity,
     SessionKeys,
 )
 from .connmaker import ConnectionMaker, LiveConnections, TargetState, join_host_port, split_host
 from .errors import LocalProtocolError, RemoteProtocolError
 from .gossip import GossipData, Gossiper, SendQueue
+from .handshake import validate_passwords
 from .messages import Gossip, GossipKind
 from .peername import PeerName, format_peer_name
 from .routes import Routes
@@ -60,6 +75,7 @@ from .topology_gossip import CHANNEL as TOPOLOGY_CHANNEL
 from .topology_gossip import Records, TopologyGossiper
 
 PERMANENT_FAILURES = ("cannot connect to ourself",)
+PASSWORD_RETIRED = "password retired"
 
 
 MIN_FANOUT = 8  # up to this many neighbours, news goes to all of them
@@ -71,6 +87,10 @@ class MeshConfig:
     nickname: str
     uid: int
     password: bytes | None = None
+    # all the passwords accepted, preferred first (overrides ``password`` when given)
+    passwords: tuple[bytes, ...] = field(default=(), repr=False)
+    # what the report calls each of them (their lines in the password file); () = 1, 2...
+    password_labels: tuple[int, ...] = ()
     port: int = 6783
     conn_limit: int = 200
     discovery: bool = True
@@ -117,7 +137,24 @@ class PeerDisconnected:
     reason: str
 
 
-MeshEvent = PeerConnected | PeerDisconnected
+@dataclass(frozen=True, slots=True)
+class KeysAgreed:
+    """A connection's new handshake completed on our side: its datagrams named
+    ``sleeve_uid`` open with ``sleeve_keys``; keep sealing with the old ones for now."""
+
+    conn_id: int
+    sleeve_uid: int
+    sleeve_keys: SessionKeys
+
+
+@dataclass(frozen=True, slots=True)
+class KeysSwitched:
+    """The peer holds the new keys too: seal with them; drop the old after an overlap."""
+
+    conn_id: int
+
+
+MeshEvent = PeerConnected | PeerDisconnected | KeysAgreed | KeysSwitched
 
 
 @dataclass(slots=True)
@@ -153,6 +190,8 @@ class MeshStats:
     accepts_refused_rate: int = 0        # the source's token bucket was empty
     accepts_refused_source: int = 0      # the source has too many connections in handshake
     accepts_refused_pending: int = 0     # too many connections in handshake altogether
+    rekeys_completed: int = 0            # established connections moved to new keys
+    rekeys_failed: int = 0               # rekey runs that found no common password
 
 
 class MeshNode:
@@ -160,6 +199,10 @@ class MeshNode:
                  rng: random.Random) -> None:
         self.config = config
         self.local = LocalIdentity(config.name, config.nickname, config.uid)
+        self.passwords: tuple[bytes, ...] = config.passwords or (
+            (config.password,) if config.password is not None else ())
+        validate_passwords(self.passwords, allow_none=True)
+        self.password_labels = self._labels(self.passwords, config.password_labels)
         self._random_bytes = random_bytes
         self._rng = rng
         self.topology = Topology(PeerRecord(config.name, config.nickname, config.uid,
@@ -246,12 +289,32 @@ class MeshNode:
         if not outbound and len(self._conns) >= self.config.conn_limit:
             self._actions.append(Close(conn_id, f"connection limit of {self.config.conn_limit} reached"))
             return
-        conn = Connection(outbound=outbound, local=self.local, password=self.config.password,
+        conn = Connection(outbound=outbound, local=self.local, passwords=self.passwords,
                           now=now, random_bytes=self._random_bytes,
                           heartbeat_interval=self.config.heartbeat_interval,
                           timeout=self.config.timeout)
         self._conns[conn_id] = _Conn(conn_id, conn, outbound, remote_address, target, now)
         self._dirty.add(conn_id)
+
+    def set_passwords(self, passwords: Iterable[bytes], now: float, *,
+                      labels: Iterable[int] = ()) -> None:
+        """Accept these passwords from now on, preferred first, and move every
+        established encrypted connection over to the first common one (see the module
+        docstring). ``labels`` name them in the report (their lines in the password
+        file; default 1, 2, ...). Encryption itself cannot be turned on or off this way."""
+        new = tuple(passwords)
+        validate_passwords(new)
+        if not self.passwords:
+            raise LocalProtocolError("this router runs without encryption")
+        self.password_labels = self._labels(new, tuple(labels))
+        if new == self.passwords:
+            return
+        self.passwords = new
+        for conn_id in sorted(self._conns):
+            entry = self._conns[conn_id]
+            if entry.ready and entry.conn.encrypted:
+                entry.conn.rekey(new, now)
+                self._process(entry, now)
 
     def dial_failed(self, address: str, reason: str, now: float) -> None:
         self.maker.attempt_failed(address, now, reason)
@@ -367,6 +430,16 @@ class MeshNode:
             elif isinstance(event, ConnectionFailed):
                 self._drop(entry, event.reason, now, close=True)
                 return
+            elif isinstance(event, RekeyCompleted):
+                self.stats.rekeys_completed += 1
+                self._events.append(KeysAgreed(entry.conn_id, event.sleeve_uid, event.sleeve_keys))
+            elif isinstance(event, PeerSwitchedKeys):
+                self._events.append(KeysSwitched(entry.conn_id))
+            elif isinstance(event, RekeyFailed):
+                self.stats.rekeys_failed += 1
+                if not entry.conn.rekeying and entry.conn.password not in self.passwords:
+                    self._drop(entry, PASSWORD_RETIRED, now, close=True)
+                    return
             if entry.conn_id not in self._conns:
                 return
         self._dirty.add(entry.conn_id)  # a heartbeat, handshake reply or gossip may be waiting
@@ -393,6 +466,9 @@ class MeshNode:
             full = self._channels[name].gossip()
             if full is not None:
                 entry.queue.put(name, GossipKind.DELTA, full)
+        if event.encrypted and entry.conn.passwords != self.passwords:
+            # our list changed while this handshake ran: move it over as the others were
+            entry.conn.rekey(self.passwords, now)
         self._dirty.add(entry.conn_id)
 
     def _drop(self, entry: _Conn, reason: str, now: float, *, close: bool,
@@ -591,6 +667,22 @@ class MeshNode:
 
     # --- report ---------------------------------------------------------------------------------
 
+    def password_number(self, password: bytes | None) -> int | None:
+        """Which of our passwords this is: its label, by default its place in the list
+        (1 = preferred), the router's are lines of the password file (None: unencrypted,
+        not established yet, or no longer in our list). Nothing secret."""
+        if password is None or password not in self.passwords:
+            return None
+        return self.password_labels[self.passwords.index(password)]
+
+    @staticmethod
+    def _labels(passwords: tuple[bytes, ...], labels: tuple[int, ...]) -> tuple[int, ...]:
+        if not labels:
+            return tuple(range(1, len(passwords) + 1))
+        if len(labels) != len(passwords):
+            raise LocalProtocolError("one label per password")
+        return labels
+
     def report(self, now: float) -> dict[str, Any]:
         peers = self.topology.peers
 
@@ -622,6 +714,7 @@ class MeshNode:
                                                      "nickname": remote.nickname},
                 "encrypted": entry.conn.encrypted,
                 "overlay": entry.overlay, "overlay_reason": entry.overlay_reason, "mtu": entry.mtu,
+                "password": self.password_number(entry.conn.password),
             })
         live = self._live()
         for target in self.maker.waiting(live):
@@ -630,8 +723,8 @@ class MeshNode:
             conns.append({
                 "address": target.address, "outbound": True, "state": target.state.value,
                 "info": f"{target.last_error}; retry {retry}",
-                "peer": None, "encrypted": self.config.password is not None,
-                "overlay": None, "overlay_reason": "", "mtu": None,
+                "peer": None, "encrypted": bool(self.passwords),
+                "overlay": None, "overlay_reason": "", "mtu": None, "password": None,
             })
         for target in self.maker.dialling(live):
             # discovered dials too: without them a dial that keeps timing out vanished from
@@ -641,12 +734,14 @@ class MeshNode:
                 f"; last try: {target.last_error}" if target.last_error else "")
             conns.append({"address": target.address, "outbound": True, "state": "connecting",
                           "info": info, "peer": None,
-                          "encrypted": self.config.password is not None,
-                          "overlay": None, "overlay_reason": "", "mtu": None})
+                          "encrypted": bool(self.passwords),
+                          "overlay": None, "overlay_reason": "", "mtu": None,
+                          "password": None})
         return {
             "name": format_peer_name(self.config.name),
             "nickname": self.config.nickname,
-            "encryption": self.config.password is not None,
+            "encryption": bool(self.passwords),
+            "passwords": len(self.passwords),
             "peers": peer_list,
             "connections": conns,
             "targets": self.maker.direct_targets(),

@@ -5,6 +5,10 @@ Each message is one msgpack array whose first element is its type::
     [0]                                       Heartbeat
     [1, channel, kind, src, dst, payload]     Gossip (kind: GossipKind; dst 0 unless unicast)
     [2, reason]                               Goodbye (the sender is closing, and why)
+    [3, body]                                 Rekey (a frame body of a new handshake run on
+                                              the established connection: proto/connection.py)
+    [4]                                       KeySwitch (every later frame from the sender is
+                                              sealed with the keys of that new handshake)
 
 Decoding validates every field's type and range and raises only RemoteProtocolError.
 """
@@ -50,7 +54,19 @@ class Goodbye:
     reason: str
 
 
-Message = Heartbeat | Gossip | Goodbye
+@dataclass(frozen=True, slots=True)
+class Rekey:
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class KeySwitch:
+    pass
+
+
+Message = Heartbeat | Gossip | Goodbye | Rekey | KeySwitch
+
+MAX_REKEY_BODY = 4096  # a handshake frame (proto/framing.py HANDSHAKE_MAX_FRAME)
 
 
 def encode_message(msg: Message) -> bytes:
@@ -58,6 +74,10 @@ def encode_message(msg: Message) -> bytes:
         return pack([0])
     if isinstance(msg, Gossip):
         return pack([1, msg.channel, int(msg.kind), msg.src, msg.dst, msg.payload])
+    if isinstance(msg, Rekey):
+        return pack([3, msg.body])
+    if isinstance(msg, KeySwitch):
+        return pack([4])
     return pack([2, msg.reason[:MAX_REASON_LEN]])
 
 
@@ -85,4 +105,9 @@ def decode_message(body: bytes) -> Message:
         return Gossip(channel, GossipKind(kind), _name(src), _name(dst, allow_zero=True), payload)
     if tag == 2 and len(obj) == 2 and isinstance(obj[1], str):
         return Goodbye(obj[1][:MAX_REASON_LEN])
+    if tag == 3 and len(obj) == 2 and isinstance(obj[1], bytes) \
+            and len(obj[1]) <= MAX_REKEY_BODY:
+        return Rekey(obj[1])
+    if tag == 4 and len(obj) == 1:
+        return KeySwitch()
     raise RemoteProtocolError(f"malformed message: unknown type {tag} or wrong arity")

@@ -26,6 +26,11 @@ gives one line per connection, columns aligned to the longest entry::
     -> 10.0.0.9:6783         failed      connection refused; retry never
     .. 02:00:00:00:00:04(h4) relayed     via 02:00:00:00:00:02(host2); both NATs symmetric; next try in 40s
 
+With several passwords (``--password-file``) an encrypted connection also shows which of
+ours it uses (``password=N``: the line of the password file it is on; nothing secret),
+and the summary gets a ``PasswordFile`` line: the file, how many passwords, and a problem
+reading it if there is one (``router.password_file`` of the report).
+
 ``render_ps`` is ``weft ps``: ``CONTAINER MAC CIDR...``, the name column aligned. Besides the
 contract's keys, a few optional ones are shown when present: ``router.discovery``
 (bool), ``router.trusted_subnets`` (list of CIDRs), ``router.protocol_min_version`` /
@@ -140,6 +145,8 @@ def _router_section(router: Mapping[str, Any]) -> list[str]:
     if "trusted_subnets" in router:
         subnets = router["trusted_subnets"]
         lines.append(_kv("TrustedSubnets", ", ".join(subnets) if subnets else "none"))
+    if router.get("password_file"):
+        lines.append(_kv("PasswordFile", password_file_summary(router["password_file"])))
     return lines
 
 
@@ -151,6 +158,13 @@ def _nat_traversal(punch: Mapping[str, Any]) -> str:
     parts.append(f"{punch.get('punched_connections', 0)} punched")
     parts.append(f"{len(punch.get('relayed') or {})} relayed")
     return ", ".join(parts)
+
+
+def password_file_summary(info: Mapping[str, Any]) -> str:
+    """``/etc/weft/pw (2 passwords)``, or the problem reading it (nothing changed)."""
+    count = int(info["passwords"])
+    text = f"{info['path']} ({count} password{'' if count == 1 else 's'})"
+    return f"{text}; {info['problem']}" if info.get("problem") else text
 
 
 def _ipam_section(ipam: Mapping[str, Any]) -> list[str]:
@@ -200,6 +214,8 @@ def _connections(report: Mapping[str, Any]) -> list[str]:
         if c["state"] == "established":
             details += [f"{c.get('overlay') or '':<{overlay_w}}", f"{_conn_peer(c):<{peer_w}}",
                         f"{connection_encryption(c):<{enc_w}}"]
+            if c.get("password") is not None:
+                details.append(f"password={c['password']}")
             if c.get("mtu") is not None:
                 details.append(f"mtu={c['mtu']}")
             if str(c.get("how") or "").startswith("punched"):

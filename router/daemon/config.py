@@ -11,8 +11,17 @@ serve the daemon, the CLI and tests.
 
 ``config_to_args`` is the inverse: the background ``launch`` re-executes itself as
 ``launch --foreground`` with the options of an already validated config, so
-``config_from_args(parse(config_to_args(c)))`` reproduces ``c`` (the password travels in
-the environment, never on a command line other users can read in ``ps``).
+``config_from_args(parse(config_to_args(c)))`` reproduces ``c`` (a password from
+``WEFT_PASSWORD`` travels in the environment, never on a command line other users can read
+in ``ps``; a password file is passed by its absolute path, so the daemon can re-read it).
+
+Passwords: ``WEFT_PASSWORD`` is one password. ``--password-file FILE`` holds one password a
+line, the first preferred and every one accepted from peers; surrounding whitespace is
+stripped, blank lines and lines starting with ``#`` are ignored, a repeated line counts
+once, and at most MAX_CANDIDATES (4) remain (``parse_password_file``, which keeps each
+password's line number: status names passwords by their line). A file without any
+password is refused at launch; the daemon re-reads the file when it changes
+(router/daemon/password_file.py).
 
 Defaults that depend on where we run:
 
@@ -37,6 +46,7 @@ from pathlib import Path
 
 from weftnet.ipam.mode import ConsensusInit, InitMode, ObserverInit, SeedInit
 from weftnet.proto.errors import LocalProtocolError
+from weftnet.proto.handshake import MAX_CANDIDATES
 from weftnet.proto.peername import format_peer_name, parse_peer_name
 from weftnet.router.api.address import (
     DEFAULT_HTTP_ADDR,
@@ -70,7 +80,10 @@ class LaunchConfig:
     peers: list[str] = field(default_factory=list)
     name: int | None = None
     nickname: str = field(default_factory=socket.gethostname)
-    password: bytes | None = field(default=None, repr=False)
+    password: bytes | None = field(default=None, repr=False)  # the preferred one
+    passwords: tuple[bytes, ...] = field(default=(), repr=False)  # all, preferred first
+    password_lines: tuple[int, ...] = ()  # the file line of each (() without a file)
+    password_file: Path | None = None  # re-read when it changes (absolute)
     trusted_subnets: list[str] = field(default_factory=list)
     port: int = DEFAULT_PORT
     host: str = ""
@@ -223,7 +236,39 @@ def _dns_domain_option(text: str) -> str:
     return domain
 
 
-def _read_password(password_file: str | None) -> bytes | None:
+def parse_password_file(data: bytes) -> tuple[tuple[int, bytes], ...]:
+    """``(line number, password)`` of each password of a password file's contents,
+    preferred first: one a line, whitespace stripped, blank and ``#`` lines ignored, a
+    repeat dropped; () when none. Raises LocalProtocolError when more than MAX_CANDIDATES
+    remain."""
+    found: list[tuple[int, bytes]] = []
+    for number, line in enumerate(data.splitlines(), start=1):
+        pw = line.strip()
+        if pw and not pw.startswith(b"#") and all(pw != p for _, p in found):
+            found.append((number, pw))
+    if len(found) > MAX_CANDIDATES:
+        raise LocalProtocolError(
+            f"{len(found)} passwords; at most {MAX_CANDIDATES} are allowed")
+    return tuple(found)
+
+
+def read_password_file(path: Path) -> tuple[tuple[int, bytes], ...]:
+    """``parse_password_file`` of the file at ``path``; LocalProtocolError naming the
+    file when it cannot be read or holds no usable password."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise LocalProtocolError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        found = parse_password_file(data)
+    except LocalProtocolError as exc:
+        raise LocalProtocolError(f"{path}: {exc.reason}") from None
+    if not found:
+        raise LocalProtocolError(f"{path}: no password (empty, or only comments)")
+    return found
+
+
+def _read_passwords(password_file: str | None) -> tuple[tuple[int, bytes], ...]:
     env = os.environb.get(b"WEFT_PASSWORD")
     if env is not None and password_file is not None:
         raise LocalProtocolError(
@@ -236,14 +281,15 @@ def _read_password(password_file: str | None) -> bytes | None:
             raise LocalProtocolError(
                 f"--password-file: cannot read {password_file}: {exc.strerror or exc}"
             ) from None
-        password = data.rstrip(b"\r\n")
-    elif env is not None:
-        password = env
+        try:
+            passwords = parse_password_file(data)
+        except LocalProtocolError as exc:
+            raise LocalProtocolError(f"--password-file: {password_file}: {exc.reason}") from None
     else:
-        return None
-    if not password:
+        passwords = () if env is None else ((1, env),)
+    if env is not None and not env or password_file is not None and not passwords:
         raise LocalProtocolError("empty password")
-    return password
+    return passwords
 
 
 # ---------------------------------------------------------------------------------------
@@ -256,7 +302,9 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     add("peers", nargs="*", metavar="PEER", help="host[:port] of a peer to connect to")
     add("--name", metavar="MAC", help="peer name (default: persisted, else derived or random)")
     add("--nickname", metavar="NAME", help="nickname shown in status (default: hostname)")
-    add("--password-file", metavar="FILE", help="encrypt with the password in FILE")
+    add("--password-file", metavar="FILE",
+        help="encrypt with the passwords in FILE: one a line, the first preferred, every "
+             "one accepted; re-read when it changes and on SIGHUP")
     add("--trusted-subnets", metavar="CIDR,...", help="skip encryption towards these subnets")
     add("--port", metavar="N", help=f"control TCP and sleeve UDP port (default {DEFAULT_PORT})")
     add("--host", metavar="ADDR", help="bind address for the control port (default: all)")
@@ -299,7 +347,12 @@ def config_from_args(ns: argparse.Namespace) -> LaunchConfig:
                 f"--nickname: {ns.nickname!r} must be 1..255 characters without spaces"
             )
         cfg.nickname = ns.nickname
-    cfg.password = _read_password(ns.password_file)
+    found = _read_passwords(ns.password_file)
+    cfg.passwords = tuple(pw for _, pw in found)
+    cfg.password = cfg.passwords[0] if cfg.passwords else None
+    if ns.password_file is not None:
+        cfg.password_lines = tuple(line for line, _ in found)
+        cfg.password_file = Path(ns.password_file).absolute()
     if ns.trusted_subnets is not None:
         items = [s.strip() for s in ns.trusted_subnets.split(",") if s.strip()]
         cfg.trusted_subnets = [str(_cidr_option("--trusted-subnets", s)) for s in items]
@@ -371,9 +424,11 @@ def _ipam_options(cfg: LaunchConfig, ns: argparse.Namespace) -> None:
 
 
 def config_to_args(cfg: LaunchConfig) -> list[str]:
-    """Options that make config_from_args rebuild ``cfg``, except the password and
-    ``--foreground`` (the caller passes the password in ``WEFT_PASSWORD``)."""
+    """Options that make config_from_args rebuild ``cfg``, except ``--foreground`` and a
+    password from the environment (the caller passes it in ``WEFT_PASSWORD``)."""
     args: list[str] = []
+    if cfg.password_file is not None:
+        args += ["--password-file", str(cfg.password_file)]
     if cfg.name is not None:
         args += ["--name", format_peer_name(cfg.name)]
     args += ["--nickname", cfg.nickname]

@@ -17,6 +17,7 @@ Times given to the mesh are trio's monotonic clock; randomness comes from the OS
     expose_driver.py ``expose`` / ``hide`` with their IPAM addresses and DNS name
     watcher.py       the one loop that notices attached namespaces gone (tells DNS, IPAM)
     timers.py        the one timer task: the mesh's, the data plane's, IPAM's and DNS's ``get_timer``
+    password_file.py ``--password-file`` watched (poll and SIGHUP): new passwords to the mesh
 
 ``_pump`` runs each driver's step (DNS news and claims, IPAM's reachable peers and
 outputs), then the mesh's actions and events, then wakes the writers and the timer task.
@@ -48,7 +49,16 @@ from weftnet.proto.errors import LocalProtocolError
 from weftnet.proto.ethernet import parse_mac
 from weftnet.proto.fastdp import CHANNEL as FASTDP_CHANNEL
 from weftnet.proto.fastdp import VXLAN_OVERHEAD
-from weftnet.proto.mesh import Close, Dial, MeshConfig, MeshNode, PeerConnected, PeerDisconnected
+from weftnet.proto.mesh import (
+    Close,
+    Dial,
+    KeysAgreed,
+    KeysSwitched,
+    MeshConfig,
+    MeshNode,
+    PeerConnected,
+    PeerDisconnected,
+)
 from weftnet.proto.peername import (
     describe_peer,
     format_peer_name,
@@ -70,6 +80,7 @@ from weftnet.router.daemon.ipam_driver import (
     load_allocator,
     need_ipam,
 )
+from weftnet.router.daemon.password_file import PasswordFile
 from weftnet.router.daemon.punch_driver import PunchDriver
 from weftnet.router.daemon.timers import TimerLoop
 from weftnet.router.daemon.watcher import NamespaceWatcher
@@ -114,7 +125,9 @@ class Router:
         wall_offset = time.time() - now   # the wall clock, for what persists or crosses hosts
         self.mesh = MeshNode(
             MeshConfig(name=name, nickname=config.nickname, uid=random_uid(os.urandom),
-                       password=config.password, port=config.port, conn_limit=config.conn_limit,
+                       password=config.password, passwords=config.passwords,
+                       password_labels=config.password_lines,
+                       port=config.port, conn_limit=config.conn_limit,
                        discovery=config.discovery, initial_version=int(time.time() * 1e6),
                        require_overlay=True),
             now=now, random_bytes=os.urandom, rng=random.Random(os.urandom(16)),
@@ -162,6 +175,7 @@ class Router:
                                     self._pump)
         self.api_conns = HttpConnections()   # the API's connections (router/api/httpserve.py)
         self._metrics = RouterMetrics(self)  # GET /metrics (router/api/metrics.py): read at scrape time
+        self.password_file = self._watch_password_file(now)
 
     # --- RouterControl -----------------------------------------------------------------
 
@@ -183,12 +197,29 @@ class Router:
             router["punch"] = self.punch.report(trio.current_time())
         router["dataplane"] = self.dataplane.report()
         router["api"] = self.api_conns.as_dict()
+        if self.password_file is not None:
+            router["password_file"] = self.password_file.report()
         return {
             "version": weftnet.__version__,
             "router": router,
             "ipam": self.ipam.status() if self.ipam is not None else None,
             "dns": self.dns.report() if self.dns is not None else None,
         }
+
+    def _watch_password_file(self, now: float) -> PasswordFile | None:
+        """With ``--password-file``: a timer source that hands a changed file's passwords
+        to the mesh (router/daemon/password_file.py)."""
+        path = self.config.password_file
+        if path is None or not self.mesh.passwords:
+            return None
+        watcher = PasswordFile(path, self.mesh.passwords, self.mesh.password_labels,
+                               self._passwords_changed, now=now)
+        self.timers.add(watcher)
+        return watcher
+
+    def _passwords_changed(self, passwords: tuple[bytes, ...], lines: tuple[int, ...]) -> None:
+        self.mesh.set_passwords(passwords, trio.current_time(), labels=lines)
+        self._pump()
 
     def metrics(self) -> bytes:
         """Prometheus text format: everything ``router/api/metrics.py`` reads, read now."""
@@ -361,6 +392,8 @@ class Router:
             host, port = self.config.http_addr
             await nursery.start(functools.partial(serve_api, self, host, port, conns=self.api_conns))
             nursery.start_soon(self.timers.run)
+            if self.password_file is not None:
+                nursery.start_soon(self.password_file.watch_sighup)
             self.mesh.add_targets(self._initial_targets, trio.current_time())
             self._persist()
             self._pump()
@@ -429,6 +462,10 @@ class Router:
                              describe_peer(event.peer.name, event.peer.nickname), event.reason)
                     self._metrics.connection_closed(event.conn_id, event.reason)  # before the link goes
                     self.dataplane.peer_disconnected(event)
+                elif isinstance(event, KeysAgreed):  # a password change: new keys, no break
+                    self.dataplane.keys_agreed(event, now)
+                elif isinstance(event, KeysSwitched):
+                    self.dataplane.keys_switched(event, now)
             self.dataplane.routes_changed()
             for conn_id in mesh.pending_writes():
                 if punch is not None and punch.owns(conn_id):

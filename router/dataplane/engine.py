@@ -14,7 +14,8 @@ is a *link*: a ``SleeveSession`` (keys from the handshake, separate from the con
 plain without a password or when both ends trust each other's subnet), counters, and a
 ``LinkMachine`` (proto/link.py) that decides everything else: heartbeats, trust, up or down
 and why, the path MTU, the peer's current UDP address. The engine seals and sends what the
-machine asks and feeds it what arrives::
+machine asks and feeds it what arrives (a password change gives a link new keys without a
+break: ``keys_agreed`` then ``keys_switched``, proto/sleeve_rotation.py)::
 
     TAP readable ─▶ drain reads ─▶ Forwarder.from_local ─▶ per next hop: entries ─▶ seal ─▶ UDP
     UDP readable ─▶ drain recvs ─▶ peek conn_uid ─▶ link ─▶ open (AEAD, replay window)
@@ -66,10 +67,11 @@ from weftnet.proto.link import (
     PathMtuFound,
     Send,
 )
-from weftnet.proto.mesh import MeshNode, PeerConnected, PeerDisconnected
+from weftnet.proto.mesh import KeysAgreed, KeysSwitched, MeshNode, PeerConnected, PeerDisconnected
 from weftnet.proto.peername import describe_peer
 from weftnet.proto.routes import Routes
 from weftnet.proto.sleeve import Kind, SleeveDrop, SleeveSession
+from weftnet.proto.sleeve_rotation import SessionRotation
 from weftnet.router.dataplane import udpsock
 from weftnet.router.dataplane.fastpath import FastPath
 from weftnet.router.dataplane.ports import Address, ProbePort, TapPort, UdpPort, UdpSocketPort
@@ -127,6 +129,8 @@ class Link:
     counters: Counters = field(default_factory=Counters)
     punched: bool = False  # carried by a punched UDP path through NAT (no TCP between us)
     sock: int = 0  # which of our UDP sockets reaches the peer (0: the main one)
+    # new keys from a rekey (password change): next / old sessions (proto/sleeve_rotation.py)
+    rotation: SessionRotation | None = None
 
     @property
     def clear(self) -> bool:
@@ -314,7 +318,33 @@ class Dataplane:
         except OSError as exc:
             self._drop(f"send error: {exc.strerror}")
 
+    def keys_agreed(self, event: KeysAgreed, now: float) -> None:
+        """A rekey completed on our side: open the new session's datagrams from now on,
+        keep sealing with the current one (make before break)."""
+        link = self.links.get(event.conn_id)
+        if link is None:
+            return
+        if link.rotation is None:
+            link.rotation = SessionRotation(link.session)
+        link.rotation.agreed(event.sleeve_uid, event.sleeve_keys, now)
+        self._by_uid[event.sleeve_uid] = link
+        self._wake()
+
+    def keys_switched(self, event: KeysSwitched, now: float) -> None:
+        """The peer opens the new keys: seal with them; the old session keeps opening
+        until its overlap is over (its timer), then it is erased."""
+        link = self.links.get(event.conn_id)
+        if link is None or link.rotation is None:
+            return
+        link.session = link.rotation.switched(now)
+        log.info("new keys with %s in use (password change)",
+                 describe_peer(link.peer, link.nickname))
+        self._wake()
+
     def _unindex(self, link: Link) -> None:
+        for uid in link.rotation.uids if link.rotation is not None else ():
+            if self._by_uid.get(uid) is link:
+                del self._by_uid[uid]
         if self._by_uid.get(link.conn_uid) is link:
             del self._by_uid[link.conn_uid]
         if self._by_peer.get(link.peer) is link:
@@ -437,6 +467,8 @@ class Dataplane:
             for link in self.links.values():
                 times += (link.machine.get_timer(), link.session.get_timer(),
                           link.plain.get_timer())
+                if link.rotation is not None:
+                    times.append(link.rotation.get_timer())
             if len(self._reassembler):
                 times.append(self._last_sweep + SWEEP_INTERVAL)
             due = min((t for t in times if t is not None), default=math.inf)
@@ -452,6 +484,8 @@ class Dataplane:
                 self._service(link, now)
             link.session.handle_timer(now)  # erase old keys while idle (forward secrecy)
             link.plain.handle_timer(now)
+            if link.rotation is not None:
+                link.rotation.handle_timer(now)  # the old keys of a rekey go after the overlap
         self.fast.handle_timer(now)
         due = self._mac_timer()
         if due is not None and due <= now:
@@ -748,6 +782,12 @@ class Dataplane:
             self._drop("unknown connection")
             return
         session = link.data_session() if kind is Kind.DATA else link.session
+        if session.conn_uid != conn_uid:  # the next or old keys of a rekey
+            other = link.rotation.session_for(conn_uid) if link.rotation is not None else None
+            if other is None:
+                self._drop("wrong connection")
+                return
+            session = other
         try:
             kind, body = session.open(data, now)
         except SleeveDrop as exc:

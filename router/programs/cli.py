@@ -12,7 +12,7 @@ Background launch::
     weft launch ARGS ──validate──▶ data dir locked? API answering? ──▶ error, exit 1
         │ spawn: python -m weftnet.router.programs.cli launch --foreground <normalised options>
         │        new session, stdin /dev/null, stdout+stderr appended to DIR/weft.log,
-        │        password in WEFT_PASSWORD (never argv)
+        │        password in WEFT_PASSWORD (never argv), or --password-file's path
         ├─ poll GET /version every 50 ms (≤ 20 s)
         │    child exited first ─▶ its last log line as the error, exit 1
         └─ answered ─▶ GET /report, print router.name, exit 0
@@ -139,8 +139,8 @@ def cmd_launch(ns: argparse.Namespace) -> int:
     except OSError:
         log_start = 0
     env = {k: v for k, v in os.environb.items() if k != b"WEFT_PASSWORD"}
-    if config.password is not None:
-        env[b"WEFT_PASSWORD"] = config.password
+    if config.password is not None and config.password_file is None:
+        env[b"WEFT_PASSWORD"] = config.password  # a password file goes by its path
     env[b"WEFT_DAEMONIZED"] = b"1"
     argv = [sys.executable, "-m", "weftnet.router.programs.cli", "launch", "--foreground"]
     argv += config_to_args(config)

@@ -656,8 +656,9 @@ def test_background_launch_then_stop(
     assert (status, out, err) == (0, "02:00:00:00:00:07\n", "")
     try:
         report = json.loads(run_cli(capsys, "report", "--http-addr", addr)[1])["router"]
-        assert report["password"] == "hunter2"  # arrived through the environment...
+        assert report["password"] == "hunter2"  # read from the file, passed by its path...
         assert not any("hunter2" in a for a in report["argv"])  # ...never on argv
+        assert str(pw) in report["argv"]
         assert report["env_password"] is None and report["daemonized"] == "1"
         assert report["targets"] == ["h2:6783"] and report["data_dir"] == str(data)
         assert DataDir(data).is_locked()

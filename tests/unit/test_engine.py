@@ -23,7 +23,14 @@ import trio.testing
 
 from weftnet.proto import fastdp
 from weftnet.proto.link import HEARTBEAT_SLOW, LINK_TIMEOUT, OVERLAY_OVERHEAD
-from weftnet.proto.mesh import MeshConfig, MeshNode, PeerConnected, PeerDisconnected
+from weftnet.proto.mesh import (
+    KeysAgreed,
+    KeysSwitched,
+    MeshConfig,
+    MeshNode,
+    PeerConnected,
+    PeerDisconnected,
+)
 from weftnet.router.dataplane.doubles import MemoryNetwork, MemoryTap, MemoryUdp
 from weftnet.router.dataplane.engine import Dataplane
 from weftnet.router.dataplane.fastpath import FastdpGossiper
@@ -68,6 +75,10 @@ class Host:
                 self.engine.peer_connected(event, now)
             elif isinstance(event, PeerDisconnected):
                 self.engine.peer_disconnected(event)
+            elif isinstance(event, KeysAgreed):
+                self.engine.keys_agreed(event, now)
+            elif isinstance(event, KeysSwitched):
+                self.engine.keys_switched(event, now)
         self.engine.routes_changed()
         for conn_id in self.mesh.pending_writes():
             data = self.mesh.data_to_send(conn_id, now)
