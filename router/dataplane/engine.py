@@ -49,7 +49,6 @@ import math
 import os
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -65,7 +64,6 @@ from weftnet.proto.link import (
     LinkWentDown,
     LinkWentUp,
     PathMtuFound,
-    Send,
 )
 from weftnet.proto.mesh import KeysAgreed, KeysSwitched, MeshNode, PeerConnected, PeerDisconnected
 from weftnet.proto.peername import describe_peer
@@ -74,7 +72,9 @@ from weftnet.proto.sleeve import Kind, SleeveDrop, SleeveSession
 from weftnet.proto.sleeve_rotation import SessionRotation
 from weftnet.router.dataplane import udpsock
 from weftnet.router.dataplane.fastpath import FastPath
-from weftnet.router.dataplane.ports import Address, ProbePort, TapPort, UdpPort, UdpSocketPort
+from weftnet.router.dataplane.links import Link, Overlay
+from weftnet.router.dataplane.pmtu import PathProbes
+from weftnet.router.dataplane.ports import Address, TapPort, UdpPort, UdpSocketPort
 from weftnet.router.dataplane.tap import PLAIN_VNET_HDR, Tap
 from weftnet.router.host import netdev
 
@@ -91,54 +91,6 @@ MAX_PUNCH_INBOX = 4096  # punch datagrams waiting for the daemon; beyond: droppe
 PUNCHED_NO_FASTDP = ("the peer is reached through NAT (a punched UDP path): the kernel's "
                      "VXLAN sends from other ports, which the NATs do not let through")
 
-Overlay = tuple[bool, str | None, str, int | None]  # ready, overlay, reason, mtu
-
-
-@dataclass(slots=True)
-class Counters:
-    frames_in: int = 0
-    bytes_in: int = 0
-    frames_out: int = 0
-    bytes_out: int = 0
-    datagrams_in: int = 0
-    datagrams_out: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {"packets_in": self.frames_in, "bytes_in": self.bytes_in,
-                "packets_out": self.frames_out, "bytes_out": self.bytes_out,
-                "datagrams_in": self.datagrams_in, "datagrams_out": self.datagrams_out}
-
-
-@dataclass(slots=True, eq=False)
-class Link:
-    """The data plane's side of one mesh connection."""
-
-    conn_id: int
-    peer: int
-    nickname: str
-    conn_uid: int
-    outbound: bool
-    remote_address: str
-    session: SleeveSession  # keyed (or plain without a password)
-    plain: SleeveSession  # used for DATA when both ends trust each other
-    machine: LinkMachine
-    fast: bool = False  # the kernel VXLAN carries this peer's traffic: written by _decide only
-    published: Overlay | None = None  # what the mesh was (or is about to be) told
-    probe: ProbePort | None = None  # open while the machine probes the path MTU
-    probe_addr: Address | None = None
-    counters: Counters = field(default_factory=Counters)
-    punched: bool = False  # carried by a punched UDP path through NAT (no TCP between us)
-    sock: int = 0  # which of our UDP sockets reaches the peer (0: the main one)
-    # new keys from a rekey (password change): next / old sessions (proto/sleeve_rotation.py)
-    rotation: SessionRotation | None = None
-
-    @property
-    def clear(self) -> bool:
-        """DATA travels unencrypted (both ends trust each other, or no password at all)."""
-        return self.machine.clear
-
-    def data_session(self) -> SleeveSession:
-        return self.plain if self.session.encrypted and self.clear else self.session
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -190,6 +142,8 @@ class Dataplane:
         self._punch_inbox: list[tuple[bytes, Address, int]] = []
         self._paths: dict[int, tuple[Address, int]] = {}
         self._socks: dict[int, UdpPort] = {}  # extra sockets (hole punching's spray), by index
+        self.probes = PathProbes(port=self._port, deliver=self._receive, service=self._service,
+                                 flush=self._flush)
         self.fast = FastPath(mesh, enabled=fastdp,
                              disabled_reason="" if fastdp else "fast path disabled (--no-fastdp)",
                              port=port + 1, mtu=mtu, wake=self._notify,
@@ -219,7 +173,7 @@ class Dataplane:
     def close(self) -> None:
         self.fast.close()
         for link in self.links.values():
-            self._close_probe(link)
+            self.probes.close(link)
         for sock in list(self._socks):
             self.release_socket(sock)
         if self.udp is not None:
@@ -230,7 +184,7 @@ class Dataplane:
     async def run(self) -> None:
         assert self.tap is not None and self.udp is not None, "open() first"
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+            self._nursery = self.probes.nursery = nursery
             nursery.start_soon(self._tap_loop, self.tap)
             nursery.start_soon(self._udp_loop, self.udp)
             nursery.start_soon(self.fast.run)
@@ -349,7 +303,7 @@ class Dataplane:
             del self._by_uid[link.conn_uid]
         if self._by_peer.get(link.peer) is link:
             del self._by_peer[link.peer]
-        self._close_probe(link)
+        self.probes.close(link)
         self.fast.forget(link.conn_id)
         self._unpublished.discard(link.conn_id)
 
@@ -431,7 +385,7 @@ class Dataplane:
                 if send.probe_id is None:
                     self._send(link, link.session.seal(send.kind, send.body, now), send.addr)
                 else:
-                    self._send_probe(link, send, now)
+                    self.probes.send(link, send, now)
         moved = False
         while (event := m.next_event()) is not None:
             moved = True
@@ -451,7 +405,7 @@ class Dataplane:
                 log.info("path MTU to %s is %d: overlay MTU %d",
                          describe_peer(link.peer, link.nickname), event.pmtu, event.mtu)
         if link.probe is not None and not m.probing:
-            self._close_probe(link)
+            self.probes.close(link)
         if moved:
             self._decide(link, now)
         due = m.get_timer()
@@ -502,77 +456,6 @@ class Dataplane:
         SWEEP_INTERVAL (its expiry test may round the other way at the very deadline)."""
         due = self.forwarder.get_timer()
         return None if due is None else max(due, self._mac_sweep + SWEEP_INTERVAL)
-
-    # --- path MTU probes: a DF port per link while it probes --------------------------------
-
-    def _send_probe(self, link: Link, send: Send, now: float) -> None:
-        m = link.machine
-        udp = self._port(link.sock)
-        assert send.probe_id is not None and udp is not None
-        if link.probe is None or link.probe_addr != send.addr:
-            self._close_probe(link)
-            if self._nursery is None:
-                m.probe_send_failed(send.probe_id, now, None)
-                return
-            try:
-                probe = udp.open_probe(send.addr)
-            except OSError as exc:
-                log.debug("cannot probe the path to %s: %s", send.addr, exc)
-                m.probe_send_failed(send.probe_id, now, None)
-                return
-            link.probe, link.probe_addr = probe, send.addr
-            self._nursery.start_soon(self._probe_loop, link, probe)
-        route: int | None = None
-        try:
-            link.probe.send(link.session.seal(send.kind, send.body, now))
-            return
-        except OSError as exc:
-            if exc.errno == errno.EMSGSIZE:
-                try:
-                    route = link.probe.route_mtu()
-                except OSError:
-                    route = None
-        m.probe_send_failed(send.probe_id, now, route)
-
-    def _close_probe(self, link: Link) -> None:
-        probe, link.probe, link.probe_addr = link.probe, None, None
-        if probe is not None:
-            probe.close()
-
-    async def _probe_loop(self, link: Link, probe: ProbePort) -> None:
-        """Answers to one link's probes. The probe port shares the data socket's address
-        (so NATs treat probes as the data flow) and, while open, receives everything the
-        peer sends there: what is not a probe answer goes the data socket's way."""
-        while link.probe is probe:
-            try:
-                await probe.wait_readable()
-            except (trio.ClosedResourceError, OSError):
-                return
-            now = trio.current_time()
-            for _ in range(DRAIN_BATCH):
-                if link.probe is not probe or link.probe_addr is None:
-                    break
-                try:
-                    data = probe.recv(READ_SIZE)
-                except BlockingIOError:
-                    break
-                except OSError:  # e.g. ICMP port unreachable, reported once
-                    break
-                try:
-                    answer = sleeve.peek(data)[::2] == (Kind.PROBE_ACK, link.conn_uid)
-                except RemoteProtocolError:
-                    answer = False
-                if not answer:
-                    self._receive(memoryview(data), link.probe_addr, now, link.sock)
-                    continue
-                try:
-                    kind, body = link.session.open(data, now)
-                    link.machine.receive(kind, body, link.probe_addr, now)
-                except RemoteProtocolError:
-                    continue
-                self._service(link, now)
-            self._flush(now)
-            await trio.sleep(0)
 
     # --- TAP -> UDP ---------------------------------------------------------------------
 

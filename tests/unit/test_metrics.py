@@ -29,7 +29,7 @@ from weftnet.router.api.metrics import (
     split_counter,
 )
 from weftnet.router.daemon.dns_server import QUERY_RESULTS, DnsServer, load_records, local_result, serve_dns
-from weftnet.router.dataplane.engine import Counters
+from weftnet.router.dataplane.links import Counters
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

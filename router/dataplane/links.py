@@ -1,0 +1,61 @@
+"""One mesh connection as the sleeve data plane sees it: its sessions, its link machine
+(proto/link.py), counters, and which socket and probe port it uses. The engine
+(router/dataplane/engine.py) owns the links; ``fast`` has one writer there (``_decide``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from weftnet.proto.link import LinkMachine
+from weftnet.proto.sleeve import SleeveSession
+from weftnet.proto.sleeve_rotation import SessionRotation
+from weftnet.router.dataplane.ports import Address, ProbePort
+
+Overlay = tuple[bool, str | None, str, int | None]  # ready, overlay, reason, mtu
+
+
+@dataclass(slots=True)
+class Counters:
+    frames_in: int = 0
+    bytes_in: int = 0
+    frames_out: int = 0
+    bytes_out: int = 0
+    datagrams_in: int = 0
+    datagrams_out: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"packets_in": self.frames_in, "bytes_in": self.bytes_in,
+                "packets_out": self.frames_out, "bytes_out": self.bytes_out,
+                "datagrams_in": self.datagrams_in, "datagrams_out": self.datagrams_out}
+
+
+@dataclass(slots=True, eq=False)
+class Link:
+    """The data plane's side of one mesh connection."""
+
+    conn_id: int
+    peer: int
+    nickname: str
+    conn_uid: int
+    outbound: bool
+    remote_address: str
+    session: SleeveSession  # keyed (or plain without a password)
+    plain: SleeveSession  # used for DATA when both ends trust each other
+    machine: LinkMachine
+    fast: bool = False  # the kernel VXLAN carries this peer's traffic: written by _decide only
+    published: Overlay | None = None  # what the mesh was (or is about to be) told
+    probe: ProbePort | None = None  # open while the machine probes the path MTU
+    probe_addr: Address | None = None
+    counters: Counters = field(default_factory=Counters)
+    punched: bool = False  # carried by a punched UDP path through NAT (no TCP between us)
+    sock: int = 0  # which of our UDP sockets reaches the peer (0: the main one)
+    # new keys from a rekey (password change): next / old sessions (proto/sleeve_rotation.py)
+    rotation: SessionRotation | None = None
+
+    @property
+    def clear(self) -> bool:
+        """DATA travels unencrypted (both ends trust each other, or no password at all)."""
+        return self.machine.clear
+
+    def data_session(self) -> SleeveSession:
+        return self.plain if self.session.encrypted and self.clear else self.session
