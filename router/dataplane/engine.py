@@ -187,6 +187,8 @@ class Dataplane:
             self._nursery = self.probes.nursery = nursery
             nursery.start_soon(self._tap_loop, self.tap)
             nursery.start_soon(self._udp_loop, self.udp)
+            for sock, udp in self._socks.items():
+                nursery.start_soon(self._udp_loop, udp, sock)
             nursery.start_soon(self.fast.run)
 
     # --- what the mesh tells us, and what we tell it --------------------------------------
@@ -236,10 +238,11 @@ class Dataplane:
     def adopt_socket(self, sock: int, udp: UdpPort) -> None:
         """Read (and send through) an extra UDP socket, index ``sock`` >= 1: what arrives
         there goes where the main socket's datagrams go, punch datagrams tagged with it."""
-        assert sock >= 1 and self._nursery is not None
+        assert sock >= 1
         self.release_socket(sock)
         self._socks[sock] = udp
-        self._nursery.start_soon(self._udp_loop, udp, sock)
+        if self._nursery is not None:  # else run() starts its reader
+            self._nursery.start_soon(self._udp_loop, udp, sock)
 
     def release_socket(self, sock: int) -> None:
         udp = self._socks.pop(sock, None)

@@ -13,6 +13,7 @@ Figures are printed (``pytest -s``): time to direct, bytes over the relay, probe
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import Any
@@ -199,3 +200,38 @@ def test_symmetric_nats(testbed_factory: Any, kinds: tuple[str, str]) -> None:
         tb.count_underlay("h4")
         bulk_tcp(tb, "c3", "10.2.1.3", "c2", TRANSFER, timeout=60)
         assert tb.underlay_bytes("h1") + tb.underlay_bytes("h4") < TRANSFER // 10
+
+
+FORGE = """\
+import os, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(int(sys.argv[3])):
+    # the punch family (first byte 2), a PROBE for a session nobody offered, a made-up tag
+    s.sendto(bytes([2, 1]) + os.urandom(8 + 14 + 16), (sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def test_unencrypted_punched_pair_stays_on_sleeve_and_forged_probes_are_counted(
+        natted: Testbed) -> None:
+    """Without a password the fast path would carry a direct pair, but the kernel's VXLAN
+    cannot cross the NATs: a punched link says so. Punch datagrams from strangers (no
+    session of ours, no key) are dropped and counted."""
+    tb = natted
+    with logs_on_failure(tb, HOSTS):
+        launch(tb, "h1", password=None)
+        launch(tb, "h2", tb.address("h1"), password=None)
+        launch(tb, "h3", tb.address("h1"), password=None)
+        wait_for("h2 and h3 to punch a direct path",
+                 lambda: "h3" in established(report(tb, "h2")), timeout=40)
+        conn = next(c for c in report(tb, "h2")["router"]["connections"]
+                    if c["peer"] and c["peer"]["nickname"] == "h3")
+        assert conn["overlay"] == "sleeve" and "through NAT" in conn["overlay_reason"], conn
+        print(f"\nh2 -> h3 unencrypted and punched: {conn['overlay_reason']}")
+        tb.run("h3", [sys.executable, "-c", FORGE, tb.address("h1"), "6783", "50"])
+
+        def counted() -> int:
+            return int(punch_report(tb, "h1")["drops"].get("unknown session", 0))
+
+        wait_for("h1 to count the forged probes", lambda: counted() >= 50, timeout=10)
+        assert established(report(tb, "h1")) == {"h2", "h3"}
+        assert "h3" in established(report(tb, "h2"))

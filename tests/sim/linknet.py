@@ -28,7 +28,6 @@ from .simnet import SimNet, SimNode
 
 MTU = 1376
 ROUTE_MTU = 1500
-PROBE_PORT = 40000
 
 Address = tuple[str, int]
 
@@ -74,7 +73,6 @@ class LinkSimNet(SimNet):
     def _bind(self, index: int, addr: Address) -> None:
         self.udp_addr[index] = addr
         self.udp_at[addr] = index
-        self.udp_at[(addr[0], PROBE_PORT)] = index
 
     def links_of(self, node: SimNode) -> dict[int, SimLink]:
         return self.links.setdefault(node.index, {})
@@ -140,8 +138,9 @@ class LinkSimNet(SimNet):
             m.probe_send_failed(send.probe_id, self.now, ROUTE_MTU)
             return None
         self.datagrams += 1
-        own = self.udp_addr[node.index]
-        return size, (own[0], PROBE_PORT) if send.probe_id is not None else own
+        # probes leave from the data socket's own address (router/dataplane/pmtu.py), so NATs
+        # map and filter them exactly as the data
+        return size, self.udp_addr[node.index]
 
     def _udp_send(self, node: SimNode, link: SimLink, send: Send) -> None:
         if (left := self._udp_leave(node, link, send)) is None:

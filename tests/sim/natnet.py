@@ -20,8 +20,8 @@ and its seeded rng. Per gateway:
   public address: a NAT rebinding.
 
 ``NatNet`` is ``LinkSimNet`` with gateways on the underlay. A NATed node keeps its private
-address; its UDP source is rewritten on the way out (probes from the probe port get their
-own mapping), and datagrams to the gateway's public address are translated back, or
+address; its UDP source is rewritten on the way out (path-MTU probes leave from the data
+socket's address, so they share its mapping), and datagrams to the gateway's public address are translated back, or
 dropped, when they arrive (a mapping may expire in flight). TCP: a dial from inside works,
 and the peer sees the gateway's public address and mapped port as ``remote_address``; a
 dial to a gateway's public address or to a private address from outside gets no answer:

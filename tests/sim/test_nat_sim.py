@@ -288,10 +288,6 @@ def test_the_public_nodes_link_follows_a_nat_rebinding(seed: int, mapping: Mappi
         assert moves == [AddressMoved(old, new)], f"expected one move {old} -> {new}: {moves}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the public node's path-MTU probes leave from its probe port, which the NATed host never "
-    "sent to: an address-and-port-dependent NAT filters them, so the public end never learns "
-    "the narrower path MTU and keeps the configured MTU (1376 over a 1400-byte path)"))
 @pytest.mark.parametrize("seed", [9])
 def test_the_public_end_finds_the_path_mtu_through_a_port_dependent_filter(seed: int) -> None:
     net = star(seed, [(EIM, APDF)])

@@ -304,3 +304,72 @@ def test_a_lossy_network_still_brings_the_link_up(seed: int) -> None:
         assert net.lost > 0, f"seed {seed}: nothing was lost"
 
     run_pair(scenario, loss=0.4, seed=seed)
+
+
+# --- hole punching: punch datagrams for the daemon, extra sockets, punched links --------------
+
+def test_punch_datagrams_wait_for_the_daemon_with_their_socket() -> None:
+    async def main() -> None:
+        net = MemoryNetwork(seed=3)
+        a = Host(0x0A0000000001, "a", net.udp((A_IP, PORT)), password=b"sesame", seed=3)
+        peer = net.udp((B_IP, PORT))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.run)
+            await trio.sleep(0)
+            extra = net.udp((A_IP, 41000))
+            a.engine.adopt_socket(7, extra)
+            punch = b"\x02\x01" + bytes(30)  # the punch family's first byte: not a sleeve datagram
+            peer.sendto(punch, (A_IP, PORT))
+            peer.sendto(punch + b"x", (A_IP, 41000))
+            await eventually("both queued", lambda: len(a.engine._punch_inbox) == 2)
+            assert sorted(a.engine.take_punch(), key=lambda t: t[2]) == [
+                (punch, (B_IP, PORT), 0), (punch + b"x", (B_IP, PORT), 7)]
+            assert a.engine.take_punch() == []
+            # the daemon's answers leave from the socket it names
+            a.engine.send_punch(b"\x02reply", (B_IP, PORT), 7)
+            assert peer.inbox.take() == (b"\x02reply", (A_IP, 41000))
+            a.engine.send_punch(b"\x02lost", (B_IP, PORT), 8)
+            assert a.engine.drops == {"no such socket": 1}
+            a.engine.release_socket(7)
+            peer.sendto(punch, (A_IP, 41000))
+            await trio.sleep(1)
+            assert a.engine.take_punch() == [] and extra.inbox.closed
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@pytest.mark.parametrize("password", [b"sesame", None], ids=["encrypted", "plain"])
+def test_a_punched_link_runs_from_its_extra_socket_and_never_on_the_fast_path(
+        password: bytes | None) -> None:
+    async def main() -> None:
+        net = MemoryNetwork(seed=4)
+        a = Host(0x0A0000000001, "a", net.udp((A_IP, PORT)), password=password, seed=4)
+        b = Host(0x0B0000000002, "b", net.udp((B_IP, PORT)), password=password, seed=104)
+        a.other, b.other = b, a
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.run)
+            nursery.start_soon(b.run)
+            await trio.sleep(0)
+            a.engine.adopt_socket(3, net.udp((A_IP, 41000)))
+            # both ends know the punched path: A sends from its socket 3 to B's main one
+            a.engine.punched_path(1, (B_IP, PORT), 3)
+            b.engine.punched_path(1, (A_IP, 41000))
+            now = trio.current_time()
+            a.mesh.connection_made(1, outbound=True, remote_address=f"{B_IP}:{PORT}",
+                                   target=None, now=now)
+            b.mesh.connection_made(1, outbound=False, remote_address=f"{A_IP}:41000",
+                                   target=None, now=now)
+            a.poke()
+            b.poke()
+            await eventually("established", lambda: established(a, b))
+            assert b.sleeve()["udp_address"] == f"{A_IP}:41000"
+            assert a.sleeve()["punched"] and b.sleeve()["punched"]
+            assert a.engine.sockets_in_use() == {3}
+            await crosses(a, b, b"through the punched path", b"\xff" * 6, MAC_A)
+            await crosses(b, a, b"and back", MAC_A, MAC_B)
+            if password is None:   # eligible for the fast path, were it not punched
+                assert "through NAT" in a.connection()["overlay_reason"]
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -451,3 +451,25 @@ def test_dns_server_counts_queries_by_result(tmp_path: Path) -> None:
 
     assert trio.run(main) == {"answered": 2, "nodata": 1, "nxdomain": 1, "refused": 0,
                               "error": 1, "forwarded": 0, "servfail": 1, "dropped": 1}
+
+
+def test_hole_punching_families() -> None:
+    report = copy.deepcopy(REPORT)
+    report["router"]["punch"] = {
+        "mapping": "easy", "attempts": 3, "probes_sent": 120, "punched_connections": 1,
+        "outcomes": {"direct": 2, "failed": 1},
+        "drops": {"authentication": 4, "offer rate limited": 1},
+        "relayed": {"02:00:00:00:00:04(h4)": {"via": "02:00:00:00:00:02(host2)"}},
+    }
+    samples, types = parse(exposition(Snapshot(report)))
+    assert value(samples, "weft_punch_attempts_total") == 3
+    assert value(samples, "weft_punch_probes_sent_total") == 120
+    assert value(samples, "weft_punch_outcomes_total", outcome="direct") == 2
+    assert value(samples, "weft_punch_outcomes_total", outcome="failed") == 1
+    assert value(samples, "weft_punch_drops_total", reason="authentication") == 4
+    assert value(samples, "weft_punch_relayed_peers") == 1
+    assert value(samples, "weft_punch_connections") == 1
+    assert types["weft_punch_outcomes"] == "counter" and types["weft_punch_relayed_peers"] == "gauge"
+    # without hole punching (no discovery) the families are absent
+    samples, _ = parse(exposition(Snapshot(REPORT)))
+    assert not any(name.startswith("weft_punch") for name, _ in samples)

@@ -343,3 +343,35 @@ def test_ps_is_aligned_on_the_longest_container_name() -> None:
     assert render_ps([]) == ""
     with pytest.raises(LocalProtocolError, match="container list is malformed: missing 'mac'"):
         render_ps([{"container": "c1", "cidrs": []}])
+
+
+PUNCH = {
+    "candidates": {"host": ["172.20.2.2:6783"], "reflexive": {"02:00:00:00:00:01": "203.0.113.2:6783"}},
+    "mapping": "easy", "attempts": 2, "outcomes": {"direct": 1, "failed": 1}, "drops": {},
+    "probes_sent": 12, "punched_connections": 1,
+    "relayed": {"02:00:00:00:00:04(h4)": {"via": "02:00:00:00:00:01(host1)", "state": "relayed",
+                                          "reason": "both behind symmetric NATs", "retry_in": 39.6}},
+}
+
+
+def test_connections_show_punched_paths_and_relayed_peers() -> None:
+    report = copy.deepcopy(REPORT)
+    report["router"]["connections"] = [
+        _conn("203.0.113.3:6783", "established", how="punched (reflexive candidate)",
+              peer={"name": "02:00:00:00:00:03", "nickname": "h3"}, encrypted=True,
+              overlay="sleeve", overlay_reason="encrypted sleeve", mtu=1376),
+        _conn("10.0.0.1:6783", "established", how="dialled",
+              peer={"name": "02:00:00:00:00:01", "nickname": "host1"}, encrypted=True,
+              overlay="sleeve", overlay_reason="encrypted sleeve", mtu=1376),
+    ]
+    report["router"]["punch"] = PUNCH
+    assert render_status(report, "connections") == (
+        "-> 203.0.113.3:6783      established sleeve 02:00:00:00:00:03(h3)    encrypted mtu=1376 "
+        "punched (reflexive candidate) (encrypted sleeve)\n"
+        "-> 10.0.0.1:6783         established sleeve 02:00:00:00:00:01(host1) encrypted mtu=1376 "
+        "(encrypted sleeve)\n"
+        ".. 02:00:00:00:00:04(h4) relayed     via 02:00:00:00:00:01(host1); both behind "
+        "symmetric NATs; next try in 40s\n"
+    )
+    assert "   NATTraversal: enabled, mapping easy, 1 punched, 1 relayed\n" in render_status(
+        report, None)
