@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from weftnet.router.tools.namespaces import run_ip
 from weftnet.router.tools.testbed import Nat, Testbed
 
 from .weftctl import bulk_tcp, established, launch, logs_on_failure, report, wait_for
@@ -235,3 +236,26 @@ def test_unencrypted_punched_pair_stays_on_sleeve_and_forged_probes_are_counted(
         wait_for("h1 to count the forged probes", lambda: counted() >= 50, timeout=10)
         assert established(report(tb, "h1")) == {"h2", "h3"}
         assert "h3" in established(report(tb, "h2"))
+
+
+def test_a_private_path_beside_the_nats_is_preferred(natted: Testbed) -> None:
+    """h2 and h3 also share a private network (two VMs of one cloud network, each with its
+    own way out through NAT): their host candidates include the private addresses, and the
+    private path wins over the one through both NATs."""
+    tb = natted
+    n2, n3 = tb.ns("h2"), tb.ns("h3")
+    run_ip("-n", n2, "link", "add", "vpc", "type", "veth", "peer", "name", "vpc", "netns", n3)
+    for ns, ip in ((n2, "192.168.77.2"), (n3, "192.168.77.3")):
+        run_ip("-n", ns, "addr", "add", f"{ip}/24", "dev", "vpc")
+        run_ip("-n", ns, "link", "set", "vpc", "up")
+    with logs_on_failure(tb, HOSTS):
+        mesh_through_h1(tb)
+        wait_for("h2 and h3 to punch a direct path",
+                 lambda: "h3" in established(report(tb, "h2")), timeout=40)
+        h2_how = how(tb, "h2", "h3")
+        conn = next(c for c in report(tb, "h2")["router"]["connections"]
+                    if c["peer"] and c["peer"]["nickname"] == "h3")
+        print(f"\nh2 -> h3: {h2_how} at {conn['sleeve']['udp_address']}")
+        assert h2_how == "punched (host candidate)", h2_how
+        assert conn["sleeve"]["udp_address"].startswith("192.168.77."), conn
+        assert "172.20.2.2:6783" in punch_report(tb, "h2")["candidates"]["host"]
