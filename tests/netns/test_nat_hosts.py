@@ -69,6 +69,9 @@ def natted(testbed_factory: Any) -> Testbed:
 
 def test_natted_pair_punches_a_direct_path_that_outlives_the_introducer(natted: Testbed) -> None:
     tb = natted
+    # mappings that expire after 8 s idle (30 s / 120 s by default): the keepalives must beat them
+    for host in ("h2", "h3"):
+        tb.nat_timeouts(host, udp=8, udp_stream=8)
     with logs_on_failure(tb, HOSTS):
         started = mesh_through_h1(tb)
         wait_for("h2 and h3 to punch a direct path",
@@ -104,7 +107,7 @@ def test_natted_pair_punches_a_direct_path_that_outlives_the_introducer(natted: 
         # h1 was only the introducer: stopped, the NATed pair still talk over the punched path
         tb.weft("h1", "stop")
         wait_for("h2 to lose h1", lambda: "h1" not in established(report(tb, "h2")), timeout=30)
-        time.sleep(20)  # beyond every liveness timeout (control 15 s, link 10 s)
+        time.sleep(20)  # beyond every liveness timeout (control 15 s, link 10 s) and the NATs' 8 s
         assert "h3" in established(report(tb, "h2"))
         assert "h2" in established(report(tb, "h3"))
         assert tb.ping("c2", "10.2.1.3") and tb.ping("c3", "10.2.1.2")
