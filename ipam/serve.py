@@ -14,7 +14,7 @@ gets the same answer, not a second grant (``Allocator._answer``).
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 from weftnet.proto.peername import PeerName
 
@@ -50,7 +50,7 @@ def serve_space(st: IpamState, src: PeerName, msg: RequestSpace) -> Donation | R
     return Donation(msg.req, update)
 
 
-def _overlaps(net: IPv4Network, lo: int, hi: int) -> bool:
+def _overlaps(net: IPv4Network | IPv6Network, lo: int, hi: int) -> bool:
     start = int(net.network_address)
     return start < hi and lo < start + net.num_addresses
 
