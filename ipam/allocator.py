@@ -78,7 +78,7 @@ from .mode import ConsensusInit, InitMode, SeedInit
 from .persist import PersistedState, restore, state_of
 from .release import RELEASE_GRACE, Releases, check_grace
 from .ring import NO_RING, Ring, RingUpdate, digest_of_update
-from .serve import serve_claim, serve_space
+from .serve import UNSEEDED_REASON, serve_claim, serve_space
 from .space import Space
 from .state import IpamState, Op, Orphan
 from .status import describe_status, why_waiting
@@ -103,6 +103,12 @@ class _Req:
     until: float
     kind: str                 # "space" | "claim" | "orphan"
     key: Any                  # (lo, hi) for space, op_id for claim, addr for orphan
+
+
+def _retriable(reason: str) -> bool:
+    """A donor's refusal worth asking again soon: it holds its space while rings merge, or
+    it has not heard of the ring yet (it was seeded a moment ago, its gossip is on its way)."""
+    return reason.startswith(HOLD_REASON) or reason == UNSEEDED_REASON
 
 
 class Allocator:
@@ -646,10 +652,10 @@ class Allocator:
         if any(r.kind == "space" and r.key == (lo, hi) for r in self._reqs.values()):
             return
         donor = self._choose_donor(lo, hi, op.asked)
-        if donor is None and any(r.startswith(HOLD_REASON) for r in op.asked.values()):
+        if donor is None and any(_retriable(r) for r in op.asked.values()):
             if now < op.retry_at:
                 return  # donors hold their space while rings merge: ask again soon
-            op.asked = {p: r for p, r in op.asked.items() if not r.startswith(HOLD_REASON)}
+            op.asked = {p: r for p, r in op.asked.items() if not _retriable(r)}
             donor = self._choose_donor(lo, hi, op.asked)
         if donor is None:
             if not self.state.ring.covers(lo, hi):
@@ -686,7 +692,7 @@ class Allocator:
             for op in st.ops.values():
                 if op.addr is None and self._net_bounds(op.net)[:2] == (lo, hi):
                     op.asked[req.peer] = reason
-                    if reason.startswith(HOLD_REASON):
+                    if _retriable(reason):
                         op.retry_at = st.now + HOLD_RETRY
         elif req.kind == "claim":
             claim = st.ops.get(req.key)
