@@ -33,6 +33,10 @@ holds no entries. The id, not the names, rides in every update, so a delta stays
 however many peers seeded the ring.
 
 The digest is an XOR of per-entry hashes kept up to date on every store (O(1) compare).
+
+Positions are plain integers: an IPv4 universe lies below 2^32, an IPv6 one (a second ring,
+``--ipalloc-range-v6``) anywhere below 2^128; nothing here depends on the width but the
+hash keys, which switch to a wide form only when a value passes 64 bits.
 """
 
 from __future__ import annotations

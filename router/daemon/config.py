@@ -184,7 +184,8 @@ def _cidr_option(
             f"{option}: {text} has host bits set; did you mean {loose}?"
         ) from None
     if ipv4_only and net.version != 4:
-        raise LocalProtocolError(f"{option}: {text} is not an IPv4 range")
+        raise LocalProtocolError(f"{option}: {text} is not an IPv4 range (IPv6 IPAM: "
+                                 f"{option}-v6)")
     return net
 
 

@@ -228,3 +228,31 @@ def test_cni_add_returns_both_families_and_bad_input_is_one_line(tb: Testbed) ->
     bad = tb.run("h1", [sys.executable, "-m", "weftnet.router.programs.cli", "launch",
                         "--ipalloc-range-v6", "10.1.0.0/16"], check=False)
     assert bad.returncode != 0 and "--ipalloc-range-v6" in bad.stderr and "IPv6" in bad.stderr
+
+
+def test_expose_ipv6_nats_a_ula_and_routes_a_global_prefix(tb: Testbed) -> None:
+    ns = tb.add_container("c4")
+    out = tb.weft("h1", "attach", "net:fd32:7765:6674:4::/64", "--name", "c4", ns).stdout.split()
+    mine = ipaddress.ip_interface(out[0])
+    assert mine.network == ipaddress.ip_network("fd32:7765:6674:4::/64"), out
+
+    def forwarding() -> str:
+        return tb.run("h1", ["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).stdout.strip()
+
+    def table() -> str:
+        return tb.run("h1", ["nft", "list", "table", "ip6", "weft"], check=False).stdout
+
+    assert forwarding() == "0"
+    exposed = tb.weft("h1", "expose", "net:fd32:7765:6674:4::/64", "2001:db8:77::1/64").stdout.split()
+    assert exposed[1] == "2001:db8:77::1/64" and ipaddress.ip_interface(exposed[0]).network == mine.network
+    assert forwarding() == "1"
+    rules = table()
+    assert "masquerade" in rules and "fd32:7765:6674:4::/64" in rules
+    global_lines = [ln for ln in rules.splitlines() if "2001:db8:77::/64" in ln]
+    assert len(global_lines) == 2 and not any("masquerade" in ln for ln in global_lines), rules
+    assert "ip weft" not in rules
+    visible("h1 pings c4 over its exposed IPv6 address",
+            lambda: tb.run("h1", ["ping", "-6", "-n", "-c1", "-W1", str(mine.ip)],
+                           check=False).returncode == 0)
+    tb.weft("h1", "hide")
+    assert table() == "" and forwarding() == "0"
