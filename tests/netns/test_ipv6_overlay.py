@@ -185,6 +185,16 @@ def test_dual_stack_containers_across_fast_path_and_relay(tb: Testbed) -> None:
     assert ipv6["range"] == str(RANGE6) and ipv6["default_subnet"] == str(SUBNET6)
     assert "Range6" in tb.weft("h2", "status").stdout
 
+    # a restarted router puts back the IPv6 address a container lost meanwhile, and keeps
+    # its IPAM claim (ipam6.json)
+    tb.weft("h3", "stop")
+    tb.run("c3", ["ip", "-6", "addr", "flush", "dev", "ethwe", "scope", "global"])
+    assert global6(tb, "c3") == []
+    launch(tb, "h3", tb.address("h2"), password=None, extra=OPTIONS)
+    assert global6(tb, "c3") == [C3[1]]
+    assert report(tb, "h3")["ipam"]["ipv6"]["allocated"] == 1
+    visible("c1 pings c3 over IPv6 after h3's restart", lambda: ping6(tb, "c1", str(a3)))
+
     # detach: the addresses, the records and the IPAM addresses go
     held = report(tb, "h2")["ipam"]["ipv6"]["allocated"]
     tb.weft("h2", "detach", c2)
