@@ -271,16 +271,17 @@ class IpamDriver:
         alloc = self.alloc
         count = alloc.rmpeer(peer.strip(), trio.current_time())
         target = alloc.describe(alloc.resolve_peer(peer.strip()))
+        out: dict[str, Any] = {"taken": count, "peer": target}
         if self.alloc6 is not None:
             try:  # the peer may never have owned IPv6 space (or was launched without it)
-                count6 = self.alloc6.rmpeer(peer.strip(), trio.current_time())
+                out["taken_ipv6"] = self.alloc6.rmpeer(peer.strip(), trio.current_time())
             except LocalProtocolError as exc:
                 log.info("rmpeer: no IPv6 space taken from %s: %s", target, exc.reason)
             else:
-                log.info("rmpeer: %d IPv6 addresses taken over from %s", count6, target)
+                log.info("rmpeer: %d IPv6 addresses taken over from %s", out["taken_ipv6"], target)
         log.info("rmpeer: %d addresses taken over from %s", count, target)
         self._pump()
-        return {"taken": count, "peer": target}
+        return out
 
     def handoff(self) -> None:
         """``reset``: hand our space to a live peer (gossiped and sent before the Goodbye)."""

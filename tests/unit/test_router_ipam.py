@@ -320,3 +320,29 @@ def test_ipv6_ipam_is_off_by_default_and_round_trips_through_launch_args() -> No
     cfg = config_from_args(launch_ns("--ipalloc-range-v6", "fd32:7765:6674::/48",
                                      "--ipalloc-default-subnet-v6", "fd32:7765:6674:1::/64"))
     assert config_from_args(launch_ns(*config_to_args(cfg))) == cfg
+
+
+def test_rmpeer_covers_the_ipv6_ring_too(tmp_path: Path) -> None:
+    async def main() -> None:
+        seeds = f"seed={format_peer_name(ME)},{format_peer_name(PEER)}"
+        cfg = config_from_args(launch_ns("--nickname", "h1", "--data-dir", str(tmp_path),
+                                         "--ipalloc-init", seeds, "--ipalloc-range-v6", str(RANGE6)))
+        now = trio.current_time()
+        alloc = load_allocator(cfg, tmp_path / IPAM_FILE, ME, now, wall_offset=1e9, grace=30.0)
+        alloc6 = load_allocator(cfg, tmp_path / IPAM6_FILE, ME, now, wall_offset=1e9, grace=30.0,
+                                v6=True)
+        mesh = FakeMesh()
+        driver = IpamDriver(alloc, mesh, DataDir(tmp_path),  # type: ignore[arg-type]
+                            lambda: driver.pump(trio.current_time()), alloc6)
+        mesh.routes.reachable = {ME, PEER}
+        mesh.nicknames[PEER] = "h2"
+        driver.pump(trio.current_time())
+        assert alloc6.alive == {ME: "h1", PEER: "h2"}   # the same peers as the IPv4 ring
+        mesh.routes.reachable = {ME}
+        driver.pump(trio.current_time())
+        half6 = RANGE6.num_addresses // 2
+        assert driver.rmpeer("h2") == {"taken": 1 << 19, "peer": "h2", "taken_ipv6": half6}
+        assert alloc6.owned_ranges() == [(int(RANGE6.network_address),
+                                          int(RANGE6.network_address) + RANGE6.num_addresses)]
+
+    in_virtual_time(main)
