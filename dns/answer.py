@@ -6,16 +6,18 @@ regard to ASCII case, answers echo the question as asked)::
 
     question name                      condition                    reply
     ─────────────                      ─────────                    ─────
-    NAME under DOMAIN (or DOMAIN)      NAME has live addresses,     A records: every address,
-                                       qtype A or ANY               shuffled by ``rng``
+    NAME under DOMAIN (or DOMAIN)      NAME has live addresses      A records: every IPv4
+                                       of the family, qtype A,      address (AAAA: IPv6;
+                                       AAAA or ANY                  ANY: both), shuffled by
+                                                                    ``rng``
                                        NAME exists (has records,    NOERROR, no records
                                        is DOMAIN, or has names
                                        under it), other qtype
                                        otherwise                    NXDOMAIN
     a single label L                   L.DOMAIN exists              as for L.DOMAIN
                                        otherwise                    not ours (forward)
-    d.c.b.a.in-addr.arpa               a.b.c.d has live names,      PTR records, one per name
-                                       qtype PTR or ANY
+    d.c.b.a.in-addr.arpa, or the 32    the address has live names,  PTR records, one per name
+    nibbles of n...ip6.arpa            qtype PTR or ANY
                                        ... other qtype              NOERROR, no records
                                        no live names                not ours (forward)
     anything else, or a class          -                            not ours (forward)
@@ -46,6 +48,7 @@ from .codec import (
     NOERROR,
     NXDOMAIN,
     TYPE_A,
+    TYPE_AAAA,
     TYPE_ANY,
     TYPE_PTR,
     Query,
@@ -62,7 +65,7 @@ from .names import (
     labels_of,
     name_of_labels,
     normalize_domain,
-    packed_ipv4,
+    packed_address,
 )
 from .records import RecordStore
 
@@ -112,10 +115,14 @@ def answer(query_bytes: bytes, *, store: RecordStore, domain: str = DEFAULT_DOMA
     if not exists or name is None:
         return reply(query, NXDOMAIN, [], authoritative=True, limit=limit, udp_size=udp_size)
     records: list[bytes] = []
-    if query.qtype in (TYPE_A, TYPE_ANY):
+    if query.qtype in (TYPE_A, TYPE_AAAA, TYPE_ANY):
         addresses = list(store.lookup(name))
         rng.shuffle(addresses)
-        records = [a_record(packed_ipv4(a), ttl) for a in addresses]
+        packed = [packed_address(a) for a in addresses]
+        if query.qtype != TYPE_ANY:
+            size = 4 if query.qtype == TYPE_A else 16
+            packed = [p for p in packed if len(p) == size]
+        records = [a_record(p, ttl) for p in packed]
     return reply(query, NOERROR, records, authoritative=True, limit=limit, udp_size=udp_size)
 
 

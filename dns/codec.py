@@ -176,8 +176,10 @@ def encode_name(labels: tuple[bytes, ...]) -> bytes | None:
 
 
 def a_record(packed_address: bytes, ttl: int) -> bytes:
-    """An A record for the question's name (4-byte address)."""
-    return POINTER_TO_QUESTION + RR_HEAD.pack(TYPE_A, CLASS_IN, ttl, 4) + packed_address
+    """An A record for the question's name (4-byte address), or an AAAA record for a
+    16-byte one."""
+    rtype = TYPE_A if len(packed_address) == 4 else TYPE_AAAA
+    return POINTER_TO_QUESTION + RR_HEAD.pack(rtype, CLASS_IN, ttl, len(packed_address)) + packed_address
 
 
 def ptr_record(target: bytes, ttl: int) -> bytes:

@@ -62,7 +62,7 @@ Wire format (msgpack; ``encode_entries`` / ``decode_entries``)::
     entry   := [ hostname, address, container, origin, version, deleted_at ]
 
     hostname    str   canonical (lowercase, absolute), <= 254 chars
-    address     bin   4 bytes (IPv4)
+    address     bin   4 bytes (IPv4) or 16 bytes (IPv6)
     container   str   1 .. 1024 chars
     origin      uint  1 .. 2^48-1 (peer name)
     version     uint  1 .. 2^63-1
@@ -87,12 +87,13 @@ from weftnet.proto.framing import pack, unpack
 from weftnet.proto.peername import MAX_NAME, PeerName
 
 from .names import (
+    address_key,
+    address_of_packed,
     hostname_problem,
-    ipv4_of_packed,
-    is_canonical_ipv4,
+    is_canonical_address,
+    normalize_address,
     normalize_hostname,
-    normalize_ipv4,
-    packed_ipv4,
+    packed_address,
 )
 
 TOMBSTONE_TTL = 1800.0
@@ -142,7 +143,7 @@ class _Invalid(LocalProtocolError):
 
 
 def _address_problem(address: Any) -> str | None:
-    if not isinstance(address, str) or len(address) > 15 or not is_canonical_ipv4(address):
+    if not isinstance(address, str) or len(address) > 39 or not is_canonical_address(address):
         return "bad address"
     return None
 
@@ -177,7 +178,7 @@ def _stamp(now: float) -> int:
 
 
 def _to_wire(e: Entry) -> list[Any]:
-    return [e.hostname, packed_ipv4(e.address), e.container, e.origin, e.version, e.deleted_at]
+    return [e.hostname, packed_address(e.address), e.container, e.origin, e.version, e.deleted_at]
 
 
 def encode_entries(entries: Sequence[Entry]) -> bytes:
@@ -194,9 +195,9 @@ def _decode_entry(obj: Any) -> Entry:
     if not isinstance(obj, list) or len(obj) != 6:
         raise _malformed("entry is not a 6-array")
     hostname, address, container, origin, version, deleted_at = obj
-    if not isinstance(address, bytes) or len(address) != 4:
+    if not isinstance(address, bytes) or len(address) not in (4, 16):
         raise _malformed("bad address")
-    return Entry(hostname, ipv4_of_packed(address), container, origin, version, deleted_at)
+    return Entry(hostname, address_of_packed(address), container, origin, version, deleted_at)
 
 
 def decode_entries(data: bytes) -> list[Entry]:
@@ -298,7 +299,7 @@ class RecordStore:
             addrs = self._by_name.get(name)
             if not addrs:
                 return ()
-            cached = self._sorted[name] = tuple(sorted(addrs, key=packed_ipv4))
+            cached = self._sorted[name] = tuple(sorted(addrs, key=address_key))
         return cached
 
     def reverse(self, address: str) -> list[str]:
@@ -326,7 +327,7 @@ class RecordStore:
     def add(self, hostname: str, address: str, container: str, now: float) -> list[Entry]:
         """Claim ``hostname -> address`` for ``container``; returns the delta (empty if held)."""
         self._advance(now)
-        key = (normalize_hostname(hostname), normalize_ipv4(address), container, self.our_name)
+        key = (normalize_hostname(hostname), normalize_address(address), container, self.our_name)
         held = self._entries.get(key)
         if held is not None and not held.tombstone:
             return []
@@ -340,7 +341,7 @@ class RecordStore:
         if hostname is None and address is None and container is None:
             raise LocalProtocolError("remove needs a hostname, an address or a container")
         name = None if hostname is None else normalize_hostname(hostname)
-        addr = None if address is None else normalize_ipv4(address)
+        addr = None if address is None else normalize_address(address)
         return self._tombstone(now, lambda e: e.origin == self.our_name
                                and (name is None or e.hostname == name)
                                and (addr is None or e.address == addr)
@@ -358,7 +359,7 @@ class RecordStore:
     def reconcile(self, claims: Iterable[tuple[str, str, str]], now: float) -> list[Entry]:
         """Make our live entries exactly ``claims`` ((hostname, address, container) each)."""
         self._advance(now)
-        wanted = {(normalize_hostname(h), normalize_ipv4(a), c, self.our_name) for h, a, c in claims}
+        wanted = {(normalize_hostname(h), normalize_address(a), c, self.our_name) for h, a, c in claims}
         delta = self._tombstone(now, lambda e: e.origin == self.our_name and e.key not in wanted)
         for key in sorted(wanted):
             delta += self.add(key[0], key[1], key[2], now)

@@ -48,10 +48,10 @@ from weftnet.proto.peername import PeerName, format_peer_name
 from .gossip import DnsGossiper, Entries
 from .names import (
     DEFAULT_DOMAIN,
+    address_key,
     hostname_problem,
+    normalize_address,
     normalize_domain,
-    normalize_ipv4,
-    packed_ipv4,
     qualify,
 )
 from .records import MAX_CONTAINER, Entry, RecordStore
@@ -85,7 +85,7 @@ def parse_claims(obj: Any) -> list[Claim]:
         if hostname_problem(hostname) is not None or not 0 < len(container) <= MAX_CONTAINER:
             continue
         try:
-            out.append((hostname, normalize_ipv4(address), container))
+            out.append((hostname, normalize_address(address), container))
         except LocalProtocolError:
             continue
     return sorted(set(out))
@@ -167,7 +167,7 @@ class DnsService:
 
     def add(self, name: str, addresses: Iterable[str], container: str | None, now: float) -> int:
         """``dns-add``: ``name`` (qualified) for each address; EXTERN without a container."""
-        ips = [normalize_ipv4(a) for a in addresses]
+        ips = [normalize_address(a) for a in addresses]
         if not ips:
             raise LocalProtocolError("dns-add needs at least one address")
         return self.register(container or EXTERN, self.qualify(name), ips, now)
@@ -176,7 +176,7 @@ class DnsService:
                container: str | None = None) -> int:
         """``dns-remove``: our entries matching every criterion given (at least one)."""
         hostname = None if name is None else self.qualify(name)
-        ips = [normalize_ipv4(a) for a in addresses]
+        ips = [normalize_address(a) for a in addresses]
         if hostname is None and not ips and container is None:
             raise LocalProtocolError("dns-remove needs an address, a container or a name")
         delta: list[Entry] = []
@@ -234,6 +234,6 @@ class DnsService:
     def entries_report(self) -> list[dict[str, str]]:
         """The report's ``dns.entries``: live entries sorted by name, address, container."""
         entries = sorted(self.store.entries(),
-                         key=lambda e: (e.hostname, packed_ipv4(e.address), e.container, e.origin))
+                         key=lambda e: (e.hostname, address_key(e.address), e.container, e.origin))
         return [{"hostname": e.hostname, "address": e.address, "container": e.container,
                  "origin": format_peer_name(e.origin)} for e in entries]

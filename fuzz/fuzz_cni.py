@@ -45,10 +45,13 @@ CODES = {spec.ERR_INCOMPATIBLE_VERSION, spec.ERR_UNSUPPORTED_FIELD, spec.ERR_UNK
 class FakeRouter:
     """The router's API as the plugin sees it, agreeing to everything it is asked (attach
     gives the address asked for, or one of the subnet), every call recorded. ``up=False``:
-    nothing answers; ``refuse``: attach fails with that reason. tests/unit/test_cni.py
-    drives the plugin against it too."""
+    nothing answers; ``refuse``: attach fails with that reason; ``dual``: no ADDR gives an
+    IPv6 address too (--ipalloc-range-v6). tests/unit/test_cni.py drives the plugin
+    against it too."""
 
-    def __init__(self, *, up: bool = True, report: dict[str, Any] | None = None) -> None:
+    def __init__(self, *, up: bool = True, report: dict[str, Any] | None = None,
+                 dual: bool = False) -> None:
+        self.dual = dual
         self.where = "127.0.0.1:6784"
         self.up = up
         self.report = copy.deepcopy(REPORT if report is None else report)
@@ -71,8 +74,10 @@ class FakeRouter:
             specs = body["addresses"] or ["net:default"]
             assert all(isinstance(s, str) for s in specs), specs
             cidrs = ["10.32.0.5/12" if s.startswith("net:") else s for s in specs]
+            if self.dual and not body["addresses"]:
+                cidrs.append("fd32:7765:6674:1::5/64")
             for cidr in cidrs:
-                ipaddress.IPv4Interface(cidr)  # the plugin hands over only IP/LEN or net:
+                ipaddress.ip_interface(cidr)  # the plugin hands over only IP/LEN or net:
             self.attached[body["container"]] = {"container": body["container"], "mac": MAC,
                                                 "cidrs": cidrs,
                                                 "ifname": body.get("ifname", "ethwe")}
@@ -99,27 +104,25 @@ class FakeHost:
     def __init__(self, *, namespaces: Collection[str] | None = None,
                  bridge: tuple[str, ...] = ()) -> None:
         self.namespaces = namespaces
-        self.bridge = [ipaddress.IPv4Interface(b) for b in bridge]
-        self.table: list[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address | None]] = []
+        self.bridge = [ipaddress.ip_interface(b) for b in bridge]
+        self.table: list[cni.Route] = []
         self.iface: cni.Interface | None = cni.Interface(
             "eth0", MAC, True, (ipaddress.IPv4Interface("10.32.0.5/12"),))
 
     def netns_exists(self, path: str) -> bool:
         return "gone" not in path if self.namespaces is None else path in self.namespaces
 
-    def bridge_addresses(self) -> list[ipaddress.IPv4Interface]:
+    def bridge_addresses(self) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
         return list(self.bridge)
 
     def interface(self, netns: str, ifname: str) -> cni.Interface | None:
         return self.iface if self.iface is not None and self.iface.name == ifname else None
 
-    def routes(self, netns: str) -> list[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address | None]]:
+    def routes(self, netns: str) -> list[cni.Route]:
         return list(self.table)
 
-    def add_route(self, netns: str, ifname: str, dst: ipaddress.IPv4Network,
-                  gw: ipaddress.IPv4Address | None) -> None:
-        assert isinstance(dst, ipaddress.IPv4Network)
-        assert gw is None or isinstance(gw, ipaddress.IPv4Address)
+    def add_route(self, netns: str, ifname: str, dst: cni.Net, gw: cni.Addr | None) -> None:
+        assert gw is None or gw.version == dst.version
         self.table.append((dst, gw))
 
 

@@ -30,6 +30,7 @@ SEEDS = [
                     Entry("x.weft.local.", "10.32.0.9", "c9", ME, 1),
                     Entry("db.weft.local.", "10.32.0.3", "c3", OTHER, 3, int(NOW) + 10**9),
                     Entry("old.weft.local.", "10.32.0.4", "c4", OTHER, 3, 1)]),
+    encode_entries([Entry("six.weft.local.", "fd32::9", "c9", OTHER, 2)]),   # a 16-byte address
 ]
 
 

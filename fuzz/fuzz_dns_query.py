@@ -19,6 +19,7 @@ STORE.add("web.weft.local", "10.32.0.1", "c1", 0.0)
 STORE.add("a.b.weft.local", "10.32.0.2", "c2", 0.0)
 for _i in range(1, 41):
     STORE.add("big.weft.local", f"10.40.0.{_i}", "big", 0.0)
+STORE.add("web.weft.local", "fd32::1", "c1", 0.0)    # IPv6: AAAA and ip6.arpa PTR
 
 
 def _query(name: str, qtype: str = "A", edns: int | None = None) -> bytes:
@@ -34,6 +35,8 @@ SEEDS = [
     _query("web", "ANY"),
     _query("1.0.32.10.in-addr.arpa", "PTR"),
     _query("b.weft.local", "AAAA", 700),
+    _query("web.weft.local", "AAAA"),
+    _query("1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.2.3.d.f.ip6.arpa", "PTR"),
     _query("nope.weft.local", "MX"),
     _query("example.com"),
     b"\x00\x05\x00\x14" + _query("web.weft.local")[:-5],

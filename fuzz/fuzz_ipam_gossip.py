@@ -10,7 +10,7 @@ import random
 from ipaddress import IPv4Network
 
 from weftnet.ipam.allocator import Allocator
-from weftnet.ipam.codec import IpamGossip, decode_gossip, encode_gossip
+from weftnet.ipam.codec import LIMIT_V6, IpamGossip, decode_gossip, encode_gossip
 from weftnet.ipam.consensus import Claim
 from weftnet.ipam.mode import ConsensusInit, SeedInit
 from weftnet.ipam.ring import NO_RING, Entry, Ring, RingUpdate, ring_id_of
@@ -52,10 +52,18 @@ def _seeds() -> list[bytes]:
 OVERLAP = encode_gossip(IpamGossip(RingUpdate(START, START + 256, ring_id_of([ME, OTHER]), (
     Entry(START, START + 128, ME, 1, 128), Entry(START + 1, START + 200, OTHER, 2, 72),
     Entry(START + 200, START + 210, 0x0C, 2, 10), Entry(START + 210, START + 256, OTHER, 2, 46)))))
-SEEDS = _seeds() + [OVERLAP]
+WIDE = 1 << 100  # an IPv6 ring: values past 64 bits travel as byte strings
+WIDE_RING = Ring.seeded(WIDE, WIDE + (1 << 70), [ME, OTHER]).snapshot()
+SEEDS = _seeds() + [OVERLAP, encode_gossip(IpamGossip(WIDE_RING))]
 
 
 def test_one_input(data: bytes) -> None:
+    try:  # the IPv6 channel's decoder: wide values (9..17-byte strings) round-trip too
+        wide = decode_gossip(data, LIMIT_V6)
+    except RemoteProtocolError:
+        wide = None
+    if wide is not None:
+        assert decode_gossip(encode_gossip(wide), LIMIT_V6) == wide
     try:
         g = decode_gossip(data)
     except RemoteProtocolError:

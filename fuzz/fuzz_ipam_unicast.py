@@ -10,7 +10,16 @@ import random
 from ipaddress import IPv4Network
 
 from weftnet.ipam.allocator import Allocator
-from weftnet.ipam.codec import Donation, Refused, RequestClaim, RequestSpace, decode_unicast, encode_unicast
+from weftnet.ipam.codec import (
+    LIMIT_V6,
+    Donation,
+    Refused,
+    Released,
+    RequestClaim,
+    RequestSpace,
+    decode_unicast,
+    encode_unicast,
+)
 from weftnet.ipam.mode import SeedInit
 from weftnet.ipam.ring import Ring
 from weftnet.proto.errors import RemoteProtocolError
@@ -25,10 +34,17 @@ SEEDS = [
     encode_unicast(RequestClaim(3, START + 200, "c9")),
     encode_unicast(Donation(1, Ring.seeded(START, START + 256, [OTHER]).snapshot())),
     encode_unicast(Refused(1, "no free space")),
+    encode_unicast(Released(1 << 100)),     # an IPv6 ring's address (a wide byte string)
 ]
 
 
 def test_one_input(data: bytes) -> None:
+    try:  # the IPv6 channel's decoder: wide values (9..17-byte strings) round-trip too
+        wide = decode_unicast(data, LIMIT_V6)
+    except RemoteProtocolError:
+        wide = None
+    if wide is not None:
+        assert decode_unicast(encode_unicast(wide), LIMIT_V6) == wide
     a = Allocator(ME, "me", UNIVERSE, None, SeedInit((ME, OTHER)), 0.0, random.Random(1))
     a.peers_changed({OTHER: "other"}, 0.0)
     for i in range(3):

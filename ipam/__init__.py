@@ -25,7 +25,8 @@ Modules (each opens with its theory of operation)::
 
 The router's part (nothing here does I/O, reads a clock or draws its own randomness)::
 
-    alloc = Allocator(name, nickname, universe: IPv4Network, default_subnet: IPv4Network | None,
+    alloc = Allocator(name, nickname, universe: IPv4Network | IPv6Network,
+                      default_subnet: same family | None,
                       init: InitMode, now, rng: random.Random, timeout=30.0,
                       grace=RELEASE_GRACE (30 s; the router reads WEFT_IPAM_GRACE),
                       wall_offset=wall clock - now (persists release deadlines))
@@ -34,12 +35,12 @@ The router's part (nothing here does I/O, reads a clock or draws its own randomn
     mesh.register_channel(CHANNEL, IpamGossiper(alloc))
 
     inputs (API):  alloc.allocate(op_id, ident, subnet | None, now)         -> Result later
-                   alloc.claim(op_id, ident, IPv4Interface, now)           -> Result later
-                   alloc.free(ident, IPv4Address | None, now) -> int       (freed count;
+                   alloc.claim(op_id, ident, IPv4Interface | IPv6Interface, now) -> Result later
+                   alloc.free(ident, IPv4Address | IPv6Address | None, now) -> int (freed count;
                                   weft detach: at once, pending release or not)
                    alloc.container_died(ident, now) -> int   (its namespace is gone: freed
                                   after the grace period unless ident asks again first)
-                   alloc.lookup(ident) -> list[IPv4Interface]
+                   alloc.lookup(ident) -> list[IPv4Interface | IPv6Interface]
                    alloc.rmpeer(name_or_nickname, now) -> int               (addresses taken;
                                   LocalProtocolError if the peer is reachable or unknown)
                    alloc.handoff(now) -> (peer, addresses) | None          (weft reset)
@@ -59,7 +60,13 @@ The router's part (nothing here does I/O, reads a clock or draws its own randomn
         if (news := alloc.take_news()) is not None: mesh.gossip_news(CHANNEL, news)
         for dst, payload in alloc.messages_to_send(): mesh.gossip_unicast(CHANNEL, dst, payload, now)
         while (r := alloc.next_result()) is not None: answer op r.op_id with
-              r.address (IPv4Interface) or r.error (one line, says why and what to do)
+              r.address (an interface of the universe's family) or r.error (one line, says
+              why and what to do)
+
+IPv6 (``--ipalloc-range-v6``) is a second Allocator over a 128-bit universe, on channel
+``CHANNEL_V6`` ("ipam6"): the ring's integers are Python ints of any size; the codec
+carries values past 64 bits as byte strings (``codec``) and the decoders of that channel
+take ``limit=LIMIT_V6`` (``alloc.limit``); IPv4 rings' bytes and digests are unchanged.
 
 Every allocate/claim ends with a Result by ``now + timeout`` at the latest. ``ident`` is the
 container id (1..256 chars); allocation is idempotent per (ident, subnet).

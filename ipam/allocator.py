@@ -56,7 +56,7 @@ import random
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import Any
 
 from weftnet.proto.errors import LocalProtocolError, RemoteProtocolError
@@ -78,7 +78,7 @@ from .mode import ConsensusInit, InitMode, SeedInit
 from .persist import PersistedState, restore, state_of
 from .release import RELEASE_GRACE, Releases, check_grace
 from .ring import NO_RING, Ring, RingUpdate, digest_of_update
-from .serve import serve_claim, serve_space
+from .serve import UNSEEDED_REASON, serve_claim, serve_space
 from .space import Space
 from .state import IpamState, Op, Orphan
 from .status import describe_status, why_waiting
@@ -92,7 +92,7 @@ MAX_NOTES = 16            # problems and warnings kept for status
 @dataclass(frozen=True, slots=True)
 class Result:
     op_id: int
-    address: IPv4Interface | None
+    address: IPv4Interface | IPv6Interface | None
     error: str | None = None
 
 
@@ -105,15 +105,24 @@ class _Req:
     key: Any                  # (lo, hi) for space, op_id for claim, addr for orphan
 
 
+def _retriable(reason: str) -> bool:
+    """A donor's refusal worth asking again soon: it holds its space while rings merge, or
+    it has not heard of the ring yet (it was seeded a moment ago, its gossip is on its way)."""
+    return reason.startswith(HOLD_REASON) or reason == UNSEEDED_REASON
+
+
 class Allocator:
-    def __init__(self, name: PeerName, nickname: str, universe: IPv4Network,
-                 default_subnet: IPv4Network | None, init: InitMode, now: float,
+    def __init__(self, name: PeerName, nickname: str, universe: IPv4Network | IPv6Network,
+                 default_subnet: IPv4Network | IPv6Network | None, init: InitMode, now: float,
                  rng: random.Random, *, timeout: float = DEFAULT_TIMEOUT,
                  grace: float = RELEASE_GRACE, wall_offset: float = 0.0) -> None:
         """``grace``: seconds a vanished container keeps its addresses; ``wall_offset``:
         wall-clock time minus ``now`` (only to persist those deadlines across restarts)."""
         default_subnet = default_subnet or universe
-        if not default_subnet.subnet_of(universe):
+        if universe.version == 6 and int(universe.network_address) < 1 << 32:
+            raise LocalProtocolError(f"IPv6 range {universe} lies inside ::/96: give a real "
+                                     "IPv6 prefix (e.g. a ULA, fd00::/8)")
+        if default_subnet.version != universe.version or not default_subnet.subnet_of(universe):  # type: ignore[arg-type]
             raise LocalProtocolError(f"default subnet {default_subnet} is not inside the range {universe}")
         start = int(universe.network_address)
         quorum = init.quorum if isinstance(init, ConsensusInit) else 1 << 30
@@ -139,16 +148,18 @@ class Allocator:
 
     # --- API --------------------------------------------------------------------------------
 
-    def allocate(self, op_id: int, ident: str, subnet: IPv4Network | None, now: float) -> None:
+    def allocate(self, op_id: int, ident: str, subnet: IPv4Network | IPv6Network | None,
+                 now: float) -> None:
         """Allocate one address for ``ident`` in ``subnet`` (default: the default subnet);
         the answer comes as a Result with this ``op_id``. Idempotent per (ident, subnet)."""
         st = self.state
         self._tick(now)
         net = subnet or st.default_subnet
         problem = self._check_ident(op_id, ident)
-        if problem is None and not net.subnet_of(st.universe):
+        if problem is None and (net.version != st.universe.version
+                                or not net.subnet_of(st.universe)):  # type: ignore[arg-type]
             problem = f"subnet {net} is not inside the allocation range {st.universe}"
-        if problem is None and net.prefixlen > 30 and net != st.universe:
+        if problem is None and net.prefixlen > net.max_prefixlen - 2 and net != st.universe:
             problem = f"subnet {net} is too small to allocate from"
         if problem is not None:
             self._results.append(Result(op_id, None, problem))
@@ -157,7 +168,7 @@ class Allocator:
         st.ops[op_id] = Op(op_id, ident, net, None, now + self.timeout)
         self._process(now)
 
-    def claim(self, op_id: int, ident: str, addr: IPv4Interface, now: float) -> None:
+    def claim(self, op_id: int, ident: str, addr: IPv4Interface | IPv6Interface, now: float) -> None:
         """Record ``addr`` as ``ident``'s. Inside the range it must be ours, or granted by its
         owner, and not in use by another identifier; outside the range it is not managed."""
         self._tick(now)
@@ -172,7 +183,8 @@ class Allocator:
         self.state.ops[op_id] = Op(op_id, ident, addr.network, int(addr.ip), now + self.timeout)
         self._process(now)
 
-    def free(self, ident: str, addr: IPv4Address | None = None, now: float | None = None) -> int:
+    def free(self, ident: str, addr: IPv4Address | IPv6Address | None = None,
+             now: float | None = None) -> int:
         """Free ``addr`` (or every address) of ``ident``; pending operations of ``ident`` end.
         Returns how many addresses were freed."""
         st = self.state
@@ -218,7 +230,7 @@ class Allocator:
         if self.state.releases.cancel(ident):  # it came back within the grace period
             self.state.dirty = True
 
-    def lookup(self, ident: str) -> list[IPv4Interface]:
+    def lookup(self, ident: str) -> list[IPv4Interface | IPv6Interface]:
         return self.state.lookup(ident)
 
     def peers_changed(self, alive: Mapping[PeerName, str], now: float) -> None:
@@ -347,7 +359,7 @@ class Allocator:
         self._tick(now)
         st.stats["unicast_received"] += 1
         try:
-            msg = decode_unicast(payload)
+            msg = decode_unicast(payload, self.limit)
         except RemoteProtocolError:
             st.stats["bad_unicast"] += 1
             return
@@ -419,11 +431,16 @@ class Allocator:
     # The state others read (``state`` holds all of it; these are the common parts).
 
     @property
-    def universe(self) -> IPv4Network:
+    def universe(self) -> IPv4Network | IPv6Network:
         return self.state.universe
 
     @property
-    def default_subnet(self) -> IPv4Network:
+    def limit(self) -> int:
+        """What the codec accepts as a ring bound: 2^32 (IPv4) or 2^128 (IPv6)."""
+        return 1 << self.state.universe.max_prefixlen
+
+    @property
+    def default_subnet(self) -> IPv4Network | IPv6Network:
         return self.state.default_subnet
 
     @property
@@ -563,7 +580,7 @@ class Allocator:
             return "invalid identifier: 1 to 256 characters"
         return None
 
-    def _finish(self, op: Op, address: IPv4Interface | None, error: str | None) -> None:
+    def _finish(self, op: Op, address: IPv4Interface | IPv6Interface | None, error: str | None) -> None:
         del self.state.ops[op.op_id]
         self._results.append(Result(op.op_id, address, error))
 
@@ -598,10 +615,12 @@ class Allocator:
             else:
                 self._demand = True
 
-    def _net_bounds(self, net: IPv4Network) -> tuple[int, int, tuple[int, ...]]:
+    def _net_bounds(self, net: IPv4Network | IPv6Network) -> tuple[int, int, tuple[int, ...]]:
         lo = int(net.network_address)
         hi = lo + net.num_addresses
-        skip = (lo, hi - 1) if net.num_addresses > 2 else ()
+        # IPv4: never the network or broadcast address; IPv6 has no broadcast, but its
+        # all-zero host address is the subnet-router anycast address (RFC 4291 2.6.1)
+        skip = () if net.num_addresses <= 2 else (lo,) if net.version == 6 else (lo, hi - 1)
         return lo, hi, skip
 
     def _try_allocate(self, op: Op, now: float) -> None:
@@ -609,14 +628,14 @@ class Allocator:
         lo, hi, skip = self._net_bounds(op.net)
         for a in st.space.of(op.ident):
             if lo <= a < hi and st.prefix.get(a) == op.net.prefixlen:
-                self._finish(op, IPv4Interface((a, op.net.prefixlen)), None)
+                self._finish(op, self.state.iface_of(a, op.net.prefixlen), None)
                 return
         usable, on_hold = st.owned_within(lo, hi, now)
         for p, q in usable:
             found = st.space.lowest_free(p, q, skip)
             if found is not None:
                 self._take(found, op.ident, op.net.prefixlen)
-                self._finish(op, IPv4Interface((found, op.net.prefixlen)), None)
+                self._finish(op, self.state.iface_of(found, op.net.prefixlen), None)
                 return
         # free space on hold is ours after all: wait for the hold to end (a timer), ask nobody
         if not any(st.space.lowest_free(p, q, skip) is not None for p, q in on_hold):
@@ -633,10 +652,10 @@ class Allocator:
         if any(r.kind == "space" and r.key == (lo, hi) for r in self._reqs.values()):
             return
         donor = self._choose_donor(lo, hi, op.asked)
-        if donor is None and any(r.startswith(HOLD_REASON) for r in op.asked.values()):
+        if donor is None and any(_retriable(r) for r in op.asked.values()):
             if now < op.retry_at:
                 return  # donors hold their space while rings merge: ask again soon
-            op.asked = {p: r for p, r in op.asked.items() if not r.startswith(HOLD_REASON)}
+            op.asked = {p: r for p, r in op.asked.items() if not _retriable(r)}
             donor = self._choose_donor(lo, hi, op.asked)
         if donor is None:
             if not self.state.ring.covers(lo, hi):
@@ -673,14 +692,14 @@ class Allocator:
             for op in st.ops.values():
                 if op.addr is None and self._net_bounds(op.net)[:2] == (lo, hi):
                     op.asked[req.peer] = reason
-                    if reason.startswith(HOLD_REASON):
+                    if _retriable(reason):
                         op.retry_at = st.now + HOLD_RETRY
         elif req.kind == "claim":
             claim = st.ops.get(req.key)
             if claim is not None:
                 claim.asked[req.peer] = reason
                 if reason not in ("no reply", "unreachable") and not reason.startswith("not the owner"):
-                    self._finish(claim, None, f"claim of {IPv4Address(claim.addr or 0)} refused by "
+                    self._finish(claim, None, f"claim of {self.state.ip(claim.addr or 0)} refused by "
                                  f"{self.describe(req.peer)}: {reason}")
         elif req.kind == "orphan":
             orphan = st.orphans.get(req.key)
@@ -693,7 +712,7 @@ class Allocator:
         addr = op.addr
         assert addr is not None
         holder = st.space.holder(addr)
-        iface = IPv4Interface((addr, op.net.prefixlen))
+        iface = self.state.iface_of(addr, op.net.prefixlen)
         if holder is not None:
             if holder == op.ident:
                 self._finish(op, iface, None)

@@ -12,7 +12,8 @@ Gossip payload (msgpack array; DELTA/PERIODIC on channel "ipam")::
     | 1 | start | end | [n, tag] | [[tok,end,own,ver,free]] | [[node,pr,pp,ar,ap,v]]| [[..]] |
     +---+-------+-----+----------+--------------------------+-----------------------+--------+
 
-    start < end <= 2^32; start <= token < entry end <= end; owner/names 1..2^48-1;
+    start < end <= LIMIT (2^32 on channel "ipam", 2^128 on "ipam6", the IPv6 ring);
+    start <= token < entry end <= end; owner/names 1..2^48-1;
     version 1..2^63-1; free <= entry end - token; ring id (0, 0) = unseeded, which holds
     no entries, else n 1..65535 and tag 1..2^64-1; value_index 0 = no value, i = values[i-1]
     (every accepted claim carries a value; acceptors of one ballot share it, so each
@@ -30,6 +31,11 @@ Unicast payload (UNICAST on channel "ipam", from ``src`` to us)::
                                        (a refusal is a duplicate: both sides report it)
     [ 6, addr ]                        Released: we no longer use ``addr`` (a duplicate is
                                        settled: re-claim it now, or forget the conflict)
+
+Addresses, range bounds and free counts beyond 64 bits (IPv6 rings only; msgpack integers
+stop at 2^64 - 1) travel as a binary string: the value big-endian in 9..17 bytes, no leading
+zero byte (so every value has exactly one encoding). An IPv4 ring never has one, so its
+bytes are what they always were.
 
 Decoders validate every field's type and range and raise only RemoteProtocolError.
 Overlapping entries are *not* refused here: a peer's honest view may hold them after an
@@ -56,6 +62,8 @@ MAX_CLAIMS = 65535
 MAX_IDENT = 256
 MAX_REASON = 512
 MAX_REQ = (1 << 63) - 1
+LIMIT_V4 = 1 << 32
+LIMIT_V6 = 1 << 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +126,14 @@ Unicast = RequestSpace | Donation | Refused | RequestClaim | Released
 
 # --- encoding -------------------------------------------------------------------------------
 
-def ring_wire(ring: RingUpdate, claims: tuple[Claim, ...]) -> list[Any]:
+def _w(v: int) -> int | bytes:
+    """An integer msgpack can carry: as is below 2^64, else big-endian bytes (see above)."""
+    return v if v < 1 << 64 else v.to_bytes((v.bit_length() + 7) // 8, "big")
+
+
+def ring_wire(ring: RingUpdate, claims: tuple[Claim, ...], *, packable: bool = True) -> list[Any]:
+    """The gossip array; ``packable=False`` keeps wide integers as integers (for JSON)."""
+    w = _w if packable else int
     values: dict[tuple[PeerName, ...], int] = {}
     wire_claims = []
     for c in claims:
@@ -126,8 +141,8 @@ def ring_wire(ring: RingUpdate, claims: tuple[Claim, ...]) -> list[Any]:
         if c.value:
             index = values.setdefault(c.value, len(values) + 1)
         wire_claims.append([c.node, c.promise[0], c.promise[1], c.accepted[0], c.accepted[1], index])
-    return [FORMAT, ring.start, ring.end, list(ring.ring_id),
-            [[e.token, e.end, e.owner, e.version, e.free] for e in ring.entries],
+    return [FORMAT, w(ring.start), w(ring.end), list(ring.ring_id),
+            [[w(e.token), w(e.end), e.owner, e.version, w(e.free)] for e in ring.entries],
             wire_claims, [list(v) for v in values]]
 
 
@@ -137,14 +152,14 @@ def encode_gossip(g: IpamGossip) -> bytes:
 
 def encode_unicast(msg: Unicast) -> bytes:
     if isinstance(msg, RequestSpace):
-        return pack([1, msg.req, msg.start, msg.end])
+        return pack([1, msg.req, _w(msg.start), _w(msg.end)])
     if isinstance(msg, Donation):
         return pack([2, msg.req, ring_wire(msg.ring, ())])
     if isinstance(msg, Refused):
         return pack([3, msg.req, msg.reason[:MAX_REASON]])
     if isinstance(msg, Released):
-        return pack([6, msg.addr])
-    return pack([5 if msg.reclaim else 4, msg.req, msg.addr, msg.ident])
+        return pack([6, _w(msg.addr)])
+    return pack([5 if msg.reclaim else 4, msg.req, _w(msg.addr), msg.ident])
 
 
 # --- decoding -------------------------------------------------------------------------------
@@ -159,6 +174,15 @@ def _uint(v: Any, lo: int, hi: int, what: str) -> int:
     return v
 
 
+def _wide(v: Any, lo: int, hi: int, what: str) -> int:
+    """An address-sized integer: an int, or (beyond 64 bits) its canonical bytes."""
+    if type(v) is bytes:
+        if not 9 <= len(v) <= 17 or v[0] == 0:
+            raise _bad(what)
+        v = int.from_bytes(v, "big")
+    return _uint(v, lo, hi, what)
+
+
 def _names(v: Any, limit: int, what: str) -> tuple[PeerName, ...]:
     if not isinstance(v, list) or len(v) > limit:
         raise _bad(what)
@@ -169,15 +193,16 @@ def _names(v: Any, limit: int, what: str) -> tuple[PeerName, ...]:
     return tuple(v)
 
 
-def decode_ring_obj(obj: Any) -> tuple[RingUpdate, tuple[Claim, ...]]:
-    """Validate an already unpacked gossip array (also used for persisted state)."""
+def decode_ring_obj(obj: Any, limit: int = LIMIT_V4) -> tuple[RingUpdate, tuple[Claim, ...]]:
+    """Validate an already unpacked gossip array (also used for persisted state); ring
+    bounds at most ``limit`` (``LIMIT_V4`` or ``LIMIT_V6``)."""
     if not isinstance(obj, list) or len(obj) != 7:
         raise _bad("gossip is not a 7-array")
     fmt, start, end, rid, entries, claims, values = obj
     if fmt != FORMAT or type(fmt) is not int:
         raise _bad("unknown gossip format")
-    start = _uint(start, 0, (1 << 32) - 1, "range start")
-    end = _uint(end, start + 1, 1 << 32, "range end")
+    start = _wide(start, 0, limit - 1, "range start")
+    end = _wide(end, start + 1, limit, "range end")
     if not isinstance(rid, list) or len(rid) != 2:
         raise _bad("ring id")
     ring_id = (_uint(rid[0], 0, MAX_SEEDS, "ring id"), _uint(rid[1], 0, (1 << 64) - 1, "ring id"))
@@ -198,6 +223,10 @@ def decode_ring_obj(obj: Any) -> tuple[RingUpdate, tuple[Claim, ...]]:
         if type(item) is not list or len(item) != 5:
             raise _bad("entry is not a 5-array")
         token, e_end, owner, version, free = item
+        if limit > LIMIT_V4 and bytes in (type(token), type(e_end), type(free)):
+            token = _wide(token, 0, limit, "entry token")
+            e_end = _wide(e_end, 0, limit, "entry end")
+            free = _wide(free, 0, limit, "entry free count")
         if not (type(token) is int and type(e_end) is int and type(owner) is int
                 and type(version) is int and type(free) is int):
             raise _bad("entry field is not an integer")
@@ -235,24 +264,24 @@ def decode_ring_obj(obj: Any) -> tuple[RingUpdate, tuple[Claim, ...]]:
     return RingUpdate(start, end, ring_id, tuple(out)), tuple(cl)
 
 
-def decode_gossip(data: bytes) -> IpamGossip:
-    ring, claims = decode_ring_obj(unpack(data))
+def decode_gossip(data: bytes, limit: int = LIMIT_V4) -> IpamGossip:
+    ring, claims = decode_ring_obj(unpack(data), limit)
     return IpamGossip(ring, claims)
 
 
-def decode_unicast(data: bytes) -> Unicast:
+def decode_unicast(data: bytes, limit: int = LIMIT_V4) -> Unicast:
     obj = unpack(data)
     if not isinstance(obj, list) or not obj or type(obj[0]) is not int:
         raise _bad("not a typed array")
     tag = obj[0]
     if tag == 1 and len(obj) == 4:
         req = _uint(obj[1], 1, MAX_REQ, "request id")
-        start = _uint(obj[2], 0, (1 << 32) - 1, "space start")
-        end = _uint(obj[3], start + 1, 1 << 32, "space end")
+        start = _wide(obj[2], 0, limit - 1, "space start")
+        end = _wide(obj[3], start + 1, limit, "space end")
         return RequestSpace(req, start, end)
     if tag == 2 and len(obj) == 3:
         req = _uint(obj[1], 0, MAX_REQ, "request id")
-        ring, claims = decode_ring_obj(obj[2])
+        ring, claims = decode_ring_obj(obj[2], limit)
         if claims or ring.ring_id == NO_RING:
             raise _bad("donation with claims or without a seeded ring")
         return Donation(req, ring)
@@ -263,10 +292,10 @@ def decode_unicast(data: bytes) -> Unicast:
         return Refused(req, obj[2])
     if tag in (4, 5) and len(obj) == 4:
         req = _uint(obj[1], 1, MAX_REQ, "request id")
-        addr = _uint(obj[2], 0, (1 << 32) - 1, "claimed address")
+        addr = _wide(obj[2], 0, limit - 1, "claimed address")
         if not isinstance(obj[3], str) or not 0 < len(obj[3]) <= MAX_IDENT:
             raise _bad("claim identifier")
         return RequestClaim(req, addr, obj[3], tag == 5)
     if tag == 6 and len(obj) == 2:
-        return Released(_uint(obj[1], 0, (1 << 32) - 1, "released address"))
+        return Released(_wide(obj[1], 0, limit - 1, "released address"))
     raise _bad(f"unknown type {tag} or wrong arity")

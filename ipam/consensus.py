@@ -85,7 +85,10 @@ def digest_of_claims(start: int, end: int, claims: Iterable[Claim]) -> bytes:
 
 
 def _finish_digest(start: int, end: int, acc: int) -> bytes:
-    head = hashlib.blake2b(struct.pack(">QQ", start, end), digest_size=16, person=b"claims").digest()
+    # an IPv6 range's bounds pass 64 bits: then 17 bytes each (IPv4 digests stay as they were)
+    raw = (struct.pack(">QQ", start, end) if end < 1 << 64
+           else b"\xff" + start.to_bytes(17, "big") + end.to_bytes(17, "big"))
+    head = hashlib.blake2b(raw, digest_size=16, person=b"claims").digest()
     return (acc ^ int.from_bytes(head, "big")).to_bytes(16, "big")
 
 

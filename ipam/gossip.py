@@ -29,6 +29,7 @@ from .allocator import Allocator
 from .codec import IpamGossip, decode_gossip
 
 CHANNEL = "ipam"
+CHANNEL_V6 = "ipam6"   # the IPv6 ring (--ipalloc-range-v6): a second Allocator, its own channel
 
 
 class IpamGossiper:
@@ -36,7 +37,7 @@ class IpamGossiper:
         self.allocator = allocator
 
     def decode(self, payload: bytes) -> GossipData:
-        return decode_gossip(payload)
+        return decode_gossip(payload, self.allocator.limit)
 
     def on_gossip(self, data: GossipData, now: float) -> GossipData | None:
         assert isinstance(data, IpamGossip)

@@ -30,13 +30,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_interface, ip_network
 from typing import Any
 
 from weftnet.proto.errors import LocalProtocolError, RemoteProtocolError
 from weftnet.proto.peername import MAX_NAME, PeerName, format_peer_name, parse_peer_name
 
-from .codec import decode_ring_obj, ring_wire
+from .codec import LIMIT_V4, LIMIT_V6, decode_ring_obj, ring_wire
 from .consensus import Claim
 from .ring import NO_RING, RingUpdate
 from .state import IpamState
@@ -54,10 +54,10 @@ class StateError(RemoteProtocolError):
 @dataclass(frozen=True, slots=True)
 class PersistedState:
     peer: PeerName
-    universe: IPv4Network
+    universe: IPv4Network | IPv6Network
     ring: RingUpdate
     claim: Claim | None
-    allocations: tuple[tuple[IPv4Interface, str], ...]
+    allocations: tuple[tuple[IPv4Interface | IPv6Interface, str], ...]
     nicknames: tuple[tuple[PeerName, str], ...]
     releasing: tuple[tuple[str, float], ...] = ()   # identifier, wall-clock deadline
 
@@ -81,13 +81,13 @@ def parse_state(obj: Any) -> PersistedState:
         raise StateError("ipam state: unknown format")
     try:
         peer = parse_peer_name(obj["peer"]) if isinstance(obj.get("peer"), str) else 0
-        universe = IPv4Network(obj["range"]) if isinstance(obj.get("range"), str) else None
+        universe = ip_network(obj["range"]) if isinstance(obj.get("range"), str) else None
     except (ValueError, LocalProtocolError) as exc:
         raise StateError(f"ipam state: bad peer name or range ({type(exc).__name__})") from None
     if not peer or universe is None:
         raise StateError("ipam state: missing peer or range")
     try:
-        ring, claims = decode_ring_obj(obj.get("ring"))
+        ring, claims = decode_ring_obj(obj.get("ring"), LIMIT_V6 if universe.version == 6 else LIMIT_V4)
     except RemoteProtocolError as exc:
         raise StateError(f"ipam state: ring: {exc.reason}") from None
     start = int(universe.network_address)
@@ -98,16 +98,18 @@ def parse_state(obj: Any) -> PersistedState:
     allocs = obj.get("allocations")
     if not isinstance(allocs, list) or len(allocs) > MAX_ALLOCATIONS:
         raise StateError("ipam state: allocations")
-    out: list[tuple[IPv4Interface, str]] = []
+    out: list[tuple[IPv4Interface | IPv6Interface, str]] = []
     seen: set[int] = set()
     for item in allocs:
         if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str)
                 or not isinstance(item[1], str) or not 0 < len(item[1]) <= 256):
             raise StateError("ipam state: allocation entry")
         try:
-            iface = IPv4Interface(item[0])
+            iface = ip_interface(item[0])
         except ValueError:
             raise StateError("ipam state: allocation address") from None
+        if iface.version != universe.version:
+            raise StateError("ipam state: allocation address of the other family")
         if int(iface.ip) in seen:
             raise StateError("ipam state: address allocated twice")
         seen.add(int(iface.ip))
@@ -151,7 +153,7 @@ def state_of(st: IpamState) -> dict[str, Any]:
         "format": FORMAT,
         "peer": format_peer_name(st.name),
         "range": str(st.universe),
-        "ring": ring_wire(st.ring.snapshot(), (claim,) if claim is not None else ()),
+        "ring": ring_wire(st.ring.snapshot(), (claim,) if claim is not None else (), packable=False),
         "allocations": [[str(st.iface(addr)), ident] for addr, ident in st.space.items()],
         "releasing": st.releases.to_wall(st.wall_offset),
         "nicknames": [[n, st.nicknames[n]] for n in sorted(st.nicknames)],

@@ -33,6 +33,10 @@ holds no entries. The id, not the names, rides in every update, so a delta stays
 however many peers seeded the ring.
 
 The digest is an XOR of per-entry hashes kept up to date on every store (O(1) compare).
+
+Positions are plain integers: an IPv4 universe lies below 2^32, an IPv6 one (a second ring,
+``--ipalloc-range-v6``) anywhere below 2^128; nothing here depends on the width but the
+hash keys, which switch to a wide form only when a value passes 64 bits.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ MAX_SEEDS = 65535
 RingId = tuple[int, int]  # (number of seed peers, hash of their names)
 NO_RING: RingId = (0, 0)
 DIGEST_SIZE = 16
-_ENTRY_KEY = struct.Struct(">QQQQQ")
+MAX_END = 1 << 128       # an IPv6 range; IPv4 ranges end at or below 1 << 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,13 +114,22 @@ def ring_id_of(seeds: Sequence[PeerName]) -> RingId:
     return (len(names), tag or 1)
 
 
+def _pack_wide(*values: int) -> bytes:
+    """Big-endian 64-bit words (what IPv4 rings always hash, so their digests never
+    change); a value of an IPv6 ring beyond 64 bits switches the whole key to a tagged
+    17-byte-per-value form, which no all-64-bit key can collide with by length."""
+    if all(v < 1 << 64 for v in values):
+        return struct.pack(f">{len(values)}Q", *values)
+    return b"\xff" + b"".join(v.to_bytes(17, "big") for v in values)
+
+
 def _entry_hash(e: Entry) -> int:
-    raw = _ENTRY_KEY.pack(e.token, e.end, e.owner, e.version, e.free)
+    raw = _pack_wide(e.token, e.end, e.owner, e.version, e.free)
     return int.from_bytes(hashlib.blake2b(raw, digest_size=DIGEST_SIZE).digest(), "big")
 
 
 def _ident_hash(start: int, end: int, ring_id: RingId) -> int:
-    raw = struct.pack(">QQQQ", start, end, *ring_id)
+    raw = _pack_wide(start, end, *ring_id)
     return int.from_bytes(hashlib.blake2b(raw, digest_size=DIGEST_SIZE, person=b"ring").digest(), "big")
 
 
@@ -157,7 +170,7 @@ class Ring:
 
     def __init__(self, start: int, end: int, ring_id: RingId = NO_RING,
                  entries: Iterable[Entry] = ()) -> None:
-        if not 0 <= start < end <= 1 << 32:
+        if not 0 <= start < end <= MAX_END:
             raise LocalProtocolError(f"invalid ring range [{start}, {end})")
         self.start = start
         self.end = end

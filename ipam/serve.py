@@ -14,7 +14,7 @@ gets the same answer, not a second grant (``Allocator._answer``).
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 from weftnet.proto.peername import PeerName
 
@@ -23,11 +23,13 @@ from .merge import HOLD_REASON
 from .ring import RingUpdate
 from .state import IpamState
 
+UNSEEDED_REASON = "the ring is not seeded here yet"   # the asker retries (the ring is on its way)
+
 
 def serve_space(st: IpamState, src: PeerName, msg: RequestSpace) -> Donation | Refused:
     """The answer to ``src``'s request for space (a Donation granting it, or why not)."""
     if not st.ring.seeded_yet:
-        return Refused(msg.req, "the ring is not seeded here yet")
+        return Refused(msg.req, UNSEEDED_REASON)
     hold = Refused(msg.req, f"{HOLD_REASON}: {st.nickname} holds its free space there "
                             "until the peers of a ring that met ours have re-claimed theirs")
     if any(op.addr is None and _overlaps(op.net, msg.start, msg.end) for op in st.ops.values()):
@@ -50,7 +52,7 @@ def serve_space(st: IpamState, src: PeerName, msg: RequestSpace) -> Donation | R
     return Donation(msg.req, update)
 
 
-def _overlaps(net: IPv4Network, lo: int, hi: int) -> bool:
+def _overlaps(net: IPv4Network | IPv6Network, lo: int, hi: int) -> bool:
     start = int(net.network_address)
     return start < hi and lo < start + net.num_addresses
 

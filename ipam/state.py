@@ -17,7 +17,7 @@ them needs. ``dirty`` and ``touched`` are the helpers' way of telling the alloca
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.proto.peername import PeerName, format_peer_name, parse_peer_name
@@ -36,7 +36,7 @@ class Op:
 
     op_id: int
     ident: str
-    net: IPv4Network
+    net: IPv4Network | IPv6Network
     addr: int | None          # a claim's address; None for an allocation
     deadline: float
     asked: dict[PeerName, str] = field(default_factory=dict)
@@ -63,8 +63,8 @@ def _counters() -> dict[str, int]:
 class IpamState:
     name: PeerName
     nickname: str
-    universe: IPv4Network
-    default_subnet: IPv4Network
+    universe: IPv4Network | IPv6Network
+    default_subnet: IPv4Network | IPv6Network
     init: InitMode
     now: float                # the latest ``now`` any input carried
     grace: float              # seconds a vanished container keeps its addresses
@@ -93,14 +93,22 @@ class IpamState:
     def end(self) -> int:
         return self.ring.end
 
-    def iface(self, addr: int) -> IPv4Interface:
-        """An address in use, with the prefix length it was handed out with."""
-        return IPv4Interface((addr, self.prefix.get(addr, self.universe.prefixlen)))
+    def ip(self, addr: int) -> IPv4Address | IPv6Address:
+        """An address of the universe's family (the ring's integers carry no family)."""
+        return IPv6Address(addr) if self.universe.version == 6 else IPv4Address(addr)
 
-    def lookup(self, ident: str) -> list[IPv4Interface]:
+    def iface_of(self, addr: int, prefixlen: int) -> IPv4Interface | IPv6Interface:
+        return (IPv6Interface((addr, prefixlen)) if self.universe.version == 6
+                else IPv4Interface((addr, prefixlen)))
+
+    def iface(self, addr: int) -> IPv4Interface | IPv6Interface:
+        """An address in use, with the prefix length it was handed out with."""
+        return self.iface_of(addr, self.prefix.get(addr, self.universe.prefixlen))
+
+    def lookup(self, ident: str) -> list[IPv4Interface | IPv6Interface]:
         return [self.iface(a) for a in self.space.of(ident)]
 
-    def releasing(self) -> list[tuple[str, list[IPv4Interface], float]]:
+    def releasing(self) -> list[tuple[str, list[IPv4Interface | IPv6Interface], float]]:
         """(identifier, addresses, when they are freed) of vanished containers, soonest first."""
         return [(ident, self.lookup(ident), at) for ident, at in self.releases.items()]
 

@@ -10,7 +10,7 @@ about to be freed.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from ipaddress import IPv4Address, summarize_address_range
+from ipaddress import IPv4Address, IPv6Address, summarize_address_range
 from typing import Any
 
 from weftnet.proto.peername import PeerName, format_peer_name
@@ -23,9 +23,15 @@ from .state import IpamState, Op
 DUPLICATE_FIX = "detach one of them (the other keeps the address)"
 
 
+def _ip(addr: int) -> IPv4Address | IPv6Address:
+    # an IPv6 ring lies above 2^32 (the Allocator refuses IPv6 ranges inside ::/96)
+    return IPv4Address(addr) if addr < 1 << 32 else IPv6Address(addr)
+
+
 def _cidr(lo: int, hi: int) -> str:
-    nets = list(summarize_address_range(IPv4Address(lo), IPv4Address(hi - 1)))
-    return str(nets[0]) if len(nets) == 1 else f"{IPv4Address(lo)}-{IPv4Address(hi - 1)}"
+    a, b = _ip(lo), _ip(hi - 1)
+    nets = list(summarize_address_range(a, b))
+    return str(nets[0]) if len(nets) == 1 else f"{a}-{b}"
 
 
 def _ranges(ranges: list[tuple[int, int]], limit: int = 4) -> str:
@@ -147,7 +153,7 @@ def why_waiting(st: IpamState, op: Op | None) -> str:
     if op is None:
         return "ready"
     if op.addr is not None:
-        ip = IPv4Address(op.addr)
+        ip = st.ip(op.addr)
         e = st.ring.entry_at(op.addr)
         if e is None:
             return f"no peer is known to own {ip} yet (the ring is still arriving)"
@@ -206,7 +212,7 @@ def describe_status(st: IpamState, now: float | None = None) -> dict[str, Any]:
                         "peer, or lost state)")
     met = [m for m in st.merges.records() if m.ours_lost]
     for addr, (ident, conflict) in sorted(st.orphan_conflicts().items()):
-        ip = IPv4Address(addr)
+        ip = st.ip(addr)
         if conflict:
             why = ("both rings handed it out before they met" if any(m.covers(addr) for m in met)
                    else "handed out twice")
@@ -215,7 +221,7 @@ def describe_status(st: IpamState, now: float | None = None) -> dict[str, Any]:
         else:
             problems.append(f"{ip} (used by {ident}) is being re-claimed from its owner")
     for addr, d in sorted(st.merges.duplicates.items()):
-        problems.append(f"duplicate: {IPv4Address(addr)} is used by {d.ours} here and by {d.theirs} "
+        problems.append(f"duplicate: {st.ip(addr)} is used by {d.ours} here and by {d.theirs} "
                         f"on {st.describe(d.peer)} (both rings handed it out before they met): "
                         f"{DUPLICATE_FIX}")
     if st.ring.seeded_yet:

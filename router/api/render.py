@@ -168,12 +168,17 @@ def password_file_summary(info: Mapping[str, Any]) -> str:
 
 
 def _ipam_section(ipam: Mapping[str, Any]) -> list[str]:
-    return [
+    lines = [
         _kv("Service", "ipam"),
         _kv("Status", ipam["status"]),
         _kv("Range", ipam["range"]),
         _kv("DefaultSubnet", ipam["default_subnet"]),
     ]
+    v6 = ipam.get("ipv6")   # --ipalloc-range-v6: the IPv6 allocator's status
+    if isinstance(v6, Mapping):
+        lines += [_kv("Status6", v6["status"]), _kv("Range6", v6["range"]),
+                  _kv("DefaultSubnet6", v6["default_subnet"])]
+    return lines
 
 
 def _dns_section(dns: Mapping[str, Any]) -> list[str]:
@@ -292,7 +297,11 @@ def _ipam(report: Mapping[str, Any]) -> list[str]:
     ipam = report.get("ipam")
     if ipam is None:
         raise LocalProtocolError("IPAM is disabled")
-    return format_status(ipam).splitlines()
+    lines = format_status(ipam).splitlines()
+    v6 = ipam.get("ipv6")   # --ipalloc-range-v6: the IPv6 ring, laid out the same way
+    if isinstance(v6, dict):
+        lines += ["", "IPv6:", *format_status(v6).splitlines()]
+    return lines
 
 
 def _dns(report: Mapping[str, Any]) -> list[str]:

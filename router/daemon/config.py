@@ -94,6 +94,8 @@ class LaunchConfig:
     ipalloc_range: str = DEFAULT_IPALLOC_RANGE  # "" turns IPAM off (report["ipam"] is null)
     ipalloc_default_subnet: str | None = None  # None: the whole range
     ipalloc_init: str | None = None  # normalised; see parse_ipalloc_init
+    ipalloc_range_v6: str = ""  # "" (the default): no IPv6 IPAM (see _ipam_v6_options)
+    ipalloc_default_subnet_v6: str | None = None  # None: the whole IPv6 range
     dns: bool = True
     dns_domain: str = DEFAULT_DNS_DOMAIN
     dns_ttl: int = 1
@@ -182,7 +184,8 @@ def _cidr_option(
             f"{option}: {text} has host bits set; did you mean {loose}?"
         ) from None
     if ipv4_only and net.version != 4:
-        raise LocalProtocolError(f"{option}: {text} is not an IPv4 range")
+        raise LocalProtocolError(f"{option}: {text} is not an IPv4 range (IPv6 IPAM: "
+                                 f"{option}-v6)")
     return net
 
 
@@ -319,6 +322,11 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--ipalloc-default-subnet", metavar="CIDR", help="default subnet (default: the range)")
     add("--ipalloc-init", metavar="MODE", help="consensus[=N] | seed=NAME,... | observer")
+    add("--ipalloc-range-v6", metavar="CIDR",
+        help="IPv6 IPAM range, e.g. a ULA /48 (default: off; containers then get an IPv6 "
+             "address only when given one)")
+    add("--ipalloc-default-subnet-v6", metavar="CIDR",
+        help="default IPv6 subnet (default: the IPv6 range)")
     add("--no-dns", action="store_true", help="no DNS server")
     add("--dns-domain", metavar="D", help=f"DNS domain (default {DEFAULT_DNS_DOMAIN})")
     add("--dns-ttl", metavar="S", help="TTL of DNS answers in seconds (default 1)")
@@ -368,6 +376,7 @@ def config_from_args(ns: argparse.Namespace) -> LaunchConfig:
         cfg.conn_limit = _int_option("--conn-limit", ns.conn_limit, 1, 1_000_000)
     cfg.discovery = not ns.no_discovery
     _ipam_options(cfg, ns)
+    _ipam_v6_options(cfg, ns)
     cfg.dns = not ns.no_dns
     if ns.dns_domain is not None:
         cfg.dns_domain = _dns_domain_option(ns.dns_domain)
@@ -423,6 +432,37 @@ def _ipam_options(cfg: LaunchConfig, ns: argparse.Namespace) -> None:
         cfg.ipalloc_init = str(parse_ipalloc_init(ns.ipalloc_init))
 
 
+def _ipam_v6_options(cfg: LaunchConfig, ns: argparse.Namespace) -> None:
+    """IPv6 IPAM is off unless asked for: turning it on by default would give every
+    existing container a second address it never had, and a built-in ULA prefix would be
+    the same on every mesh (RFC 4193 wants a random one, so that networks can meet)."""
+    range_text = (getattr(ns, "ipalloc_range_v6", None) or "").strip()
+    sub_text = getattr(ns, "ipalloc_default_subnet_v6", None)
+    if not range_text:
+        if sub_text is not None:
+            raise LocalProtocolError("--ipalloc-default-subnet-v6 needs --ipalloc-range-v6")
+        return
+    if not cfg.ipalloc_range:
+        raise LocalProtocolError("--ipalloc-range-v6 needs IPv4 IPAM too, which an empty "
+                                 "--ipalloc-range turns off")
+    net = _cidr_option("--ipalloc-range-v6", range_text)
+    if net.version != 6:
+        raise LocalProtocolError(f"--ipalloc-range-v6: {net} is not an IPv6 range "
+                                 "(the IPv4 one is --ipalloc-range)")
+    if net.prefixlen > 126:
+        raise LocalProtocolError(f"--ipalloc-range-v6: {net} is too small (at most /126)")
+    if net.is_multicast or net.is_link_local or net.is_loopback or int(net.network_address) < 1 << 32:
+        raise LocalProtocolError(f"--ipalloc-range-v6: {net} is not a unicast range for "
+                                 "containers (use a ULA such as fdXX:XXXX:XXXX::/48, or a global prefix)")
+    cfg.ipalloc_range_v6 = str(net)
+    if sub_text is not None:
+        sub = _cidr_option("--ipalloc-default-subnet-v6", sub_text)
+        if sub.version != 6 or not sub.subnet_of(net):
+            raise LocalProtocolError(
+                f"--ipalloc-default-subnet-v6: {sub} is not inside the range {net}")
+        cfg.ipalloc_default_subnet_v6 = str(sub)
+
+
 def config_to_args(cfg: LaunchConfig) -> list[str]:
     """Options that make config_from_args rebuild ``cfg``, except ``--foreground`` and a
     password from the environment (the caller passes it in ``WEFT_PASSWORD``)."""
@@ -449,6 +489,10 @@ def config_to_args(cfg: LaunchConfig) -> list[str]:
         args += ["--ipalloc-default-subnet", cfg.ipalloc_default_subnet]
     if cfg.ipalloc_init is not None:
         args += ["--ipalloc-init", cfg.ipalloc_init]
+    if cfg.ipalloc_range_v6:
+        args += ["--ipalloc-range-v6", cfg.ipalloc_range_v6]
+    if cfg.ipalloc_default_subnet_v6 is not None:
+        args += ["--ipalloc-default-subnet-v6", cfg.ipalloc_default_subnet_v6]
     if not cfg.dns:
         args.append("--no-dns")
     args += ["--dns-domain", cfg.dns_domain, "--dns-ttl", str(cfg.dns_ttl)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Interface, IPv6Interface
 
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.router.daemon.dns_driver import DnsDriver, need_dns
@@ -40,15 +40,15 @@ class ExposeDriver:
         specs = parse_address_specs(addresses)
         hostname = None if name is None else need_dns(self.dns).qualify(name)
         check_specs(specs, self.ipam)
-        given = [spec for spec in specs if isinstance(spec, IPv4Interface)]
+        given = [spec for spec in specs if isinstance(spec, IPv4Interface | IPv6Interface)]
         for rec in self.attachments.records().values():
             for iface in given:
                 if str(iface.ip) in rec.ips:
                     raise LocalProtocolError(f"{iface.ip} is already attached to {rec.container}")
         async with self.exposer.lock:
             self.exposer.check(given)
-            got: list[IPv4Interface] = list(dict.fromkeys(given))
-            fresh: list[IPv4Interface] = []   # what IPAM gave for this call only: undone on failure
+            got: list[IPv4Interface | IPv6Interface] = list(dict.fromkeys(given))
+            fresh: list[IPv4Interface | IPv6Interface] = []   # IPAM's for this call: undone on failure
             if self.ipam is not None:
                 got, fresh = await self.ipam.get_all(EXPOSE_IDENT, specs)
             try:
@@ -74,8 +74,10 @@ class ExposeDriver:
         """Take exposed addresses away (all when none given), with their DNS record, their
         IPAM addresses and the rules no address needs any more. Idempotent."""
         default = self.ipam.alloc.default_subnet if self.ipam is not None else None
+        default6 = (self.ipam.alloc6.default_subnet
+                    if self.ipam is not None and self.ipam.alloc6 is not None else None)
         async with self.exposer.lock:
-            gone, after = await self.exposer.hide(addresses, default)
+            gone, after = await self.exposer.hide(addresses, default, default6)
             if self.dns is not None and gone:
                 self.dns.unregister(EXPOSE_IDENT,
                                     None if not after.cidrs else [str(c.ip) for c in gone])

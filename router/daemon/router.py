@@ -35,7 +35,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Interface, IPv6Interface
 from typing import Any
 
 import trio
@@ -44,6 +44,7 @@ import weftnet
 from weftnet.dns.gossip import CHANNEL as DNS_CHANNEL
 from weftnet.dns.service import DnsService
 from weftnet.ipam.gossip import CHANNEL as IPAM_CHANNEL
+from weftnet.ipam.gossip import CHANNEL_V6 as IPAM6_CHANNEL
 from weftnet.ipam.gossip import IpamGossiper
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.proto.ethernet import parse_mac
@@ -90,7 +91,7 @@ from weftnet.router.dataplane.fastpath import FastdpGossiper
 from weftnet.router.dataplane.ports import TapPort, UdpPort
 from weftnet.router.host import netdev
 from weftnet.router.host.attachments import Attachments, parse_address_specs
-from weftnet.router.host.datadir import IPAM_FILE, DataDir
+from weftnet.router.host.datadir import IPAM6_FILE, IPAM_FILE, DataDir
 from weftnet.router.host.expose import Exposer
 from weftnet.router.host.teardown import reset_host
 
@@ -164,8 +165,13 @@ class Router:
         if config.ipalloc_range:
             alloc = load_allocator(config, datadir.path / IPAM_FILE, name, now,
                                    wall_offset=wall_offset, grace=ipam_grace())
-            self.ipam = IpamDriver(alloc, self.mesh, datadir, self._pump)
+            alloc6 = (load_allocator(config, datadir.path / IPAM6_FILE, name, now,
+                                     wall_offset=wall_offset, grace=ipam_grace(), v6=True)
+                      if config.ipalloc_range_v6 else None)
+            self.ipam = IpamDriver(alloc, self.mesh, datadir, self._pump, alloc6)
             self.mesh.register_channel(IPAM_CHANNEL, IpamGossiper(alloc))
+            if alloc6 is not None:
+                self.mesh.register_channel(IPAM6_CHANNEL, IpamGossiper(alloc6))
             self.timers.add(self.ipam)
         if self.dns is not None:
             self.timers.add(self.dns)
@@ -276,7 +282,7 @@ class Router:
         resolv_conf = dns.resolv_conf() if dns is not None else None
         check_specs(specs, self.ipam)
         ipam = self.ipam
-        fresh: list[IPv4Interface] = []  # what IPAM gave for this call only: undone on failure
+        fresh: list[IPv4Interface | IPv6Interface] = []  # IPAM's for this call only: undone on failure
         ident = ""
         if ipam is None:
             cidrs = [str(spec) for spec in specs]

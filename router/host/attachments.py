@@ -49,7 +49,8 @@ NETNS_ETC = Path("/etc/netns")
 RESOLV_MARKER = "# written by weft attach; weft detach removes it\n"
 SAVED_SUFFIX = ".weft-saved"
 
-AddressSpec = ipaddress.IPv4Interface | ipaddress.IPv4Network | None   # see parse_address_specs
+AddressSpec = (ipaddress.IPv4Interface | ipaddress.IPv6Interface | ipaddress.IPv4Network
+               | ipaddress.IPv6Network | None)   # see parse_address_specs
 
 
 def refuse_host_namespace(ref: netdev.NetnsRef) -> None:
@@ -83,7 +84,7 @@ class Record:
 
     @property
     def ips(self) -> list[str]:
-        return [str(ipaddress.IPv4Interface(c).ip) for c in self.cidrs]
+        return [str(ipaddress.ip_interface(c).ip) for c in self.cidrs]
 
 
 @dataclass(slots=True)
@@ -160,7 +161,8 @@ def remove_resolv_conf(path_text: str) -> None:
 def parse_address_specs(texts: list[str]) -> list[AddressSpec]:
     """``attach``'s ADDR arguments: ``IP/LEN`` (that address, claimed from IPAM when inside
     its range), ``net:CIDR`` (allocate one inside that subnet), ``net:default`` (allocate
-    one from the default subnet, ``None`` here); no argument at all means ``net:default``."""
+    one from the default subnet of each family with IPAM, ``None`` here); no argument at
+    all means ``net:default``. IPv4 and IPv6 alike."""
     if not texts:
         return [None]
     out: list[AddressSpec] = []
@@ -168,39 +170,75 @@ def parse_address_specs(texts: list[str]) -> list[AddressSpec]:
         if text == "net:default":
             out.append(None)
         elif text.startswith("net:"):
-            try:
-                out.append(ipaddress.IPv4Network(text.removeprefix("net:")))
-            except ValueError:
-                raise LocalProtocolError(f"{text}: not an IPv4 subnet (net:CIDR with the host "
-                                         "bits zero, e.g. net:10.32.1.0/24)") from None
+            out.append(parse_subnet(text))
         else:
             out.extend(parse_cidrs([text]))
     return out
 
 
-def parse_cidrs(texts: list[str]) -> list[ipaddress.IPv4Interface]:
-    """ADDR arguments that are addresses: ``IP/LEN``. ``net:CIDR``/``net:default`` ask IPAM
-    for one (``parse_address_specs``) and are refused here."""
-    out: list[ipaddress.IPv4Interface] = []
+def parse_subnet(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """``net:CIDR``: a subnet of either family, host bits zero."""
+    body = text.removeprefix("net:")
+    try:
+        net = ipaddress.ip_network(body)
+    except ValueError:
+        raise LocalProtocolError(f"{text}: not a subnet (net:CIDR with the host bits zero, "
+                                 "e.g. net:10.32.1.0/24 or net:fd00:1:2:3::/64)") from None
+    if "/" not in body:
+        raise LocalProtocolError(f"{text}: give the subnet with its prefix length, "
+                                 "e.g. net:10.32.1.0/24 or net:fd00:1:2:3::/64")
+    return net
+
+
+def parse_cidrs(texts: list[str]) -> list[netdev.Cidr]:
+    """ADDR arguments that are addresses: ``IP/LEN``, IPv4 or IPv6. ``net:CIDR`` /
+    ``net:default`` ask IPAM for one (``parse_address_specs``) and are refused here."""
+    out: list[netdev.Cidr] = []
     for text in texts:
         if text.startswith("net:"):
             raise LocalProtocolError(f"{text}: allocating an address needs IPAM (attach); "
                                      "give an address as IP/LEN")
         if "/" not in text:
             raise LocalProtocolError(f"{text}: give the address with its prefix length, "
-                                     "e.g. 10.2.1.1/24")
-        try:
-            iface = ipaddress.IPv4Interface(text)
-        except ValueError:
-            raise LocalProtocolError(f"{text}: not an IPv4 address with prefix length") from None
-        net = iface.network
-        if net.prefixlen < 31 and iface.ip in (net.network_address, net.broadcast_address):
-            which = "network" if iface.ip == net.network_address else "broadcast"
-            raise LocalProtocolError(f"{text}: that is the {which} address of {net}")
-        if iface.ip.is_loopback or iface.ip.is_multicast or iface.ip.is_unspecified:
-            raise LocalProtocolError(f"{text}: not a usable host address")
-        out.append(iface)
+                                     "e.g. 10.2.1.1/24 or fd00:1:2:3::1/64")
+        out.append(parse_cidr(text))
     return out
+
+
+def parse_cidr(text: str) -> netdev.Cidr:
+    """One ``IP/LEN`` a container (or the host, with expose) can use; a one-line error
+    saying why not otherwise."""
+    try:
+        iface = ipaddress.ip_interface(text)
+    except ValueError:
+        raise LocalProtocolError(f"{text}: not an IP address with prefix length "
+                                 "(IPv4 or IPv6, e.g. 10.2.1.1/24 or fd00:1:2:3::1/64)") from None
+    net = iface.network
+    ip = iface.ip
+    if isinstance(ip, ipaddress.IPv4Address):
+        if net.prefixlen < 31 and ip in (net.network_address, net.broadcast_address):
+            which = "network" if ip == net.network_address else "broadcast"
+            raise LocalProtocolError(f"{text}: that is the {which} address of {net}")
+    else:
+        if "%" in text:
+            raise LocalProtocolError(f"{text}: a zone (%...) has no meaning here")
+        if net.prefixlen < 127 and ip == net.network_address:
+            raise LocalProtocolError(f"{text}: that is the subnet-router anycast address of {net}")
+        if ip.is_link_local:
+            raise LocalProtocolError(f"{text}: a link-local address (the kernel gives every "
+                                     "interface its own fe80:: address)")
+        if ip.ipv4_mapped is not None:
+            raise LocalProtocolError(f"{text}: an IPv4-mapped address; give the IPv4 address "
+                                     f"{ip.ipv4_mapped}/LEN instead")
+    if ip.is_loopback or ip.is_multicast or ip.is_unspecified:
+        raise LocalProtocolError(f"{text}: not a usable host address")
+    return iface
+
+
+def _ip_order(text: str) -> tuple[int, int]:
+    """IPv4 before IPv6, each in numeric order (the two families do not compare)."""
+    ip = ipaddress.ip_address(text)
+    return ip.version, int(ip)
 
 
 def sweep_resolv_confs(etc: Path = NETNS_ETC, run_dir: Path = netdev.NETNS_RUN_DIR) -> list[str]:
@@ -298,7 +336,7 @@ class Attachments:
                 if other.container == ref.name:
                     continue
                 for cidr in cidrs:
-                    if any(ipaddress.IPv4Interface(c).ip == cidr.ip for c in other.cidrs):
+                    if any(ipaddress.ip_interface(c).ip == cidr.ip for c in other.cidrs):
                         raise LocalProtocolError(
                             f"{cidr.ip} is already attached to {other.container}")
             attached = await trio.to_thread.run_sync(
@@ -317,7 +355,7 @@ class Attachments:
                      " ".join(str(c) for c in attached.cidrs))
             return AttachResult(ref, [str(c) for c in cidrs], record)
 
-    def _attach_sync(self, ref: netdev.NetnsRef, cidrs: list[ipaddress.IPv4Interface],
+    def _attach_sync(self, ref: netdev.NetnsRef, cidrs: list[netdev.Cidr],
                      ifname: str = netdev.CONTAINER_IFNAME, mac: str | None = None) -> netdev.Attached:
         # The MAC (used only when the veth pair is created) is the one recorded for this
         # container, so an interface re-created after a restart keeps it; else a random
@@ -360,7 +398,7 @@ class Attachments:
                 else:
                     asked = {str(c.ip) for c in cidrs}
                     ips |= asked & set(held.ips)
-                    kept = [c for c in held.cidrs if str(ipaddress.IPv4Interface(c).ip) not in ips]
+                    kept = [c for c in held.cidrs if str(ipaddress.ip_interface(c).ip) not in ips]
                     if kept:
                         held.cidrs = kept
                         gone = False
@@ -368,7 +406,7 @@ class Attachments:
                     else:
                         self._forget(records, key)
             result = DetachResult(key, [str(c) for c in removed], gone,
-                                  sorted(ips, key=ipaddress.IPv4Address),
+                                  sorted(ips, key=_ip_order),
                                   held.mac if gone and held is not None else None)
             log.info("detached %s: %s", key, " ".join(result.removed) or "nothing")
             return result
@@ -408,7 +446,7 @@ class Attachments:
                     self._forget(records, key)
                     continue
                 alive.append((rec, ref))
-                cidrs = [ipaddress.IPv4Interface(c) for c in rec.cidrs]
+                cidrs = [ipaddress.ip_interface(c) for c in rec.cidrs]
                 try:
                     await trio.to_thread.run_sync(self._attach_sync, ref, cidrs, rec.ifname, rec.mac)
                 except (netdev.NetdevError, OSError) as exc:

@@ -42,8 +42,9 @@ PID_FILE = "weft.pid"
 STATE_FILE = "state.json"
 LOG_FILE = "weft.log"
 IPAM_FILE = "ipam.json"  # the allocator's persisted state
+IPAM6_FILE = "ipam6.json"  # the IPv6 allocator's (--ipalloc-range-v6)
 # What `weft reset` may delete: the files this module names, plus save_state's temporaries.
-OWNED_FILES = (STATE_FILE, PID_FILE, LOCK_FILE, LOG_FILE, IPAM_FILE)
+OWNED_FILES = (STATE_FILE, PID_FILE, LOCK_FILE, LOG_FILE, IPAM_FILE, IPAM6_FILE)
 _TMP_PREFIX = ".state.json."
 
 

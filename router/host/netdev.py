@@ -82,6 +82,8 @@ BRIDGE = "weft"
 TAP = "weft-tap"
 VXLAN = "weft-vxlan"
 CONTAINER_IFNAME = "ethwe"
+IFA_F_NODAD = 0x02   # linux/if_addr.h: no duplicate address detection for this address
+Cidr = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 VETH_PREFIX = "vethwepl"
 DEFAULT_MTU = 1376
 NETNS_RUN_DIR = Path("/var/run/netns")
@@ -126,7 +128,7 @@ class Attached:
     ifname: str
     host_ifname: str
     mac: str
-    cidrs: tuple[ipaddress.IPv4Interface, ...]
+    cidrs: tuple[Cidr, ...]
     netns_path: str = ""
     key: Key | None = None
 
@@ -149,7 +151,7 @@ class Attached:
             ifname=str(data["ifname"]),
             host_ifname=str(data["host_ifname"]),
             mac=str(data["mac"]),
-            cidrs=tuple(ipaddress.IPv4Interface(c) for c in data.get("cidrs", [])),
+            cidrs=tuple(ipaddress.ip_interface(c) for c in data.get("cidrs", [])),
             netns_path=str(data.get("netns_path", "")),
             key=(int(key[0]), int(key[1])) if key else None,
         )
@@ -337,11 +339,16 @@ def _kind(link: Any) -> str | None:
     return str(kind) if kind is not None else None
 
 
-def _ipv4_addrs(ipr: IPRoute, index: int) -> list[ipaddress.IPv4Interface]:
-    out = []
+def _addrs(ipr: IPRoute, index: int) -> list[Cidr]:
+    """The interface's IPv4 addresses and its IPv6 ones but the kernel's own link-local
+    (scope link): the addresses attach gives and detach takes away, IPv4 first."""
+    out: list[Cidr] = []
     for msg in ipr.get_addr(family=socket.AF_INET, index=index):
         out.append(ipaddress.IPv4Interface(f"{msg.get('address')}/{msg['prefixlen']}"))
-    return sorted(out, key=lambda c: (int(c.ip), c.network.prefixlen))
+    for msg in ipr.get_addr(family=socket.AF_INET6, index=index):
+        if msg.get("scope") == 0:  # RT_SCOPE_UNIVERSE: not fe80::/10
+            out.append(ipaddress.IPv6Interface(f"{msg.get('address')}/{msg['prefixlen']}"))
+    return sorted(out, key=lambda c: (c.version, int(c.ip), c.network.prefixlen))
 
 
 def host_addresses(*, netns: str | NetnsRef | None = None) -> list[str]:
@@ -489,7 +496,7 @@ def _remember(host_ifname: str, ref: NetnsRef | None) -> None:
 
 def attach(
     ref: NetnsRef,
-    cidrs: list[ipaddress.IPv4Interface],
+    cidrs: list[Cidr],
     *,
     mtu: int,
     mac: str | None = None,
@@ -504,13 +511,15 @@ def attach(
     (default ``random_mac()``) and ``gso_max_size`` (kernel default when None), up, with a
     multicast route (224.0.0.0/4) through it, and the container's ``lo`` up. Again: only
     the missing addresses are added (and the host end re-joined to the bridge if a restart
-    recreated it). Returns the record with every IPv4 address now on ``ifname``.
+    recreated it). Returns the record with every address now on ``ifname``. IPv6 addresses
+    are added without duplicate address detection (IFA_F_NODAD): IPAM or the user already
+    vouched for them, and DAD would keep one unusable ("tentative") for a second or more.
     """
     _check_ifname(ifname)
     _check_mtu(mtu)
     for c in cidrs:
-        if not isinstance(c, ipaddress.IPv4Interface):
-            raise NetdevError(f"not an IPv4 address with prefix length: {c!r}")
+        if not isinstance(c, ipaddress.IPv4Interface | ipaddress.IPv6Interface):
+            raise NetdevError(f"not an IP address with prefix length: {c!r}")
     _check_same(ref)
     host_ifname = veth_name(ref.key, ifname)
     with _ipr(netns) as host, _ipr(ref) as cont:
@@ -535,11 +544,13 @@ def attach(
             if _link(host, hidx).get("master") != br:
                 host.link("set", index=hidx, master=br)
             host.link("set", index=hidx, state="up")
-            have = _ipv4_addrs(cont, cidx)
+            have = _addrs(cont, cidx)
             for c in cidrs:
                 if c not in have:
-                    cont.addr("add", index=cidx, address=str(c.ip), prefixlen=c.network.prefixlen)
-            done = _ipv4_addrs(cont, cidx)
+                    extra = {"flags": IFA_F_NODAD} if c.version == 6 else {}
+                    cont.addr("add", index=cidx, address=str(c.ip), prefixlen=c.network.prefixlen,
+                              **extra)
+            done = _addrs(cont, cidx)
             link = _link(cont, cidx)
         except NetlinkError as exc:
             raise _fail(f"cannot attach container {ref.name}", exc) from None
@@ -591,14 +602,14 @@ def _create_pair(
 
 def detach(
     ref: NetnsRef,
-    cidrs: list[ipaddress.IPv4Interface] | None = None,
+    cidrs: list[Cidr] | None = None,
     *,
     ifname: str = CONTAINER_IFNAME,
     netns: str | NetnsRef | None = None,
-) -> list[ipaddress.IPv4Interface]:
+) -> list[Cidr]:
     """Remove ``cidrs`` (matched by IP) from the container, or everything when None.
 
-    Returns the addresses removed. When no IPv4 address is left, the veth pair goes too.
+    Returns the addresses removed. When no address is left, the veth pair goes too.
     Idempotent: a container (or namespace) that is not attached, or an address it does
     not have, is not an error.
     """
@@ -615,7 +626,7 @@ def detach(
         hidx, cidx = _lookup(host, host_ifname), _lookup(cont, ifname)
         if hidx is None or cidx is None or int(_link(host, hidx).get("link") or 0) != cidx:
             return []  # not attached (or someone else's interface of that name)
-        have = _ipv4_addrs(cont, cidx)
+        have = _addrs(cont, cidx)
         if cidrs is None:
             removed = have
         else:
@@ -624,7 +635,7 @@ def detach(
         try:
             for c in removed:
                 cont.addr("del", index=cidx, address=str(c.ip), prefixlen=c.network.prefixlen)
-            if cidrs is None or not _ipv4_addrs(cont, cidx):
+            if cidrs is None or not _addrs(cont, cidx):
                 host.link("del", index=hidx)
                 _remember(host_ifname, None)
         except NetlinkError as exc:
@@ -726,7 +737,7 @@ def list_attached(
         try:
             with _ipr(ref) as cont:
                 peer = _link(cont, int(port.get("link")))
-                cidrs = _ipv4_addrs(cont, int(peer["index"]))
+                cidrs = _addrs(cont, int(peer["index"]))
         except (NetlinkError, OSError):
             continue  # the container went away while we looked
         out.append(

@@ -312,15 +312,15 @@ def cmd_ps(ns: argparse.Namespace) -> int:
 
 
 def split_dns_args(args: Sequence[str], command: str) -> tuple[list[str], str | None]:
-    """``[IP...] [CONTAINER]``: the words that are IPv4 addresses (``IP/LEN`` is taken as
-    IP), and the one that is not, the container."""
+    """``[IP...] [CONTAINER]``: the words that are IPv4 or IPv6 addresses (``IP/LEN`` is
+    taken as IP), and the one that is not, the container."""
     import ipaddress
 
     addresses: list[str] = []
     container: str | None = None
     for word in args:
         try:
-            addresses.append(str(ipaddress.IPv4Interface(word.strip()).ip))
+            addresses.append(str(ipaddress.ip_interface(word.strip()).ip))
             continue
         except ValueError:
             pass

@@ -68,6 +68,7 @@ from weftnet.router.api.address import DEFAULT_HTTP_ADDR, parse_http_addr
 from weftnet.router.api.client import ApiClient, Interrupted, NotRunning
 from weftnet.router.programs.cnispec import (
     DEFAULT_ROUTE,
+    DEFAULT_ROUTE6,
     ERR_INVALID_CONFIG,
     ERR_INVALID_ENV,
     ERR_IO,
@@ -78,9 +79,12 @@ from weftnet.router.programs.cnispec import (
     FALLBACK_VERSION,
     PLUGIN,
     SUPPORTED_VERSIONS,
+    Addr,
     CniError,
     Invocation,
     Json,
+    Net,
+    Route,
     address_specs,
     build_result,
     check_prev_result,
@@ -117,7 +121,7 @@ class Interface:
     name: str
     mac: str
     up: bool
-    addresses: tuple[ipaddress.IPv4Interface, ...]
+    addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]
 
 
 class Host(Protocol):
@@ -125,14 +129,13 @@ class Host(Protocol):
 
     def netns_exists(self, path: str) -> bool: ...
 
-    def bridge_addresses(self) -> list[ipaddress.IPv4Interface]: ...
+    def bridge_addresses(self) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]: ...
 
     def interface(self, netns: str, ifname: str) -> Interface | None: ...
 
-    def routes(self, netns: str) -> list[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address | None]]: ...
+    def routes(self, netns: str) -> list[Route]: ...
 
-    def add_route(self, netns: str, ifname: str, dst: ipaddress.IPv4Network,
-                  gw: ipaddress.IPv4Address | None) -> None: ...
+    def add_route(self, netns: str, ifname: str, dst: Net, gw: Addr | None) -> None: ...
 
 
 class RealHost:
@@ -142,22 +145,24 @@ class RealHost:
     def netns_exists(self, path: str) -> bool:
         return os.path.exists(path)
 
-    def bridge_addresses(self) -> list[ipaddress.IPv4Interface]:
+    def bridge_addresses(self) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
         ip = shutil.which("ip") or next((p for p in ("/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip")
                                          if os.path.exists(p)), None)
         if ip is None:
             return []
         try:
-            proc = subprocess.run([ip, "-j", "-4", "addr", "show", "dev", BRIDGE],
+            proc = subprocess.run([ip, "-j", "addr", "show", "dev", BRIDGE],
                                   capture_output=True, text=True, timeout=10, check=False)
             data = json.loads(proc.stdout or "[]")
         except (OSError, ValueError, subprocess.SubprocessError):
             return []
-        out = []
+        out: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = []
         for link in data if isinstance(data, list) else []:
             for info in link.get("addr_info", []) if isinstance(link, dict) else []:
+                if not isinstance(info, dict) or info.get("scope") not in (None, "global"):
+                    continue   # the bridge's own fe80:: is no container's gateway
                 try:
-                    out.append(ipaddress.IPv4Interface(f"{info['local']}/{info['prefixlen']}"))
+                    out.append(ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}"))
                 except (KeyError, TypeError, ValueError):
                     continue
         return out
@@ -173,32 +178,35 @@ class RealHost:
                 if not found:
                     return None
                 link = ipr.get_links(found[0])[0]
-                addrs = [ipaddress.IPv4Interface(f"{m.get('address')}/{m['prefixlen']}")
-                         for m in ipr.get_addr(family=socket.AF_INET, index=found[0])]
+                addrs: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = [
+                    ipaddress.ip_interface(f"{m.get('address')}/{m['prefixlen']}")
+                    for family in (socket.AF_INET, socket.AF_INET6)
+                    for m in ipr.get_addr(family=family, index=found[0])
+                    if m.get("scope") == 0]   # not the kernel's fe80::
                 return Interface(ifname, str(link.get("address")), link.get("state") == "up",
                                  tuple(addrs))
 
         return self._in(netns, look)
 
-    def routes(self, netns: str) -> list[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address | None]]:
+    def routes(self, netns: str) -> list[Route]:
         import socket
 
-        def look() -> list[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address | None]]:
+        def look() -> list[Route]:
             from pyroute2 import IPRoute
 
-            out = []
+            out: list[Route] = []
             with IPRoute() as ipr:
-                for r in ipr.get_routes(family=socket.AF_INET, table=254):
-                    dst = r.get("dst") or "0.0.0.0"
-                    gw = r.get("gateway")
-                    out.append((ipaddress.IPv4Network(f"{dst}/{r['dst_len']}"),
-                                ipaddress.IPv4Address(gw) if gw else None))
+                for family, anywhere in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+                    for r in ipr.get_routes(family=family, table=254):
+                        dst = r.get("dst") or anywhere
+                        gw = r.get("gateway")
+                        out.append((ipaddress.ip_network(f"{dst}/{r['dst_len']}", strict=False),
+                                    ipaddress.ip_address(gw) if gw else None))
             return out
 
         return self._in(netns, look)
 
-    def add_route(self, netns: str, ifname: str, dst: ipaddress.IPv4Network,
-                  gw: ipaddress.IPv4Address | None) -> None:
+    def add_route(self, netns: str, ifname: str, dst: Net, gw: Addr | None) -> None:
         def add() -> None:
             from pyroute2 import IPRoute
 
@@ -207,6 +215,9 @@ class RealHost:
                 if not found:
                     raise CniError(ERR_ROUTER, f"{ifname} vanished from {netns}")
                 spec: dict[str, Any] = {"dst": str(dst), "oif": found[0]}
+                if dst.version == 6:
+                    import socket
+                    spec["family"] = socket.AF_INET6
                 if gw is not None:
                     spec["gateway"] = str(gw)
                 ipr.route("replace", **spec)
@@ -347,23 +358,26 @@ class Plugin:
         inv = self.inv
         bridge = self.host.bridge_addresses()
         gateways: dict[str, str] = {}
-        first_gw: ipaddress.IPv4Address | None = None
+        first_gw: dict[int, Addr] = {}   # by IP version: the default route of each family
         for cidr in cidrs:
-            iface = ipaddress.IPv4Interface(cidr)
+            iface = ipaddress.ip_interface(cidr)
             for addr in bridge:
-                if addr.ip in iface.network and addr.ip != iface.ip:
+                if addr.version == iface.version and addr.ip in iface.network and addr.ip != iface.ip:
                     gateways[cidr] = str(addr.ip)
-                    first_gw = first_gw or addr.ip
+                    first_gw.setdefault(iface.version, addr.ip)
                     break
         wanted = ipam_routes(self.conf)
-        if first_gw is not None and not any(dst == DEFAULT_ROUTE for dst, _ in wanted):
-            wanted.insert(0, (DEFAULT_ROUTE, first_gw))
+        defaults: tuple[Net, ...] = (DEFAULT_ROUTE, DEFAULT_ROUTE6)
+        for default in reversed(defaults):
+            gw_of = first_gw.get(default.version)
+            if gw_of is not None and not any(dst == default for dst, _ in wanted):
+                wanted.insert(0, (default, gw_of))
         added: list[tuple[str, str | None]] = []
         if wanted:
             have = {dst for dst, _ in self.host.routes(inv.netns)}
             for dst, gw in wanted:
-                gw = gw or first_gw
-                if dst == DEFAULT_ROUTE and dst in have:
+                gw = gw or first_gw.get(dst.version)
+                if dst in defaults and dst in have:
                     continue  # another network's default route stays (the spec says skip)
                 self.host.add_route(inv.netns, inv.ifname, dst, gw)
                 added.append((str(dst), None if gw is None else str(gw)))
@@ -411,9 +425,9 @@ class Plugin:
             table = self.host.routes(inv.netns)
             for dst, gw in routes:
                 try:
-                    want = (ipaddress.IPv4Network(dst), ipaddress.IPv4Address(gw) if gw else None)
+                    want: Route = (ipaddress.ip_network(dst), ipaddress.ip_address(gw) if gw else None)
                 except ValueError:
-                    continue  # not an IPv4 route: not one of ours
+                    continue  # not a route we could have added
                 if want not in table and not (want[1] is None and any(d == want[0] for d, _ in table)):
                     raise CniError(ERR_ROUTER, f"{inv.netns} lacks the route to {dst}"
                                    + (f" via {gw}" if gw else ""))

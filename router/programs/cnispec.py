@@ -35,8 +35,12 @@ ERR_NOT_AVAILABLE = 50
 ERR_ROUTER = 999
 
 DEFAULT_ROUTE = ipaddress.IPv4Network("0.0.0.0/0")
+DEFAULT_ROUTE6 = ipaddress.IPv6Network("::/0")
 
 Json = dict[str, Any]
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
+Route = tuple[Net, Addr | None]
 
 
 class CniError(Exception):
@@ -214,22 +218,23 @@ def check_ipam(conf: Json) -> Json:
 
 
 def address_specs(conf: Json, args: Mapping[str, str],
-                  subnets: Sequence[ipaddress.IPv4Network] = ()) -> list[str]:
+                  subnets: Sequence[Net] = ()) -> list[str]:
     """The ADDR specs to attach with (``IP/LEN``, ``net:CIDR``; empty: the default subnet).
     ``subnets`` give the length of a bare ``IP`` (after ``ipam.subnet``)."""
     ipam = check_ipam(conf)
     runtime = _object(conf, "runtimeConfig")
     cni_args = _cni_args(conf)
-    subnet: ipaddress.IPv4Network | None = None
+    subnet: Net | None = None
     if ipam.get("subnet") is not None:
         text = ipam["subnet"]
         try:
-            subnet = ipaddress.IPv4Network(text) if isinstance(text, str) else None
+            subnet = ipaddress.ip_network(text) if isinstance(text, str) else None
         except ValueError:
             subnet = None
         if subnet is None:
-            raise CniError(ERR_INVALID_CONFIG, f"ipam.subnet {str(text)[:40]!r} is not an IPv4 "
-                           "subnet (CIDR with the host bits zero, e.g. 10.32.1.0/24)")
+            raise CniError(ERR_INVALID_CONFIG, f"ipam.subnet {str(text)[:40]!r} is not a "
+                           "subnet (CIDR with the host bits zero, e.g. 10.32.1.0/24 or "
+                           "fd00:1:2:3::/64)")
     wanted: list[str] = []
     for value, what in ((runtime.get("ips"), "runtimeConfig.ips"), (cni_args.get("ips"), "args.cni.ips"),
                         (args.get("IP"), "CNI_ARGS IP"), (ipam.get("addresses"), "ipam.addresses")):
@@ -242,20 +247,20 @@ def address_specs(conf: Json, args: Mapping[str, str],
     return [_with_length(text, known) for text in wanted]
 
 
-def _with_length(text: str, subnets: Sequence[ipaddress.IPv4Network]) -> str:
+def _with_length(text: str, subnets: Sequence[Net]) -> str:
     if "/" in text:
         try:
-            iface = ipaddress.IPv4Interface(text)
+            iface = ipaddress.ip_interface(text)
         except ValueError:
-            raise CniError(ERR_INVALID_CONFIG, f"{text[:40]!r} is not an IPv4 address with "
+            raise CniError(ERR_INVALID_CONFIG, f"{text[:40]!r} is not an IP address with "
                            "prefix length") from None
         return str(iface)
     try:
-        ip = ipaddress.IPv4Address(text)
+        ip = ipaddress.ip_address(text)
     except ValueError:
-        raise CniError(ERR_INVALID_CONFIG, f"{text[:40]!r} is not an IPv4 address") from None
+        raise CniError(ERR_INVALID_CONFIG, f"{text[:40]!r} is not an IP address") from None
     for net in subnets:
-        if ip in net:
+        if ip.version == net.version and ip in net:
             return f"{ip}/{net.prefixlen}"
     raise CniError(ERR_INVALID_CONFIG, f"{ip}: give it with a prefix length (IP/LEN); it is in "
                    "no subnet weft-net knows")
@@ -326,7 +331,7 @@ def build_result(version: str, *, ifname: str, mac: str, sandbox: str, cidrs: Se
                  routes: Sequence[tuple[str, str | None]] = (), dns: Json | None = None,
                  prev: Json | None = None) -> Json:
     """A CNI result: ours appended to ``prev`` (the previous plugin's in a chain), in the
-    form of ``version`` (0.4.0 ips carry ``"version": "4"``)."""
+    form of ``version`` (0.4.0 ips carry ``"version": "4"`` or ``"6"``)."""
     prev = prev if isinstance(prev, dict) else {}
     interfaces = _dicts(prev, "interfaces", "prevResult")
     ips = _dicts(prev, "ips", "prevResult")
@@ -336,7 +341,7 @@ def build_result(version: str, *, ifname: str, mac: str, sandbox: str, cidrs: Se
     for cidr in cidrs:
         entry: Json = {"address": cidr, "interface": index}
         if version == "0.4.0":
-            entry = {"version": "4", **entry}
+            entry = {"version": "6" if ":" in cidr else "4", **entry}
         gateway = (gateways or {}).get(cidr)
         if gateway is not None:
             entry["gateway"] = gateway
@@ -395,7 +400,7 @@ def expected_of_prev(conf: Json, ifname: str, netns: str) -> tuple[str | None, l
     return mac, addrs, routes
 
 
-def ipam_routes(conf: Json) -> list[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address | None]]:
+def ipam_routes(conf: Json) -> list[Route]:
     """``ipam.routes``: ``[{"dst": CIDR, "gw"?: IP}]``."""
     routes = check_ipam(conf).get("routes")
     if routes is None:
@@ -405,24 +410,31 @@ def ipam_routes(conf: Json) -> list[tuple[ipaddress.IPv4Network, ipaddress.IPv4A
     return [route_of(entry) for entry in routes]
 
 
-def route_of(entry: Any) -> tuple[ipaddress.IPv4Network, ipaddress.IPv4Address | None]:
+def route_of(entry: Any) -> Route:
     if (not isinstance(entry, dict) or not isinstance(entry.get("dst"), str)
             or not isinstance(entry.get("gw"), (str, type(None)))):
         raise CniError(ERR_INVALID_CONFIG, 'ipam.routes: expected [{"dst": CIDR, "gw": IP}, ...]')
     try:
-        dst = ipaddress.IPv4Network(entry["dst"])
+        dst = ipaddress.ip_network(entry["dst"])
         gw = entry.get("gw")
-        return dst, None if gw is None else ipaddress.IPv4Address(gw)
+        via = None if gw is None else ipaddress.ip_address(gw)
+        if via is not None and via.version != dst.version:
+            raise ValueError("gateway of the other family")
+        return dst, via
     except (ValueError, TypeError):
         raise CniError(ERR_INVALID_CONFIG, f"ipam.routes: bad route {json.dumps(entry)[:80]}") from None
 
 
-def report_subnets(report: Json) -> list[ipaddress.IPv4Network]:
+def report_subnets(report: Json) -> list[Net]:
+    """The subnets a bare IP may lie in: the default subnet and range of IPAM, of each
+    family (``ipam.ipv6``: the IPv6 allocator's, with --ipalloc-range-v6)."""
     ipam = report.get("ipam")
-    out = []
-    for key in ("default_subnet", "range"):
-        try:
-            out.append(ipaddress.IPv4Network(ipam[key]))  # type: ignore[index]
-        except (KeyError, TypeError, ValueError):
-            continue
+    v6 = ipam.get("ipv6") if isinstance(ipam, dict) else None
+    out: list[Net] = []
+    for section in (ipam, v6):
+        for key in ("default_subnet", "range"):
+            try:
+                out.append(ipaddress.ip_network(section[key]))  # type: ignore[index]
+            except (KeyError, TypeError, ValueError):
+                continue
     return out

@@ -110,6 +110,12 @@ def cli_cases(c1: str, c2: str, c1_ip: str, me: str) -> list[Case]:
         ("attach", "--name", "..", c2), ("attach", "--name", "", c2), ("attach", "--name", "a..b", c2),
         ("attach", "--name", "-leading.weft.local", c2), ("attach", "--name", LONG, c2),
         ("attach", "--without-dns", "--name", "bad name!", "net:bogus", c2),
+        # IPv6 (issue 17): scoped, link-local, no length, host bits, no IPv6 IPAM, wrong family
+        ("attach", "fe80::5/64", c2), ("attach", "fd32::5", c2), ("attach", "fd32::/64", c2),
+        ("attach", "ff02::1/64", c2), ("attach", "net:fd32::1/64", c2), ("attach", "net:fd32::/64", c2),
+        ("expose", "fe80::5/64"), ("expose", "net:fd32::/64"), ("hide", "fd32::5/129"),
+        ("launch", "--ipalloc-range-v6", "10.0.0.0/8"), ("launch", "--ipalloc-range-v6", "fe80::/64"),
+        ("launch", "--ipalloc-default-subnet-v6", "fd32::/64"),
         # detach
         ("detach",), ("detach", "nosuchns"), ("detach", "bogus", c1), ("detach", "10.40.0.1/33", c1), ("detach", "--bogus", c1), ("detach", LONG),
         # expose / hide

@@ -21,10 +21,11 @@ and its seeded rng. Per gateway:
 
 ``NatNet`` is ``LinkSimNet`` with gateways on the underlay. A NATed node keeps its private
 address; its UDP source is rewritten on the way out (path-MTU probes leave from the data
-socket's address, so they share its mapping), and datagrams to the gateway's public address are translated back, or
-dropped, when they arrive (a mapping may expire in flight). TCP: a dial from inside works,
-and the peer sees the gateway's public address and mapped port as ``remote_address``; a
-dial to a gateway's public address or to a private address from outside gets no answer:
+socket's address, so they share its mapping), and datagrams to the gateway's public address
+are translated back, or dropped, when they arrive (a mapping may expire in flight). TCP: a
+dial from inside works, and the peer sees the gateway's public address and mapped port as
+``remote_address``; a dial to a gateway's public address or to a private address from
+outside gets no answer:
 ``dial_failed(..., "connection timed out")`` after ``DIAL_TIMEOUT`` (the router's). TCP
 connections are not tracked per packet: a flush leaves established ones alone. Every
 datagram that does not arrive is counted in ``drops`` by reason.

@@ -28,6 +28,10 @@ def test_addresses_with_prefix_lengths_are_taken_as_given() -> None:
     assert parse_cidrs(["10.2.1.1/24", "10.3.0.7/16"]) == [
         ipaddress.IPv4Interface("10.2.1.1/24"), ipaddress.IPv4Interface("10.3.0.7/16")]
     assert parse_cidrs(["192.168.9.0/31"]) == [ipaddress.IPv4Interface("192.168.9.0/31")]
+    # IPv6 alike; a /127 has no anycast address to avoid (RFC 6164)
+    assert parse_cidrs(["fd32:0:0:1::5/64", "2001:db8::/127", "10.2.1.1/24"]) == [
+        ipaddress.IPv6Interface("fd32:0:0:1::5/64"), ipaddress.IPv6Interface("2001:db8::/127"),
+        ipaddress.IPv4Interface("10.2.1.1/24")]
 
 
 @pytest.mark.parametrize("text, words", [
@@ -36,10 +40,19 @@ def test_addresses_with_prefix_lengths_are_taken_as_given() -> None:
     ("10.2.1.255/24", "broadcast address"),
     ("127.0.0.5/8", "not a usable"),
     ("224.0.0.9/24", "not a usable"),
-    ("banana/24", "not an IPv4"),
-    ("10.2.1.1/33", "not an IPv4"),
+    ("banana/24", "not an IP address"),
+    ("10.2.1.1/33", "not an IP address"),
     ("net:10.2.0.0/16", "needs IPAM"),
     ("net:default", "needs IPAM"),
+    ("fd32::", "prefix length"),
+    ("fd32::/64", "subnet-router anycast"),
+    ("fe80::5/64", "link-local"),
+    ("::1/128", "not a usable"),
+    ("ff02::1/64", "not a usable"),
+    ("::ffff:10.2.1.1/120", "IPv4-mapped"),
+    ("fd32::g/64", "not an IP address"),
+    ("fd32::1/129", "not an IP address"),
+    ("net:fd32::/64", "needs IPAM"),
 ])
 def test_bad_addresses_are_refused_in_one_line(text: str, words: str) -> None:
     with pytest.raises(LocalProtocolError) as info:

@@ -682,3 +682,8 @@ def test_background_launch_reports_the_childs_last_words(
     status, out, err = run_cli(capsys, "launch", *argv, "--nickname", "fail-early")
     assert status == 1 and out == ""
     assert assert_one_line_error(err) == "cannot listen on port 6783: address in use"
+
+
+def test_dns_arguments_take_ipv6_addresses_too() -> None:
+    assert cli.split_dns_args(["fd32::5", "10.2.1.1/24", "c1", "fd32:0:0:1::7/64"], "dns-add") == (
+        ["fd32::5", "10.2.1.1", "fd32:0:0:1::7"], "c1")

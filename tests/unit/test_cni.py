@@ -122,10 +122,10 @@ def test_address_specs_from_config_args_and_runtime() -> None:
 
 @pytest.mark.parametrize("ipam, code, words", [
     ({"type": "host-local"}, 2, "ipam.type=host-local"),
-    ({"subnet": "10.32.4.1/24"}, 7, "not an IPv4 subnet"),
-    ({"subnet": 5}, 7, "not an IPv4 subnet"),
+    ({"subnet": "10.32.4.1/24"}, 7, "not a subnet"),
+    ({"subnet": 5}, 7, "not a subnet"),
     ({"addresses": ["10.9.9.9"]}, 7, "give it with a prefix length"),
-    ({"addresses": ["banana/24"]}, 7, "not an IPv4 address with prefix length"),
+    ({"addresses": ["banana/24"]}, 7, "not an IP address with prefix length"),
     ({"addresses": [7]}, 7, "expected IP/LEN strings"),
     ({"addresses": {"a": 1}}, 7, "must be a list"),
 ])
@@ -497,3 +497,30 @@ def test_any_input_gets_an_answer(command: str, conf: Any, raw: bytes, use_raw: 
         obj = json.loads(out)
         assert set(obj) <= {"cniVersion", "code", "msg", "details"} and isinstance(obj["code"], int)
         assert obj["cniVersion"] in spec.SUPPORTED_VERSIONS and "\n" not in obj["msg"]
+
+
+def test_add_returns_both_families_when_the_router_gives_both() -> None:
+    host = FakeHost(bridge=("10.32.0.1/12", "fd32:7765:6674:1::1/64"))
+    res = plugin(router=FakeRouter(dual=True), host=host).add()
+    assert res["ips"] == [
+        {"address": "10.32.0.5/12", "interface": 0, "gateway": "10.32.0.1"},
+        {"address": "fd32:7765:6674:1::5/64", "interface": 0, "gateway": "fd32:7765:6674:1::1"}]
+    assert res["routes"] == [{"dst": "0.0.0.0/0", "gw": "10.32.0.1"},
+                             {"dst": "::/0", "gw": "fd32:7765:6674:1::1"}]
+    assert (ipaddress.IPv6Network("::/0"), ipaddress.IPv6Address("fd32:7765:6674:1::1")) in host.table
+    old = plugin(conf={**CONF, "cniVersion": "0.4.0"}, router=FakeRouter(dual=True)).add()
+    assert [ip["version"] for ip in old["ips"]] == ["4", "6"]
+    # an IPv6 subnet or address in the network config, and IPv6 routes
+    conf = {**CONF, "ipam": {"subnet": "fd32:7765:6674:9::/64",
+                             "routes": [{"dst": "2001:db8::/32", "gw": "fd32:7765:6674:9::1"}]}}
+    assert spec.address_specs(conf, {}) == ["net:fd32:7765:6674:9::/64"]
+    assert spec.ipam_routes(conf) == [(ipaddress.IPv6Network("2001:db8::/32"),
+                                       ipaddress.IPv6Address("fd32:7765:6674:9::1"))]
+    assert spec.address_specs({**CONF, "ipam": {"addresses": ["fd32::7"]}}, {},
+                              [ipaddress.IPv6Network("fd32::/64")]) == ["fd32::7/64"]
+    bad = {**CONF, "ipam": {"routes": [{"dst": "2001:db8::/32", "gw": "10.0.0.1"}]}}
+    assert code_of(lambda: spec.ipam_routes(bad))[0] == spec.ERR_INVALID_CONFIG
+    report = {"ipam": {"range": "10.32.0.0/12", "default_subnet": "10.32.0.0/12",
+                       "ipv6": {"range": "fd32::/48", "default_subnet": "fd32:0:0:1::/64"}}}
+    assert [str(n) for n in spec.report_subnets(report)] == [
+        "10.32.0.0/12", "10.32.0.0/12", "fd32:0:0:1::/64", "fd32::/48"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface
 from pathlib import Path
 from typing import Any
 
@@ -48,23 +48,26 @@ C = IPv4Interface("10.40.1.1/24")
 
 
 class FakeHost:
-    """Bridge addresses, ip_forward and an nftables model for ``table ip weft``."""
+    """Bridge addresses, forwarding of both families and an nftables model for
+    ``table ip weft`` and ``table ip6 weft``."""
 
-    def __init__(self, *, forwarding: bool = False) -> None:
-        self.addrs: list[IPv4Interface] = []
+    def __init__(self, *, forwarding: bool = False, forwarding6: bool = False) -> None:
+        self.addrs: list[Any] = []
         self.fwd = forwarding
-        self.tables: dict[str, dict[str, Any]] = {}   # name -> {"chains": set, "rules": [...]}
+        self.fwd6 = forwarding6
+        # "family name" -> {"chains": set, "rules": [...]}
+        self.tables: dict[str, dict[str, Any]] = {}
         self.next_handle = 1
         self.batches: list[list[Command]] = []
         self.fail_nft: str | None = None
         self.drop_secondaries = True    # the kernel's default without promote_secondaries
 
     # addresses
-    def add_address(self, iface: IPv4Interface) -> None:
+    def add_address(self, iface: Any) -> None:
         if iface not in self.addrs:
             self.addrs.append(iface)
 
-    def remove_address(self, iface: IPv4Interface) -> None:
+    def remove_address(self, iface: Any) -> None:
         if iface not in self.addrs:
             return
         primary = next(a for a in self.addrs if a.network == iface.network) == iface
@@ -72,26 +75,29 @@ class FakeHost:
         if primary and self.drop_secondaries:
             self.addrs = [a for a in self.addrs if a.network != iface.network]
 
-    def addresses(self) -> list[IPv4Interface]:
+    def addresses(self) -> list[Any]:
         return list(self.addrs)
 
     # forwarding
-    def forwarding(self) -> bool:
-        return self.fwd
+    def forwarding(self, version: int = 4) -> bool:
+        return self.fwd6 if version == 6 else self.fwd
 
-    def set_forwarding(self, on: bool) -> None:
-        self.fwd = on
+    def set_forwarding(self, on: bool, version: int = 4) -> None:
+        if version == 6:
+            self.fwd6 = on
+        else:
+            self.fwd = on
 
     # nftables
-    def table(self) -> TableView | None:
-        t = self.tables.get("weft")
+    def table(self, family: str = "ip") -> TableView | None:
+        t = self.tables.get(f"{family} weft")
         if t is None:
             return None
         items: list[dict[str, Any]] = [{"metainfo": {"version": "fake"}},
-                                       {"table": {"family": "ip", "name": "weft", "handle": 1}}]
-        items += [{"chain": {"family": "ip", "table": "weft", "name": c}} for c in sorted(t["chains"])]
+                                       {"table": {"family": family, "name": "weft", "handle": 1}}]
+        items += [{"chain": {"family": family, "table": "weft", "name": c}} for c in sorted(t["chains"])]
         for rule in t["rules"]:
-            item = {"family": "ip", "table": "weft", "chain": rule["chain"],
+            item = {"family": family, "table": "weft", "chain": rule["chain"],
                     "handle": rule["handle"], "expr": rule["expr"]}
             if rule.get("comment"):
                 item["comment"] = rule["comment"]
@@ -107,8 +113,8 @@ class FakeHost:
         for command in commands:
             (verb, body), = command.items()
             (kind, obj), = body.items()
-            assert obj["family"] == "ip"
-            name = obj["name"] if kind == "table" else obj["table"]
+            assert obj["family"] in ("ip", "ip6")
+            name = obj["family"] + " " + (obj["name"] if kind == "table" else obj["table"])
             if kind == "table" and verb == "add":
                 tables.setdefault(name, {"chains": set(), "rules": []})
             elif kind == "table" and verb == "delete":
@@ -134,9 +140,8 @@ class FakeHost:
 
     # what tests look at
     def our_subnets(self) -> dict[str, int]:
-        t = self.tables.get("weft")
         counts: dict[str, int] = {}
-        for rule in t["rules"] if t else []:
+        for rule in [r for t in self.tables.values() for r in t["rules"]]:
             comment = rule.get("comment", "")
             if comment.startswith(COMMENT_PREFIX):
                 key = comment.removeprefix(COMMENT_PREFIX)
@@ -195,20 +200,20 @@ def test_nothing_wanted_drops_the_table_unless_someone_elses_rules_are_in_it() -
     host = FakeHost()
     host.nft(plan(None, [NET]))
     assert plan(host.table(), []) == [{"delete": {"table": {"family": "ip", "name": "weft"}}}]
-    host.tables["weft"]["rules"].append({"chain": "forward", "handle": 99, "expr": [],
+    host.tables["ip weft"]["rules"].append({"chain": "forward", "handle": 99, "expr": [],
                                          "comment": "an admin's"})
     commands = plan(host.table(), [])
     host.nft(commands)
-    assert host.our_subnets() == {} and "weft" in host.tables
-    assert [r["handle"] for r in host.tables["weft"]["rules"]] == [99]
+    assert host.our_subnets() == {} and "ip weft" in host.tables
+    assert [r["handle"] for r in host.tables["ip weft"]["rules"]] == [99]
     assert plan(None, []) == []
 
 
 def test_an_incomplete_set_is_replaced_and_a_stray_comment_goes() -> None:
     host = FakeHost()
     host.nft(plan(None, [NET]))
-    host.tables["weft"]["rules"].pop()          # someone deleted one of ours
-    host.tables["weft"]["rules"].append({"chain": "forward", "handle": 50, "expr": [],
+    host.tables["ip weft"]["rules"].pop()          # someone deleted one of ours
+    host.tables["ip weft"]["rules"].append({"chain": "forward", "handle": 50, "expr": [],
                                          "comment": COMMENT_PREFIX + "garbage"})
     host.nft(plan(host.table(), [NET]))
     assert host.our_subnets() == {"10.32.0.0/12": 3}
@@ -252,9 +257,9 @@ def test_select_names_exposed_addresses() -> None:
 
 
 @pytest.mark.parametrize("text, words", [
-    ("banana", "not an IPv4 address"),
-    ("10.1.2.3/40", "not an IPv4 address with prefix length"),
-    ("net:10.1.2.3/16", "not an IPv4 subnet"),
+    ("banana", "not an IP address"),
+    ("10.1.2.3/40", "not an IP address with prefix length"),
+    ("net:10.1.2.3/16", "not a subnet"),
 ])
 def test_select_refuses_bad_words_in_one_line(text: str, words: str) -> None:
     with pytest.raises(LocalProtocolError) as info:
@@ -311,7 +316,7 @@ def test_expose_programs_everything_once_and_hide_takes_exactly_it_away(tmp_path
     assert run(ex.hide, ["net:10.40.1.0/24"], NET) == ([], ex.record())   # again: nothing
     gone, after = run(ex.hide, [], NET)
     assert gone == [B] and after == Record()
-    assert host.addrs == [] and "weft" not in host.tables and not host.fwd
+    assert host.addrs == [] and "ip weft" not in host.tables and not host.fwd
     assert STATE_KEY not in d.load_state() and ex.idents() == set()
     batches = len(host.batches)
     assert run(ex.hide, [], NET) == ([], Record())          # hide twice: nothing to do
@@ -380,7 +385,7 @@ def test_teardown_removes_everything_and_is_idempotent(tmp_path: Path) -> None:
     assert teardown(d, host) == []
     # the CLI's variant (table=False) touches nothing when nothing is recorded
     host.nft(plan(None, [NET]))
-    assert teardown(d, host, table=False) == [] and "weft" in host.tables
+    assert teardown(d, host, table=False) == [] and "ip weft" in host.tables
 
 
 def test_host_without_nft_has_no_table_and_refuses_to_program_one(tmp_path: Path) -> None:
@@ -449,3 +454,47 @@ def test_cli_expose_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     status, _, err = run_cli(capsys, "hide", "--bogus")
     assert status == 2 and "unrecognized arguments" in err
     assert cli.build_parser().parse_args(["hide", "a", "b"]).args == ["a", "b"]
+
+
+# --- IPv6: its own table; ULAs masqueraded, global prefixes routed ---------------------------------
+
+ULA6 = IPv6Interface("fd32:1:2:3::1/64")
+GUA6 = IPv6Interface("2001:db8:5::1/64")
+
+
+def test_ipv6_rules_nat_a_ula_and_route_a_global_prefix() -> None:
+    ula = subnet_rules(ULA6.network)
+    assert [chain for chain, _ in ula] == ["postrouting", "forward", "forward"]
+    assert all(e["match"]["left"]["payload"]["protocol"] == "ip6"
+               for _, exprs in ula for e in exprs
+               if "match" in e and "payload" in e["match"]["left"])
+    gua = subnet_rules(GUA6.network)
+    assert [chain for chain, _ in gua] == ["forward", "forward"]   # routed: no masquerade
+    assert not any("masquerade" in e for _, exprs in gua for e in exprs)
+    cmds = plan(None, [ULA6.network], "ip6")
+    assert cmds[0] == {"add": {"table": {"family": "ip6", "name": "weft"}}}
+    assert all(next(iter(c.values()))[next(iter(next(iter(c.values()))))]["family"] == "ip6"
+               for c in cmds)
+
+
+def test_exposing_ipv6_uses_its_own_table_and_forwarding(tmp_path: Path) -> None:
+    d = datadir(tmp_path)
+    host = FakeHost(forwarding=True, forwarding6=False)
+    ex = Exposer(d, host)
+    run(ex.expose, [A, ULA6], None)
+    assert host.addrs == [A, ULA6] and host.fwd6
+    assert set(host.tables) == {"ip weft", "ip6 weft"}
+    assert host.our_subnets() == {"10.32.0.0/12": 3, "fd32:1:2:3::/64": 3}
+    rec = ex.record()
+    assert rec.forward6_changed and not rec.forward_changed   # IPv4 forwarding was on already
+    assert load_record(d) == rec
+    run(ex.expose, [GUA6], None)
+    assert host.our_subnets()["2001:db8:5::/64"] == 2
+    gone, after = run(ex.hide, ["fd32:1:2:3::1", "2001:db8:5::1/64"], NET)
+    assert gone == [ULA6, GUA6] and after.cidrs == [A]
+    assert "ip6 weft" not in host.tables and not host.fwd6 and not after.forward6_changed
+    assert host.fwd                                            # not ours to turn off
+    assert select([A, ULA6], ["net:fd32:1:2:3::/64"], NET) == [ULA6]
+    run(ex.expose, [ULA6], None)
+    assert teardown(d, host) == [str(A), str(ULA6)]
+    assert host.tables == {} and not host.fwd6 and host.fwd

@@ -377,3 +377,40 @@ def test_a_peer_back_from_the_dead_after_rmpeer_reclaims_or_reports_duplicates()
     assert int(second.ip) not in orphans  # granted back by its new owner
     assert any("duplicate: " + str(first.ip) in p for p in back.status()["problems"])
     net.check_invariants()
+
+
+def test_a_donor_that_has_not_heard_of_the_ring_yet_is_asked_again() -> None:
+    """Found on three real hosts (tests/netns/test_ipv6_overlay.py): a peer seeds the ring
+    and at once asks a peer for space there, whose copy of the ring is still on its way;
+    "not seeded here yet" is no reason to fail the allocation."""
+    a_name, b_name = NAME, NAME + 1
+    # a seeds the ring at once (seed=a,b); b learns it by gossip only, which is delayed here
+    a = Allocator(a_name, "a", IPv4Network("10.32.0.0/12"), None, SeedInit((a_name, b_name)),
+                  0.0, random.Random(1))
+    b = Allocator(b_name, "b", IPv4Network("10.32.0.0/12"), None, ObserverInit(), 0.0,
+                  random.Random(2))
+    a.peers_changed({b_name: "b"}, 0.0)
+    b.peers_changed({a_name: "a"}, 0.0)
+    a.allocate(1, "c1", IPv4Network("10.40.0.0/24"), 0.0)   # b's half, once seeded
+
+    def unicasts(now: float, rounds: int = 3) -> None:
+        for _ in range(rounds):
+            for src, dst, src_name in ((a, b, a_name), (b, a, b_name)):
+                for _to, payload in src.messages_to_send():
+                    dst.on_unicast(src_name, payload, now)
+
+    assert a.ring.seeded_yet and not b.ring.seeded_yet
+    unicasts(0.0, rounds=1)                                  # b refuses: not seeded
+    assert not b.ring.seeded_yet and a.next_result() is None   # ... which a does not take as final
+    news = a.take_news()
+    assert news is not None
+    b.on_gossip(news, 0.5)
+    for now in (1.5, 2.5):
+        a.handle_timer(now)
+        unicasts(now)
+        news = a.take_news()
+        if news is not None:
+            b.on_gossip(news, now)
+    result = a.next_result()
+    assert result is not None and result.error is None, result
+    assert result.address is not None and result.address.ip in IPv4Network("10.40.0.0/24")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Awaitable, Callable
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,7 +26,7 @@ from weftnet.router.daemon.ipam_driver import (
 )
 from weftnet.router.daemon.timers import TimerLoop
 from weftnet.router.host.attachments import parse_address_specs
-from weftnet.router.host.datadir import IPAM_FILE, DataDir
+from weftnet.router.host.datadir import IPAM6_FILE, IPAM_FILE, DataDir
 
 
 def launch_ns(*args: str) -> argparse.Namespace:
@@ -39,11 +39,15 @@ def test_address_specs() -> None:
     assert parse_address_specs([]) == [None]
     assert parse_address_specs(["net:default", "net:10.40.1.0/24", "10.2.1.1/24"]) == [
         None, IPv4Network("10.40.1.0/24"), IPv4Interface("10.2.1.1/24")]
+    assert parse_address_specs(["net:fd32:1:2:3::/64", "fd32::7/64"]) == [
+        IPv6Network("fd32:1:2:3::/64"), IPv6Interface("fd32::7/64")]
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("net:10.40.1.1/24", "not an IPv4 subnet"),
-    ("net:nonsense", "not an IPv4 subnet"),
+    ("net:10.40.1.1/24", "not a subnet"),
+    ("net:nonsense", "not a subnet"),
+    ("net:fd32::1/64", "not a subnet"),
+    ("net:fd32::", "prefix length"),
     ("10.2.1.1", "prefix length"),
     ("10.2.1.0/24", "network address"),
 ])
@@ -238,5 +242,107 @@ def test_the_pump_tells_the_allocator_who_is_reachable(tmp_path: Path) -> None:
         await driver.get_all("c1", [None])
         driver.handoff()
         assert driver.alloc.lookup("c1") == []
+
+    in_virtual_time(main)
+
+
+# --- IPv6: a second allocator (--ipalloc-range-v6), its own channel and file ------------------
+
+RANGE6 = IPv6Network("fd32:7765:6674::/48")
+
+
+def driver6_for(data: Path) -> IpamDriver:
+    seed = f"seed={format_peer_name(ME)}"
+    cfg = config_from_args(launch_ns("--nickname", "h1", "--data-dir", str(data),
+                                     "--ipalloc-init", seed, "--ipalloc-range-v6", str(RANGE6),
+                                     "--ipalloc-default-subnet-v6", "fd32:7765:6674:1::/64"))
+    now = trio.current_time()
+    alloc = load_allocator(cfg, data / IPAM_FILE, ME, now, wall_offset=1e9, grace=30.0)
+    alloc6 = load_allocator(cfg, data / IPAM6_FILE, ME, now, wall_offset=1e9, grace=30.0, v6=True)
+    driver = IpamDriver(alloc, FakeMesh(), DataDir(data),  # type: ignore[arg-type]
+                        lambda: driver.pump(trio.current_time()), alloc6)
+    return driver
+
+
+def test_no_address_gives_one_of_each_family_and_detach_frees_both(tmp_path: Path) -> None:
+    async def main() -> None:
+        driver = driver6_for(tmp_path)
+        got, fresh = await driver.get_all("c1", [None])
+        assert [g.version for g in got] == [4, 6] and set(fresh) == set(got)
+        assert got[0].ip in RANGE and got[1].network == IPv6Network("fd32:7765:6674:1::/64")
+        sub, _ = await driver.get_all("c2", [IPv6Network("fd32:7765:6674:9::/64"),
+                                             IPv6Interface("fd32:7765:6674:1::77/64"),
+                                             IPv6Interface("2001:db8::5/64")])
+        assert sub[0].network == IPv6Network("fd32:7765:6674:9::/64")
+        assert sub[1:] == [IPv6Interface("fd32:7765:6674:1::77/64"), IPv6Interface("2001:db8::5/64")]
+        assert (tmp_path / IPAM6_FILE).exists() and driver.status()["ipv6"]["range"] == str(RANGE6)
+        restarted = driver6_for(tmp_path)   # both files read back
+        assert restarted.alloc6 is not None
+        assert sorted(map(str, restarted.alloc6.lookup("c2"))) == sorted(map(str, sub[:2]))
+        driver.free("c1", None)
+        driver.free("c2", ["fd32:7765:6674:1::77"])
+        assert driver.alloc.lookup("c1") == [] and driver.alloc6 is not None
+        assert driver.alloc6.lookup("c1") == [] and driver.alloc6.lookup("c2") == sub[:1]
+
+    in_virtual_time(main)
+
+
+def test_ipv6_allocation_without_ipv6_ipam_says_what_to_do(tmp_path: Path) -> None:
+    async def main() -> None:
+        driver, _ = driver_for(tmp_path)
+        got, _ = await driver.get_all("c1", [None, IPv6Interface("fd32::5/64")])
+        assert [g.version for g in got] == [4, 6]   # an IPv6 IP/LEN is simply not managed
+        with pytest.raises(LocalProtocolError, match="--ipalloc-range-v6") as info:
+            await driver.get_all("c1", [IPv6Network("fd32::/64")])
+        assert "\n" not in info.value.reason
+
+    in_virtual_time(main)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--ipalloc-range-v6", "10.0.0.0/8"], "--ipalloc-range-v6: 10.0.0.0/8 is not an IPv6 range"),
+    (["--ipalloc-range-v6", "fe80::/64"], "--ipalloc-range-v6: fe80::/64 is not a unicast range"),
+    (["--ipalloc-range-v6", "fd32::/127"], "too small"),
+    (["--ipalloc-range-v6", "fd32::/48", "--ipalloc-default-subnet-v6", "10.1.0.0/16"],
+     "--ipalloc-default-subnet-v6: 10.1.0.0/16 is not inside"),
+    (["--ipalloc-default-subnet-v6", "fd32::/64"], "needs --ipalloc-range-v6"),
+    (["--ipalloc-range", "", "--ipalloc-range-v6", "fd32::/48"], "needs IPv4 IPAM too"),
+])
+def test_ipv6_ipam_options_are_checked_in_one_line(args: list[str], message: str) -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        config_from_args(launch_ns(*args))
+    assert message in info.value.reason and "\n" not in info.value.reason
+
+
+def test_ipv6_ipam_is_off_by_default_and_round_trips_through_launch_args() -> None:
+    from weftnet.router.daemon.config import config_to_args
+    assert config_from_args(launch_ns()).ipalloc_range_v6 == ""
+    cfg = config_from_args(launch_ns("--ipalloc-range-v6", "fd32:7765:6674::/48",
+                                     "--ipalloc-default-subnet-v6", "fd32:7765:6674:1::/64"))
+    assert config_from_args(launch_ns(*config_to_args(cfg))) == cfg
+
+
+def test_rmpeer_covers_the_ipv6_ring_too(tmp_path: Path) -> None:
+    async def main() -> None:
+        seeds = f"seed={format_peer_name(ME)},{format_peer_name(PEER)}"
+        cfg = config_from_args(launch_ns("--nickname", "h1", "--data-dir", str(tmp_path),
+                                         "--ipalloc-init", seeds, "--ipalloc-range-v6", str(RANGE6)))
+        now = trio.current_time()
+        alloc = load_allocator(cfg, tmp_path / IPAM_FILE, ME, now, wall_offset=1e9, grace=30.0)
+        alloc6 = load_allocator(cfg, tmp_path / IPAM6_FILE, ME, now, wall_offset=1e9, grace=30.0,
+                                v6=True)
+        mesh = FakeMesh()
+        driver = IpamDriver(alloc, mesh, DataDir(tmp_path),  # type: ignore[arg-type]
+                            lambda: driver.pump(trio.current_time()), alloc6)
+        mesh.routes.reachable = {ME, PEER}
+        mesh.nicknames[PEER] = "h2"
+        driver.pump(trio.current_time())
+        assert alloc6.alive == {ME: "h1", PEER: "h2"}   # the same peers as the IPv4 ring
+        mesh.routes.reachable = {ME}
+        driver.pump(trio.current_time())
+        half6 = RANGE6.num_addresses // 2
+        assert driver.rmpeer("h2") == {"taken": 1 << 19, "peer": "h2", "taken_ipv6": half6}
+        assert alloc6.owned_ranges() == [(int(RANGE6.network_address),
+                                          int(RANGE6.network_address) + RANGE6.num_addresses)]
 
     in_virtual_time(main)

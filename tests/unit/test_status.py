@@ -375,3 +375,25 @@ def test_connections_show_punched_paths_and_relayed_peers() -> None:
     )
     assert "   NATTraversal: enabled, mapping easy, 1 punched, 1 relayed\n" in render_status(
         report, None)
+
+
+def test_ipam_with_the_ipv6_ring() -> None:
+    v6 = {"range": "fd32::/48", "default_subnet": "fd32:0:0:1::/64", "status": "ready",
+          "init": "consensus=1", "problems": [], "warnings": [],
+          "peers": [{"name": "02:00:00:00:00:01", "nickname": "host1", "addresses": 1 << 80,
+                     "share": 100.0, "free": (1 << 80) - 1, "reachable": True}]}
+    ipam = REPORT["ipam"] | {"init": "consensus=2", "problems": [], "warnings": [], "ipv6": v6}
+    ipam["peers"] = [p | {"share": 50.0, "free": 1} for p in ipam["peers"]]
+    report = REPORT | {"ipam": ipam}
+    text = render_status(report, "ipam")
+    assert text.endswith(
+        "\nIPv6:\n"
+        "        Status: ready\n"
+        "         Range: fd32::/48\n"
+        " DefaultSubnet: fd32:0:0:1::/64\n"
+        "          Init: consensus=1\n"
+        "\n"
+        "02:00:00:00:00:01(host1)                 1208925819614629174706176 IPs (100.0% of total) "
+        "(1208925819614629174706175 free)\n"), text
+    summary = render_status(report)
+    assert "      Range6: fd32::/48\n" in summary and "DefaultSubnet6: fd32:0:0:1::/64\n" in summary
