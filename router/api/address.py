@@ -69,11 +69,11 @@ def _parse_port(text: str, what: str, original: str) -> int:
     return port
 
 
-def _check_host(host: str, what: str, original: str) -> str:
+def _check_host(host: str, what: str, original: str, *, peer: bool = False) -> str:
     if not host:
         raise LocalProtocolError(f"invalid {what} {original!r}: missing host")
     if is_ip(host):
-        return _normal_ip(host, what, original)
+        return _normal_ip(host, what, original, peer=peer)
     # a last label of digits only (999.1.1.1, 1234) is a mistyped address, not a host name
     # (RFC 3696 section 2); a resolver would read "1234" as the address 0.0.4.210
     if (not HOSTNAME_RE.match(host) or host.rstrip(".").rsplit(".", 1)[-1].isdigit()
@@ -82,7 +82,7 @@ def _check_host(host: str, what: str, original: str) -> str:
     return host.lower()
 
 
-def _normal_ip(host: str, what: str, original: str) -> str:
+def _normal_ip(host: str, what: str, original: str, *, peer: bool) -> str:
     ip = ipaddress.ip_address(host)
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
@@ -91,7 +91,7 @@ def _normal_ip(host: str, what: str, original: str) -> str:
             return str(ip.ipv4_mapped)
         if ip.scope_id is not None and not ZONE_RE.match(ip.scope_id):
             raise LocalProtocolError(f"invalid {what} {original!r}: bad zone {ip.scope_id!r}")
-        if ip.is_link_local and not ip.scope_id:
+        if peer and ip.is_link_local and not ip.scope_id:
             raise LocalProtocolError(
                 f"invalid {what} {original!r}: a link-local IPv6 address needs a zone, "
                 f"e.g. [{ip}%eth0]:{DEFAULT_PORT}")
@@ -109,7 +109,7 @@ def parse_peer_address(text: str, default_port: int = DEFAULT_PORT) -> str:
     if not text:
         raise LocalProtocolError("invalid peer address '': empty")
     host, port_text = _split_host_port(text, "peer address")
-    host = _check_host(host, "peer address", original)
+    host = _check_host(host, "peer address", original, peer=True)
     port = default_port if port_text is None else _parse_port(port_text, "peer address", original)
     return _join_host_port(host, port)
 

@@ -48,7 +48,6 @@ from weftnet.ipam.gossip import IpamGossiper
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.proto.ethernet import parse_mac
 from weftnet.proto.fastdp import CHANNEL as FASTDP_CHANNEL
-from weftnet.proto.fastdp import VXLAN_OVERHEAD
 from weftnet.proto.mesh import (
     Close,
     Dial,
@@ -104,14 +103,15 @@ PUMP_ROUNDS = 4      # bounded: a pump never spins
 def overlay_mtu(config: LaunchConfig) -> int:
     """The MTU of the bridge and container interfaces when ``--mtu`` is not given: sized
     for the kernel VXLAN on the underlay (its MTU - 50) when the fast path may carry
-    traffic, else sleeve's DEFAULT_MTU (room for its headers and encryption)."""
+    traffic (less 70 on an IPv6-only underlay), else sleeve's DEFAULT_MTU (room for its
+    headers and encryption)."""
     if not config.fastdp or (config.password and not config.trusted_subnets):
         return DEFAULT_MTU
     try:
-        underlay = vxlan.underlay_mtu()
+        carried = vxlan.underlay_mtu()
     except (netdev.NetdevError, OSError):
-        underlay = None
-    return DEFAULT_MTU if underlay is None else max(DEFAULT_MTU, underlay - VXLAN_OVERHEAD)
+        carried = None
+    return DEFAULT_MTU if carried is None else max(DEFAULT_MTU, carried)
 
 
 class Router:
