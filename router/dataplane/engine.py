@@ -159,7 +159,7 @@ class Dataplane:
             tap = Tap.open(netdev.TAP, bridge=netdev.BRIDGE, mtu=self.mtu)
         if udp is None:
             try:
-                sock = udpsock.open_udp(self.port, self.host)
+                sock = udpsock.open_udp(self.port, self.host, dual=True)
                 udp = UdpSocketPort(sock, udpsock.enable_gro(sock))
             except OSError as exc:
                 tap.close()

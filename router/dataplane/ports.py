@@ -142,9 +142,7 @@ class UdpSocketPort:
         self.sock.sendto(data, addr)
 
     def send_segments(self, data: Buffer, seg_size: int, addr: Address) -> None:
-        if self._v6 and ":" not in addr[0]:
-            addr = udpsock.socket_address(socket.AF_INET6, addr)
-        udpsock.send_segments(self.sock, data, seg_size, addr)
+        udpsock.send_segments(self.sock, data, seg_size, addr)  # maps IPv4 itself
 
     def open_probe(self, addr: Address) -> ProbePort:
         try:

@@ -114,11 +114,12 @@ def socket_address(family: int, addr: Address) -> Address:
     return addr
 
 
-def _family(host: str) -> int:
-    """The family of a socket for ``host`` ('' = every address: IPv6 and IPv4 if we can)."""
+def _family(host: str, dual: bool) -> int:
+    """The family of a socket for ``host`` ('' = every address: IPv6 and IPv4 if ``dual``
+    and we can)."""
     if host:
         return socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET
+    return socket.AF_INET6 if dual and socket.has_ipv6 else socket.AF_INET
 
 
 def _set_pmtudisc(sock: socket.socket, mode: int) -> None:
@@ -135,12 +136,14 @@ def open_udp(
     *,
     buffer: int = SOCKET_BUFFER,
     pmtudisc: int = IP_PMTUDISC_DONT,
+    dual: bool = False,
     netns: str | NetnsRef | None = None,
 ) -> socket.socket:
     """A UDP socket bound to ``host:port``: non-blocking, SO_REUSEADDR, big buffers.
 
-    ``host`` '' binds every address of both families (one AF_INET6 socket, IPV6_V6ONLY
-    off; AF_INET where the host has no IPv6); an address binds its own family only.
+    ``host`` '' binds every IPv4 address, or with ``dual`` every address of both families
+    (one AF_INET6 socket, IPV6_V6ONLY off; AF_INET where the host has no IPv6: the router's
+    sockets); an address binds its own family only.
     Buffers are forced to ``buffer`` bytes (``SO_*BUFFORCE``; capped by ``*mem_max``
     without CAP_NET_ADMIN). ``pmtudisc`` defaults to never setting DF.
     """
@@ -161,7 +164,7 @@ def open_udp(
             raise
         return sock
 
-    family = _family(host)
+    family = _family(host, dual)
     try:
         try:
             return run_in_netns(netns, lambda: make(family))
@@ -216,7 +219,7 @@ def send_segments(
 ) -> int:
     """Send ``data`` to ``addr`` as datagrams of ``seg_size`` bytes (the last may be shorter).
 
-    ``addr`` as the socket takes it (``socket_address``).
+    ``addr`` plain: IPv4 is mapped for an AF_INET6 socket (``socket_address``).
 
     Uses ``UDP_SEGMENT`` (one call per 64 segments); where the kernel refuses it, sends
     the datagrams one by one. Returns the bytes sent: all of ``data``, or fewer when the
@@ -225,6 +228,7 @@ def send_segments(
     """
     if seg_size <= 0:
         raise ValueError(f"bad segment size {seg_size}")
+    addr = socket_address(sock.family, addr)
     view = memoryview(data).cast("B")
     total = len(view)
     if total <= seg_size:

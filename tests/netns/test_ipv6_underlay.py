@@ -4,14 +4,32 @@
     the path MTU is probed down to IPv6's minimum and bulk TCP still crosses), two hosts on
     the fast path (the kernel VXLAN over IPv6); containers with IPv4 overlay addresses given
     by hand ping and carry a TCP bulk transfer; addresses show with brackets.
+The sleeve's socket on a dual-stack underlay: GSO sends and GRO receives over IPv6 and over
+IPv4 on the same AF_INET6 socket (senders' addresses come back plain, never mapped), and
+DF probes over IPv6 see a 1280-byte route.
 (c) A dual-stack host reached by either family: one peer dials it by IPv4, another by IPv6,
     and without a password each link takes the VXLAN device of its family.
 """
 
 from __future__ import annotations
 
+import errno
+import random
+import select
+import socket
+import time
 from typing import Any
 
+import pytest
+
+from weftnet.router.dataplane.udpsock import (
+    enable_gro,
+    open_udp,
+    probe_sender,
+    recv_batch,
+    route_mtu,
+    send_segments,
+)
 from weftnet.router.tools.testbed import Testbed
 
 from .weftctl import bulk_tcp, established, launch, logs_on_failure, report, wait_for
@@ -121,3 +139,52 @@ def test_dual_stack_host_reached_by_either_family(testbed_factory: Any) -> None:
         assert f"dst {tb.address6('h3')}" in fdb["weft-vxlan6"], fdb
         assert tb.address6("h3") not in fdb["weft-vxlan"] and tb.address("h2") not in fdb[
             "weft-vxlan6"], fdb
+
+
+def _receive(sock: socket.socket, total: int) -> list[tuple[bytes, int | None, tuple[str, int]]]:
+    buf = bytearray(1 << 16)
+    got: list[tuple[bytes, int | None, tuple[str, int]]] = []
+    deadline = time.monotonic() + 10
+    while sum(len(b) for b, _, _ in got) < total and time.monotonic() < deadline:
+        select.select([sock], [], [], 0.2)
+        while True:
+            try:
+                n, seg, addr = recv_batch(sock, buf)
+            except BlockingIOError:
+                break
+            got.append((bytes(buf[:n]), seg, addr))
+    return got
+
+
+def test_dual_stack_socket_gso_gro_and_ipv6_probes(testbed_factory: Any) -> None:
+    tb: Testbed = testbed_factory(hosts=("h1", "h2"), underlay="dual", mtu={"h2": 1280})
+    port = 6783
+    a = open_udp(port, dual=True, netns=tb.ns("h1"))
+    b = open_udp(port, dual=True, netns=tb.ns("h2"))
+    with a, b:
+        assert a.family == socket.AF_INET6 and enable_gro(b)
+        rng = random.Random(17)
+        for dest, src in (((tb.address6("h2"), port), (tb.address6("h1"), port)),
+                          ((tb.address("h2"), port), (tb.address("h1"), port))):
+            data = rng.randbytes(30 * 1000 + 300)   # 1000 + 48 fits the 1280 link
+            assert send_segments(a, data, 1000, dest) == len(data)
+            got = _receive(b, len(data))
+            assert b"".join(d for d, _, _ in got) == data
+            assert any(seg == 1000 for _, seg, _ in got), [(len(d), s) for d, s, _ in got]
+            assert {addr for _, _, addr in got} == {src}   # plain IPv4, never ::ffff:
+        # DF probes over IPv6: the 1280 route refuses more, locally
+        with probe_sender((tb.address6("h1"), port), netns=tb.ns("h2")) as probe:
+            assert probe.family == socket.AF_INET6 and route_mtu(probe) == 1280
+            probe.send(b"x" * (1280 - 48))
+            with pytest.raises(OSError) as err:
+                probe.send(b"x" * (1280 - 48 + 1))
+            assert err.value.errno == errno.EMSGSIZE
+        got = _receive(a, 1280 - 48)
+        assert [(len(d), addr[0]) for d, _, addr in got] == [(1232, tb.address6("h2"))]
+        # an IPv4 probe beside the dual-stack data socket leaves from the data's own port
+        with probe_sender((tb.address("h1"), port), bind=b.getsockname(), shared=True,
+                          netns=tb.ns("h2")) as probe:
+            assert probe.family == socket.AF_INET and route_mtu(probe) == 1280
+            probe.send(b"v4 probe")
+            assert [(d, addr) for d, _, addr in _receive(a, 8)] == [
+                (b"v4 probe", (tb.address("h2"), port))]
