@@ -1,0 +1,174 @@
+"""Peers over IPv6 underlays, without sockets: addresses as users write them and as the
+router prints them, the socket address forms (IPv4-mapped in, plain out), the link
+machine's per-family path MTU arithmetic, and two engines over IPv6 on the memory network."""
+
+from __future__ import annotations
+
+import random
+import socket
+
+import pytest
+import trio
+
+from tests.unit.test_engine import MAC_A, MAC_B, Host, crosses, established, eventually, run_pair
+from weftnet.proto import sleeve
+from weftnet.proto.connmaker import join_host_port, split_host
+from weftnet.proto.errors import LocalProtocolError
+from weftnet.proto.link import (
+    IP6_UDP_OVERHEAD,
+    IP_UDP_OVERHEAD,
+    MAX_PROBE,
+    MIN_PROBE6,
+    OVERLAY_OVERHEAD,
+    SLEEVE_OVERHEAD,
+    LinkMachine,
+    PathMtuFound,
+    Send,
+    ip_udp_overhead,
+    overlay_overhead,
+)
+from weftnet.proto.sleeve import Kind
+from weftnet.router.api.address import parse_peer_address
+from weftnet.router.dataplane.doubles import MemoryNetwork
+from weftnet.router.dataplane.udpsock import normal_address, socket_address
+
+V6_A, V6_B = "fd00:150::1", "fd00:150::2"
+
+# --- addresses as users write them ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("[fd00:150::1]:6783", "[fd00:150::1]:6783"),
+    ("fd00:150::1", "[fd00:150::1]:6783"),
+    ("[FD00:150:0::1]", "[fd00:150::1]:6783"),
+    ("[fd00:150::1]:7000", "[fd00:150::1]:7000"),
+    ("[::ffff:172.31.1.1]:6783", "172.31.1.1:6783"),     # mapped IPv4: one form, plain
+    ("::ffff:172.31.1.1", "172.31.1.1:6783"),
+    ("[fe80::1%eth0]:6783", "[fe80::1%eth0]:6783"),       # link-local with its zone
+    ("fe80::1%3", "[fe80::1%3]:6783"),
+    ("v6only.example", "v6only.example:6783"),            # a name: resolved when dialled
+])
+def test_peer_addresses_in_ipv6_forms(text: str, expected: str) -> None:
+    assert parse_peer_address(text) == expected
+    assert parse_peer_address(expected) == expected   # what we print parses back the same
+
+
+@pytest.mark.parametrize("text", ["fe80::1", "[fe80::1]:6783", "[FE80::abcd]"])
+def test_link_local_peers_need_a_zone(text: str) -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        parse_peer_address(text)
+    reason = info.value.reason
+    assert "link-local" in reason and "zone" in reason and "%eth0]" in reason
+    assert reason.startswith("invalid peer address") and "\n" not in reason
+
+
+@pytest.mark.parametrize("text", ["[fe80::1%]:1", "[fe80::1%a b]:1", "[fe80::1%a/b]:1",
+                                  "[::ffff:10.0.0.1%eth0]:1", "fd00::1:6783:1:1:1:1:1:1"])
+def test_bad_ipv6_peers_are_one_line_errors(text: str) -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        parse_peer_address(text)
+    assert info.value.reason.startswith("invalid peer address") and "\n" not in info.value.reason
+
+
+def test_host_and_port_split_and_join_with_brackets() -> None:
+    for host in (V6_A, "fe80::1%eth0", "10.0.0.1", "h1.example"):
+        joined = join_host_port(host, 6783)
+        assert split_host(joined) == host
+        assert joined.startswith("[") == (":" in host)
+
+
+# --- socket address forms ------------------------------------------------------------------
+
+
+def test_mapped_ipv4_comes_back_plain_and_goes_out_mapped() -> None:
+    assert normal_address(("::ffff:10.0.0.1", 6783, 0, 0)) == ("10.0.0.1", 6783)
+    assert normal_address((V6_A, 6783, 0, 0)) == (V6_A, 6783)
+    assert normal_address(("fe80::1%eth0", 6783, 0, 2)) == ("fe80::1%eth0", 6783)
+    assert normal_address(("10.0.0.1", 6783)) == ("10.0.0.1", 6783)
+    assert normal_address(("::ffff:a:b", 1, 0, 0)) == ("::ffff:a:b", 1)  # not mapped IPv4
+    assert socket_address(socket.AF_INET6, ("10.0.0.1", 6783)) == ("::ffff:10.0.0.1", 6783)
+    assert socket_address(socket.AF_INET6, (V6_A, 6783)) == (V6_A, 6783)
+    assert socket_address(socket.AF_INET, ("10.0.0.1", 6783)) == ("10.0.0.1", 6783)
+
+
+# --- the link machine's per-family arithmetic ----------------------------------------------
+
+
+def test_overheads_per_family() -> None:
+    assert ip_udp_overhead(("10.0.0.1", 1)) == IP_UDP_OVERHEAD == 28
+    assert ip_udp_overhead((V6_A, 1)) == IP6_UDP_OVERHEAD == 48
+    assert overlay_overhead(("10.0.0.1", 1)) == OVERLAY_OVERHEAD
+    assert overlay_overhead((V6_A, 1)) == SLEEVE_OVERHEAD + 48
+
+
+def _up_machine(peer: str, *, encrypted: bool) -> LinkMachine:
+    m = LinkMachine(me=0x0A0000000001, uid=11, mtu=1376, port=6783, we_trust=False,
+                    encrypted=encrypted, addr=(peer, 6783), now=0.0, rng=random.Random(5))
+    m.datagrams_to_send()
+    ack = sleeve.encode_heartbeat(0x0B0000000002, 22, 0, 1376, flags=0)
+    m.receive(Kind.HEARTBEAT_ACK, ack, (peer, 6783), 0.1)
+    assert m.up
+    return m
+
+
+def _probes(m: LinkMachine) -> list[Send]:
+    return [s for s in m.datagrams_to_send() if s.probe_id is not None]
+
+
+def _ip_size(m: LinkMachine, send: Send) -> int:
+    return (ip_udp_overhead(send.addr) + sleeve.HEADER_LEN + len(send.body)
+            + (sleeve.TAG_LEN if m.encrypted else 0))
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+def test_an_ipv6_path_mtu_round_on_a_1280_link(encrypted: bool) -> None:
+    m = _up_machine(V6_B, encrypted=encrypted)
+    m.handle_timer(0.1)
+    (first,) = _probes(m)
+    assert _ip_size(m, first) == MAX_PROBE   # the IPv6 header counted: the packet is 65535
+    assert first.probe_id is not None
+    m.probe_send_failed(first.probe_id, 0.1, 1280)   # the kernel: the route carries 1280
+    (second,) = _probes(m)
+    assert _ip_size(m, second) == MIN_PROBE6 == 1280
+    assert second.probe_id is not None
+    m.receive(Kind.PROBE_ACK, sleeve.encode_probe(second.probe_id, 16), (V6_B, 6783), 0.2)
+    found = [e for e in iter(m.next_event, None) if isinstance(e, PathMtuFound)]
+    assert found == [PathMtuFound(1280, 1280 - SLEEVE_OVERHEAD - 48)]
+    assert m.mtu == 1280 - overlay_overhead((V6_B, 6783)) and not m.probing
+
+
+def test_ipv6_never_probes_below_1280() -> None:
+    m = _up_machine(V6_B, encrypted=True)
+    m.handle_timer(0.1)
+    (first,) = _probes(m)
+    assert first.probe_id is not None
+    m.probe_send_failed(first.probe_id, 0.1, 1000)   # below IPv6's minimum: nothing to try
+    assert not _probes(m) and not m.probing and m.pmtu is None and m.mtu == 1376
+    # every probe of a round whose probes are all lost is 1280 or more (IPv4 goes to 576)
+    m = _up_machine(V6_B, encrypted=True)
+    sizes = []
+    m.handle_timer(0.1)
+    while m.probing:
+        for s in _probes(m):
+            sizes.append(_ip_size(m, s))
+        m.handle_timer(m.get_timer() or 0.0)
+    assert sizes[0] == MAX_PROBE and min(sizes) == 1280 and m.pmtu is None and m.up
+
+
+# --- two engines over IPv6 (memory network) -----------------------------------------------
+
+
+def test_engines_over_ipv6_probe_1280_and_carry_frames() -> None:
+    async def scenario(a: Host, b: Host, net: MemoryNetwork) -> None:
+        await eventually("established", lambda: established(a, b))
+        assert a.sleeve()["udp_address"] == f"[{V6_B}]:6783"
+        assert b.sleeve()["udp_address"] == f"[{V6_A}]:6783"
+        await eventually("probed", lambda: a.sleeve()["path_mtu"] == 1280
+                         and b.sleeve()["path_mtu"] == 1280)
+        assert a.connection()["mtu"] == 1280 - overlay_overhead((V6_B, 6783))
+        await crosses(a, b, b"over ipv6", MAC_B, MAC_A)
+        await crosses(b, a, b"z" * 3000, MAC_A, MAC_B)   # our own fragments, 1232-byte UDP
+        with trio.fail_after(1):
+            assert a.engine.drops == {} and b.engine.drops == {}
+
+    run_pair(scenario, ips=(V6_A, V6_B), route_mtu=1280, path_mtu=1280)
