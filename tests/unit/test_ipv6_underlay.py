@@ -172,3 +172,17 @@ def test_engines_over_ipv6_probe_1280_and_carry_frames() -> None:
             assert a.engine.drops == {} and b.engine.drops == {}
 
     run_pair(scenario, ips=(V6_A, V6_B), route_mtu=1280, path_mtu=1280)
+
+
+# --- weft bench: rows over IPv6 beside IPv4 ---------------------------------------------------
+
+
+def test_bench_ipv6_adds_the_same_paths_over_ipv6() -> None:
+    from weftnet.router.tools.bench import IPV6_PATHS, PATHS, parse_data_args
+
+    assert not parse_data_args([]).ipv6 and parse_data_args([]).paths == PATHS
+    opts = parse_data_args(["--ipv6"])
+    assert opts.ipv6 and opts.paths == PATHS + IPV6_PATHS
+    opts = parse_data_args(["--ipv6", "--paths", "kernel-vxlan,fastdp-v6,fastdp"])
+    assert opts.paths == ("kernel-vxlan", "fastdp-v6", "fastdp", "kernel-vxlan-v6")
+    assert parse_data_args(["--paths", "sleeve-plain-v6"]).ipv6
