@@ -64,10 +64,16 @@ class _Entry:
     ip: str | None                 # the peer's underlay address (its sleeve address)
     fl: FastLink | None            # None: we do not offer the fast path (hello says why)
     hello_sent: float = -1e9
+    refused: str = ""              # why not, when we could offer it to others but not here
 
 
 def _noop() -> None:
     return None
+
+
+def _kind(ip: str | None) -> tuple[bool, bool]:
+    """(IPv6, scoped): what decides an address's VXLAN device and overhead."""
+    return ip is not None and ":" in ip, ip is not None and "%" in ip
 
 
 @dataclass(slots=True)
@@ -152,20 +158,28 @@ class FastPath:
             self.forget(conn_id)
             return
         if entry is not None and entry.peer == peer:
-            if entry.ip != ip:
+            if entry.ip == ip:
+                return
+            if _kind(entry.ip) == _kind(ip):
                 entry.ip = ip
                 self.moved.add(conn_id)
                 self._sync()
-            return
+                return
+            self.forget(conn_id)  # another family: another device, overhead, or none
         fl = None
         v6 = ip is not None and ":" in ip
-        if self.enabled and not (v6 and self.v6_reason):
+        refused = ""
+        if v6 and self.v6_reason:
+            refused = self.v6_reason
+        elif ip is not None and "%" in ip:  # a VXLAN device sends from one interface only
+            refused = "no fast path over link-local IPv6 (reach the peer at a global address)"
+        if self.enabled and not refused:
             fl = FastLink(self.mtu, now, lambda: self.rng.getrandbits(64),
                           overhead=fastdp.VXLAN6_OVERHEAD if v6 else fastdp.VXLAN_OVERHEAD)
             hello = self.hellos.get(peer)
             if hello is not None:
                 fl.on_hello(hello, now)
-        self.entries[conn_id] = entry = _Entry(peer, nickname, ip, fl)
+        self.entries[conn_id] = entry = _Entry(peer, nickname, ip, fl, refused=refused)
         self._send_hello(entry, now)
         self._changed(conn_id, entry)
         self.moved.add(conn_id)
@@ -202,8 +216,8 @@ class FastPath:
         if not clear:
             return "the fast path carries only unencrypted traffic"
         entry = self.entries.get(conn_id)
-        if entry is not None and entry.fl is None and self.v6_reason:
-            return self.v6_reason
+        if entry is not None and entry.refused:
+            return entry.refused
         fl = entry.fl if entry is not None else None
         return f"fast path not used: {fl.reason if fl is not None else 'waiting for the link'}"
 
@@ -312,7 +326,7 @@ class FastPath:
     def _send_hello(self, entry: _Entry, now: float) -> None:
         entry.hello_sent = now
         hello = Hello(entry.fl is not None, self.bridge_mac, self.local,
-                      self.disabled_reason or (self.v6_reason if entry.fl is None else ""))
+                      self.disabled_reason or entry.refused)
         self.mesh.gossip_unicast(fastdp.CHANNEL, entry.peer, hello.encode(), now)
 
     def _send_probe(self, entry: _Entry, probe: fastdp.Probe) -> None:

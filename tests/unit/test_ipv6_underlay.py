@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from tests.unit.test_engine import MAC_A, MAC_B, Host, crosses, established, eventually, run_pair
-from weftnet.proto import sleeve
+from weftnet.proto import fastdp, sleeve
 from weftnet.proto.connmaker import join_host_port, split_host
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.proto.link import (
@@ -27,9 +27,11 @@ from weftnet.proto.link import (
     ip_udp_overhead,
     overlay_overhead,
 )
+from weftnet.proto.mesh import MeshConfig, MeshNode
 from weftnet.proto.sleeve import Kind
 from weftnet.router.api.address import parse_peer_address
 from weftnet.router.dataplane.doubles import MemoryNetwork
+from weftnet.router.dataplane.fastpath import FastPath
 from weftnet.router.dataplane.udpsock import normal_address, socket_address
 
 V6_A, V6_B = "fd00:150::1", "fd00:150::2"
@@ -186,3 +188,46 @@ def test_bench_ipv6_adds_the_same_paths_over_ipv6() -> None:
     opts = parse_data_args(["--ipv6", "--paths", "kernel-vxlan,fastdp-v6,fastdp"])
     assert opts.paths == ("kernel-vxlan", "fastdp-v6", "fastdp", "kernel-vxlan-v6")
     assert parse_data_args(["--paths", "sleeve-plain-v6"]).ipv6
+
+
+# --- the fast path's choice of VXLAN device per peer ----------------------------------------
+
+
+def _fast_path() -> FastPath:
+    mesh = MeshNode(MeshConfig(name=0x0A0000000001, nickname="a", uid=1, password=None,
+                               port=6783, discovery=False),
+                    now=0.0, random_bytes=random.Random(1).randbytes, rng=random.Random(1))
+    return FastPath(mesh, enabled=True, disabled_reason="", port=6784, mtu=1430,
+                    rng=random.Random(2))   # never opened: no devices, no netlink
+
+
+def test_fast_path_overhead_and_refusals_per_peer_address() -> None:
+    fast = _fast_path()
+    fast.follow(1, 0x0B0000000002, "b", "172.31.1.2", True, 0.0)
+    fast.follow(2, 0x0C0000000003, "c", V6_B, True, 0.0)
+    fast.follow(3, 0x0D0000000004, "d", "fe80::2%eth0", True, 0.0)
+    e = fast.entries
+    assert e[1].fl is not None and e[1].fl.overhead == fastdp.VXLAN_OVERHEAD == 50
+    assert e[2].fl is not None and e[2].fl.overhead == fastdp.VXLAN6_OVERHEAD == 70
+    assert e[3].fl is None and "link-local" in fast.why_not(3, True)
+    # the peer moves to another family: its link starts over with that family's overhead
+    fast.follow(1, 0x0B0000000002, "b", "fd00:150::9", True, 0.0)
+    assert e[1].fl is not None and e[1].fl.overhead == 70 and e[1].ip == "fd00:150::9"
+    # no IPv6 VXLAN device here: IPv6 peers say why, IPv4 ones are unaffected
+    fast = _fast_path()
+    fast.v6_reason = "no kernel VXLAN over IPv6 here: refused"
+    fast.follow(1, 0x0B0000000002, "b", V6_B, True, 0.0)
+    fast.follow(2, 0x0C0000000003, "c", "172.31.1.3", True, 0.0)
+    assert fast.entries[1].fl is None and fast.why_not(1, True) == fast.v6_reason
+    assert fast.entries[2].fl is not None
+
+
+def test_mtu_hint_names_the_ipv6_overhead() -> None:
+    ids = iter(range(1, 100))
+    fl = fastdp.FastLink(1430, 0.0, lambda: next(ids), overhead=fastdp.VXLAN6_OVERHEAD)
+    fl.on_hello(fastdp.Hello(True, bytes(6), frozenset()), 0.0)
+    probes = fl.probes_due(0.0)
+    for p in probes[1:]:   # only the small probe is answered
+        fl.on_ack(p.probe_id)
+    fl.handle_timer(fastdp.PROBE_TIMEOUT)
+    assert not fl.fast and "raise the underlay MTU to 1500" in fl.reason
