@@ -130,6 +130,7 @@ DEFAULT_WAIT = 30.0  # seconds a path may take to come up (routers connected, fi
 POLL = 0.25
 # Links of the baseline, inside each host (veth end "benchve" peers with "eth0" in the container).
 _BRIDGE, _VXLAN, _VETH = "benchbr", "benchvx", "benchve"
+_BESIDE_LINKS = ("benchbr2", "benchvx2", "benchve2")  # beside kernel-vxlan-v6 too
 # The baseline measured beside another path, for RTT: its own containers and subnet.
 BESIDE_CONTAINERS = ("k1", "k2")
 BESIDE_ADDRESSES = ("10.3.1.1", "10.3.1.2")
@@ -290,7 +291,7 @@ class _Runner:
         alternating rounds, so both see the same moments of a noisy machine."""
         for c in BESIDE_CONTAINERS:
             self.tb.add_container(c)
-        with self._kernel_vxlan(BESIDE_CONTAINERS, BESIDE_ADDRESSES):
+        with self._kernel_vxlan(BESIDE_CONTAINERS, BESIDE_ADDRESSES, links=_BESIDE_LINKS):
             self._wait_reachable(BESIDE_CONTAINERS[0], BESIDE_ADDRESSES[1])
             per_round = max(1, self.opts.ping_count // PING_ROUNDS)
             mine: list[PingResult] = []
@@ -367,8 +368,10 @@ class _Runner:
 
     @contextlib.contextmanager
     def _kernel_vxlan(self, containers: Sequence[str], addresses: Sequence[str], *,
-                      ipv6: bool = False) -> Iterator[None]:
+                      ipv6: bool = False,
+                      links: tuple[str, str, str] = (_BRIDGE, _VXLAN, _VETH)) -> Iterator[None]:
         tb = self.tb
+        bridge, vx, veth = links
         at = tb.address6 if ipv6 else tb.address
         mtu = str(BASELINE_MTU6 if ipv6 else BASELINE_MTU)
         try:
@@ -376,15 +379,15 @@ class _Runner:
                 other = HOSTS[1 - i]
                 container_ns = tb.ns(containers[i])
                 for argv in (
-                    ["ip", "link", "add", _BRIDGE, "type", "bridge", "stp_state", "0"],
-                    ["ip", "link", "set", _BRIDGE, "up"],
-                    ["ip", "link", "add", _VXLAN, "type", "vxlan", "id", str(VXLAN_ID),
+                    ["ip", "link", "add", bridge, "type", "bridge", "stp_state", "0"],
+                    ["ip", "link", "set", bridge, "up"],
+                    ["ip", "link", "add", vx, "type", "vxlan", "id", str(VXLAN_ID),
                      "dstport", str(VXLAN_PORT), "local", at(host),
                      "remote", at(other), "dev", tb.interfaces(host)[0]],
-                    ["ip", "link", "set", _VXLAN, "mtu", mtu, "master", _BRIDGE, "up"],
-                    ["ip", "link", "add", _VETH, "mtu", mtu, "type", "veth",
+                    ["ip", "link", "set", vx, "mtu", mtu, "master", bridge, "up"],
+                    ["ip", "link", "add", veth, "mtu", mtu, "type", "veth",
                      "peer", "name", "eth0", "netns", container_ns],
-                    ["ip", "link", "set", _VETH, "master", _BRIDGE, "up"],
+                    ["ip", "link", "set", veth, "master", bridge, "up"],
                 ):  # fmt: skip
                     tb.run(host, argv)
                 for argv in (
@@ -396,7 +399,7 @@ class _Runner:
             yield
         finally:
             for host in HOSTS:
-                for link in (_VETH, _VXLAN, _BRIDGE):
+                for link in (veth, vx, bridge):
                     tb.run(host, ["ip", "link", "del", link], check=False)
 
     @contextlib.contextmanager
