@@ -231,3 +231,16 @@ def test_mtu_hint_names_the_ipv6_overhead() -> None:
         fl.on_ack(p.probe_id)
     fl.handle_timer(fastdp.PROBE_TIMEOUT)
     assert not fl.fast and "raise the underlay MTU to 1500" in fl.reason
+
+
+def test_launch_refuses_a_link_local_peer_and_keeps_ipv6_peers() -> None:
+    from tests.unit.test_cli import launch_ns
+    from weftnet.router.daemon.config import config_from_args
+
+    cfg = config_from_args(launch_ns("--host", "::ffff:10.0.0.1", "[fd00:150::1]:6783",
+                                     "fd00:150::2", "[fe80::1%eth0]"))
+    assert cfg.host == "10.0.0.1"
+    assert cfg.peers == ["[fd00:150::1]:6783", "[fd00:150::2]:6783", "[fe80::1%eth0]:6783"]
+    with pytest.raises(LocalProtocolError) as info:
+        config_from_args(launch_ns("fe80::1"))
+    assert "needs a zone" in info.value.reason and "\n" not in info.value.reason
