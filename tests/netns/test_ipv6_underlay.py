@@ -30,6 +30,7 @@ from weftnet.router.dataplane.udpsock import (
     route_mtu,
     send_segments,
 )
+from weftnet.router.host.netdev import host_addresses
 from weftnet.router.tools.testbed import Testbed
 
 from .weftctl import bulk_tcp, established, launch, logs_on_failure, report, wait_for
@@ -161,6 +162,9 @@ def _receive(sock: socket.socket, total: int) -> list[tuple[bytes, int | None, t
 def test_dual_stack_socket_gso_gro_and_ipv6_probes(testbed_factory: Any) -> None:
     tb: Testbed = testbed_factory(hosts=("h1", "h2"), underlay="dual", mtu={"h2": 1280})
     port = 6783
+    # hole punching's host candidates: IPv4, then global IPv6 (not the link-local fe80::)
+    assert host_addresses(netns=tb.ns("h1")) == [tb.address("h1"), tb.address6("h1")]
+    assert host_addresses(netns=tb.ns("h1"), family=socket.AF_INET6) == [tb.address6("h1")]
     a = open_udp(port, dual=True, netns=tb.ns("h1"))
     b = open_udp(port, dual=True, netns=tb.ns("h2"))
     with a, b:

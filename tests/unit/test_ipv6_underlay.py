@@ -244,3 +244,14 @@ def test_launch_refuses_a_link_local_peer_and_keeps_ipv6_peers() -> None:
     with pytest.raises(LocalProtocolError) as info:
         config_from_args(launch_ns("fe80::1"))
     assert "needs a zone" in info.value.reason and "\n" not in info.value.reason
+
+
+def test_hole_punching_takes_ipv6_host_candidates() -> None:
+    from weftnet.proto.rendezvous import CandidateKind, Rendezvous
+
+    r = Rendezvous(me=0x0A0000000001, port=6783, rng=random.Random(3),
+                   random_bytes=random.Random(4).randbytes, now=0.0)
+    r.set_host_candidates([("172.31.1.1", 6783), (V6_A, 6783), ("fe80::1", 6783),
+                           ("::1", 6783)])
+    assert [(c.kind, c.addr) for c in r.candidates()] == [
+        (CandidateKind.HOST, ("172.31.1.1", 6783)), (CandidateKind.HOST, (V6_A, 6783))]
