@@ -45,6 +45,7 @@ from weftnet.dns.gossip import CHANNEL as DNS_CHANNEL
 from weftnet.dns.service import DnsService
 from weftnet.ipam.gossip import CHANNEL as IPAM_CHANNEL
 from weftnet.ipam.gossip import IpamGossiper
+from weftnet.proto.connmaker import join_host_port
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.proto.ethernet import parse_mac
 from weftnet.proto.fastdp import CHANNEL as FASTDP_CHANNEL
@@ -397,9 +398,9 @@ class Router:
             self.mesh.add_targets(self._initial_targets, trio.current_time())
             self._persist()
             self._pump()
-            log.info("router %s started, listening on port %d, API on %s:%d",
+            log.info("router %s started, listening on port %d, API on %s",
                      describe_peer(self.mesh.config.name, self.config.nickname),
-                     self.config.port, host, port)
+                     self.config.port, join_host_port(host, port))
             task_status.started()
             await self._stopped.wait()
             log.info("router stopping")
