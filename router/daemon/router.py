@@ -49,6 +49,7 @@ from weftnet.proto.connmaker import join_host_port
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.proto.ethernet import parse_mac
 from weftnet.proto.fastdp import CHANNEL as FASTDP_CHANNEL
+from weftnet.proto.link import IP6_UDP_OVERHEAD, IP_UDP_OVERHEAD
 from weftnet.proto.mesh import (
     Close,
     Dial,
@@ -103,16 +104,21 @@ PUMP_ROUNDS = 4      # bounded: a pump never spins
 
 def overlay_mtu(config: LaunchConfig) -> int:
     """The MTU of the bridge and container interfaces when ``--mtu`` is not given: sized
-    for the kernel VXLAN on the underlay (its MTU - 50) when the fast path may carry
-    traffic (less 70 on an IPv6-only underlay), else sleeve's DEFAULT_MTU (room for its
-    headers and encryption)."""
+    for the kernel VXLAN on the underlay (its MTU - 50, - 70 over IPv6) when the fast path
+    may carry traffic, else sleeve's DEFAULT_MTU (room for its headers and encryption), 20
+    less on an IPv6-only host (the IPv6 header is 20 bytes longer: the same room)."""
+    try:
+        v6_only = vxlan.ipv6_only_underlay()
+    except (netdev.NetdevError, OSError):
+        v6_only = False
+    sleeve = DEFAULT_MTU - (IP6_UDP_OVERHEAD - IP_UDP_OVERHEAD if v6_only else 0)
     if not config.fastdp or (config.password and not config.trusted_subnets):
-        return DEFAULT_MTU
+        return sleeve
     try:
         carried = vxlan.underlay_mtu()
     except (netdev.NetdevError, OSError):
         carried = None
-    return DEFAULT_MTU if carried is None else max(DEFAULT_MTU, carried)
+    return sleeve if carried is None else max(sleeve, carried)
 
 
 class Router:

@@ -239,8 +239,13 @@ def underlay_mtu() -> int | None:
             best = mtu if best is None else max(best, mtu)
     if best is None:
         return None
-    v6_only = not netdev.host_addresses(family=socket.AF_INET) and bool(netdev.host_addresses())
-    return best - (VXLAN6_OVERHEAD if v6_only else VXLAN_OVERHEAD)
+    return best - (VXLAN6_OVERHEAD if ipv6_only_underlay() else VXLAN_OVERHEAD)
+
+
+def ipv6_only_underlay() -> bool:
+    """This host can reach peers over IPv6 only: global IPv6 addresses, no IPv4 one."""
+    return (not netdev.host_addresses(family=socket.AF_INET)
+            and bool(netdev.host_addresses(family=socket.AF_INET6)))
 
 
 def device_stats() -> dict[str, int] | None:

@@ -80,6 +80,8 @@ def test_ipv6_only_encrypted_sleeve_three_hosts_and_a_1280_link(testbed_factory:
         # h1-h2 keeps its 1500 (both ends probe at once: each answers the other's probes
         # even when they reach its probe socket just as its own round ends)
         assert conns(tb, "h1")["h2"]["sleeve"]["path_mtu"] == 1500
+        # sleeve's default MTU on an IPv6-only host leaves IPv4's room: 1376 - 20
+        assert conns(tb, "h1")["h2"]["mtu"] == 1356
         for i, h in enumerate(hosts, 1):
             attach(tb, h, f"10.2.1.{i}/24", f"c{i}")
         for src, dst in (("c1", "10.2.1.2"), ("c2", "10.2.1.3"), ("c3", "10.2.1.1")):
