@@ -18,6 +18,7 @@ import random
 import select
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,10 +61,17 @@ def test_ipv6_only_encrypted_sleeve_three_hosts_and_a_1280_link(testbed_factory:
     hosts = ("h1", "h2", "h3")
     tb: Testbed = testbed_factory(hosts=hosts, underlay="ipv6", mtu={"h3": 1280})
     with logs_on_failure(tb, hosts):
+        # a name with an AAAA record only (`ip netns exec` shows h3 /etc/netns/NS/hosts as
+        # /etc/hosts; the testbed removes the directory with the namespace)
+        etc = Path("/etc/netns") / tb.ns("h3")
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "hosts").write_text(f"127.0.0.1 localhost\n{tb.address('h1')} h1.v6.test\n")
         launch(tb, "h1")
         launch(tb, "h2", f"[{tb.address('h1')}]:6783")   # [addr]:port
-        launch(tb, "h3", tb.address("h1"))                # a bare address
-        meshed(tb, hosts)   # h2-h3 found each other by discovery, over IPv6 too
+        launch(tb, "h3", "h1.v6.test", tb.address("h2"))  # a name (AAAA), a bare address
+        meshed(tb, hosts)
+        assert conns(tb, "h3")["h1"]["sleeve"]["udp_address"] == f"[{tb.address('h1')}]:6783"
+        assert conns(tb, "h3")["h2"]["address"] == f"[{tb.address('h2')}]:6783"
         c = conns(tb, "h2")
         assert c["h1"]["address"] == f"[{tb.address('h1')}]:6783"
         assert c["h1"]["sleeve"]["udp_address"] == f"[{tb.address('h1')}]:6783"
