@@ -60,6 +60,7 @@ _PROBE = struct.Struct("!6s6sH4s6sQ")
 PROBE_HEADER = _PROBE.size    # 36 bytes
 SMALL_PROBE = 128             # inner frame bytes after the Ethernet header
 VXLAN_OVERHEAD = 50           # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+VXLAN6_OVERHEAD = 70          # over IPv6: its header is 40 bytes
 PROBE_INTERVAL = 2.0
 PROBE_TIMEOUT = 1.0
 MISSES_TO_FALL = 2
@@ -171,7 +172,8 @@ class _Round:
 class FastLink:
     """Whether one direct connection's traffic may take the VXLAN, and why (not).
 
-    ``mtu`` is the size of a full probe (the bridge's MTU); ``new_id`` draws probe ids.
+    ``mtu`` is the size of a full probe (the bridge's MTU); ``new_id`` draws probe ids;
+    ``overhead`` is what the underlay adds (VXLAN6_OVERHEAD over IPv6).
     """
 
     mtu: int
@@ -187,6 +189,7 @@ class FastLink:
     rounds: list[_Round] = field(default_factory=list)
     changed: bool = False   # fast or reason moved since the caller last looked
     hello_overdue: bool = False  # HELLO_WAIT passed without a hello (said so once)
+    overhead: int = VXLAN_OVERHEAD
 
     def on_hello(self, hello: Hello, now: float) -> None:
         was = self.remote
@@ -255,7 +258,7 @@ class FastLink:
             why = f"cannot send VXLAN probes: {r.send_error}"
         elif r.small_ok:
             why = (f"MTU too small: full-size VXLAN probes ({self.mtu} bytes) are lost, small "
-                   f"ones arrive (lower --mtu or raise the underlay MTU to {self.mtu + VXLAN_OVERHEAD})")
+                   f"ones arrive (lower --mtu or raise the underlay MTU to {self.mtu + self.overhead})")
         else:
             why = "VXLAN probe timed out (is UDP port 6784 blocked?)"
         if self.fast:

@@ -38,7 +38,11 @@ decreasing size finds the largest IP packet that reaches the peer: ``MAX_PROBE``
 ``PROBE_SIZES``, each waited for ``PROBE_WAIT``. A size the kernel refuses locally comes back
 through ``probe_send_failed`` with the route's MTU: the round goes on at once with that MTU
 and the sizes below it. The first size answered is the path MTU; the link's MTU is
-``min(mtu, path MTU - OVERLAY_OVERHEAD)``. Probes leave by the shell's probe port
+``min(mtu, path MTU - overlay overhead)``, the overhead counting the underlay's IP and UDP
+headers (28 bytes over IPv4, 48 over IPv6: ``ip_udp_overhead``). The smallest size worth
+probing is 576 over IPv4 and 1280 over IPv6 (the least every IPv6 link carries; IPv6 is
+never fragmented on the way, so a larger probe is answered or lost, or the kernel refuses
+it after an ICMPv6 Packet Too Big lowered the route's PMTU). Probes leave by the shell's probe port
 (``Send.probe_id`` is set), answers arrive wherever and are never followed.
 
 Pure: time comes in as ``now`` and probe ids from the ``rng`` given. Bodies are decoded by
@@ -67,13 +71,32 @@ PROBE_WAIT = 0.5
 PROBE_SIZES = (9000, 1500, 1480, 1460, 1440, 1420, 1400, 1380, 1280, 576)
 MAX_PROBE = 65535  # the first size of a round: a route refusing it tells its MTU
 MIN_PROBE = 576  # every IPv4 path carries this much
+MIN_PROBE6 = 1280  # every IPv6 link carries this much (RFC 8200)
 PROBE_ACK_SIZE = sleeve.PROBE_MIN
-IP_UDP_OVERHEAD = 28
+IP_UDP_OVERHEAD = 28  # IPv4 header 20 + UDP 8
+IP6_UDP_OVERHEAD = 48  # IPv6 header 40 + UDP 8
 # inner IP packet -> UDP payload: Ethernet + virtio-net header + entry + sleeve header + tag
-OVERLAY_OVERHEAD = (ethernet.ETH_HLEN + ethernet.VNET_HDR_LEN + sleeve.ENTRY_OVERHEAD
-                    + sleeve.HEADER_LEN + sleeve.TAG_LEN + IP_UDP_OVERHEAD)
+SLEEVE_OVERHEAD = (ethernet.ETH_HLEN + ethernet.VNET_HDR_LEN + sleeve.ENTRY_OVERHEAD
+                   + sleeve.HEADER_LEN + sleeve.TAG_LEN)
+OVERLAY_OVERHEAD = SLEEVE_OVERHEAD + IP_UDP_OVERHEAD  # over IPv4
 HB_FLAG_TRUST = 1  # "I trust your underlay address: send to me in the clear if you trust me"
 _ROUNDING = 1e-6  # "for Ns" changes at half seconds; a timer that fires then must see it
+
+
+def is_ipv6(addr: Address) -> bool:
+    """Whether ``addr`` is an IPv6 underlay address (IPv4 ones are never written mapped:
+    the shell normalises ``::ffff:a.b.c.d`` to ``a.b.c.d`` before anything sees it)."""
+    return ":" in addr[0]
+
+
+def ip_udp_overhead(addr: Address) -> int:
+    """The IP and UDP headers in front of a UDP payload sent to ``addr``."""
+    return IP6_UDP_OVERHEAD if is_ipv6(addr) else IP_UDP_OVERHEAD
+
+
+def overlay_overhead(addr: Address) -> int:
+    """Inner IP packet -> underlay IP packet, on a path to ``addr``."""
+    return SLEEVE_OVERHEAD + ip_udp_overhead(addr)
 
 
 def _seconds(silent: float) -> int:
@@ -257,7 +280,7 @@ class LinkMachine:
             self._end_round(now, None)
             return
         sizes = {s for s in r.sizes if s <= route_mtu}
-        if MIN_PROBE <= route_mtu < r.size:
+        if self._floor() <= route_mtu < r.size:
             sizes.add(route_mtu)
         r.sizes = sorted(sizes, reverse=True)
         self._next_size(now)
@@ -334,8 +357,13 @@ class LinkMachine:
         self.down_reason = reason
         self._events.append(LinkWentDown(reason, silent))
 
+    def _floor(self) -> int:
+        """The smallest path MTU the underlay's family guarantees."""
+        return MIN_PROBE6 if self.udp_addr is not None and is_ipv6(self.udp_addr) else MIN_PROBE
+
     def _start_round(self, now: float) -> None:
-        self._round = _Round([MAX_PROBE, *PROBE_SIZES])
+        floor = self._floor()
+        self._round = _Round([MAX_PROBE, *(s for s in PROBE_SIZES if s >= floor)])
         self._next_size(now)
 
     def _next_size(self, now: float) -> None:
@@ -347,7 +375,7 @@ class LinkMachine:
         r.size = r.sizes.pop(0)
         r.probe_id = self._rng.getrandbits(32)
         r.deadline = now + PROBE_WAIT
-        body_size = r.size - IP_UDP_OVERHEAD - sleeve.HEADER_LEN - (
+        body_size = r.size - ip_udp_overhead(self.udp_addr) - sleeve.HEADER_LEN - (
             sleeve.TAG_LEN if self.encrypted else 0)
         self._sends.append(Send(Kind.PROBE, sleeve.encode_probe(r.probe_id, body_size),
                                 self.udp_addr, probe_id=r.probe_id))
@@ -357,5 +385,7 @@ class LinkMachine:
         self.next_probe = now + PMTU_REPROBE
         if found is not None and found != self.pmtu:
             self.pmtu = found
-            self.mtu = min(self.config_mtu, found - OVERLAY_OVERHEAD)
+            overhead = (overlay_overhead(self.udp_addr) if self.udp_addr is not None
+                        else OVERLAY_OVERHEAD)
+            self.mtu = min(self.config_mtu, found - overhead)
             self._events.append(PathMtuFound(found, self.mtu))

@@ -368,7 +368,9 @@ def config_from_args(ns: argparse.Namespace) -> LaunchConfig:
         host = ns.host.strip().strip("[]")
         if not is_ip(host):
             raise LocalProtocolError(f"--host: {ns.host!r} is not an IP address")
-        cfg.host = str(ipaddress.ip_address(host))
+        ip = ipaddress.ip_address(host)
+        mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+        cfg.host = str(mapped or ip)  # one form: sockets, status and peers see plain IPv4
     cfg.fastdp = not ns.no_fastdp
     if ns.mtu is not None:
         cfg.mtu = _int_option("--mtu", ns.mtu, MIN_MTU, MAX_MTU)

@@ -302,7 +302,7 @@ class PunchDriver:
             self._spray.add(sock)
 
     def _open_spray_socket(self) -> UdpPort:
-        return UdpSocketPort(udpsock.open_udp(0, self.host, buffer=SPRAY_BUFFER), False)
+        return UdpSocketPort(udpsock.open_udp(0, self.host, buffer=SPRAY_BUFFER, dual=True), False)
 
     def _punched(self, event: PathPunched, now: float) -> None:
         if event.peer in self.mesh.connected_peers():

@@ -46,10 +46,11 @@ from weftnet.dns.service import DnsService
 from weftnet.ipam.gossip import CHANNEL as IPAM_CHANNEL
 from weftnet.ipam.gossip import CHANNEL_V6 as IPAM6_CHANNEL
 from weftnet.ipam.gossip import IpamGossiper
+from weftnet.proto.connmaker import join_host_port
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.proto.ethernet import parse_mac
 from weftnet.proto.fastdp import CHANNEL as FASTDP_CHANNEL
-from weftnet.proto.fastdp import VXLAN_OVERHEAD
+from weftnet.proto.link import IP6_UDP_OVERHEAD, IP_UDP_OVERHEAD
 from weftnet.proto.mesh import (
     Close,
     Dial,
@@ -104,15 +105,21 @@ PUMP_ROUNDS = 4      # bounded: a pump never spins
 
 def overlay_mtu(config: LaunchConfig) -> int:
     """The MTU of the bridge and container interfaces when ``--mtu`` is not given: sized
-    for the kernel VXLAN on the underlay (its MTU - 50) when the fast path may carry
-    traffic, else sleeve's DEFAULT_MTU (room for its headers and encryption)."""
-    if not config.fastdp or (config.password and not config.trusted_subnets):
-        return DEFAULT_MTU
+    for the kernel VXLAN on the underlay (its MTU - 50, - 70 over IPv6) when the fast path
+    may carry traffic, else sleeve's DEFAULT_MTU (room for its headers and encryption), 20
+    less on an IPv6-only host (the IPv6 header is 20 bytes longer: the same room)."""
     try:
-        underlay = vxlan.underlay_mtu()
+        v6_only = vxlan.ipv6_only_underlay()
     except (netdev.NetdevError, OSError):
-        underlay = None
-    return DEFAULT_MTU if underlay is None else max(DEFAULT_MTU, underlay - VXLAN_OVERHEAD)
+        v6_only = False
+    sleeve = DEFAULT_MTU - (IP6_UDP_OVERHEAD - IP_UDP_OVERHEAD if v6_only else 0)
+    if not config.fastdp or (config.password and not config.trusted_subnets):
+        return sleeve
+    try:
+        carried = vxlan.underlay_mtu()
+    except (netdev.NetdevError, OSError):
+        carried = None
+    return sleeve if carried is None else max(sleeve, carried)
 
 
 class Router:
@@ -403,9 +410,9 @@ class Router:
             self.mesh.add_targets(self._initial_targets, trio.current_time())
             self._persist()
             self._pump()
-            log.info("router %s started, listening on port %d, API on %s:%d",
+            log.info("router %s started, listening on port %d, API on %s",
                      describe_peer(self.mesh.config.name, self.config.nickname),
-                     self.config.port, host, port)
+                     self.config.port, join_host_port(host, port))
             task_status.started()
             await self._stopped.wait()
             log.info("router stopping")

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import trio
 
-from weftnet.proto.link import IP_UDP_OVERHEAD
+from weftnet.proto.link import ip_udp_overhead
 from weftnet.router.dataplane.ports import Address, Buffer, ProbePort
 from weftnet.router.dataplane.udpsock import MAX_UDP_PAYLOAD
 
@@ -152,7 +152,7 @@ class MemoryNetwork:
             raise OSError(errno.EMSGSIZE, "Message too long")
         inbox = self._at.get(dst)
         if (inbox is None or dst in self.blocked
-                or (df and len(data) + IP_UDP_OVERHEAD > self.path_mtu)
+                or (df and len(data) + ip_udp_overhead(dst) > self.path_mtu)
                 or (self.loss and self.rng.random() < self.loss)):
             self.lost += 1
             return
@@ -209,7 +209,7 @@ class MemoryProbe:
         await self.inbox.wait()
 
     def send(self, data: Buffer) -> None:
-        if len(data) + IP_UDP_OVERHEAD > self.net.route_mtu:
+        if len(data) + ip_udp_overhead(self.peer) > self.net.route_mtu:
             raise OSError(errno.EMSGSIZE, "Message too long")
         self.net.send(self.addr, self.peer, data, df=True)
 

@@ -58,12 +58,12 @@ from weftnet.proto.connmaker import join_host_port
 from weftnet.proto.errors import RemoteProtocolError
 from weftnet.proto.forwarding import Forwarder
 from weftnet.proto.link import (
-    IP_UDP_OVERHEAD,
     AddressMoved,
     LinkMachine,
     LinkWentDown,
     LinkWentUp,
     PathMtuFound,
+    ip_udp_overhead,
 )
 from weftnet.proto.mesh import KeysAgreed, KeysSwitched, MeshNode, PeerConnected, PeerDisconnected
 from weftnet.proto.peername import describe_peer
@@ -159,7 +159,7 @@ class Dataplane:
             tap = Tap.open(netdev.TAP, bridge=netdev.BRIDGE, mtu=self.mtu)
         if udp is None:
             try:
-                sock = udpsock.open_udp(self.port, self.host)
+                sock = udpsock.open_udp(self.port, self.host, dual=True)
                 udp = UdpSocketPort(sock, udpsock.enable_gro(sock))
             except OSError as exc:
                 tap.close()
@@ -402,8 +402,8 @@ class Dataplane:
                                 describe_peer(link.peer, link.nickname), event.silent)
             elif isinstance(event, AddressMoved):
                 if event.old is not None:
-                    log.info("%s now sends from %s:%d",
-                             describe_peer(link.peer, link.nickname), *event.new)
+                    log.info("%s now sends from %s",
+                             describe_peer(link.peer, link.nickname), join_host_port(*event.new))
             elif isinstance(event, PathMtuFound):
                 log.info("path MTU to %s is %d: overlay MTU %d",
                          describe_peer(link.peer, link.nickname), event.pmtu, event.mtu)
@@ -579,7 +579,7 @@ class Dataplane:
         if udp is None:
             self._drop("no such socket")
             return
-        seg = (link.machine.pmtu or DEFAULT_PMTU) - IP_UDP_OVERHEAD
+        seg = (link.machine.pmtu or DEFAULT_PMTU) - ip_udp_overhead(addr)
         try:
             if len(datagram) <= seg or len(datagram) > sleeve_frag.max_message(seg):
                 udp.sendto(datagram, addr)

@@ -4,13 +4,17 @@ Per sleeve link that is up and carries traffic in the clear, a ``FastLink`` deci
 probes whether the VXLAN works to that peer. The engine says which links qualify
 (``follow``); this module does the I/O around them:
 
-* the VXLAN device and its forwarding entries (router/dataplane/vxlan.py, netlink in a worker
-  thread: reprogramming takes milliseconds and the data path must not stall meanwhile);
+* the VXLAN devices and their forwarding entries (router/dataplane/vxlan.py, netlink in a
+  worker thread: reprogramming takes milliseconds and the data path must not stall
+  meanwhile): one device per underlay family, each peer's entries on the device of its
+  address's family; without an IPv6 device (refused), IPv6 peers stay on sleeve and say why;
 * probes: sent out of the VXLAN device, received on the bridge, answered with a ProbeAck
   on the control connection (gossip channel ``fastdp``, unicast);
 * hellos: our bridge MAC and the MACs learnt on container ports, polled every
   ``MAC_POLL`` seconds, sent to each direct peer when they change and every
-  ``HELLO_REFRESH`` seconds.
+  ``HELLO_REFRESH`` seconds, every ``HELLO_RETRY`` seconds while the peer's hello has not
+  come (the first ones may leave before the mesh has a route to the peer, and be lost);
+  a peer's first hello is answered with ours at once.
 
 Nothing here writes the engine's state: ``carries(conn_id)`` is the fact the engine's
 single writer of ``link.fast`` reads (the FastLink is fast *and* the peer's flood entry is
@@ -40,11 +44,12 @@ from weftnet.proto.gossip import GossipData
 from weftnet.proto.mesh import MeshNode
 from weftnet.proto.peername import PeerName, describe_peer
 from weftnet.router.dataplane import vxlan
-from weftnet.router.host.netdev import VXLAN, NetdevError
+from weftnet.router.host.netdev import VXLAN, VXLAN6, NetdevError
 
 log = logging.getLogger("weft")
 
 SYNC_RETRY = 0.5  # after netlink refused an entry
+HELLO_RETRY = 1.0  # hello again this soon while the peer's has not come
 MAC_POLL = 1.0
 
 Tables = tuple[dict[str, str], set[str], set[str]]  # VXLAN entries, bridge entries, flood
@@ -59,10 +64,16 @@ class _Entry:
     ip: str | None                 # the peer's underlay address (its sleeve address)
     fl: FastLink | None            # None: we do not offer the fast path (hello says why)
     hello_sent: float = -1e9
+    refused: str = ""              # why not, when we could offer it to others but not here
 
 
 def _noop() -> None:
     return None
+
+
+def _kind(ip: str | None) -> tuple[bool, bool]:
+    """(IPv6, scoped): what decides an address's VXLAN device and overhead."""
+    return ip is not None and ":" in ip, ip is not None and "%" in ip
 
 
 @dataclass(slots=True)
@@ -89,7 +100,9 @@ class FastPath:
     _polling: bool = False
     _last_poll: float = -1e9
     _tx: socket.socket | None = None
+    _tx6: socket.socket | None = None
     _rx: socket.socket | None = None
+    v6_reason: str = ""            # why there is no IPv6 VXLAN device ("" when there is)
     _nursery: trio.Nursery | None = None
 
     # --- life cycle -------------------------------------------------------------------
@@ -106,17 +119,25 @@ class FastPath:
             self.disabled_reason = f"no kernel VXLAN here: {exc}"
             log.warning("fast path off: %s", self.disabled_reason)
             return
-        log.info("fast path: kernel VXLAN %s on UDP port %d, MTU %d", VXLAN, self.port, self.mtu)
+        try:
+            vxlan.ensure_vxlan(self.mtu, self.port, ipv6=True)
+            self._tx6 = vxlan.probe_sender(True)
+        except (NetdevError, OSError) as exc:
+            self.v6_reason = f"no kernel VXLAN over IPv6 here: {exc}"
+            log.info("fast path: %s", self.v6_reason)
+        log.info("fast path: kernel VXLAN %s%s on UDP port %d, MTU %d", VXLAN,
+                 "" if self.v6_reason else f" and {VXLAN6} (IPv6)", self.port, self.mtu)
 
     def close(self) -> None:
-        for sock in (self._tx, self._rx):
+        for sock in (self._tx, self._tx6, self._rx):
             if sock is not None:
                 sock.close()
         if self.enabled:
-            try:
-                vxlan.remove_vxlan()
-            except NetdevError as exc:
-                log.warning("%s", exc)
+            for v6 in (False, True):
+                try:
+                    vxlan.remove_vxlan(ipv6=v6)
+                except NetdevError as exc:
+                    log.warning("%s", exc)
 
     async def run(self) -> None:
         """The probe receiver, and the nursery of the netlink workers."""
@@ -137,18 +158,28 @@ class FastPath:
             self.forget(conn_id)
             return
         if entry is not None and entry.peer == peer:
-            if entry.ip != ip:
+            if entry.ip == ip:
+                return
+            if _kind(entry.ip) == _kind(ip):
                 entry.ip = ip
                 self.moved.add(conn_id)
                 self._sync()
-            return
+                return
+            self.forget(conn_id)  # another family: another device, overhead, or none
         fl = None
-        if self.enabled:
-            fl = FastLink(self.mtu, now, lambda: self.rng.getrandbits(64))
+        v6 = ip is not None and ":" in ip
+        refused = ""
+        if v6 and self.v6_reason:
+            refused = self.v6_reason
+        elif ip is not None and "%" in ip:  # a VXLAN device sends from one interface only
+            refused = "no fast path over link-local IPv6 (reach the peer at a global address)"
+        if self.enabled and not refused:
+            fl = FastLink(self.mtu, now, lambda: self.rng.getrandbits(64),
+                          overhead=fastdp.VXLAN6_OVERHEAD if v6 else fastdp.VXLAN_OVERHEAD)
             hello = self.hellos.get(peer)
             if hello is not None:
                 fl.on_hello(hello, now)
-        self.entries[conn_id] = entry = _Entry(peer, nickname, ip, fl)
+        self.entries[conn_id] = entry = _Entry(peer, nickname, ip, fl, refused=refused)
         self._send_hello(entry, now)
         self._changed(conn_id, entry)
         self.moved.add(conn_id)
@@ -185,6 +216,8 @@ class FastPath:
         if not clear:
             return "the fast path carries only unencrypted traffic"
         entry = self.entries.get(conn_id)
+        if entry is not None and entry.refused:
+            return entry.refused
         fl = entry.fl if entry is not None else None
         return f"fast path not used: {fl.reason if fl is not None else 'waiting for the link'}"
 
@@ -198,7 +231,10 @@ class FastPath:
             return
         found = self._entry_of(src)
         if isinstance(msg, Hello):
+            first = src not in self.hellos
             self.hellos[src] = msg
+            if first and found is not None:
+                self._send_hello(found[1], now)  # ours may have been lost: theirs came
             if found is not None and found[1].fl is not None:
                 found[1].fl.on_hello(msg, now)
                 self._changed(*found)
@@ -247,7 +283,7 @@ class FastPath:
         if self._retry_at is not None:
             times.append(self._retry_at)
         for entry in self.entries.values():
-            times.append(entry.hello_sent + fastdp.HELLO_REFRESH)
+            times.append(entry.hello_sent + self._hello_every(entry))
             fl = entry.fl
             if fl is None:
                 continue
@@ -267,7 +303,7 @@ class FastPath:
             self._nursery.start_soon(self._poll_macs)
         sent = False
         for conn_id, entry in self.entries.items():
-            if now >= entry.hello_sent + fastdp.HELLO_REFRESH:
+            if now >= entry.hello_sent + self._hello_every(entry):
                 self._send_hello(entry, now)
                 sent = True
             fl = entry.fl
@@ -284,17 +320,22 @@ class FastPath:
             self._retry_at = None
         self._sync()
 
+    def _hello_every(self, entry: _Entry) -> float:
+        return fastdp.HELLO_REFRESH if entry.peer in self.hellos else HELLO_RETRY
+
     def _send_hello(self, entry: _Entry, now: float) -> None:
         entry.hello_sent = now
-        hello = Hello(self.enabled, self.bridge_mac, self.local, self.disabled_reason)
+        hello = Hello(entry.fl is not None, self.bridge_mac, self.local,
+                      self.disabled_reason or entry.refused)
         self.mesh.gossip_unicast(fastdp.CHANNEL, entry.peer, hello.encode(), now)
 
     def _send_probe(self, entry: _Entry, probe: fastdp.Probe) -> None:
-        assert entry.fl is not None and entry.fl.remote is not None and self._tx is not None
+        tx = self._tx6 if entry.ip is not None and ":" in entry.ip else self._tx
+        assert entry.fl is not None and entry.fl.remote is not None and tx is not None
         frame = fastdp.encode_probe(entry.fl.remote.bridge_mac, self.bridge_mac,
                                     self.mesh.config.name, probe.probe_id, probe.size)
         try:
-            self._tx.send(frame)
+            tx.send(frame)
             self.probes_sent += 1
         except OSError as exc:
             why = ("the VXLAN device's MTU is smaller than the probe" if exc.errno == errno.EMSGSIZE
@@ -391,6 +432,7 @@ class FastPath:
             "enabled": self.enabled,
             "reason": self.disabled_reason,
             "device": VXLAN if self.enabled else None,
+            "device6": VXLAN6 if self.enabled and not self.v6_reason else None,
             "udp_port": self.port,
             "mtu": self.mtu,
             "local_macs": len(self.local),

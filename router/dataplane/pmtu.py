@@ -73,9 +73,35 @@ class PathProbes:
         m.probe_send_failed(send.probe_id, now, route)
 
     def close(self, link: Link) -> None:
-        probe, link.probe, link.probe_addr = link.probe, None, None
-        if probe is not None:
+        probe, addr = link.probe, link.probe_addr
+        link.probe, link.probe_addr = None, None
+        if probe is None:
+            return
+        if self.nursery is None or addr is None:
             probe.close()
+            return
+        try:
+            self.nursery.start_soon(self._last_words, link, probe, addr)
+        except RuntimeError:  # the nursery is closing: so is everything else
+            probe.close()
+
+    async def _last_words(self, link: Link, probe: ProbePort, addr: Address) -> None:
+        """Deliver what the peer sent while the probe port was open and nobody read yet,
+        then close it: the connected probe socket got those datagrams, not the data socket,
+        and closing it unread would lose them (a peer's own probe, sent just before our
+        round ended, went unanswered: its round then found a smaller path MTU). A task of
+        its own, so the engine is never re-entered from the service that closed the port."""
+        now = trio.current_time()
+        try:
+            for _ in range(DRAIN_BATCH):
+                try:
+                    data = probe.recv(READ_SIZE)
+                except OSError:  # BlockingIOError: drained
+                    break
+                self._deliver(memoryview(data), addr, now, link.sock)
+        finally:
+            probe.close()
+        self._flush(now)
 
     async def _loop(self, link: Link, probe: ProbePort) -> None:
         """Answers to one link's probes. The probe port shares the data socket's address

@@ -115,13 +115,17 @@ class ProbeSocket:
 
 
 class UdpSocketPort:
-    """``UdpPort`` over the sleeve's UDP socket (udpsock.open_udp), with GRO if granted."""
+    """``UdpPort`` over the sleeve's UDP socket (udpsock.open_udp), with GRO if granted.
 
-    __slots__ = ("sock", "gro")
+    The engine speaks ``(host, port)`` with IPv4 plain (never ``::ffff:a.b.c.d``); on a
+    dual-stack AF_INET6 socket this port maps IPv4 on the way out and back on the way in."""
+
+    __slots__ = ("sock", "gro", "_v6")
 
     def __init__(self, sock: socket.socket, gro: bool) -> None:
         self.sock = sock
         self.gro = gro
+        self._v6 = sock.family == socket.AF_INET6
 
     async def wait_readable(self) -> None:
         await trio.lowlevel.wait_readable(self.sock)
@@ -130,13 +134,15 @@ class UdpSocketPort:
         if self.gro:
             return udpsock.recv_batch(self.sock, buf)
         n, addr = self.sock.recvfrom_into(buf)
-        return n, None, addr
+        return n, None, udpsock.normal_address(addr) if self._v6 else addr
 
     def sendto(self, data: Buffer, addr: Address) -> None:
+        if self._v6 and ":" not in addr[0]:
+            addr = udpsock.socket_address(socket.AF_INET6, addr)
         self.sock.sendto(data, addr)
 
     def send_segments(self, data: Buffer, seg_size: int, addr: Address) -> None:
-        udpsock.send_segments(self.sock, data, seg_size, addr)
+        udpsock.send_segments(self.sock, data, seg_size, addr)  # maps IPv4 itself
 
     def open_probe(self, addr: Address) -> ProbePort:
         try:

@@ -20,6 +20,18 @@ on every datagram (``probe_sender``): the kernel refuses locally what exceeds th
 MTU (``EMSGSIZE``), the network drops the rest, and ``route_mtu`` reads the kernel's
 current idea of the path MTU (``IP_MTU``).
 
+Both families: with no ``host`` (all addresses) the data socket is one AF_INET6 socket with
+``IPV6_V6ONLY`` off, when the host has IPv6, so one socket, one reader and one port serve
+IPv4 and IPv6 peers alike (the sleeve's socket index 0 stays *the* socket; GRO and GSO work
+the same on it). IPv4 peers then appear as IPv4-mapped addresses (``::ffff:a.b.c.d``):
+``normal_address`` turns those back into plain IPv4 on the way in and ``socket_address``
+maps plain IPv4 on the way out, so everything above the socket (the link machine that
+follows addresses, status, logs) sees one form only. A ``host`` given (``--host``) binds
+its own family alone. The options that set DF differ per family: ``IP_MTU_DISCOVER`` /
+``IP_MTU`` for IPv4 (also what an AF_INET6 socket uses for mapped IPv4), and
+``IPV6_MTU_DISCOVER`` / ``IPV6_DONTFRAG`` / ``IPV6_MTU`` for IPv6; probe sockets take the
+family of the peer they probe.
+
 Every call here is synchronous and non-blocking: the router waits for readiness once and
 then drains until ``BlockingIOError``.
 """
@@ -30,6 +42,7 @@ import errno
 import socket
 import struct
 import weakref
+from typing import Any
 
 from weftnet.router.host.netdev import NetdevError, NetnsRef, run_in_netns
 
@@ -38,6 +51,8 @@ __all__ = [
     "IP_PMTUDISC_DONT",
     "IP_PMTUDISC_PROBE",
     "MAX_GSO_SEGMENTS",
+    "normal_address",
+    "socket_address",
     "MAX_UDP_PAYLOAD",
     "SOCKET_BUFFER",
     "enable_gro",
@@ -58,10 +73,14 @@ IP_MTU = 14
 IP_PMTUDISC_DONT = 0
 IP_PMTUDISC_DO = 2
 IP_PMTUDISC_PROBE = 3
+IPV6_MTU_DISCOVER = 23  # same values as IP_PMTUDISC_*
+IPV6_MTU = 24
+IPV6_DONTFRAG = 62
+MAPPED_PREFIX = "::ffff:"
 
 SOCKET_BUFFER = 8 << 20
 MAX_GSO_SEGMENTS = 64  # UDP_MAX_SEGMENTS in the kernel
-MAX_UDP_PAYLOAD = 65507  # 65535 - 20 (IPv4) - 8 (UDP)
+MAX_UDP_PAYLOAD = 65507  # 65535 - 20 (IPv4) - 8 (UDP); IPv6 carries 65527, we keep one limit
 _U16 = struct.Struct("=H")
 # The ancillary space one GRO segment-size message needs.
 GRO_ANCBUF = socket.CMSG_SPACE(_U16.size)
@@ -79,38 +98,83 @@ def _set_buffer(sock: socket.socket, force: int, plain: int, size: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
+def normal_address(addr: tuple[Any, ...]) -> Address:
+    """A socket's address as the rest of the router writes it: ``(host, port)``, IPv4-mapped
+    IPv6 (``::ffff:a.b.c.d``) as plain IPv4; an IPv6 host keeps its ``%zone`` if any."""
+    host = addr[0]
+    if host.startswith(MAPPED_PREFIX) and "." in host:
+        host = host[len(MAPPED_PREFIX):]
+    return host, addr[1]
+
+
+def socket_address(family: int, addr: Address) -> Address:
+    """``addr`` as a socket of ``family`` takes it: IPv4 mapped for an AF_INET6 socket."""
+    if family == socket.AF_INET6 and ":" not in addr[0]:
+        return MAPPED_PREFIX + addr[0], addr[1]
+    return addr
+
+
+def _family(host: str, dual: bool) -> int:
+    """The family of a socket for ``host`` ('' = every address: IPv6 and IPv4 if ``dual``
+    and we can)."""
+    if host:
+        return socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.AF_INET6 if dual and socket.has_ipv6 else socket.AF_INET
+
+
+def _set_pmtudisc(sock: socket.socket, mode: int) -> None:
+    """DF policy on both families' traffic of ``sock`` (an AF_INET6 socket carries mapped
+    IPv4 too: the IPv4 option applies to that)."""
+    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, mode)
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, mode)
+
+
 def open_udp(
     port: int,
     host: str = "",
     *,
     buffer: int = SOCKET_BUFFER,
     pmtudisc: int = IP_PMTUDISC_DONT,
+    dual: bool = False,
     netns: str | NetnsRef | None = None,
 ) -> socket.socket:
-    """An IPv4 UDP socket bound to ``host:port``: non-blocking, SO_REUSEADDR, big buffers.
+    """A UDP socket bound to ``host:port``: non-blocking, SO_REUSEADDR, big buffers.
 
+    ``host`` '' binds every IPv4 address, or with ``dual`` every address of both families
+    (one AF_INET6 socket, IPV6_V6ONLY off; AF_INET where the host has no IPv6: the router's
+    sockets); an address binds its own family only.
     Buffers are forced to ``buffer`` bytes (``SO_*BUFFORCE``; capped by ``*mem_max``
     without CAP_NET_ADMIN). ``pmtudisc`` defaults to never setting DF.
     """
 
-    def make() -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    def make(family: int) -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and not host:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, buffer)
             _set_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, buffer)
-            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, pmtudisc)
-            sock.bind((host, port))
+            _set_pmtudisc(sock, pmtudisc)
+            sock.bind((host or ("::" if family == socket.AF_INET6 else ""), port))
             sock.setblocking(False)
         except BaseException:
             sock.close()
             raise
         return sock
 
+    family = _family(host, dual)
     try:
-        return run_in_netns(netns, make)
+        try:
+            return run_in_netns(netns, lambda: make(family))
+        except OSError as exc:
+            if host or family != socket.AF_INET6 or exc.errno not in (
+                    errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT):
+                raise
+            return run_in_netns(netns, lambda: make(socket.AF_INET))  # IPv6 off in this kernel
     except OSError as exc:
-        where = f"{host or '*'}:{port}"
+        where = f"[{host}]:{port}" if ":" in host else f"{host or '*'}:{port}"
         raise NetdevError(f"cannot open UDP {where}: {exc.strerror or exc}") from None
 
 
@@ -141,7 +205,7 @@ def recv_batch(
             seg = _U16.unpack_from(data)[0]
     if seg is not None and seg >= nbytes:
         seg = None  # one datagram after all
-    return nbytes, seg, addr
+    return nbytes, seg, normal_address(addr)
 
 
 def _chunks(total: int, seg_size: int) -> list[tuple[int, int]]:
@@ -155,6 +219,8 @@ def send_segments(
 ) -> int:
     """Send ``data`` to ``addr`` as datagrams of ``seg_size`` bytes (the last may be shorter).
 
+    ``addr`` plain: IPv4 is mapped for an AF_INET6 socket (``socket_address``).
+
     Uses ``UDP_SEGMENT`` (one call per 64 segments); where the kernel refuses it, sends
     the datagrams one by one. Returns the bytes sent: all of ``data``, or fewer when the
     socket buffer filled up part-way (a whole number of segments); raises
@@ -162,6 +228,7 @@ def send_segments(
     """
     if seg_size <= 0:
         raise ValueError(f"bad segment size {seg_size}")
+    addr = socket_address(sock.family, addr)
     view = memoryview(data).cast("B")
     total = len(view)
     if total <= seg_size:
@@ -214,6 +281,10 @@ def probe_sender(
 ) -> socket.socket:
     """A non-blocking UDP socket connected to ``peer_addr`` that sets DF on every datagram.
 
+    Its family is the peer's (an IPv6 probe also sets ``IPV6_DONTFRAG``: the kernel never
+    fragments it, even locally); ``bind`` is turned into that family's wildcard when it is
+    the other family's (the data socket's ``::`` for an IPv4 peer).
+
     ``IP_PMTUDISC_PROBE`` (default) sends up to the route's MTU regardless of what the
     kernel learnt about the path; ``IP_PMTUDISC_DO`` also honours learnt path MTUs
     (``EMSGSIZE`` beyond either). The default is an ephemeral port. ``shared``: bind to
@@ -226,14 +297,27 @@ def probe_sender(
     if mode not in (IP_PMTUDISC_DO, IP_PMTUDISC_PROBE):
         raise ValueError("probe_sender needs IP_PMTUDISC_DO or IP_PMTUDISC_PROBE")
 
+    family = socket.AF_INET6 if ":" in peer_addr[0] else socket.AF_INET
+    host, port = bind[0], bind[1]
+    if (":" in host) != (family == socket.AF_INET6):
+        if host not in ("", "::", "0.0.0.0"):
+            raise NetdevError(f"cannot probe {peer_addr[0]} from {host}: another family")
+        host = ""
+    if family == socket.AF_INET6 and not host:
+        host = "::"
+
     def make() -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, mode)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, mode)
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_DONTFRAG, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, mode)
             if shared:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, SOCKET_BUFFER)
-            sock.bind(bind)
+            sock.bind((host, port))
             sock.connect(peer_addr)
             sock.setblocking(False)
         except BaseException:
@@ -244,10 +328,13 @@ def probe_sender(
     try:
         return run_in_netns(netns, make)
     except OSError as exc:
-        raise NetdevError(f"cannot open a probe socket to {peer_addr[0]}:{peer_addr[1]}: "
+        where = f"[{peer_addr[0]}]" if ":" in peer_addr[0] else peer_addr[0]
+        raise NetdevError(f"cannot open a probe socket to {where}:{peer_addr[1]}: "
                           f"{exc.strerror or exc}") from None
 
 
 def route_mtu(sock: socket.socket) -> int:
-    """The kernel's path MTU for a connected socket's destination (``IP_MTU``)."""
+    """The kernel's path MTU for a connected socket's destination (``IP_MTU``, ``IPV6_MTU``)."""
+    if sock.family == socket.AF_INET6:
+        return sock.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU)
     return sock.getsockopt(socket.IPPROTO_IP, IP_MTU)

@@ -60,6 +60,7 @@ __all__ = [
     "TAP",
     "VETH_PREFIX",
     "VXLAN",
+    "VXLAN6",
     "Attached",
     "NetdevError",
     "NetnsRef",
@@ -81,6 +82,7 @@ __all__ = [
 BRIDGE = "weft"
 TAP = "weft-tap"
 VXLAN = "weft-vxlan"
+VXLAN6 = "weft-vxlan6"  # the fast path's VXLAN over an IPv6 underlay (one device per family)
 CONTAINER_IFNAME = "ethwe"
 IFA_F_NODAD = 0x02   # linux/if_addr.h: no duplicate address detection for this address
 Cidr = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -351,30 +353,36 @@ def _addrs(ipr: IPRoute, index: int) -> list[Cidr]:
     return sorted(out, key=lambda c: (c.version, int(c.ip), c.network.prefixlen))
 
 
-def host_addresses(*, netns: str | NetnsRef | None = None) -> list[str]:
-    """This host's own IPv4 addresses a peer might reach it at (hole punching's host
-    candidates): global scope, on interfaces that are up, neither loopback nor ours
-    (the bridge and everything enslaved to it carry the overlay, not the underlay)."""
-    found: list[str] = []
+def host_addresses(*, netns: str | NetnsRef | None = None, family: int | None = None) -> list[str]:
+    """This host's own addresses a peer might reach it at (hole punching's host candidates):
+    global scope (IPv6 ULAs included), on interfaces that are up, neither loopback nor ours
+    (the bridge and everything enslaved to it carry the overlay, not the underlay). IPv4
+    first, then IPv6; ``family`` (AF_INET or AF_INET6) limits them to one."""
+    found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
     try:
         with _ipr(netns) as ipr:
             links = {int(link["index"]): link for link in ipr.get_links()}
-            for msg in ipr.get_addr(family=socket.AF_INET):
-                link = links.get(int(msg["index"]))
-                if link is None or msg["scope"] != 0 or not link["flags"] & 1:  # IFF_UP
+            for fam in (socket.AF_INET, socket.AF_INET6):
+                if family is not None and fam != family:
                     continue
-                name = link.get("IFLA_IFNAME")
-                master = link.get("IFLA_MASTER")
-                bridge = links.get(int(master)) if master else None
-                if name in (BRIDGE, TAP, VXLAN) or (
-                        bridge is not None and bridge.get("IFLA_IFNAME") == BRIDGE):
-                    continue
-                addr = ipaddress.IPv4Address(msg.get("IFA_ADDRESS") or msg.get("IFA_LOCAL"))
-                if not addr.is_loopback and not addr.is_link_local:
-                    found.append(str(addr))
+                for msg in ipr.get_addr(family=fam):
+                    link = links.get(int(msg["index"]))
+                    if link is None or msg["scope"] != 0 or not link["flags"] & 1:  # IFF_UP
+                        continue
+                    name = link.get("IFLA_IFNAME")
+                    master = link.get("IFLA_MASTER")
+                    bridge = links.get(int(master)) if master else None
+                    if name in (BRIDGE, TAP, VXLAN, VXLAN6) or (
+                            bridge is not None and bridge.get("IFLA_IFNAME") == BRIDGE):
+                        continue
+                    if fam == socket.AF_INET6 and msg.get("IFA_FLAGS", msg["flags"]) & 0x40:
+                        continue  # IFA_F_TENTATIVE: not usable yet (duplicate address check)
+                    addr = ipaddress.ip_address(msg.get("IFA_ADDRESS") or msg.get("IFA_LOCAL"))
+                    if not addr.is_loopback and not addr.is_link_local:
+                        found.append(addr)
     except (NetlinkError, OSError) as exc:
         raise _fail("cannot list the host's addresses", exc) from None
-    return sorted(set(found), key=lambda a: int(ipaddress.IPv4Address(a)))
+    return [str(a) for a in sorted(set(found), key=lambda a: (a.version, int(a)))]
 
 
 def link_exists(ifname: str, *, netns: str | NetnsRef | None = None) -> bool:
@@ -763,7 +771,7 @@ def remove_all(*, netns: str | NetnsRef | None = None) -> list[str]:
             for link in ipr.get_links()
             if str(link.get("ifname")).startswith(VETH_PREFIX)
         )
-    for name in [*names, TAP, VXLAN, BRIDGE]:
+    for name in [*names, TAP, VXLAN, VXLAN6, BRIDGE]:
         if _delete_link(name, netns):
             removed.append(name)
         _remember(name, None)

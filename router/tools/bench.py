@@ -18,6 +18,14 @@ Ethernet spanning the two hosts, then the same measurements run container to con
     fastdp            weft launch with the fast path allowed; skipped (with the router's
                       reason) when the connection's overlay is not "fastdp"
 
+With ``--ipv6`` the hosts are dual-stack (``fd00:150::N/64`` beside 172.31.1.N) and the same
+paths run once more over the IPv6 underlay, as rows of their own in the same table:
+``kernel-vxlan-v6`` (the hand-built VXLAN with IPv6 ``local``/``remote``, MTU 1430: IPv6's
+header is 20 bytes longer), ``sleeve-plain-v6``, ``sleeve-encrypted-v6`` (routers dialled at
+``[fd00:150::1]``) and ``fastdp-v6`` (``--mtu 1430``, what VXLAN over IPv6 carries in a 1500
+underlay). Their ratios are to the same IPv4 baseline, so the rows compare directly; naming
+an ``-v6`` path in ``--paths`` makes the hosts dual-stack too.
+
 Per path: set it up; wait until ``c1`` gets an answer from ``c2``; ping (``PING_COUNT``
 pings ``PING_INTERVAL`` s apart: average and median RTT); iperf3 TCP, one stream, for
 ``--duration`` s (throughput as received by the server, which must be more than zero
@@ -91,6 +99,7 @@ from weftnet.router.tools.namespaces import end_process, one_line
 from weftnet.router.tools.testbed import CommandFailed, Testbed, TestbedError, sigterm_as_interrupt
 
 __all__ = [
+    "IPV6_PATHS",
     "LOSS_PERCENT",
     "PATHS",
     "SUITES",
@@ -102,6 +111,9 @@ __all__ = [
 ]
 
 PATHS = ("kernel-vxlan", "sleeve-plain", "sleeve-encrypted", "fastdp")
+V6 = "-v6"  # the same path over the IPv6 underlay (--ipv6)
+IPV6_PATHS = tuple(p + V6 for p in PATHS)
+BASELINE_MTU6 = 1430  # 1500 underlay - 70 bytes of VXLAN/UDP/IPv6/Ethernet headers
 LOSS_PERCENT = 1
 HOSTS = ("h1", "h2")
 CONTAINERS = ("c1", "c2")  # c1 lives on h1, c2 on h2
@@ -118,6 +130,7 @@ DEFAULT_WAIT = 30.0  # seconds a path may take to come up (routers connected, fi
 POLL = 0.25
 # Links of the baseline, inside each host (veth end "benchve" peers with "eth0" in the container).
 _BRIDGE, _VXLAN, _VETH = "benchbr", "benchvx", "benchve"
+_BESIDE_LINKS = ("benchbr2", "benchvx2", "benchve2")  # beside kernel-vxlan-v6 too
 # The baseline measured beside another path, for RTT: its own containers and subnet.
 BESIDE_CONTAINERS = ("k1", "k2")
 BESIDE_ADDRESSES = ("10.3.1.1", "10.3.1.2")
@@ -136,6 +149,7 @@ class DataOptions:
     json: bool
     ping_count: int
     wait: float
+    ipv6: bool = False  # the hosts are dual-stack (an -v6 path is among the paths)
 
 
 def _data_parser() -> argparse.ArgumentParser:
@@ -145,8 +159,8 @@ def _data_parser() -> argparse.ArgumentParser:
         "simulated hosts (network namespaces) built for the purpose: TCP throughput "
         "(iperf3) and ping RTT, with and without 1%% underlay loss; ratios to the kernel "
         "VXLAN baseline of the same run. Needs root, iproute2, iperf3, ping and nft.",
-        epilog=f"paths: {', '.join(PATHS)} (baseline: {BASELINE}). Other suites: "
-        "dns (weft bench dns --help).",
+        epilog=f"paths: {', '.join(PATHS + IPV6_PATHS)} (baseline: {BASELINE}). Other "
+        "suites: dns (weft bench dns --help).",
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument(
@@ -158,6 +172,11 @@ def _data_parser() -> argparse.ArgumentParser:
         help=f"comma-separated paths to measure, in order (default: {','.join(PATHS)})",
     )  # fmt: skip
     p.add_argument("--no-loss", action="store_true", help="skip the runs with 1%% underlay loss")
+    p.add_argument(
+        "--ipv6", action="store_true",
+        help="dual-stack hosts; after the paths, the same paths over the IPv6 underlay "
+        f"({','.join(IPV6_PATHS)})",
+    )  # fmt: skip
     p.add_argument(
         "--quick", action="store_true",
         help=f"a smoke run: {QUICK_DURATION} s per iperf3 run (unless --duration), "
@@ -177,12 +196,14 @@ def parse_data_args(argv: Sequence[str]) -> DataOptions:
     for name in (s.strip() for s in ns.paths.split(",")):
         if not name:
             continue
-        if name not in PATHS:
-            raise UsageError(f"unknown path {name!r} (paths: {', '.join(PATHS)})")
+        if name not in PATHS + IPV6_PATHS:
+            raise UsageError(f"unknown path {name!r} (paths: {', '.join(PATHS + IPV6_PATHS)})")
         if name not in paths:
             paths.append(name)
     if not paths:
         raise UsageError("--paths names no path")
+    if ns.ipv6:
+        paths += [p + V6 for p in paths if not p.endswith(V6) and p + V6 not in paths]
     duration = ns.duration
     if duration is None:
         duration = QUICK_DURATION if ns.quick else DEFAULT_DURATION
@@ -197,6 +218,7 @@ def parse_data_args(argv: Sequence[str]) -> DataOptions:
         json=ns.json,
         ping_count=PING_COUNT_QUICK if ns.quick else PING_COUNT,
         wait=ns.wait,
+        ipv6=any(p.endswith(V6) for p in paths),
     )
 
 
@@ -219,6 +241,11 @@ class _Runner:
             "sleeve-plain": lambda: self._weft(path, password=None, fastdp=False),
             "sleeve-encrypted": lambda: self._weft(path, password=secrets.token_hex(16), fastdp=False),
             "fastdp": lambda: self._weft(path, password=None, fastdp=True),
+            "kernel-vxlan-v6": lambda: self._kernel_vxlan(CONTAINERS, ADDRESSES, ipv6=True),
+            "sleeve-plain-v6": lambda: self._weft(path, password=None, fastdp=False, ipv6=True),
+            "sleeve-encrypted-v6": lambda: self._weft(path, password=secrets.token_hex(16),
+                                                      fastdp=False, ipv6=True),
+            "fastdp-v6": lambda: self._weft(path, password=None, fastdp=True, ipv6=True),
         }
         say = self._say(path)
         lossy: Measurement | None = None
@@ -264,7 +291,7 @@ class _Runner:
         alternating rounds, so both see the same moments of a noisy machine."""
         for c in BESIDE_CONTAINERS:
             self.tb.add_container(c)
-        with self._kernel_vxlan(BESIDE_CONTAINERS, BESIDE_ADDRESSES):
+        with self._kernel_vxlan(BESIDE_CONTAINERS, BESIDE_ADDRESSES, links=_BESIDE_LINKS):
             self._wait_reachable(BESIDE_CONTAINERS[0], BESIDE_ADDRESSES[1])
             per_round = max(1, self.opts.ping_count // PING_ROUNDS)
             mine: list[PingResult] = []
@@ -340,26 +367,31 @@ class _Runner:
     # -- the paths --
 
     @contextlib.contextmanager
-    def _kernel_vxlan(self, containers: Sequence[str], addresses: Sequence[str]) -> Iterator[None]:
+    def _kernel_vxlan(self, containers: Sequence[str], addresses: Sequence[str], *,
+                      ipv6: bool = False,
+                      links: tuple[str, str, str] = (_BRIDGE, _VXLAN, _VETH)) -> Iterator[None]:
         tb = self.tb
+        bridge, vx, veth = links
+        at = tb.address6 if ipv6 else tb.address
+        mtu = str(BASELINE_MTU6 if ipv6 else BASELINE_MTU)
         try:
             for i, host in enumerate(HOSTS):
                 other = HOSTS[1 - i]
                 container_ns = tb.ns(containers[i])
                 for argv in (
-                    ["ip", "link", "add", _BRIDGE, "type", "bridge", "stp_state", "0"],
-                    ["ip", "link", "set", _BRIDGE, "up"],
-                    ["ip", "link", "add", _VXLAN, "type", "vxlan", "id", str(VXLAN_ID),
-                     "dstport", str(VXLAN_PORT), "local", tb.address(host),
-                     "remote", tb.address(other), "dev", tb.interfaces(host)[0]],
-                    ["ip", "link", "set", _VXLAN, "mtu", str(BASELINE_MTU), "master", _BRIDGE, "up"],
-                    ["ip", "link", "add", _VETH, "mtu", str(BASELINE_MTU), "type", "veth",
+                    ["ip", "link", "add", bridge, "type", "bridge", "stp_state", "0"],
+                    ["ip", "link", "set", bridge, "up"],
+                    ["ip", "link", "add", vx, "type", "vxlan", "id", str(VXLAN_ID),
+                     "dstport", str(VXLAN_PORT), "local", at(host),
+                     "remote", at(other), "dev", tb.interfaces(host)[0]],
+                    ["ip", "link", "set", vx, "mtu", mtu, "master", bridge, "up"],
+                    ["ip", "link", "add", veth, "mtu", mtu, "type", "veth",
                      "peer", "name", "eth0", "netns", container_ns],
-                    ["ip", "link", "set", _VETH, "master", _BRIDGE, "up"],
+                    ["ip", "link", "set", veth, "master", bridge, "up"],
                 ):  # fmt: skip
                     tb.run(host, argv)
                 for argv in (
-                    ["ip", "link", "set", "eth0", "mtu", str(BASELINE_MTU)],
+                    ["ip", "link", "set", "eth0", "mtu", mtu],
                     ["ip", "addr", "add", f"{addresses[i]}/{PREFIX_LEN}", "dev", "eth0"],
                     ["ip", "link", "set", "eth0", "up"],
                 ):
@@ -367,11 +399,12 @@ class _Runner:
             yield
         finally:
             for host in HOSTS:
-                for link in (_VETH, _VXLAN, _BRIDGE):
+                for link in (veth, vx, bridge):
                     tb.run(host, ["ip", "link", "del", link], check=False)
 
     @contextlib.contextmanager
-    def _weft(self, path: str, *, password: str | None, fastdp: bool) -> Iterator[None]:
+    def _weft(self, path: str, *, password: str | None, fastdp: bool,
+              ipv6: bool = False) -> Iterator[None]:
         tb = self.tb
         # A data dir per path and host: no state (peer names, IPAM) carries over between paths.
         envs = {}
@@ -384,12 +417,16 @@ class _Runner:
         try:
             for i, host in enumerate(HOSTS):
                 args = ["launch"] + ([] if fastdp else ["--no-fastdp"])
-                args += [tb.address(h) for h in HOSTS[:i]]
+                if fastdp and ipv6:  # the hosts have IPv4 too: sized for VXLAN over IPv4
+                    args += ["--mtu", str(BASELINE_MTU6)]
+                args += [f"[{tb.address6(h)}]:6783" if ipv6 else tb.address(h) for h in HOSTS[:i]]
                 launched.append(host)
                 tb.weft(host, *args, env=envs[host], timeout=60)
             conns = self._wait_established(envs, "fastdp" if fastdp else None)
             for host, conn in conns.items():
                 check_overlay(host, conn, password=password, fastdp=fastdp)
+                if ipv6 and not str(conn.get("address", "")).startswith("["):
+                    raise MeasurementFailed(f"{host} is not connected over IPv6: {_conn_text(conn)}")
             for i, host in enumerate(HOSTS):
                 target = tb.ns(CONTAINERS[i])
                 tb.weft(host, "attach", f"{ADDRESSES[i]}/{PREFIX_LEN}", target,
@@ -568,7 +605,7 @@ def run_data_bench(argv: Sequence[str], *, progress: Progress | None = None) -> 
     error: str | None = None
     try:
         with sigterm_as_interrupt():
-            tb = Testbed(hosts=HOSTS)
+            tb = Testbed(hosts=HOSTS, underlay="dual" if opts.ipv6 else "ipv4")
             say(f"testbed {tb.prefix}: hosts {', '.join(tb.ns(h) for h in HOSTS)}")
             runner = _Runner(tb, opts, say)
             for path in opts.paths:

@@ -45,6 +45,13 @@ the container), or a test wires it by hand. ``run``/``popen``/``ping`` accept co
 wherever they accept host names. Containers share the prefix, so ``close()`` and
 ``sweep_stale()`` remove them with the rest; ``remove_container`` removes one earlier.
 
+*IPv6 underlays*: ``Testbed(..., underlay="ipv6")`` gives each host ``fd00:<149+s>::<i>/64``
+(segment 1 is ``fd00:150::/64``) instead of its IPv4 address, ``underlay="dual"`` both; the
+addresses carry ``nodad`` (usable at once, not "tentative" for a second). ``address(host)``
+is the IPv6 one on an IPv6-only underlay; ``address6(host)`` always. ``mtu={"h2": 1280}``
+sets a host's underlay interfaces' MTU (1280, IPv6's minimum, makes a path MTU test).
+Hosts behind NAT keep IPv4, and ``partition`` matches IPv4 and IPv6 addresses.
+
 *NAT gateways*: ``Testbed(..., nat={"h2": Nat(), "h3": Nat(symmetric=True)})`` puts each
 named host behind a gateway namespace ``PREFIX-gw<i>`` (``i`` = the host's number) of its own,
 as a cloud would (``natgw.py`` says how it behaves). The gateway takes the host's place on its
@@ -153,8 +160,14 @@ class Testbed:
         segments: Mapping[str, Sequence[str]] | None = None,
         prefix: str | None = None,
         nat: Mapping[str, Nat] | None = None,
+        underlay: str = "ipv4",
+        mtu: Mapping[str, int] | None = None,
     ) -> None:
         self.hosts: tuple[str, ...] = tuple(hosts)
+        if underlay not in ("ipv4", "ipv6", "dual"):
+            raise ValueError(f"underlay must be ipv4, ipv6 or dual, not {underlay!r}")
+        self.underlay = underlay
+        self.mtu: dict[str, int] = dict(mtu or {})
         if segments is None:
             segments = {"lan": self.hosts}
         self.segments: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in segments.items()}
@@ -256,7 +269,14 @@ class Testbed:
                 run_ip("-n", sw, "link", "add", port, "type", "veth",
                     "peer", "name", ifname, "netns", hns)  # fmt: skip
                 run_ip("-n", sw, "link", "set", port, "master", "br0", "up")
-                run_ip("-n", hns, "addr", "add", f"{self.address(host, seg)}/24", "dev", ifname)
+                if self.underlay != "ipv6":
+                    run_ip("-n", hns, "addr", "add", f"{self._segment_address(host, seg)}/24",
+                           "dev", ifname)
+                if self.underlay != "ipv4":
+                    run_ip("-n", hns, "addr", "add", f"{self.address6(host, seg)}/64", "dev",
+                           ifname, "nodad")
+                if host in self.mtu:
+                    run_ip("-n", hns, "link", "set", ifname, "mtu", str(self.mtu[host]))
                 run_ip("-n", hns, "link", "set", ifname, "up")
         self._wait_links_up()
 
@@ -361,7 +381,18 @@ class Testbed:
             raise KeyError(f"host {host!r} is not on segment {seg!r} (it is on {on})")
         if host in self.nat:
             return str(private_net(self.hosts.index(host) + 1)[2])
+        if self.underlay == "ipv6":
+            return self.address6(host, seg)
         return self._segment_address(host, seg)
+
+    def address6(self, host: str, segment: str | None = None) -> str:
+        """``host``'s IPv6 address (no prefix length) on ``segment`` (default: its first), on
+        an IPv6 or dual-stack underlay."""
+        on = self.host_segments(host)
+        seg = on[0] if segment is None else segment
+        if self.underlay == "ipv4" or seg not in on or host in self.nat:
+            raise KeyError(f"host {host!r} has no IPv6 address on segment {seg!r}")
+        return f"fd00:{150 + list(self.segments).index(seg)}::{self.hosts.index(host) + 1}"
 
     def public_address(self, host: str) -> str:
         """The address others see ``host``'s packets come from on its (first) segment: its
@@ -654,6 +685,8 @@ class Testbed:
 
     def _all_addresses(self, host: str) -> list[str]:
         own = [self.address(host, seg) for seg in self.host_segments(host)]
+        if self.underlay == "dual" and host not in self.nat:
+            own += [self.address6(host, seg) for seg in self.host_segments(host)]
         return own + ([self.public_address(host)] if host in self.nat else [])
 
     def partition(self, a: str, b: str) -> None:
@@ -667,12 +700,15 @@ class Testbed:
             self._delete_rules(here, f"partition-{there}")
             self._ensure_table(here)
             t, dev = f"inet {NFT_TABLE}", self._underlay(here)
-            addrs = "{ " + ", ".join(self._all_addresses(there)) + " }"
             tag = f'comment "partition-{there}"'
-            self._nft(here, script=(
-                f"add rule {t} input iifname {dev} ip saddr {addrs} drop {tag}\n"
-                f"add rule {t} output oifname {dev} ip daddr {addrs} drop {tag}\n"
-            ))  # fmt: skip
+            addrs = self._all_addresses(there)
+            for fam in ("ip", "ip6"):
+                mine = [a for a in addrs if (":" in a) == (fam == "ip6")]
+                if mine:
+                    a = "{ " + ", ".join(mine) + " }"
+                    self._nft(here, script=(
+                        f"add rule {t} input iifname {dev} {fam} saddr {a} drop {tag}\n"
+                        f"add rule {t} output oifname {dev} {fam} daddr {a} drop {tag}\n"))
 
     def isolate(self, host: str) -> None:
         """``partition`` ``host`` from every other host of the testbed."""

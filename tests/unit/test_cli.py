@@ -256,7 +256,7 @@ def test_launch_options_round_trip(tmp_path: Path) -> None:
             "10.40.0.0/16", "--ipalloc-default-subnet", "10.40.1.0/24", "--ipalloc-init",
             "seed=0a:00:00:00:00:09,0a:00:00:00:00:0a", "--no-dns", "--dns-domain", "Mesh.Test",
             "--dns-ttl", "30", "--data-dir", str(tmp_path / "d"), "--http-addr", "[::1]:7001",
-            "--log-level", "DEBUG", "peer1", "10.0.0.2:7002", "fe80::1",
+            "--log-level", "DEBUG", "peer1", "10.0.0.2:7002", "fd00::1",
         )
     )  # fmt: skip
     assert cfg.name == 0x0A0000000009 and cfg.nickname == "h9"
@@ -268,7 +268,7 @@ def test_launch_options_round_trip(tmp_path: Path) -> None:
         1400,
         5,
     )
-    assert cfg.peers == ["peer1:7000", "10.0.0.2:7002", "[fe80::1]:7000"]
+    assert cfg.peers == ["peer1:7000", "10.0.0.2:7002", "[fd00::1]:7000"]
     assert cfg.ipalloc_init == "seed=0a:00:00:00:00:09,0a:00:00:00:00:0a"
     assert (cfg.dns, cfg.dns_domain, cfg.dns_ttl) == (False, "mesh.test.", 30)
     assert cfg.http_addr == ("::1", 7001) and cfg.log_level == "debug"
@@ -285,9 +285,12 @@ def test_launch_options_round_trip(tmp_path: Path) -> None:
         ("Host2.Example:7", "host2.example:7"),
         (" 10.0.0.2 ", "10.0.0.2:6783"),
         ("10.0.0.2:1", "10.0.0.2:1"),
-        ("[fe80::1]:7", "[fe80::1]:7"),
-        ("[FE80:0::1]", "[fe80::1]:6783"),
-        ("fe80::1", "[fe80::1]:6783"),
+        ("[fd00::1]:7", "[fd00::1]:7"),
+        ("[FD00:0::1]", "[fd00::1]:6783"),
+        ("fd00::1", "[fd00::1]:6783"),
+        ("[fe80::1%eth0]:7", "[fe80::1%eth0]:7"),
+        ("fe80::1%eth0", "[fe80::1%eth0]:6783"),
+        ("[::ffff:10.0.0.2]:7", "10.0.0.2:7"),
     ],
 )
 def test_parse_peer_address(text: str, expected: str) -> None:
@@ -295,7 +298,8 @@ def test_parse_peer_address(text: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "h:0", "h:65536", "h:x", "h:", ":6783", "[::1", "[1.2.3.4]:5", "a b", "fe80::zz"]
+    "text", ["", "h:0", "h:65536", "h:x", "h:", ":6783", "[::1", "[1.2.3.4]:5", "a b", "fe80::zz",
+             "fe80::1", "[fe80::1]:7", "[fe80::1%a/b]:7", "[::ffff:1.2.3.4%eth0]:7"]
 )
 def test_parse_peer_address_rejects(text: str) -> None:
     with pytest.raises(LocalProtocolError) as info:

@@ -22,6 +22,7 @@ import trio
 import trio.testing
 
 from weftnet.proto import fastdp
+from weftnet.proto.connmaker import join_host_port
 from weftnet.proto.link import HEARTBEAT_SLOW, LINK_TIMEOUT, OVERLAY_OVERHEAD
 from weftnet.proto.mesh import (
     KeysAgreed,
@@ -147,24 +148,26 @@ Scenario = Callable[[Host, Host, MemoryNetwork], Awaitable[None]]
 
 def run_pair(scenario: Scenario, *, password: bytes | None = b"sesame", seed: int = 1,
              vnet: tuple[bool, bool] = (False, False), trusted: tuple[str, ...] = (),
-             block_a: bool = False, **net: Any) -> None:
+             block_a: bool = False, ips: tuple[str, str] = (A_IP, B_IP), **net: Any) -> None:
     """A (dialling) and B over one MemoryNetwork, the scenario run against them."""
+    a_ip, b_ip = ips
+
     async def main() -> None:
         network = MemoryNetwork(seed=seed, **net)
-        a = Host(0x0A0000000001, "a", network.udp((A_IP, PORT)), password=password, seed=seed,
+        a = Host(0x0A0000000001, "a", network.udp((a_ip, PORT)), password=password, seed=seed,
                  vnet=vnet[0], trusted=trusted)
-        b = Host(0x0B0000000002, "b", network.udp((B_IP, PORT)), password=password,
+        b = Host(0x0B0000000002, "b", network.udp((b_ip, PORT)), password=password,
                  seed=seed + 100, vnet=vnet[1], trusted=trusted)
         a.other, b.other = b, a
         if block_a:
-            network.blocked.add((A_IP, PORT))
+            network.blocked.add((a_ip, PORT))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(a.run)
             nursery.start_soon(b.run)
             now = trio.current_time()
-            a.mesh.connection_made(1, outbound=True, remote_address=f"{B_IP}:{PORT}",
+            a.mesh.connection_made(1, outbound=True, remote_address=join_host_port(b_ip, PORT),
                                    target=None, now=now)
-            b.mesh.connection_made(1, outbound=False, remote_address=f"{A_IP}:51234",
+            b.mesh.connection_made(1, outbound=False, remote_address=join_host_port(a_ip, 51234),
                                    target=None, now=now)
             a.poke()
             b.poke()
