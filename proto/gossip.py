@@ -28,8 +28,10 @@ seconds) converts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
+from .errors import RemoteProtocolError
 from .peername import PeerName
 
 
@@ -86,3 +88,34 @@ class SendQueue:
 
     def __bool__(self) -> bool:
         return bool(self._pending)
+
+
+class UnicastChannel:
+    """A ``Gossiper`` for a channel that only carries unicast messages between two peers
+    (rendezvous, fast-path hellos): no state to gossip, broadcasts ignored, each unicast
+    handed to ``on_unicast``."""
+
+    def __init__(self, name: str, on_unicast: Callable[[PeerName, bytes, float], None]) -> None:
+        self.name = name
+        self._on_unicast = on_unicast
+
+    def decode(self, payload: bytes) -> GossipData:
+        raise RemoteProtocolError(f"the {self.name} channel carries no gossip")
+
+    def on_gossip(self, data: GossipData, now: float) -> GossipData | None:
+        return None
+
+    def gossip(self) -> GossipData | None:
+        return None
+
+    def digest(self) -> bytes:
+        return b""
+
+    def digest_of(self, data: GossipData) -> bytes:
+        return b""
+
+    def on_gossip_broadcast(self, src: PeerName, payload: bytes, now: float) -> None:
+        return None
+
+    def on_gossip_unicast(self, src: PeerName, payload: bytes, now: float) -> None:
+        self._on_unicast(src, payload, now)

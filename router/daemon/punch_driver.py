@@ -34,8 +34,8 @@ from typing import Any
 
 from weftnet.proto import punchwire
 from weftnet.proto.connmaker import join_host_port
-from weftnet.proto.errors import LocalProtocolError, RemoteProtocolError
-from weftnet.proto.gossip import GossipData
+from weftnet.proto.errors import LocalProtocolError
+from weftnet.proto.gossip import UnicastChannel
 from weftnet.proto.mesh import MeshNode
 from weftnet.proto.peername import PeerName, describe_peer
 from weftnet.proto.rendezvous import CHANNEL, PathPunched, PunchFailed, Rendezvous
@@ -70,34 +70,6 @@ class _Punched:
     close_by: float = 0.0
 
 
-class _PunchGossiper:
-    """The ``punch`` channel: unicast only (rendezvous messages between two peers)."""
-
-    def __init__(self, driver: PunchDriver) -> None:
-        self.driver = driver
-
-    def decode(self, payload: bytes) -> GossipData:
-        raise RemoteProtocolError("the punch channel carries no gossip")
-
-    def on_gossip(self, data: GossipData, now: float) -> GossipData | None:
-        return None
-
-    def gossip(self) -> GossipData | None:
-        return None
-
-    def digest(self) -> bytes:
-        return b""
-
-    def digest_of(self, data: GossipData) -> bytes:
-        return b""
-
-    def on_gossip_broadcast(self, src: PeerName, payload: bytes, now: float) -> None:
-        return None
-
-    def on_gossip_unicast(self, src: PeerName, payload: bytes, now: float) -> None:
-        self.driver.rendezvous.on_message(src, payload, now)
-
-
 class PunchDriver:
     """One per router (unless discovery is off): see the module docstring."""
 
@@ -116,7 +88,7 @@ class PunchDriver:
         self.rendezvous = Rendezvous(me=mesh.config.name, port=port,
                                      rng=random.Random(os.urandom(16)),
                                      random_bytes=os.urandom, now=now)
-        mesh.register_channel(CHANNEL, _PunchGossiper(self))
+        mesh.register_channel(CHANNEL, UnicastChannel(CHANNEL, self.rendezvous.on_message))
         self.punched: dict[int, _Punched] = {}   # by conn_id
         self._by_session: dict[int, _Punched] = {}
         self._relayed_since: dict[PeerName, float] = {}
