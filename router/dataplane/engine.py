@@ -57,6 +57,7 @@ from weftnet.proto import ethernet, punchwire, sleeve, sleeve_frag
 from weftnet.proto.connmaker import join_host_port
 from weftnet.proto.errors import RemoteProtocolError
 from weftnet.proto.forwarding import Forwarder
+from weftnet.proto.handshake import AEAD_CHACHA
 from weftnet.proto.link import (
     IP_UDP_OVERHEAD,
     AddressMoved,
@@ -198,7 +199,8 @@ class Dataplane:
         host, port = _split_address(event.remote_address)
         session = SleeveSession(conn_uid=event.conn_uid,
                                 send_key=keys.sleeve_send if keys else None,
-                                recv_key=keys.sleeve_recv if keys else None, now=now)
+                                recv_key=keys.sleeve_recv if keys else None, now=now,
+                                aead=keys.aead if keys else AEAD_CHACHA)
         plain = SleeveSession(conn_uid=event.conn_uid, send_key=None, recv_key=None, now=now)
         path, sock = self._paths.get(event.conn_id, (None, 0))
         machine = LinkMachine(
@@ -751,6 +753,7 @@ class Dataplane:
                     "fastdp": link.fast,
                     "path_mtu": link.machine.pmtu,
                     "epoch": link.session.epoch_send,
+                    "cipher": link.session.cipher if not link.clear else None,
                     **link.counters.as_dict(),
                 }
         return None
