@@ -10,7 +10,12 @@ probes whether the VXLAN works to that peer. The engine says which links qualify
   on the control connection (gossip channel ``fastdp``, unicast);
 * hellos: our bridge MAC and the MACs learnt on container ports, polled every
   ``MAC_POLL`` seconds, sent to each direct peer when they change and every
-  ``HELLO_REFRESH`` seconds.
+  ``fastdp.hello_refresh(links)`` seconds.
+
+Idle cost: the links' steady probe interval and hello refresh grow with the number of
+links (proto/fastdp.py, "Idle cost"), so a router's idle probes, answers and hellos per
+second stay the same whatever the size of the mesh; ``_pace`` hands the interval to the
+FastLinks whenever a link comes or goes.
 
 Nothing here writes the engine's state: ``carries(conn_id)`` is the fact the engine's
 single writer of ``link.fast`` reads (the FastLink is fast *and* the peer's flood entry is
@@ -149,6 +154,7 @@ class FastPath:
             if hello is not None:
                 fl.on_hello(hello, now)
         self.entries[conn_id] = entry = _Entry(peer, nickname, ip, fl)
+        self._pace()
         self._send_hello(entry, now)
         self._changed(conn_id, entry)
         self.moved.add(conn_id)
@@ -158,8 +164,16 @@ class FastPath:
     def forget(self, conn_id: int) -> None:
         """Link ``conn_id`` is gone or no longer qualifies."""
         if self.entries.pop(conn_id, None) is not None:
+            self._pace()
             self.moved.add(conn_id)
             self._sync()
+
+    def _pace(self) -> None:
+        """Spread this router's idle probing over its links (proto/fastdp.py, "Idle cost")."""
+        steady = fastdp.steady_interval(len(self.entries))
+        for entry in self.entries.values():
+            if entry.fl is not None:
+                entry.fl.steady = steady
 
     def carries(self, conn_id: int) -> bool:
         """The VXLAN carries this link's traffic: probes say it works, and the peer's flood
@@ -204,7 +218,10 @@ class FastPath:
                 self._changed(*found)
         elif found is not None and found[1].fl is not None and found[1].fl.on_ack(msg.probe_id):
             self.probes_answered += 1
-            found[1].fl.handle_timer(now)
+            fl = found[1].fl
+            fl.handle_timer(now)
+            if not fl.changed:
+                return  # the usual answer of a healthy link: nothing to program or schedule
             self._changed(*found)
         self._sync()
         self.wake()  # a hello may have made probes due
@@ -246,8 +263,9 @@ class FastPath:
             times.append(self._last_poll + MAC_POLL)
         if self._retry_at is not None:
             times.append(self._retry_at)
+        refresh = fastdp.hello_refresh(len(self.entries))
         for entry in self.entries.values():
-            times.append(entry.hello_sent + fastdp.HELLO_REFRESH)
+            times.append(entry.hello_sent + refresh)
             fl = entry.fl
             if fl is None:
                 continue
@@ -266,8 +284,9 @@ class FastPath:
             self._polling = True
             self._nursery.start_soon(self._poll_macs)
         sent = False
+        refresh = fastdp.hello_refresh(len(self.entries))
         for conn_id, entry in self.entries.items():
-            if now >= entry.hello_sent + fastdp.HELLO_REFRESH:
+            if now >= entry.hello_sent + refresh:
                 self._send_hello(entry, now)
                 sent = True
             fl = entry.fl

@@ -36,11 +36,13 @@ def new_link(now: float = 0.0) -> FastLink:
 
 def run_round(fl: FastLink, now: float, *, full: bool, small: bool) -> float:
     """One probe round at ``now``: answer the chosen probes, conclude; the next round's time."""
+    healthy = fl.fast and fl.misses == 0
     probes = fl.probes_due(now)
-    assert [p.size for p in probes] == [1450, fastdp.SMALL_PROBE]
+    # a healthy fast link sends the full-size probe alone (the small one explains losses)
+    assert [p.size for p in probes] == ([1450] if healthy else [1450, fastdp.SMALL_PROBE])
     if full:
         assert fl.on_ack(probes[0].probe_id)
-    if small:
+    if small and not healthy:
         assert fl.on_ack(probes[1].probe_id)
     fl.handle_timer(now + PROBE_TIMEOUT)
     return now + PROBE_INTERVAL
@@ -183,3 +185,49 @@ def test_timers_that_fired_find_their_work_due(start: float) -> None:
     assert not fl.rounds and "timed out" in fl.reason
     later = fl.get_timer()
     assert later is not None and later > due
+
+
+def test_a_healthy_fast_link_probes_at_the_steady_interval_and_rechecks_a_miss_soon() -> None:
+    fl = new_link()
+    fl.steady = 7.5
+    fl.on_hello(HELLO, 0.0)
+    run_round(fl, 0.0, full=True, small=True)
+    assert fl.fast and fl.get_timer() == PROBE_INTERVAL  # the round set before it was fast
+    run_round(fl, PROBE_INTERVAL, full=True, small=False)
+    t = PROBE_INTERVAL + 7.5
+    assert fl.get_timer() == t
+    probes = fl.probes_due(t)
+    assert len(probes) == 1
+    fl.handle_timer(t + PROBE_TIMEOUT)                   # unanswered
+    assert fl.fast and fl.get_timer() == t + PROBE_INTERVAL  # not t + 7.5
+    run_round(fl, t + PROBE_INTERVAL, full=False, small=True)  # both probes: diagnosed
+    assert not fl.fast and "MTU too small" in fl.reason
+
+
+@pytest.mark.parametrize("links", [1, 2, 4, 5, 15, 63, 200])
+def test_a_routers_idle_rounds_and_hellos_per_second_do_not_grow_with_its_links(
+        links: int) -> None:
+    assert links / fastdp.steady_interval(links) <= max(fastdp.ROUNDS_PER_SECOND,
+                                                         links / PROBE_INTERVAL)
+    assert links / fastdp.steady_interval(links) <= fastdp.ROUNDS_PER_SECOND or links < 4
+    assert links / fastdp.hello_refresh(links) <= max(fastdp.HELLOS_PER_SECOND,
+                                                       links / fastdp.HELLO_REFRESH)
+    assert fastdp.steady_interval(links) >= PROBE_INTERVAL
+
+
+def test_the_shell_paces_its_links_by_their_number() -> None:
+    import random
+
+    from weftnet.proto.mesh import MeshConfig, MeshNode
+    from weftnet.router.dataplane.fastpath import FastPath
+
+    mesh = MeshNode(MeshConfig(name=1, nickname="a", uid=1), now=0.0,
+                    random_bytes=random.Random(1).randbytes, rng=random.Random(1))
+    fast = FastPath(mesh=mesh, enabled=True, disabled_reason="", port=6784, mtu=1450)
+    for conn_id in range(1, 16):
+        fast.follow(conn_id, 0x100 + conn_id, "p", f"10.0.0.{conn_id}", True, 0.0)
+    steady = {e.fl.steady for e in fast.entries.values() if e.fl is not None}
+    assert steady == {fastdp.steady_interval(15)} and fastdp.steady_interval(15) > PROBE_INTERVAL
+    for conn_id in range(2, 16):
+        fast.forget(conn_id)
+    assert [e.fl.steady for e in fast.entries.values() if e.fl] == [PROBE_INTERVAL]
