@@ -39,6 +39,12 @@ baseline row (iperf3 runs of seconds average the drift out). A path that fails i
 a one-line reason; the other paths still run. Everything is removed at the end, on errors
 and on Ctrl-C or SIGTERM too (``Testbed.close``).
 
+``--peers``: after the paths, the userspace tunnels a user could install instead
+(wireguard-go, nebula, tinc in switch mode) run between the same two hosts, host to host,
+one row each (``weftnet.router.tools.benchpeers``; a peer not installed is skipped with
+the command that installs it), and every row gets the CPU seconds per GB of the path's
+own processes: the two routers on our paths, the tunnel daemons on the peers'.
+
 Suites: ``weft bench [data] [OPTIONS]`` runs the data paths (the default suite);
 ``weft bench dns [OPTIONS]`` measures weftDNS against dnsmasq serving the same names, both
 driven by dnsperf in one run (``weftnet.router.tools.dnsbench``; the issue asks for at least
@@ -66,6 +72,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from weftnet.router.tools.benchpeers import PeerOptions, PeerRunner, cpu_per_gb, cpu_seconds
 from weftnet.router.tools.benchresults import (
     BASELINE,
     PING_COUNT,
@@ -136,6 +143,7 @@ class DataOptions:
     json: bool
     ping_count: int
     wait: float
+    peers: bool = False  # --peers: the userspace tunnels too, and CPU seconds per GB
 
 
 def _data_parser() -> argparse.ArgumentParser:
@@ -158,6 +166,11 @@ def _data_parser() -> argparse.ArgumentParser:
         help=f"comma-separated paths to measure, in order (default: {','.join(PATHS)})",
     )  # fmt: skip
     p.add_argument("--no-loss", action="store_true", help="skip the runs with 1%% underlay loss")
+    p.add_argument(
+        "--peers", action="store_true",
+        help="also measure the userspace tunnels wireguard-go, nebula and tinc (switch mode) "
+        "host to host, and CPU seconds per GB of every path's own processes",
+    )  # fmt: skip
     p.add_argument(
         "--quick", action="store_true",
         help=f"a smoke run: {QUICK_DURATION} s per iperf3 run (unless --duration), "
@@ -197,6 +210,7 @@ def parse_data_args(argv: Sequence[str]) -> DataOptions:
         json=ns.json,
         ping_count=PING_COUNT_QUICK if ns.quick else PING_COUNT,
         wait=ns.wait,
+        peers=ns.peers,
     )
 
 
@@ -210,6 +224,7 @@ class _Runner:
         self.tb = tb
         self.opts = opts
         self.progress = progress
+        self.cpu_pids: Callable[[], list[int]] | None = None  # the path's processes (--peers)
 
     # -- one path --
 
@@ -256,8 +271,11 @@ class _Runner:
             say(f"ping x{self.opts.ping_count}, in turns with the baseline beside it")
             ping, beside = self._ping_beside()
         say(f"iperf3 TCP {self.opts.duration} s")
+        pids = self.cpu_pids() if self.cpu_pids is not None and self.opts.peers else []
+        before = cpu_seconds(pids)
         tcp = self._iperf3()
-        return Measurement("ok", tcp=tcp, ping=ping, ping_beside=beside)
+        cpu = cpu_per_gb(cpu_seconds(pids) - before, tcp.bytes) if pids else None
+        return Measurement("ok", tcp=tcp, ping=ping, ping_beside=beside, cpu_s_per_gb=cpu)
 
     def _ping_beside(self) -> tuple[PingResult, PingResult]:
         """Ping through the path and through a kernel VXLAN pair built beside it, in
@@ -387,6 +405,8 @@ class _Runner:
                 args += [tb.address(h) for h in HOSTS[:i]]
                 launched.append(host)
                 tb.weft(host, *args, env=envs[host], timeout=60)
+            self.cpu_pids = lambda: [int((tb.tmpdir / "bench" / path / h / "weft.pid").read_text())
+                                     for h in HOSTS]
             conns = self._wait_established(envs, "fastdp" if fastdp else None)
             for host, conn in conns.items():
                 check_overlay(host, conn, password=password, fastdp=fastdp)
@@ -400,6 +420,7 @@ class _Runner:
                 self._wait_programmed(envs)
             yield
         finally:
+            self.cpu_pids = None
             for host, target in reversed(attached):
                 with contextlib.suppress(subprocess.SubprocessError):
                     tb.weft(host, "detach", target, env=envs[host], check=False, timeout=30)
@@ -573,6 +594,9 @@ def run_data_bench(argv: Sequence[str], *, progress: Progress | None = None) -> 
             runner = _Runner(tb, opts, say)
             for path in opts.paths:
                 result.paths.append(runner.run_path(path))
+            if opts.peers:
+                peer_opts = PeerOptions(opts.duration, opts.ping_count, opts.wait, opts.loss)
+                result.paths += PeerRunner(tb, peer_opts, say).run()
     except KeyboardInterrupt:
         result.interrupted = True
         say("interrupted, cleaning up")
