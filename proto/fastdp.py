@@ -214,6 +214,14 @@ class FastLink:
     changed: bool = False   # fast or reason moved since the caller last looked
     hello_overdue: bool = False  # HELLO_WAIT passed without a hello (said so once)
     steady: float = PROBE_INTERVAL  # interval while fast and healthy (steady_interval)
+    concluded: int = 0      # rounds concluded so far
+
+    @property
+    def deciding(self) -> bool:
+        """The first verdict is still to come and may well be "fast": the peer offers the
+        fast path (or has not said yet, within HELLO_WAIT) and no round has concluded."""
+        return (not self.ever_fast and not self.hello_overdue and self.concluded == 0
+                and (self.remote is None or self.remote.enabled))
 
     def on_hello(self, hello: Hello, now: float) -> None:
         was = self.remote
@@ -274,6 +282,7 @@ class FastLink:
         return min(times) if times else None
 
     def _conclude(self, r: _Round) -> None:
+        self.concluded += 1
         if r.full_ok:
             self.misses = 0
             self.streak += 1

@@ -38,6 +38,8 @@ daemon's timer task to look again: ``get_timer`` is in the past while news waits
 
 A frame larger than the link's MTU that carries IPv4 with DF gets an ICMP "fragmentation
 needed" back to the sender; anything else is carried (the kernel fragments the datagram).
+So is any frame while the fast path's first verdict on the link is pending (``deciding``):
+its MTU is larger, and a container keeps a smaller one it was told for 10 minutes.
 """
 
 from __future__ import annotations
@@ -506,7 +508,8 @@ class Dataplane:
                     self._drop("no route")
                     continue
                 mtu = link.machine.mtu
-                if mtu is not None and n - shortest > mtu and self._too_big(tap, frame, vnet, mtu):
+                if mtu is not None and n - shortest > mtu and not self.fast.deciding(link.conn_id) \
+                        and self._too_big(tap, frame, vnet, mtu):
                     continue
                 if link.fast and dst & GROUP_BIT:
                     self._queue(link, (me, dst_peer, flags | ENTRY_RELAY_ONLY, frame))

@@ -183,6 +183,14 @@ class FastPath:
             return False
         return self._flooded(entry)
 
+    def deciding(self, conn_id: int) -> bool:
+        """The fast path may take link ``conn_id`` over within seconds (its first verdict is
+        pending). Meanwhile the engine carries frames too big for the sleeve's path MTU
+        instead of answering "fragmentation needed": a container would keep that smaller
+        MTU for 10 minutes (the kernel's PMTU cache), long after the VXLAN took over."""
+        entry = self.entries.get(conn_id)
+        return entry is not None and entry.fl is not None and entry.fl.deciding
+
     def _flooded(self, entry: _Entry) -> bool:
         """The peer's flood entry is programmed in the VXLAN device."""
         return entry.ip is not None and entry.ip in self.fdb.flood

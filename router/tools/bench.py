@@ -72,7 +72,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from weftnet.router.tools.benchpeers import PeerOptions, PeerRunner, cpu_per_gb, cpu_seconds
+from weftnet.router.tools.benchpeers import PEERS, PeerOptions, PeerRunner, cpu_per_gb, cpu_seconds
 from weftnet.router.tools.benchresults import (
     BASELINE,
     PING_COUNT,
@@ -143,7 +143,7 @@ class DataOptions:
     json: bool
     ping_count: int
     wait: float
-    peers: bool = False  # --peers: the userspace tunnels too, and CPU seconds per GB
+    peers: tuple[str, ...] = ()  # --peers: these userspace tunnels too, and CPU seconds per GB
 
 
 def _data_parser() -> argparse.ArgumentParser:
@@ -167,9 +167,9 @@ def _data_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--no-loss", action="store_true", help="skip the runs with 1%% underlay loss")
     p.add_argument(
-        "--peers", action="store_true",
-        help="also measure the userspace tunnels wireguard-go, nebula and tinc (switch mode) "
-        "host to host, and CPU seconds per GB of every path's own processes",
+        "--peers", nargs="?", const=",".join(PEERS), default="", metavar="LIST",
+        help=f"also measure userspace tunnels host to host (default all: {','.join(PEERS)}; "
+        "tinc in switch mode), and CPU seconds per GB of every path's own processes",
     )  # fmt: skip
     p.add_argument(
         "--quick", action="store_true",
@@ -196,6 +196,12 @@ def parse_data_args(argv: Sequence[str]) -> DataOptions:
             paths.append(name)
     if not paths:
         raise UsageError("--paths names no path")
+    peers = tuple(dict.fromkeys(p.strip() for p in ns.peers.split(",") if p.strip()))
+    for name in peers:
+        if name not in PEERS:
+            raise UsageError(f"unknown peer {name!r} (peers: {', '.join(PEERS)})")
+    if ns.peers and not peers:
+        raise UsageError("--peers names no peer")
     duration = ns.duration
     if duration is None:
         duration = QUICK_DURATION if ns.quick else DEFAULT_DURATION
@@ -210,7 +216,7 @@ def parse_data_args(argv: Sequence[str]) -> DataOptions:
         json=ns.json,
         ping_count=PING_COUNT_QUICK if ns.quick else PING_COUNT,
         wait=ns.wait,
-        peers=ns.peers,
+        peers=peers,
     )
 
 
@@ -596,7 +602,7 @@ def run_data_bench(argv: Sequence[str], *, progress: Progress | None = None) -> 
                 result.paths.append(runner.run_path(path))
             if opts.peers:
                 peer_opts = PeerOptions(opts.duration, opts.ping_count, opts.wait, opts.loss)
-                result.paths += PeerRunner(tb, peer_opts, say).run()
+                result.paths += PeerRunner(tb, peer_opts, say).run(opts.peers)
     except KeyboardInterrupt:
         result.interrupted = True
         say("interrupted, cleaning up")

@@ -17,6 +17,7 @@ from weftnet.router.tools.benchresults import (
     PathResult,
     PingResult,
     TcpResult,
+    UsageError,
     format_table,
 )
 
@@ -29,8 +30,12 @@ def ok(gbps: float, cpu: float | None = None) -> Measurement:
 
 
 def test_peers_is_an_option_off_by_default() -> None:
-    assert parse_data_args([]).peers is False
-    assert parse_data_args(["--peers", "--paths", "kernel-vxlan"]).peers is True
+    assert parse_data_args([]).peers == ()
+    assert parse_data_args(["--peers", "--paths", "kernel-vxlan"]).peers == PEERS
+    assert parse_data_args(["--peers=tinc,nebula,tinc"]).peers == ("tinc", "nebula")
+    for bad in (["--peers=openvpn"], ["--peers=,"]):
+        with pytest.raises(UsageError):
+            parse_data_args(bad)
 
 
 def test_cpu_seconds_of_this_process_and_of_none() -> None:

@@ -231,3 +231,22 @@ def test_the_shell_paces_its_links_by_their_number() -> None:
     for conn_id in range(2, 16):
         fast.forget(conn_id)
     assert [e.fl.steady for e in fast.entries.values() if e.fl] == [PROBE_INTERVAL]
+
+
+def test_deciding_until_the_first_verdict() -> None:
+    fl = new_link()
+    assert fl.deciding                                   # no hello yet, within HELLO_WAIT
+    fl.on_hello(HELLO, 0.0)
+    assert fl.deciding
+    run_round(fl, 0.0, full=True, small=True)
+    assert fl.fast and not fl.deciding                   # fast: the VXLAN's MTU holds
+    lost = new_link()
+    lost.on_hello(HELLO, 0.0)
+    run_round(lost, 0.0, full=False, small=True)
+    assert not lost.fast and not lost.deciding           # a verdict: the sleeve's MTU holds
+    silent = new_link()
+    silent.handle_timer(fastdp.HELLO_WAIT)
+    assert not silent.deciding
+    off = new_link()
+    off.on_hello(Hello(False, BR, frozenset(), "disabled"), 0.0)
+    assert not off.deciding
