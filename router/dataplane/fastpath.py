@@ -10,7 +10,8 @@ probes whether the VXLAN works to that peer. The engine says which links qualify
   on the control connection (gossip channel ``fastdp``, unicast);
 * hellos: our bridge MAC and the MACs learnt on container ports, polled every
   ``MAC_POLL`` seconds, sent to each direct peer when they change and every
-  ``fastdp.hello_refresh(links)`` seconds.
+  ``fastdp.hello_refresh(links)`` seconds; a hello the mesh could not route (the
+  connection it would take is not established yet) is sent again after ``HELLO_RETRY``.
 
 Idle cost: the links' steady probe interval and hello refresh grow with the number of
 links (proto/fastdp.py, "Idle cost"), so a router's idle probes, answers and hellos per
@@ -50,6 +51,7 @@ from weftnet.router.host.netdev import VXLAN, NetdevError
 log = logging.getLogger("weft")
 
 SYNC_RETRY = 0.5  # after netlink refused an entry
+HELLO_RETRY = 1.0  # after a hello the mesh had no route for (the connection is not up yet)
 MAC_POLL = 1.0
 
 Tables = tuple[dict[str, str], set[str], set[str]]  # VXLAN entries, bridge entries, flood
@@ -64,6 +66,7 @@ class _Entry:
     ip: str | None                 # the peer's underlay address (its sleeve address)
     fl: FastLink | None            # None: we do not offer the fast path (hello says why)
     hello_sent: float = -1e9
+    hello_routed: bool = False     # the mesh had a route for the last hello (else: retry soon)
 
 
 def _noop() -> None:
@@ -273,7 +276,7 @@ class FastPath:
             times.append(self._retry_at)
         refresh = fastdp.hello_refresh(len(self.entries))
         for entry in self.entries.values():
-            times.append(entry.hello_sent + refresh)
+            times.append(entry.hello_sent + (refresh if entry.hello_routed else HELLO_RETRY))
             fl = entry.fl
             if fl is None:
                 continue
@@ -294,7 +297,7 @@ class FastPath:
         sent = False
         refresh = fastdp.hello_refresh(len(self.entries))
         for conn_id, entry in self.entries.items():
-            if now >= entry.hello_sent + refresh:
+            if now >= entry.hello_sent + (refresh if entry.hello_routed else HELLO_RETRY):
                 self._send_hello(entry, now)
                 sent = True
             fl = entry.fl
@@ -314,7 +317,8 @@ class FastPath:
     def _send_hello(self, entry: _Entry, now: float) -> None:
         entry.hello_sent = now
         hello = Hello(self.enabled, self.bridge_mac, self.local, self.disabled_reason)
-        self.mesh.gossip_unicast(fastdp.CHANNEL, entry.peer, hello.encode(), now)
+        entry.hello_routed = self.mesh.gossip_unicast(fastdp.CHANNEL, entry.peer, hello.encode(),
+                                                      now)
 
     def _send_probe(self, entry: _Entry, probe: fastdp.Probe) -> None:
         assert entry.fl is not None and entry.fl.remote is not None and self._tx is not None

@@ -219,7 +219,7 @@ def test_the_shell_paces_its_links_by_their_number() -> None:
     import random
 
     from weftnet.proto.mesh import MeshConfig, MeshNode
-    from weftnet.router.dataplane.fastpath import FastPath
+    from weftnet.router.dataplane.fastpath import HELLO_RETRY, FastPath
 
     mesh = MeshNode(MeshConfig(name=1, nickname="a", uid=1), now=0.0,
                     random_bytes=random.Random(1).randbytes, rng=random.Random(1))
@@ -231,6 +231,14 @@ def test_the_shell_paces_its_links_by_their_number() -> None:
     for conn_id in range(2, 16):
         fast.forget(conn_id)
     assert [e.fl.steady for e in fast.entries.values() if e.fl] == [PROBE_INTERVAL]
+    # no route to the peer yet (its connection is not established): the hello is retried
+    # soon, not after the refresh interval
+    entry = fast.entries[1]
+    assert not entry.hello_routed
+    fast.entries[1].fl = None  # only the hello's timer is left
+    assert fast.get_timer() == HELLO_RETRY
+    fast.handle_timer(HELLO_RETRY)
+    assert entry.hello_sent == HELLO_RETRY
 
 
 def test_deciding_until_the_first_verdict() -> None:
