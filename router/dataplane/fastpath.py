@@ -10,8 +10,10 @@ probes whether the VXLAN works to that peer. The engine says which links qualify
   on the control connection (gossip channel ``fastdp``, unicast);
 * hellos: our bridge MAC and the MACs learnt on container ports, polled every
   ``MAC_POLL`` seconds, sent to each direct peer when they change and every
-  ``fastdp.hello_refresh(links)`` seconds; a hello the mesh could not route (the
-  connection it would take is not established yet) is sent again after ``HELLO_RETRY``.
+  ``fastdp.hello_refresh(links)`` seconds. Until the peer shows it has our hello (a
+  probe from it arrives: it learnt our bridge MAC from the hello) hellos go every
+  ``HELLO_RETRY`` seconds, for at most ``HELLO_FAST_FOR``: while the mesh forms, a hello
+  can find no route, or a relay without one.
 
 Idle cost: the links' steady probe interval and hello refresh grow with the number of
 links (proto/fastdp.py, "Idle cost"), so a router's idle probes, answers and hellos per
@@ -51,7 +53,8 @@ from weftnet.router.host.netdev import VXLAN, NetdevError
 log = logging.getLogger("weft")
 
 SYNC_RETRY = 0.5  # after netlink refused an entry
-HELLO_RETRY = 1.0  # after a hello the mesh had no route for (the connection is not up yet)
+HELLO_RETRY = 1.0  # hello interval until the peer shows it has ours (or HELLO_FAST_FOR passed)
+HELLO_FAST_FOR = 30.0
 MAC_POLL = 1.0
 
 Tables = tuple[dict[str, str], set[str], set[str]]  # VXLAN entries, bridge entries, flood
@@ -67,6 +70,8 @@ class _Entry:
     fl: FastLink | None            # None: we do not offer the fast path (hello says why)
     hello_sent: float = -1e9
     hello_routed: bool = False     # the mesh had a route for the last hello (else: retry soon)
+    followed: float = 0.0          # when we started following the link
+    heard: bool = False            # a probe came from the peer: it has our hello
 
 
 def _noop() -> None:
@@ -156,7 +161,7 @@ class FastPath:
             hello = self.hellos.get(peer)
             if hello is not None:
                 fl.on_hello(hello, now)
-        self.entries[conn_id] = entry = _Entry(peer, nickname, ip, fl)
+        self.entries[conn_id] = entry = _Entry(peer, nickname, ip, fl, followed=now)
         self._pace()
         self._send_hello(entry, now)
         self._changed(conn_id, entry)
@@ -255,7 +260,9 @@ class FastPath:
                     sender, probe_id = fastdp.decode_probe(frame)
                 except RemoteProtocolError:
                     continue
-                if self._entry_of(sender) is not None:
+                found = self._entry_of(sender)
+                if found is not None:
+                    found[1].heard = True
                     self.mesh.gossip_unicast(fastdp.CHANNEL, sender, ProbeAck(probe_id).encode(),
                                              trio.current_time())
                     self.wake()
@@ -276,7 +283,7 @@ class FastPath:
             times.append(self._retry_at)
         refresh = fastdp.hello_refresh(len(self.entries))
         for entry in self.entries.values():
-            times.append(entry.hello_sent + (refresh if entry.hello_routed else HELLO_RETRY))
+            times.append(entry.hello_sent + self._hello_interval(entry, refresh))
             fl = entry.fl
             if fl is None:
                 continue
@@ -297,7 +304,7 @@ class FastPath:
         sent = False
         refresh = fastdp.hello_refresh(len(self.entries))
         for conn_id, entry in self.entries.items():
-            if now >= entry.hello_sent + (refresh if entry.hello_routed else HELLO_RETRY):
+            if now >= entry.hello_sent + self._hello_interval(entry, refresh):
                 self._send_hello(entry, now)
                 sent = True
             fl = entry.fl
@@ -313,6 +320,16 @@ class FastPath:
         if self._retry_at is not None and now >= self._retry_at:
             self._retry_at = None
         self._sync()
+
+    @staticmethod
+    def _hello_interval(entry: _Entry, refresh: float) -> float:
+        """Seconds from the last hello to the next (a function of the entry only, so that
+        get_timer and handle_timer compute the same sum)."""
+        fl = entry.fl
+        waiting = (fl is not None and not entry.heard
+                   and (fl.remote is None or fl.remote.enabled)
+                   and entry.hello_sent < entry.followed + HELLO_FAST_FOR)
+        return HELLO_RETRY if waiting or not entry.hello_routed else refresh
 
     def _send_hello(self, entry: _Entry, now: float) -> None:
         entry.hello_sent = now

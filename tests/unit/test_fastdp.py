@@ -219,7 +219,7 @@ def test_the_shell_paces_its_links_by_their_number() -> None:
     import random
 
     from weftnet.proto.mesh import MeshConfig, MeshNode
-    from weftnet.router.dataplane.fastpath import HELLO_RETRY, FastPath
+    from weftnet.router.dataplane.fastpath import HELLO_FAST_FOR, HELLO_RETRY, FastPath
 
     mesh = MeshNode(MeshConfig(name=1, nickname="a", uid=1), now=0.0,
                     random_bytes=random.Random(1).randbytes, rng=random.Random(1))
@@ -231,14 +231,19 @@ def test_the_shell_paces_its_links_by_their_number() -> None:
     for conn_id in range(2, 16):
         fast.forget(conn_id)
     assert [e.fl.steady for e in fast.entries.values() if e.fl] == [PROBE_INTERVAL]
-    # no route to the peer yet (its connection is not established): the hello is retried
-    # soon, not after the refresh interval
+    # until the peer shows it has our hello (a probe from it), hellos go every HELLO_RETRY
+    # (no route to it yet here: its connection is not established)
     entry = fast.entries[1]
-    assert not entry.hello_routed
-    fast.entries[1].fl = None  # only the hello's timer is left
+    assert entry.fl is not None and not entry.hello_routed and not entry.heard
+    entry.fl.hello_overdue = True  # only the hello's timer is left
     assert fast.get_timer() == HELLO_RETRY
     fast.handle_timer(HELLO_RETRY)
-    assert entry.hello_sent == HELLO_RETRY
+    assert entry.hello_sent == HELLO_RETRY and fast.get_timer() == 2 * HELLO_RETRY
+    entry.heard = entry.hello_routed = True  # then the refresh interval
+    assert fast.get_timer() == HELLO_RETRY + fastdp.hello_refresh(1)
+    entry.heard = False  # and not for ever when the peer never probes (6784 blocked)
+    entry.hello_sent = HELLO_FAST_FOR
+    assert fast.get_timer() == HELLO_FAST_FOR + fastdp.hello_refresh(1)
 
 
 def test_deciding_until_the_first_verdict() -> None:
