@@ -67,6 +67,7 @@ from weftnet.proto.link import (
     LinkWentDown,
     LinkWentUp,
     PathMtuFound,
+    heartbeat_interval,
 )
 from weftnet.proto.mesh import KeysAgreed, KeysSwitched, MeshNode, PeerConnected, PeerDisconnected
 from weftnet.proto.peername import describe_peer
@@ -221,6 +222,7 @@ class Dataplane:
             self._unindex(old)
         self.links[event.conn_id] = link
         self._by_uid[event.conn_uid] = link
+        self._pace()
         self._service(link, now)
 
     def peer_disconnected(self, event: PeerDisconnected) -> None:
@@ -228,6 +230,13 @@ class Dataplane:
         link = self.links.pop(event.conn_id, None)
         if link is not None:
             self._unindex(link)
+            self._pace()
+
+    def _pace(self) -> None:
+        """Heartbeats per second that do not grow with the links (proto/link.py, "Idle cost")."""
+        slow = heartbeat_interval(len(self.links))
+        for link in self.links.values():
+            link.machine.slow = slow
 
     # --- hole punching: the daemon's punch driver reads and sends through our socket ------
 
