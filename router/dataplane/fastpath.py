@@ -9,14 +9,11 @@ probes whether the VXLAN works to that peer. The engine says which links qualify
 * probes: sent out of the VXLAN device, received on the bridge, answered with a ProbeAck
   on the control connection (gossip channel ``fastdp``, unicast);
 * hellos: our bridge MAC and the MACs learnt on container ports, polled every
-  ``MAC_POLL`` seconds after a change, then less and less often while nothing changes (up
-  to ``MAC_POLL_MAX``: a netlink dump through pyroute2 was the largest part of an idle
-  router's CPU; a MAC not yet in a peer's table is flooded to it meanwhile), sent to
-  each direct peer when they change and every ``fastdp.hello_refresh(links)`` seconds.
-  Until the peer shows it has our hello (a probe from it arrives: it learnt our bridge
-  MAC from the hello) hellos go every ``HELLO_RETRY`` seconds, for at most
-  ``HELLO_FAST_FOR``: while the mesh forms, a hello can find no route, or a relay
-  without one.
+  ``MAC_POLL`` seconds, sent to each direct peer when they change and every
+  ``fastdp.hello_refresh(links)`` seconds. Until the peer shows it has our hello (a
+  probe from it arrives: it learnt our bridge MAC from the hello) hellos go every
+  ``HELLO_RETRY`` seconds, for at most ``HELLO_FAST_FOR``: while the mesh forms, a hello
+  can find no route, or a relay without one.
 
 Idle cost: the links' steady probe interval and hello refresh grow with the number of
 links (proto/fastdp.py, "Idle cost"), so a router's idle probes, answers and hellos per
@@ -59,7 +56,6 @@ SYNC_RETRY = 0.5  # after netlink refused an entry
 HELLO_RETRY = 1.0  # hello interval until the peer shows it has ours (or HELLO_FAST_FOR passed)
 HELLO_FAST_FOR = 30.0
 MAC_POLL = 1.0
-MAC_POLL_MAX = 4.0
 
 Tables = tuple[dict[str, str], set[str], set[str]]  # VXLAN entries, bridge entries, flood
 
@@ -105,7 +101,6 @@ class FastPath:
     _retry_at: float | None = None
     _polling: bool = False
     _last_poll: float = -1e9
-    _poll_every: float = MAC_POLL  # doubles while the MACs stay the same, up to MAC_POLL_MAX
     _tx: socket.socket | None = None
     _rx: socket.socket | None = None
     _nursery: trio.Nursery | None = None
@@ -283,7 +278,7 @@ class FastPath:
     def get_timer(self) -> float | None:
         times: list[float] = []
         if self.enabled and self._nursery is not None and not self._polling:
-            times.append(self._last_poll + self._poll_every)
+            times.append(self._last_poll + MAC_POLL)
         if self._retry_at is not None:
             times.append(self._retry_at)
         refresh = fastdp.hello_refresh(len(self.entries))
@@ -302,7 +297,7 @@ class FastPath:
 
     def handle_timer(self, now: float) -> None:
         if (self.enabled and self._nursery is not None and not self._polling
-                and now >= self._last_poll + self._poll_every):  # get_timer's sums, exactly
+                and now >= self._last_poll + MAC_POLL):  # get_timer's sums, exactly
             self._last_poll = now
             self._polling = True
             self._nursery.start_soon(self._poll_macs)
@@ -380,8 +375,6 @@ class FastPath:
             self._polling = False
             self.wake()  # the next poll's timer
         local = frozenset(fastdp.mac_bytes(m) for m in macs)
-        self._poll_every = (MAC_POLL if local != self.local
-                            else min(MAC_POLL_MAX, 2 * self._poll_every))
         if local != self.local:
             self.local = local
             now = trio.current_time()

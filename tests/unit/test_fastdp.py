@@ -263,30 +263,3 @@ def test_deciding_until_the_first_verdict() -> None:
     off = new_link()
     off.on_hello(Hello(False, BR, frozenset(), "disabled"), 0.0)
     assert not off.deciding
-
-
-def test_the_mac_poll_slows_down_while_nothing_changes(monkeypatch: pytest.MonkeyPatch) -> None:
-    import random
-
-    import trio
-
-    from weftnet.proto.mesh import MeshConfig, MeshNode
-    from weftnet.router.dataplane import fastpath
-
-    macs = [{"02:00:00:00:00:01"}]
-    monkeypatch.setattr(fastpath.vxlan, "local_macs", lambda: set(macs[0]))
-    mesh = MeshNode(MeshConfig(name=1, nickname="a", uid=1), now=0.0,
-                    random_bytes=random.Random(1).randbytes, rng=random.Random(1))
-    fast = fastpath.FastPath(mesh=mesh, enabled=True, disabled_reason="", port=6784, mtu=1450)
-    seen = []
-
-    async def main() -> None:
-        for step in range(7):
-            if step == 5:
-                macs[0] = macs[0] | {"02:00:00:00:00:02"}  # a container came
-            await fast._poll_macs()
-            seen.append(fast._poll_every)
-
-    trio.run(main)
-    assert seen == [1.0, 2.0, 4.0, fastpath.MAC_POLL_MAX, fastpath.MAC_POLL_MAX, 1.0, 2.0]
-    assert len(fast.local) == 2
