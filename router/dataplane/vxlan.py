@@ -80,12 +80,24 @@ def bridge_mac() -> str:
         return str(netdev._link(ipr, index).get("address"))
 
 
+# local_macs runs every second: its three interface lookups cost twice the FDB dump
+# through pyroute2 (~1.4 of ~2 ms CPU here), so it keeps the indexes and looks them up
+# again only every LOOKUP_EVERY calls (the devices live as long as the router)
+LOOKUP_EVERY = 30
+_indexes: dict[str, int | None] = {}
+_calls = 0
+
+
 def local_macs() -> set[str]:
     """MACs the bridge learnt on container ports (not the TAP's, not the VXLAN's)."""
+    global _calls
     out: set[str] = set()
     with netdev._ipr() as ipr:
-        bridge = netdev._lookup(ipr, BRIDGE)
-        skip = {netdev._lookup(ipr, TAP), netdev._lookup(ipr, VXLAN), bridge}
+        if _calls % LOOKUP_EVERY == 0 or not _indexes:
+            _indexes.update({name: netdev._lookup(ipr, name) for name in (BRIDGE, TAP, VXLAN)})
+        _calls += 1
+        bridge = _indexes[BRIDGE]
+        skip = {_indexes[TAP], _indexes[VXLAN], bridge}
         for entry in ipr.fdb("dump"):
             if (entry.get("NDA_MASTER") != bridge or entry["ifindex"] in skip
                     or entry["state"] & (NUD_PERMANENT | NUD_NOARP)):
