@@ -8,8 +8,11 @@ probes whether the VXLAN works to that peer. The engine says which links qualify
   thread: reprogramming takes milliseconds and the data path must not stall meanwhile);
 * probes: sent out of the VXLAN device, received on the bridge, answered with a ProbeAck
   on the control connection (gossip channel ``fastdp``, unicast);
-* hellos: our bridge MAC and the MACs learnt on container ports, polled every
-  ``MAC_POLL`` seconds, sent to each direct peer when they change and every
+* hellos: our bridge MAC and the MACs learnt on container ports, polled (a netlink dump
+  through pyroute2, the largest part of an idle router's CPU at once a second) when the
+  kernel says the bridge's FDB changed (``fdb_events_socket``), at most every
+  ``MAC_POLL_GAP``, and every ``MAC_POLL_IDLE`` seconds besides (every ``MAC_POLL``
+  without the events), sent to each direct peer when they change and every
   ``fastdp.hello_refresh(links)`` seconds. Until the peer shows it has our hello (a
   probe from it arrives: it learnt our bridge MAC from the hello) hellos go every
   ``HELLO_RETRY`` seconds, for at most ``HELLO_FAST_FOR``: while the mesh forms, a hello
@@ -56,6 +59,8 @@ SYNC_RETRY = 0.5  # after netlink refused an entry
 HELLO_RETRY = 1.0  # hello interval until the peer shows it has ours (or HELLO_FAST_FOR passed)
 HELLO_FAST_FOR = 30.0
 MAC_POLL = 1.0
+MAC_POLL_IDLE = 10.0  # with FDB events: the poll only backs them up
+MAC_POLL_GAP = 0.2    # between polls that events ask for
 
 Tables = tuple[dict[str, str], set[str], set[str]]  # VXLAN entries, bridge entries, flood
 
@@ -101,6 +106,8 @@ class FastPath:
     _retry_at: float | None = None
     _polling: bool = False
     _last_poll: float = -1e9
+    _next_poll: float = -1e9
+    _fdb_events: socket.socket | None = None
     _tx: socket.socket | None = None
     _rx: socket.socket | None = None
     _nursery: trio.Nursery | None = None
@@ -114,6 +121,11 @@ class FastPath:
             vxlan.ensure_vxlan(self.mtu, self.port)
             self.bridge_mac = fastdp.mac_bytes(vxlan.bridge_mac())
             self._tx, self._rx = vxlan.probe_sockets(fastdp.ETHERTYPE)
+            try:
+                self._fdb_events = vxlan.fdb_events_socket()
+            except OSError as exc:
+                log.debug("no FDB events (polling the bridge's MACs every %.0f s): %s",
+                          MAC_POLL, exc)
         except (NetdevError, OSError) as exc:
             self.enabled = False
             self.disabled_reason = f"no kernel VXLAN here: {exc}"
@@ -122,7 +134,7 @@ class FastPath:
         log.info("fast path: kernel VXLAN %s on UDP port %d, MTU %d", VXLAN, self.port, self.mtu)
 
     def close(self) -> None:
-        for sock in (self._tx, self._rx):
+        for sock in (self._tx, self._rx, self._fdb_events):
             if sock is not None:
                 sock.close()
         if self.enabled:
@@ -137,6 +149,8 @@ class FastPath:
             self._nursery = nursery
             if self._rx is not None:
                 nursery.start_soon(self._rx_loop, self._rx)
+            if self._fdb_events is not None:
+                nursery.start_soon(self._fdb_loop, self._fdb_events)
             await trio.sleep_forever()
 
     # --- what the engine tells us ---------------------------------------------------------
@@ -267,6 +281,27 @@ class FastPath:
                                              trio.current_time())
                     self.wake()
 
+    async def _fdb_loop(self, sock: socket.socket) -> None:
+        """The bridge learnt or forgot a MAC: poll soon (a poll running now may have read
+        before the change, so this also moves the next one forward)."""
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            changed = False
+            while True:
+                try:
+                    data = sock.recv(65536)
+                except BlockingIOError:
+                    break
+                except OSError:  # ENOBUFS: events were lost, so look anyway
+                    changed = True
+                    break
+                changed = changed or vxlan.bridge_fdb_changed(data)
+            if changed:
+                soon = max(trio.current_time(), self._last_poll + MAC_POLL_GAP)
+                if soon < self._next_poll:
+                    self._next_poll = soon
+                    self.wake()
+
     # --- timers -----------------------------------------------------------------------
 
     def _probes_ready(self, entry: _Entry) -> bool:
@@ -278,7 +313,7 @@ class FastPath:
     def get_timer(self) -> float | None:
         times: list[float] = []
         if self.enabled and self._nursery is not None and not self._polling:
-            times.append(self._last_poll + MAC_POLL)
+            times.append(self._next_poll)
         if self._retry_at is not None:
             times.append(self._retry_at)
         refresh = fastdp.hello_refresh(len(self.entries))
@@ -297,8 +332,9 @@ class FastPath:
 
     def handle_timer(self, now: float) -> None:
         if (self.enabled and self._nursery is not None and not self._polling
-                and now >= self._last_poll + MAC_POLL):  # get_timer's sums, exactly
+                and now >= self._next_poll):  # get_timer's sums, exactly
             self._last_poll = now
+            self._next_poll = now + (MAC_POLL_IDLE if self._fdb_events is not None else MAC_POLL)
             self._polling = True
             self._nursery.start_soon(self._poll_macs)
         sent = False

@@ -187,6 +187,38 @@ def probe_sockets(ethertype: int) -> tuple[socket.socket, socket.socket]:
     return tx, rx
 
 
+RTNLGRP_NEIGH = 3
+_NLMSG_HDR = 16  # nlmsghdr: len u32, type u16, flags u16, seq u32, pid u32; ndmsg follows
+AF_BRIDGE = 7
+
+
+def fdb_events_socket() -> socket.socket:
+    """A non-blocking netlink socket told of neighbour changes (``bridge monitor fdb``'s
+    group): what the bridge learns or forgets arrives as an AF_BRIDGE message."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    try:
+        sock.bind((0, 1 << (RTNLGRP_NEIGH - 1)))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def bridge_fdb_changed(data: bytes) -> bool:
+    """Whether a batch of netlink messages from ``fdb_events_socket`` holds a bridge FDB
+    change (not the host's ARP/ND neighbours, which change as routers talk)."""
+    pos = 0
+    while pos + _NLMSG_HDR < len(data):
+        length = int.from_bytes(data[pos:pos + 4], "little")
+        if data[pos + _NLMSG_HDR] == AF_BRIDGE:
+            return True
+        if length < _NLMSG_HDR:
+            return False
+        pos += (length + 3) & ~3
+    return False
+
+
 def underlay_mtu() -> int | None:
     """The MTU of the interface our default route leaves by, else the largest MTU of an up
     interface that is not ours (loopback, the bridge and its ports excluded)."""

@@ -263,3 +263,20 @@ def test_deciding_until_the_first_verdict() -> None:
     off = new_link()
     off.on_hello(Hello(False, BR, frozenset(), "disabled"), 0.0)
     assert not off.deciding
+
+
+def test_fdb_events_are_told_apart_from_the_hosts_neighbours() -> None:
+    import struct
+
+    from weftnet.router.dataplane.vxlan import bridge_fdb_changed
+
+    def msg(family: int, extra: int = 12) -> bytes:
+        body = bytes([family]) + bytes(extra - 1)   # ndmsg (family first), attributes
+        n = 16 + len(body)
+        return struct.pack("<IHHII", n, 28, 0, 0, 0) + body + bytes(-n % 4)
+
+    assert not bridge_fdb_changed(msg(2)) and not bridge_fdb_changed(msg(10, 13))  # ARP, ND
+    assert bridge_fdb_changed(msg(7))
+    assert bridge_fdb_changed(msg(2, 13) + msg(10) + msg(7))
+    assert not bridge_fdb_changed(b"") and not bridge_fdb_changed(bytes(16))
+    assert not bridge_fdb_changed(struct.pack("<IHHII", 0, 28, 0, 0, 0) + b"\x02")  # bad length
