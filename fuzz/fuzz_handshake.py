@@ -9,7 +9,8 @@ Invariants:
   output whether fed whole or byte by byte (h11's invariant); it never completes a
   password handshake without the peer's valid confirmation; with two password
   candidates at each end (the Spake frame in play), never without the real peer's hello
-  and Spake frame (a losing pair's tag carries nothing a verdict depends on).
+  and Spake frame (a losing pair's tag carries nothing a verdict depends on); offering
+  AES-256-GCM, never without the real peer's hello, whatever its cipher list says.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ with _instrumented:
         decode_hello,
         decode_spakes,
         encode_hello,
+        preferred_aeads,
     )
 
 PASSWORD = b"fuzz"
@@ -53,6 +55,7 @@ CANDIDATES = (b"fuzz", b"other")  # ours; the peer holds them the other way roun
 # Templates are deep-copied per input: spake2's start() is slow pure Python.
 _ARGS: dict[str, dict[str, object]] = {
     "plain": {}, "encrypted": {"password": PASSWORD}, "candidates": {"passwords": CANDIDATES},
+    "aes": {"password": PASSWORD, "aeads": preferred_aeads(True)},
 }
 TEMPLATES: dict[str, Connection] = {
     name: connection(False, seed=2, **args) for name, args in _ARGS.items()  # type: ignore[arg-type]
@@ -83,8 +86,10 @@ _ENCRYPTED_STREAM = _peer_stream("encrypted", password=PASSWORD)
 _CANDIDATES_STREAM = _peer_stream("candidates", passwords=CANDIDATES[::-1])
 _CANDIDATES_BEFORE_CONFIRM = b"".join(
     len(b).to_bytes(4, "big") + b for b in _bodies(_CANDIDATES_STREAM)[:2])
-SEEDS = [_PLAIN_STREAM, _ENCRYPTED_STREAM, _CANDIDATES_STREAM, *_bodies(_PLAIN_STREAM),
-         *_bodies(_ENCRYPTED_STREAM), *_bodies(_CANDIDATES_STREAM)]
+_AES_STREAM = _peer_stream("aes", password=PASSWORD, aeads=preferred_aeads(True))
+SEEDS = [_PLAIN_STREAM, _ENCRYPTED_STREAM, _CANDIDATES_STREAM, _AES_STREAM,
+         *_bodies(_PLAIN_STREAM), *_bodies(_ENCRYPTED_STREAM), *_bodies(_CANDIDATES_STREAM),
+         *_bodies(_AES_STREAM)]
 
 
 def _feed(template: Connection, chunks: list[bytes]) -> tuple[list[Event], bytes, bool]:
@@ -138,6 +143,8 @@ def test_one_input(data: bytes) -> None:
             if name == "encrypted" and completed:
                 # Only the real peer's own hello + confirmation can get here.
                 assert stream.startswith(_ENCRYPTED_STREAM), stream
+            if name == "aes" and completed:
+                assert stream.startswith(_AES_STREAM), stream
             if name == "candidates" and completed:
                 assert stream.startswith(_CANDIDATES_BEFORE_CONFIRM), stream
 

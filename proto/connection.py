@@ -86,6 +86,7 @@ from .aead import TAG_SIZE, Opener, Sealer
 from .errors import LocalProtocolError, RemoteProtocolError
 from .framing import HANDSHAKE_MAX_FRAME, MESSAGE_MAX_FRAME, FrameDecoder, encode_frame
 from .handshake import (
+    DEFAULT_AEADS,
     HANDSHAKE_TIMEOUT,
     PROTOCOL_VERSIONS,
     WRONG_PASSWORD,
@@ -200,6 +201,7 @@ class Connection:
         timeout: float = DEFAULT_TIMEOUT,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         passwords: Sequence[bytes] | None = None,
+        aeads: Sequence[str] = DEFAULT_AEADS,
     ) -> None:
         if not heartbeat_interval > 0 or not timeout > 0 or not handshake_timeout > 0:
             raise LocalProtocolError("heartbeat interval and timeouts must be positive")
@@ -211,7 +213,8 @@ class Connection:
         self._versions = versions
         self._handshake: Handshake | None = Handshake(
             outbound=outbound, local=local, password=password, random_bytes=random_bytes,
-            versions=versions, passwords=passwords)
+            versions=versions, passwords=passwords, aeads=aeads)
+        self._aeads = tuple(aeads)
         self._passwords: tuple[bytes, ...] = self._handshake.passwords
         self._password: bytes | None = None  # the one the last completed handshake used
         self._rekey: Handshake | None = None
@@ -410,7 +413,7 @@ class Connection:
         self._rekey_again = False
         self._rekey = Handshake(outbound=self.outbound, local=self.local,
                                 passwords=self._passwords, random_bytes=self._random_bytes,
-                                versions=self._versions)
+                                versions=self._versions, aeads=self._aeads)
         self._send_message(Rekey(self._rekey.hello_body), now)
 
     def _on_rekey_frame(self, body: bytes, now: float) -> None:

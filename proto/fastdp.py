@@ -39,6 +39,20 @@ The first promotion needs one answered round (a fresh connection goes fast at on
 after a fall, ``RISE_AFTER`` answered rounds in a row (hysteresis: a flapping path does
 not flap the traffic). Rounds run every ``PROBE_INTERVAL``; an answer counts when it
 comes within ``PROBE_TIMEOUT``. Pure: time and probe ids come in as arguments.
+
+Idle cost. Every round costs each end a probe sent and one received (in Python: the
+kernel hands probes to a socket) and a ProbeAck on the control connection each way, and
+a router runs one FastLink per direct peer: in a full mesh of N routers that is N - 1
+rounds per interval, so a fixed interval makes a router's idle work grow with the mesh.
+Instead a router spends a fixed budget, ``ROUNDS_PER_SECOND``, on the links that are fast
+and healthy (the last round answered): their interval is ``steady_interval(links)`` =
+max(PROBE_INTERVAL, links / ROUNDS_PER_SECOND), and such a round sends only the full-size
+probe (the small one only explains a loss). A round that goes unanswered is followed by
+one of both probes after PROBE_INTERVAL, so a fall is confirmed (MISSES_TO_FALL) at most
+PROBE_INTERVAL + PROBE_TIMEOUT after the first miss was concluded; links that are not
+fast keep probing every PROBE_INTERVAL with both probes. Hellos are refreshed every
+``hello_refresh(links)`` (HELLO_REFRESH, longer in large meshes: they only repeat what
+the reliable control connection already delivered when something changed).
 """
 
 from __future__ import annotations
@@ -66,9 +80,21 @@ PROBE_TIMEOUT = 1.0
 MISSES_TO_FALL = 2
 RISE_AFTER = 3
 HELLO_REFRESH = 10.0
+ROUNDS_PER_SECOND = 2.0       # a router's probe rounds per second over all healthy fast links
+HELLOS_PER_SECOND = 0.2       # a router's hello refreshes per second over all its links
 HELLO_WAIT = 5.0              # no hello by then: the peer does not offer the fast path
 MAX_MACS = 4096
 MAX_REASON = 256
+
+
+def steady_interval(links: int) -> float:
+    """Seconds between the rounds of a fast, healthy link when a router has ``links``."""
+    return max(PROBE_INTERVAL, links / ROUNDS_PER_SECOND)
+
+
+def hello_refresh(links: int) -> float:
+    """Seconds between the hello refreshes of one link when a router has ``links``."""
+    return max(HELLO_REFRESH, links / HELLOS_PER_SECOND)
 
 
 def mac_bytes(mac: str) -> bytes:
@@ -190,6 +216,15 @@ class FastLink:
     changed: bool = False   # fast or reason moved since the caller last looked
     hello_overdue: bool = False  # HELLO_WAIT passed without a hello (said so once)
     overhead: int = VXLAN_OVERHEAD
+    steady: float = PROBE_INTERVAL  # interval while fast and healthy (steady_interval)
+    concluded: int = 0      # rounds concluded so far
+
+    @property
+    def deciding(self) -> bool:
+        """The first verdict is still to come and may well be "fast": the peer offers the
+        fast path (or has not said yet, within HELLO_WAIT) and no round has concluded."""
+        return (not self.ever_fast and not self.hello_overdue and self.concluded == 0
+                and (self.remote is None or self.remote.enabled))
 
     def on_hello(self, hello: Hello, now: float) -> None:
         was = self.remote
@@ -221,6 +256,12 @@ class FastLink:
         """Start a round when one is due: the probes the caller must send now."""
         if self.remote is None or not self.remote.enabled or now < self.next_round:
             return []
+        if self.fast and self.misses == 0 and not self.rounds:
+            # healthy: the full-size probe alone says it still works
+            self.next_round = now + self.steady
+            r = _Round(now, self.new_id(), -1)
+            self.rounds.append(r)
+            return [Probe(r.full, self.mtu)]
         self.next_round = now + PROBE_INTERVAL
         r = _Round(now, self.new_id(), self.new_id())
         self.rounds.append(r)
@@ -244,6 +285,7 @@ class FastLink:
         return min(times) if times else None
 
     def _conclude(self, r: _Round) -> None:
+        self.concluded += 1
         if r.full_ok:
             self.misses = 0
             self.streak += 1
@@ -263,6 +305,8 @@ class FastLink:
             why = "VXLAN probe timed out (is UDP port 6784 blocked?)"
         if self.fast:
             self.misses += 1
+            # the next round (both probes) confirms or clears the miss soon, not steadily
+            self.next_round = min(self.next_round, r.sent + PROBE_INTERVAL)
             if self.misses < MISSES_TO_FALL:
                 return
         self._set(False, why)

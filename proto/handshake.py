@@ -28,7 +28,24 @@ add some)::
      "uid": int (64 bit, per start), "nonce": int (64 bit, per connection), "pw": bool,
      "spake": bytes (33, SPAKE2 message of the pair (0, 0)) -- only when pw,
      "x25519": bytes (32, ephemeral public key) -- only when pw,
-     "cands": int (2..4, how many passwords the sender holds) -- only when pw and > 1}
+     "cands": int (2..4, how many passwords the sender holds) -- only when pw and > 1,
+     "aead": [str, ...] (1..8 names of sleeve AEADs the sender accepts, preferred first)
+             -- only when pw; absent = ["chacha20-poly1305"] (what every version speaks)}
+
+Sleeve cipher negotiation
+-------------------------
+A router lists "aes-256-gcm" first when its CPU has AES instructions (about 4x cheaper
+per byte than ChaCha20-Poly1305 there; ``preferred_aeads``), and only "chacha20-poly1305"
+otherwise (AES without those instructions is slow and not constant-time). The sleeve of
+the connection uses the first name of the *initiator's* list that the responder's list
+also holds (``choose_aead``): AES-256-GCM exactly when both ends have AES instructions,
+ChaCha20-Poly1305 otherwise and with a peer that sends no list (an older version).
+Unknown names are skipped (a later version may add one); no common name fails the
+handshake at both ends. The choice cannot be downgraded: the hellos are hashed into the
+transcript, from which the keys and the confirmation tags come, so a man in the middle
+who edits a list makes the tags fail (WRONG_PASSWORD, as any tampering does). The sleeve
+keys of an AES session are also expanded under their own labels (``sleeve_labels``), so
+no key is ever used with both ciphers. The control channel stays ChaCha20-Poly1305.
 
 Spake frame body (only when the two ends hold more than one pair of candidates)::
 
@@ -138,6 +155,15 @@ LABEL_CONTROL_R2I = b"weft v1 control r>i"
 LABEL_SLEEVE_I2R = b"weft v1 sleeve i>r"
 LABEL_SLEEVE_R2I = b"weft v1 sleeve r>i"
 
+# Sleeve AEADs by wire name (proto/sleeve.py maps them to ciphers).
+AEAD_CHACHA = "chacha20-poly1305"
+AEAD_AES = "aes-256-gcm"
+KNOWN_AEADS = (AEAD_AES, AEAD_CHACHA)
+DEFAULT_AEADS = (AEAD_CHACHA,)  # what a hello without the key means (older versions)
+MAX_AEADS = 8
+MAX_AEAD_NAME = 32
+NO_COMMON_AEAD = "no sleeve cipher in common"
+
 WRONG_PASSWORD = "wrong password (authentication failed)"
 BAD_SPAKE = "malformed handshake: bad spake2 message"
 
@@ -169,6 +195,7 @@ class SessionKeys:
     # repr=False: an event or result that ends up in a log must not carry key material.
     sleeve_send: bytes = field(repr=False)
     sleeve_recv: bytes = field(repr=False)
+    aead: str = AEAD_CHACHA  # the sleeve cipher both ends agreed on (KNOWN_AEADS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +238,7 @@ class Hello:
     spake: bytes | None = None
     x25519: bytes | None = None
     candidates: int = 1  # passwords the sender holds (only meaningful with a password)
+    aeads: tuple[str, ...] = DEFAULT_AEADS  # sleeve AEADs, preferred first (with a password)
 
 
 def encode_hello(hello: Hello) -> bytes:
@@ -223,6 +251,8 @@ def encode_hello(hello: Hello) -> bytes:
         doc["x25519"] = hello.x25519
         if hello.candidates != 1:
             doc["cands"] = hello.candidates
+        if hello.aeads != DEFAULT_AEADS:
+            doc["aead"] = list(hello.aeads)
     return pack(doc)
 
 
@@ -267,7 +297,7 @@ def decode_hello(body: bytes) -> Hello:
     if not password:
         # Keys that only make sense with a password must not smuggle anything in.
         if doc.get("spake") is not None or doc.get("x25519") is not None \
-                or doc.get("cands") is not None:
+                or doc.get("cands") is not None or doc.get("aead") is not None:
             raise _malformed("key exchange fields without a password")
         return Hello(vmin, vmax, name, nick, uid, nonce, False)
     spake_msg = _bytes_field(doc, "spake", SPAKE2_MESSAGE_SIZE, "bad spake2 message")
@@ -276,7 +306,46 @@ def decode_hello(body: bytes) -> Hello:
         raise RemoteProtocolError(BAD_SPAKE)
     x25519 = _bytes_field(doc, "x25519", X25519_KEY_SIZE, "bad x25519 public key")
     cands = 1 if doc.get("cands") is None else _int_field(doc, "cands", 1, MAX_CANDIDATES)
-    return Hello(vmin, vmax, name, nick, uid, nonce, True, spake_msg, x25519, cands)
+    aeads = DEFAULT_AEADS if doc.get("aead") is None else _aead_field(doc.get("aead"))
+    return Hello(vmin, vmax, name, nick, uid, nonce, True, spake_msg, x25519, cands, aeads)
+
+
+def _aead_field(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_AEADS or not all(
+            isinstance(v, str) and 0 < len(v) <= MAX_AEAD_NAME for v in value):
+        raise _malformed("bad 'aead'")
+    return tuple(value)
+
+
+def preferred_aeads(aes_instructions: bool) -> tuple[str, ...]:
+    """The sleeve AEADs a router offers, preferred first: AES-256-GCM only when its CPU
+    has AES instructions (the host reads them, e.g. the ``aes`` flag of /proc/cpuinfo)."""
+    return (AEAD_AES, AEAD_CHACHA) if aes_instructions else (AEAD_CHACHA,)
+
+
+def choose_aead(initiator: Sequence[str], responder: Sequence[str]) -> str:
+    """The sleeve AEAD of a connection: the first of the initiator's names (that we know)
+    the responder also offers. RemoteProtocolError when there is none."""
+    for name in initiator:
+        if name in KNOWN_AEADS and name in responder:
+            return name
+    raise RemoteProtocolError(NO_COMMON_AEAD)
+
+
+def sleeve_labels(aead: str) -> tuple[bytes, bytes]:
+    """The HKDF labels of the sleeve keys (i>r, r>i) for this AEAD: ChaCha20's are the
+    original ones (older peers), any other cipher's name is appended."""
+    if aead == AEAD_CHACHA:
+        return LABEL_SLEEVE_I2R, LABEL_SLEEVE_R2I
+    suffix = b" " + aead.encode()
+    return LABEL_SLEEVE_I2R + suffix, LABEL_SLEEVE_R2I + suffix
+
+
+def validate_aeads(aeads: Sequence[str]) -> None:
+    """Refuse a local AEAD list we could not offer (LocalProtocolError)."""
+    if not 1 <= len(aeads) <= MAX_AEADS or any(a not in KNOWN_AEADS for a in aeads) \
+            or len(set(aeads)) != len(aeads):
+        raise LocalProtocolError(f"sleeve ciphers must be distinct names of {KNOWN_AEADS}")
 
 
 def encode_confirm(tag: bytes) -> bytes:
@@ -328,6 +397,7 @@ class Agreement:
     version: int
     conn_uid: int
     encrypted: bool
+    aead: str = AEAD_CHACHA  # the sleeve cipher (meaningful only when encrypted)
 
 
 def negotiate(local: Hello, remote: Hello, *, outbound: bool) -> Agreement:
@@ -358,7 +428,8 @@ def negotiate(local: Hello, remote: Hello, *, outbound: bool) -> Agreement:
     initiator, responder = (local, remote) if outbound else (remote, local)
     # Zero is kept free to mean "no connection" in tables keyed by conn_uid.
     conn_uid = (initiator.nonce ^ responder.nonce) or 1
-    return Agreement(version, conn_uid, local.password)
+    aead = choose_aead(initiator.aeads, responder.aeads) if local.password else AEAD_CHACHA
+    return Agreement(version, conn_uid, local.password, aead)
 
 
 def transcript_hash(initiator_hello: bytes, responder_hello: bytes, *more: bytes) -> bytes:
@@ -367,20 +438,21 @@ def transcript_hash(initiator_hello: bytes, responder_hello: bytes, *more: bytes
 
 
 def derive_keys(spake_key: bytes, dh_shared: bytes, transcript: bytes, *,
-                outbound: bool) -> DerivedKeys:
+                outbound: bool, aead: str = AEAD_CHACHA) -> DerivedKeys:
     """Run the key schedule and orient its output for the initiator or the responder."""
     prk = hmac.new(transcript, spake_key + dh_shared, hashlib.sha256).digest()
 
     def expand(label: bytes) -> bytes:
         return HKDFExpand(algorithm=hashes.SHA256(), length=32, info=label).derive(prk)
 
-    i2r = (expand(LABEL_CONFIRM_I2R), expand(LABEL_CONTROL_I2R), expand(LABEL_SLEEVE_I2R))
-    r2i = (expand(LABEL_CONFIRM_R2I), expand(LABEL_CONTROL_R2I), expand(LABEL_SLEEVE_R2I))
+    sleeve_i2r, sleeve_r2i = sleeve_labels(aead)
+    i2r = (expand(LABEL_CONFIRM_I2R), expand(LABEL_CONTROL_I2R), expand(sleeve_i2r))
+    r2i = (expand(LABEL_CONFIRM_R2I), expand(LABEL_CONTROL_R2I), expand(sleeve_r2i))
     send, recv = (i2r, r2i) if outbound else (r2i, i2r)
     return DerivedKeys(
         confirm_send=send[0], confirm_recv=recv[0],
         control_send=send[1], control_recv=recv[1],
-        sleeve=SessionKeys(sleeve_send=send[2], sleeve_recv=recv[2]),
+        sleeve=SessionKeys(sleeve_send=send[2], sleeve_recv=recv[2], aead=aead),
     )
 
 
@@ -405,14 +477,17 @@ class Handshake:
     Construct it, send ``hello_body`` at once, then feed each received frame body to
     ``receive_frame``, sending whatever bodies it returns. ``result`` is set once the
     handshake completed; a RemoteProtocolError from ``receive_frame`` ends it.
-    ``passwords`` (or the single ``password``) are our candidates, preferred first.
+    ``passwords`` (or the single ``password``) are our candidates, preferred first;
+    ``aeads`` the sleeve ciphers we offer, preferred first (``preferred_aeads``).
     """
 
     def __init__(self, *, outbound: bool, local: LocalIdentity, random_bytes: RandomBytes,
                  password: bytes | None = None,
                  versions: tuple[int, int] = PROTOCOL_VERSIONS,
-                 passwords: Sequence[bytes] | None = None) -> None:
+                 passwords: Sequence[bytes] | None = None,
+                 aeads: Sequence[str] = DEFAULT_AEADS) -> None:
         validate_identity(local)
+        validate_aeads(aeads)
         vmin, vmax = versions
         if not 1 <= vmin <= vmax <= MAX_VERSION_NUMBER:
             raise LocalProtocolError(f"invalid protocol version range {vmin}..{vmax}")
@@ -437,7 +512,8 @@ class Handshake:
                 cands[0], idSymmetric=SPAKE2_ID, entropy_f=random_bytes))
             spake_msg = self._spakes[0].start()
         self.hello = Hello(vmin, vmax, local.name, local.nickname, local.uid, nonce,
-                           bool(cands), spake_msg, x25519_pub, max(1, len(cands)))
+                           bool(cands), spake_msg, x25519_pub, max(1, len(cands)),
+                           tuple(aeads))
         self.hello_body = encode_hello(self.hello)
         if len(self.hello_body) > HANDSHAKE_MAX_FRAME:  # cannot happen with valid fields
             raise LocalProtocolError("hello exceeds the handshake frame cap")
@@ -490,7 +566,7 @@ class Handshake:
             self._transcript = transcript_hash(initiator, responder)
             spake_key = self._finish_spake(self._spakes[0], remote.spake)
             keys = derive_keys(spake_key, self._dh_shared, self._transcript,
-                               outbound=self.outbound)
+                               outbound=self.outbound, aead=agreement.aead)
             self._spakes = []
             self._candidates = [(keys, self._transcript, 0)]
             self.step = HandshakeStep.CONFIRM
@@ -516,8 +592,9 @@ class Handshake:
         tags = []
         for (i, j), run, message in zip(self._pairs, self._spakes, theirs, strict=True):
             transcript = transcript_hash(hello_i, hello_r, spake_i, spake_r, bytes((i, j)))
+            assert self._agreement is not None
             keys = derive_keys(self._finish_spake(run, message), self._dh_shared, transcript,
-                               outbound=self.outbound)
+                               outbound=self.outbound, aead=self._agreement.aead)
             self._candidates.append((keys, transcript, i if self.outbound else j))
             tags.append(confirmation_tag(keys.confirm_send, transcript))
         self._spakes = []

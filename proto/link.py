@@ -29,6 +29,14 @@ While not UP the link says why (``down_reason``): "waiting for the peer's UDP he
 "no answer to UDP heartbeats yet", or, once ``NO_ANSWER_AFTER`` seconds passed without a
 word, "no UDP heartbeat from the peer for Ns (is UDP port P blocked?)", N kept current.
 
+Idle cost: a router keeps one link per direct peer, so heartbeats every HEARTBEAT_SLOW
+would make its idle work grow with the mesh. The shell sets ``slow`` (the interval once
+UP) to ``heartbeat_interval(links)`` = min(10, max(HEARTBEAT_SLOW, links / HEARTBEATS_PER_SECOND))
+for all its links, and the silence that takes a link down grows with it
+(``timeout`` = max(LINK_TIMEOUT, TIMEOUT_HEARTBEATS * slow)): each of our heartbeats is
+answered, so a live peer is heard at least every ``slow`` seconds whatever its own
+interval. Small meshes keep the figures above.
+
 Trust: each heartbeat carries ``HB_FLAG_TRUST`` when its sender trusts the receiver's
 underlay address (``--trusted-subnets``); DATA travels in the clear (``clear``) only when
 both ends trust each other.
@@ -65,6 +73,8 @@ Address = tuple[str, int]
 HEARTBEAT_FAST = 0.5  # until the link is up
 HEARTBEAT_SLOW = 2.0  # once it is
 LINK_TIMEOUT = 10.0  # no authenticated datagram for this long: the link is down
+HEARTBEATS_PER_SECOND = 2.0  # a router's heartbeats per second over all its links, once UP
+TIMEOUT_HEARTBEATS = 4  # heartbeat intervals of silence that take a link down (at least)
 NO_ANSWER_AFTER = 3.0  # say why a link is not up yet
 PMTU_REPROBE = 600.0
 PROBE_WAIT = 0.5
@@ -102,6 +112,16 @@ def overlay_overhead(addr: Address) -> int:
 def _seconds(silent: float) -> int:
     """Whole seconds, rounded, as reasons say them."""
     return int(silent + 0.5 + _ROUNDING)
+
+
+HEARTBEAT_MAX = 10.0  # never slower: the heartbeats keep NAT mappings (often 30 s) alive
+
+
+def heartbeat_interval(links: int) -> float:
+    """Seconds between the heartbeats of an UP link when a router has ``links``: a router's
+    heartbeats per second stay the same whatever the size of the mesh, up to HEARTBEAT_MAX
+    per link (a keepalive must beat the NATs' mapping timeouts; LINK_TIMEOUT grows with it)."""
+    return min(HEARTBEAT_MAX, max(HEARTBEAT_SLOW, links / HEARTBEATS_PER_SECOND))
 
 
 class LinkState(enum.Enum):
@@ -175,7 +195,7 @@ class LinkMachine:
     """
 
     __slots__ = ("me", "uid", "config_mtu", "port", "we_trust", "encrypted", "state",
-                 "udp_addr", "created", "last_rx", "last_hb", "they_trust", "mtu", "pmtu",
+                 "udp_addr", "created", "last_rx", "last_hb", "they_trust", "mtu", "pmtu", "slow",
                  "down_reason", "next_probe", "_rng", "_round", "_said", "_hb_body",
                  "_sends", "_events")
 
@@ -193,6 +213,7 @@ class LinkMachine:
         self.created = now
         self.last_rx: float | None = None
         self.last_hb = float("-inf")
+        self.slow = HEARTBEAT_SLOW  # heartbeat interval once UP (heartbeat_interval)
         self.they_trust = False
         self.mtu: int | None = None  # None until the link first came up
         self.pmtu: int | None = None
@@ -213,6 +234,11 @@ class LinkMachine:
     @property
     def up(self) -> bool:
         return self.state is LinkState.UP
+
+    @property
+    def timeout(self) -> float:
+        """Silence that takes the link down."""
+        return max(LINK_TIMEOUT, TIMEOUT_HEARTBEATS * self.slow)
 
     @property
     def clear(self) -> bool:
@@ -255,13 +281,13 @@ class LinkMachine:
         # each test is the very sum get_timer returns: "due" must mean the same to both
         base = self.last_rx if self.last_rx is not None else self.created
         if self.state is LinkState.UP:
-            if now >= base + LINK_TIMEOUT:
+            if now >= base + self.timeout:
                 self._down(self._no_heartbeat(_seconds(now - base)), now - base)
         elif self.last_rx is None and now >= base + self._next_count():
             n = _seconds(now - base)  # at least one more than said last time
             self._said = n if self._said is None else max(n, self._said + 1)
             self._down(self._no_heartbeat(self._said))
-        if now >= self.last_hb + (HEARTBEAT_SLOW if self.up else HEARTBEAT_FAST):
+        if now >= self.last_hb + (self.slow if self.up else HEARTBEAT_FAST):
             self._heartbeat(now)
         r = self._round
         if r is not None:
@@ -299,9 +325,9 @@ class LinkMachine:
         base = self.last_rx if self.last_rx is not None else self.created
         due = float("inf")
         if self.udp_addr is not None:
-            due = self.last_hb + (HEARTBEAT_SLOW if self.up else HEARTBEAT_FAST)
+            due = self.last_hb + (self.slow if self.up else HEARTBEAT_FAST)
         if self.up:
-            due = min(due, base + LINK_TIMEOUT)
+            due = min(due, base + self.timeout)
         elif self.last_rx is None:
             due = min(due, base + self._next_count())
         r = self._round

@@ -66,7 +66,7 @@ from .connection import (
 from .connmaker import ConnectionMaker, LiveConnections, TargetState, join_host_port, split_host
 from .errors import LocalProtocolError, RemoteProtocolError
 from .gossip import GossipData, Gossiper, SendQueue
-from .handshake import validate_passwords
+from .handshake import DEFAULT_AEADS, validate_passwords
 from .messages import Gossip, GossipKind
 from .peername import PeerName, format_peer_name
 from .routes import Routes
@@ -101,6 +101,8 @@ class MeshConfig:
     # with a data plane, a connection is only "established" once the data plane says its
     # overlay works both ways (set_overlay); until then it is "pending"
     require_overlay: bool = False
+    # the sleeve ciphers we offer, preferred first (proto/handshake.py preferred_aeads)
+    aeads: tuple[str, ...] = DEFAULT_AEADS
 
 
 # --- outputs ---------------------------------------------------------------------------
@@ -292,7 +294,7 @@ class MeshNode:
         conn = Connection(outbound=outbound, local=self.local, passwords=self.passwords,
                           now=now, random_bytes=self._random_bytes,
                           heartbeat_interval=self.config.heartbeat_interval,
-                          timeout=self.config.timeout)
+                          timeout=self.config.timeout, aeads=self.config.aeads)
         self._conns[conn_id] = _Conn(conn_id, conn, outbound, remote_address, target, now)
         self._dirty.add(conn_id)
 

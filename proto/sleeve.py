@@ -30,11 +30,12 @@ carries a 20-byte header, which is also the AEAD associated data, then the body:
 ``conn_uid`` names the control connection the session belongs to, so the receiver finds
 the session with ``peek`` whatever UDP address the datagram came from (NAT rebinding).
 
-Encrypted sessions seal the body with ChaCha20-Poly1305 under the key of the sender's
-direction (from the handshake, separate from the control keys), nonce = 4 zero bytes +
-counter u64 little-endian. A session without keys (no password, or trusted subnets)
-sends the body in clear but keeps counters, epochs and the replay window, so a
-duplicated datagram is still delivered at most once.
+Encrypted sessions seal the body with the connection's AEAD, ChaCha20-Poly1305 or
+AES-256-GCM (the handshake negotiates it, proto/handshake.py), under the key of the
+sender's direction (from the handshake, separate from the control keys), nonce = 4 zero
+bytes + counter u64 little-endian (both take a 12-byte nonce). A session without keys
+(no password, or trusted subnets) sends the body in clear but keeps counters, epochs and
+the replay window, so a duplicated datagram is still delivered at most once.
 
 Rekeying, without any message exchange, with forward secrecy
 ------------------------------------------------------------
@@ -43,7 +44,8 @@ Each direction's keys form a one-way ratchet::
     key[0] = handshake key     key[e+1] = HKDF-Expand(SHA-256, key[e], "weft sleeve ratchet", 32)
 
 The sender moves to epoch e+1 (counter back to 0) when the epoch is ``rekey_interval``
-old or its counter reached ``rekey_after``, and forgets key[e]: a later compromise of
+old, its counter reached ``rekey_after`` or it sealed ``REKEY_BYTES`` (AES-GCM's
+per-key data limit, with a wide margin), and forgets key[e]: a later compromise of
 the session reveals nothing sealed before. ``handle_timer`` does the same for an idle
 sender, once: a key that sealed nothing is not rotated again (its clock restarts at the
 next seal), so consecutive datagrams never differ by more than one epoch and a receiver
@@ -79,11 +81,12 @@ from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from .errors import LocalProtocolError, RemoteProtocolError
 from .ethernet import ETH_HLEN, VNET_HDR_LEN
+from .handshake import AEAD_AES, AEAD_CHACHA
 from .replay import ReplayWindow
 
 VERSION = 1
@@ -95,6 +98,11 @@ EPOCH_MODULUS = 1 << 16
 MAX_EPOCH_SKIP = 4                    # epochs a receiver may catch up in one step
 COUNTER_LIMIT = (1 << 64) - 1         # never used as a nonce (as in proto/aead.py)
 RATCHET_INFO = b"weft sleeve ratchet"
+# Bytes one key seals at most (2**36 = 64 GiB, i.e. 2**32 AES blocks): far inside
+# AES-GCM's confidentiality bound for 64 KiB messages; ChaCha20 keeps it for simplicity.
+REKEY_BYTES = 1 << 36
+AEADS: Mapping[str, type[ChaCha20Poly1305] | type[AESGCM]] = MappingProxyType(
+    {AEAD_CHACHA: ChaCha20Poly1305, AEAD_AES: AESGCM})
 
 FLAG_VNET = 1
 FLAG_RELAY_ONLY = 2  # a broadcast the kernel VXLAN delivered to this hop already: relay only
@@ -188,9 +196,10 @@ class _Epoch:
 
     __slots__ = ("key", "aead", "window", "started")
 
-    def __init__(self, key: bytes | None, window: int, started: float) -> None:
+    def __init__(self, key: bytes | None, window: int, started: float,
+                 cipher: type[ChaCha20Poly1305] | type[AESGCM] = ChaCha20Poly1305) -> None:
         self.key = key
-        self.aead = ChaCha20Poly1305(key) if key is not None else None
+        self.aead = cipher(key) if key is not None else None
         self.window = ReplayWindow(window)
         self.started = started
 
@@ -199,8 +208,9 @@ class SleeveSession:
     """Seals datagrams towards one peer and opens datagrams from it (one connection)."""
 
     __slots__ = (
-        "conn_uid", "rekey_interval", "rekey_after", "_window", "_max_body",
+        "conn_uid", "rekey_interval", "rekey_after", "cipher", "_cipher", "_window", "_max_body",
         "_send_key", "_send_aead", "_send_epoch", "_send_counter", "_send_started",
+        "_send_bytes",
         "_cur", "_prev", "_recv_epoch", "_ahead",
         "_sealed", "_opened", "_sealed_bytes", "_opened_bytes", "_rekeys_send", "_rekeys_recv",
         "_drops",
@@ -208,7 +218,9 @@ class SleeveSession:
 
     def __init__(self, *, conn_uid: int, send_key: bytes | None, recv_key: bytes | None,
                  now: float, rekey_interval: float = 120.0, rekey_after: int = 2**32,
-                 window: int = 8192) -> None:
+                 window: int = 8192, aead: str = AEAD_CHACHA) -> None:
+        if aead not in AEADS:
+            raise LocalProtocolError(f"unknown sleeve cipher {aead!r}")
         if (send_key is None) != (recv_key is None):
             raise LocalProtocolError("sleeve keys: give both or neither")
         for key in (send_key, recv_key):
@@ -223,14 +235,18 @@ class SleeveSession:
         self.conn_uid = conn_uid
         self.rekey_interval = rekey_interval
         self.rekey_after = rekey_after
+        # the AEAD's wire name (None without keys: nothing is sealed)
+        self.cipher: str | None = aead if send_key is not None else None
+        self._cipher = AEADS[aead]
         self._window = window
         self._max_body = max_body(send_key is not None)
         self._send_key = send_key
-        self._send_aead = ChaCha20Poly1305(send_key) if send_key is not None else None
+        self._send_aead = self._cipher(send_key) if send_key is not None else None
         self._send_epoch = 0
         self._send_counter = 0
+        self._send_bytes = 0
         self._send_started = now
-        self._cur = _Epoch(recv_key, window, now)
+        self._cur = _Epoch(recv_key, window, now, self._cipher)
         self._prev: _Epoch | None = None
         self._recv_epoch = 0
         self._ahead: list[_Epoch] = []    # derived keys for epochs e+1, e+2, ... (lazily)
@@ -262,7 +278,7 @@ class SleeveSession:
 
     def seal(self, kind: Kind, body: bytes | bytearray | memoryview, now: float) -> bytes:
         """The whole datagram carrying ``body``; rekeys first when the epoch is due."""
-        if self._send_counter >= self.rekey_after or \
+        if self._send_counter >= self.rekey_after or self._send_bytes >= REKEY_BYTES or \
                 now - self._send_started >= self.rekey_interval:
             if self._send_counter:
                 self._rekey_send(now)
@@ -279,6 +295,7 @@ class SleeveSession:
         header = _HEADER.pack(VERSION, kind, self._send_epoch, self.conn_uid, counter)
         self._sealed += 1
         self._sealed_bytes += n
+        self._send_bytes += n
         aead = self._send_aead
         if aead is None:
             return header + body
@@ -287,9 +304,10 @@ class SleeveSession:
     def _rekey_send(self, now: float) -> None:
         if self._send_key is not None:
             self._send_key = ratchet(self._send_key)   # the old key is no longer referenced
-            self._send_aead = ChaCha20Poly1305(self._send_key)
+            self._send_aead = self._cipher(self._send_key)
         self._send_epoch = (self._send_epoch + 1) % EPOCH_MODULUS
         self._send_counter = 0
+        self._send_bytes = 0
         self._send_started = now
         self._rekeys_send += 1
 
@@ -361,7 +379,8 @@ class SleeveSession:
         ahead = self._ahead
         while len(ahead) < skip:
             base = ahead[-1].key if ahead else self._cur.key
-            ahead.append(_Epoch(ratchet(base) if base is not None else None, self._window, now))
+            ahead.append(_Epoch(ratchet(base) if base is not None else None, self._window, now,
+                                self._cipher))
         return ahead[skip - 1]
 
     def _advance(self, skip: int, now: float) -> None:

@@ -53,7 +53,7 @@ class SessionRotation:
         """The new keys are agreed on our side: open with them from now on."""
         self.next = SleeveSession(conn_uid=sleeve_uid, send_key=keys.sleeve_send,
                                   recv_key=keys.sleeve_recv, now=now,
-                                  rekey_interval=self.rekey_interval)
+                                  rekey_interval=self.rekey_interval, aead=keys.aead)
         if sleeve_uid not in self.uids:
             self.uids.append(sleeve_uid)
         return self.next

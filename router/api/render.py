@@ -202,7 +202,7 @@ def _targets(report: Mapping[str, Any]) -> list[str]:
 def _connections(report: Mapping[str, Any]) -> list[str]:
     """``weave status connections``: arrow, address, state, then what we know. Established
     connections show the overlay carrying their traffic, the peer, whether the data is
-    encrypted, the MTU and why this overlay (``overlay_reason``); the others show why
+    encrypted (and with which cipher), the MTU and why this overlay (``overlay_reason``); the others show why
     they are not established (``info``). Columns widen to the longest entry."""
     conns = report["router"]["connections"]
     if not conns:
@@ -221,6 +221,10 @@ def _connections(report: Mapping[str, Any]) -> list[str]:
                         f"{connection_encryption(c):<{enc_w}}"]
             if c.get("password") is not None:
                 details.append(f"password={c['password']}")
+            sleeve = c.get("sleeve")
+            if connection_encryption(c) == "encrypted" and isinstance(sleeve, Mapping) \
+                    and sleeve.get("cipher"):
+                details.append(f"cipher={sleeve['cipher']}")
             if c.get("mtu") is not None:
                 details.append(f"mtu={c['mtu']}")
             if str(c.get("how") or "").startswith("punched"):

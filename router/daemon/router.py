@@ -92,6 +92,7 @@ from weftnet.router.dataplane.fastpath import FastdpGossiper
 from weftnet.router.dataplane.ports import TapPort, UdpPort
 from weftnet.router.host import netdev
 from weftnet.router.host.attachments import Attachments, parse_address_specs
+from weftnet.router.host.cpu import local_aeads
 from weftnet.router.host.datadir import IPAM6_FILE, IPAM_FILE, DataDir
 from weftnet.router.host.expose import Exposer
 from weftnet.router.host.teardown import reset_host
@@ -137,7 +138,7 @@ class Router:
                        password_labels=config.password_lines,
                        port=config.port, conn_limit=config.conn_limit,
                        discovery=config.discovery, initial_version=int(time.time() * 1e6),
-                       require_overlay=True),
+                       require_overlay=True, aeads=local_aeads()),
             now=now, random_bytes=os.urandom, rng=random.Random(os.urandom(16)),
         )
         self._initial_targets = targets

@@ -38,6 +38,8 @@ daemon's timer task to look again: ``get_timer`` is in the past while news waits
 
 A frame larger than the link's MTU that carries IPv4 with DF gets an ICMP "fragmentation
 needed" back to the sender; anything else is carried (the kernel fragments the datagram).
+So is any frame while the fast path's first verdict on the link is pending (``deciding``):
+its MTU is larger, and a container keeps a smaller one it was told for 10 minutes.
 """
 
 from __future__ import annotations
@@ -57,12 +59,14 @@ from weftnet.proto import ethernet, punchwire, sleeve, sleeve_frag
 from weftnet.proto.connmaker import join_host_port
 from weftnet.proto.errors import RemoteProtocolError
 from weftnet.proto.forwarding import Forwarder
+from weftnet.proto.handshake import AEAD_CHACHA
 from weftnet.proto.link import (
     AddressMoved,
     LinkMachine,
     LinkWentDown,
     LinkWentUp,
     PathMtuFound,
+    heartbeat_interval,
     ip_udp_overhead,
 )
 from weftnet.proto.mesh import KeysAgreed, KeysSwitched, MeshNode, PeerConnected, PeerDisconnected
@@ -198,7 +202,8 @@ class Dataplane:
         host, port = _split_address(event.remote_address)
         session = SleeveSession(conn_uid=event.conn_uid,
                                 send_key=keys.sleeve_send if keys else None,
-                                recv_key=keys.sleeve_recv if keys else None, now=now)
+                                recv_key=keys.sleeve_recv if keys else None, now=now,
+                                aead=keys.aead if keys else AEAD_CHACHA)
         plain = SleeveSession(conn_uid=event.conn_uid, send_key=None, recv_key=None, now=now)
         path, sock = self._paths.get(event.conn_id, (None, 0))
         machine = LinkMachine(
@@ -217,6 +222,7 @@ class Dataplane:
             self._unindex(old)
         self.links[event.conn_id] = link
         self._by_uid[event.conn_uid] = link
+        self._pace()
         self._service(link, now)
 
     def peer_disconnected(self, event: PeerDisconnected) -> None:
@@ -224,6 +230,13 @@ class Dataplane:
         link = self.links.pop(event.conn_id, None)
         if link is not None:
             self._unindex(link)
+            self._pace()
+
+    def _pace(self) -> None:
+        """Heartbeats per second that do not grow with the links (proto/link.py, "Idle cost")."""
+        slow = heartbeat_interval(len(self.links))
+        for link in self.links.values():
+            link.machine.slow = slow
 
     # --- hole punching: the daemon's punch driver reads and sends through our socket ------
 
@@ -504,7 +517,8 @@ class Dataplane:
                     self._drop("no route")
                     continue
                 mtu = link.machine.mtu
-                if mtu is not None and n - shortest > mtu and self._too_big(tap, frame, vnet, mtu):
+                if mtu is not None and n - shortest > mtu and not self.fast.deciding(link.conn_id) \
+                        and self._too_big(tap, frame, vnet, mtu):
                     continue
                 if link.fast and dst & GROUP_BIT:
                     self._queue(link, (me, dst_peer, flags | ENTRY_RELAY_ONLY, frame))
@@ -751,6 +765,7 @@ class Dataplane:
                     "fastdp": link.fast,
                     "path_mtu": link.machine.pmtu,
                     "epoch": link.session.epoch_send,
+                    "cipher": link.session.cipher if not link.clear else None,
                     **link.counters.as_dict(),
                 }
         return None

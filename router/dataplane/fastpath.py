@@ -10,11 +10,20 @@ probes whether the VXLAN works to that peer. The engine says which links qualify
   address's family; without an IPv6 device (refused), IPv6 peers stay on sleeve and say why;
 * probes: sent out of the VXLAN device, received on the bridge, answered with a ProbeAck
   on the control connection (gossip channel ``fastdp``, unicast);
-* hellos: our bridge MAC and the MACs learnt on container ports, polled every
-  ``MAC_POLL`` seconds, sent to each direct peer when they change and every
-  ``HELLO_REFRESH`` seconds, every ``HELLO_RETRY`` seconds while the peer's hello has not
-  come (the first ones may leave before the mesh has a route to the peer, and be lost);
-  a peer's first hello is answered with ours at once.
+* hellos: our bridge MAC and the MACs learnt on container ports, polled (a netlink dump
+  through pyroute2, the largest part of an idle router's CPU at once a second) when the
+  kernel says the bridge's FDB changed (``fdb_events_socket``), at most every
+  ``MAC_POLL_GAP``, and every ``MAC_POLL_IDLE`` seconds besides (every ``MAC_POLL``
+  without the events), sent to each direct peer when they change and every
+  ``fastdp.hello_refresh(links)`` seconds. Until the peer shows it has our hello (a
+  probe from it arrives: it learnt our bridge MAC from the hello) hellos go every
+  ``HELLO_RETRY`` seconds, for at most ``HELLO_FAST_FOR``: while the mesh forms, a hello
+  can find no route, or a relay without one. A peer's first hello is answered with ours at once.
+
+Idle cost: the links' steady probe interval and hello refresh grow with the number of
+links (proto/fastdp.py, "Idle cost"), so a router's idle probes, answers and hellos per
+second stay the same whatever the size of the mesh; ``_pace`` hands the interval to the
+FastLinks whenever a link comes or goes.
 
 Nothing here writes the engine's state: ``carries(conn_id)`` is the fact the engine's
 single writer of ``link.fast`` reads (the FastLink is fast *and* the peer's flood entry is
@@ -49,8 +58,11 @@ from weftnet.router.host.netdev import VXLAN, VXLAN6, NetdevError
 log = logging.getLogger("weft")
 
 SYNC_RETRY = 0.5  # after netlink refused an entry
-HELLO_RETRY = 1.0  # hello again this soon while the peer's has not come
+HELLO_RETRY = 1.0  # hello interval until the peer shows it has ours (or HELLO_FAST_FOR passed)
+HELLO_FAST_FOR = 30.0
 MAC_POLL = 1.0
+MAC_POLL_IDLE = 10.0  # with FDB events: the poll only backs them up
+MAC_POLL_GAP = 0.2    # between polls that events ask for
 
 Tables = tuple[dict[str, str], set[str], set[str]]  # VXLAN entries, bridge entries, flood
 
@@ -65,6 +77,9 @@ class _Entry:
     fl: FastLink | None            # None: we do not offer the fast path (hello says why)
     hello_sent: float = -1e9
     refused: str = ""              # why not, when we could offer it to others but not here
+    hello_routed: bool = False     # the mesh had a route for the last hello (else: retry soon)
+    followed: float = 0.0          # when we started following the link
+    heard: bool = False            # a probe came from the peer: it has our hello
 
 
 def _noop() -> None:
@@ -99,6 +114,8 @@ class FastPath:
     _retry_at: float | None = None
     _polling: bool = False
     _last_poll: float = -1e9
+    _next_poll: float = -1e9
+    _fdb_events: socket.socket | None = None
     _tx: socket.socket | None = None
     _tx6: socket.socket | None = None
     _rx: socket.socket | None = None
@@ -114,6 +131,11 @@ class FastPath:
             vxlan.ensure_vxlan(self.mtu, self.port)
             self.bridge_mac = fastdp.mac_bytes(vxlan.bridge_mac())
             self._tx, self._rx = vxlan.probe_sockets(fastdp.ETHERTYPE)
+            try:
+                self._fdb_events = vxlan.fdb_events_socket()
+            except OSError as exc:
+                log.debug("no FDB events (polling the bridge's MACs every %.0f s): %s",
+                          MAC_POLL, exc)
         except (NetdevError, OSError) as exc:
             self.enabled = False
             self.disabled_reason = f"no kernel VXLAN here: {exc}"
@@ -129,7 +151,7 @@ class FastPath:
                  "" if self.v6_reason else f" and {VXLAN6} (IPv6)", self.port, self.mtu)
 
     def close(self) -> None:
-        for sock in (self._tx, self._tx6, self._rx):
+        for sock in (self._tx, self._tx6, self._rx, self._fdb_events):
             if sock is not None:
                 sock.close()
         if self.enabled:
@@ -145,6 +167,8 @@ class FastPath:
             self._nursery = nursery
             if self._rx is not None:
                 nursery.start_soon(self._rx_loop, self._rx)
+            if self._fdb_events is not None:
+                nursery.start_soon(self._fdb_loop, self._fdb_events)
             await trio.sleep_forever()
 
     # --- what the engine tells us ---------------------------------------------------------
@@ -179,7 +203,9 @@ class FastPath:
             hello = self.hellos.get(peer)
             if hello is not None:
                 fl.on_hello(hello, now)
-        self.entries[conn_id] = entry = _Entry(peer, nickname, ip, fl, refused=refused)
+        self.entries[conn_id] = entry = _Entry(peer, nickname, ip, fl, refused=refused,
+                                               followed=now)
+        self._pace()
         self._send_hello(entry, now)
         self._changed(conn_id, entry)
         self.moved.add(conn_id)
@@ -189,8 +215,16 @@ class FastPath:
     def forget(self, conn_id: int) -> None:
         """Link ``conn_id`` is gone or no longer qualifies."""
         if self.entries.pop(conn_id, None) is not None:
+            self._pace()
             self.moved.add(conn_id)
             self._sync()
+
+    def _pace(self) -> None:
+        """Spread this router's idle probing over its links (proto/fastdp.py, "Idle cost")."""
+        steady = fastdp.steady_interval(len(self.entries))
+        for entry in self.entries.values():
+            if entry.fl is not None:
+                entry.fl.steady = steady
 
     def carries(self, conn_id: int) -> bool:
         """The VXLAN carries this link's traffic: probes say it works, and the peer's flood
@@ -199,6 +233,14 @@ class FastPath:
         if entry is None or entry.fl is None or not entry.fl.fast:
             return False
         return self._flooded(entry)
+
+    def deciding(self, conn_id: int) -> bool:
+        """The fast path may take link ``conn_id`` over within seconds (its first verdict is
+        pending). Meanwhile the engine carries frames too big for the sleeve's path MTU
+        instead of answering "fragmentation needed": a container would keep that smaller
+        MTU for 10 minutes (the kernel's PMTU cache), long after the VXLAN took over."""
+        entry = self.entries.get(conn_id)
+        return entry is not None and entry.fl is not None and entry.fl.deciding
 
     def _flooded(self, entry: _Entry) -> bool:
         """The peer's flood entry is programmed in the VXLAN device."""
@@ -240,7 +282,10 @@ class FastPath:
                 self._changed(*found)
         elif found is not None and found[1].fl is not None and found[1].fl.on_ack(msg.probe_id):
             self.probes_answered += 1
-            found[1].fl.handle_timer(now)
+            fl = found[1].fl
+            fl.handle_timer(now)
+            if not fl.changed:
+                return  # the usual answer of a healthy link: nothing to program or schedule
             self._changed(*found)
         self._sync()
         self.wake()  # a hello may have made probes due
@@ -263,9 +308,32 @@ class FastPath:
                     sender, probe_id = fastdp.decode_probe(frame)
                 except RemoteProtocolError:
                     continue
-                if self._entry_of(sender) is not None:
+                found = self._entry_of(sender)
+                if found is not None:
+                    found[1].heard = True
                     self.mesh.gossip_unicast(fastdp.CHANNEL, sender, ProbeAck(probe_id).encode(),
                                              trio.current_time())
+                    self.wake()
+
+    async def _fdb_loop(self, sock: socket.socket) -> None:
+        """The bridge learnt or forgot a MAC: poll soon (a poll running now may have read
+        before the change, so this also moves the next one forward)."""
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            changed = False
+            while True:
+                try:
+                    data = sock.recv(65536)
+                except BlockingIOError:
+                    break
+                except OSError:  # ENOBUFS: events were lost, so look anyway
+                    changed = True
+                    break
+                changed = changed or vxlan.bridge_fdb_changed(data)
+            if changed:
+                soon = max(trio.current_time(), self._last_poll + MAC_POLL_GAP)
+                if soon < self._next_poll:
+                    self._next_poll = soon
                     self.wake()
 
     # --- timers -----------------------------------------------------------------------
@@ -279,11 +347,12 @@ class FastPath:
     def get_timer(self) -> float | None:
         times: list[float] = []
         if self.enabled and self._nursery is not None and not self._polling:
-            times.append(self._last_poll + MAC_POLL)
+            times.append(self._next_poll)
         if self._retry_at is not None:
             times.append(self._retry_at)
+        refresh = fastdp.hello_refresh(len(self.entries))
         for entry in self.entries.values():
-            times.append(entry.hello_sent + self._hello_every(entry))
+            times.append(entry.hello_sent + self._hello_interval(entry, refresh))
             fl = entry.fl
             if fl is None:
                 continue
@@ -297,13 +366,15 @@ class FastPath:
 
     def handle_timer(self, now: float) -> None:
         if (self.enabled and self._nursery is not None and not self._polling
-                and now >= self._last_poll + MAC_POLL):  # get_timer's sums, exactly
+                and now >= self._next_poll):  # get_timer's sums, exactly
             self._last_poll = now
+            self._next_poll = now + (MAC_POLL_IDLE if self._fdb_events is not None else MAC_POLL)
             self._polling = True
             self._nursery.start_soon(self._poll_macs)
         sent = False
+        refresh = fastdp.hello_refresh(len(self.entries))
         for conn_id, entry in self.entries.items():
-            if now >= entry.hello_sent + self._hello_every(entry):
+            if now >= entry.hello_sent + self._hello_interval(entry, refresh):
                 self._send_hello(entry, now)
                 sent = True
             fl = entry.fl
@@ -320,14 +391,24 @@ class FastPath:
             self._retry_at = None
         self._sync()
 
-    def _hello_every(self, entry: _Entry) -> float:
-        return fastdp.HELLO_REFRESH if entry.peer in self.hellos else HELLO_RETRY
+    def _hello_interval(self, entry: _Entry, refresh: float) -> float:
+        """Seconds from the last hello to the next (a function of the entry and the hellos
+        we have, so that get_timer and handle_timer compute the same sum): HELLO_RETRY for
+        at most HELLO_FAST_FOR while the peer has not shown that it has ours (no probe from
+        it yet) or, when we refuse it the fast path, until its hello came; and when the mesh
+        had no route for the last."""
+        fl = entry.fl
+        offered = fl is not None and not entry.heard and (fl.remote is None or fl.remote.enabled)
+        refusing = fl is None and entry.peer not in self.hellos  # it must hear why, once
+        waiting = entry.hello_sent < entry.followed + HELLO_FAST_FOR and (offered or refusing)
+        return HELLO_RETRY if waiting or not entry.hello_routed else refresh
 
     def _send_hello(self, entry: _Entry, now: float) -> None:
         entry.hello_sent = now
         hello = Hello(entry.fl is not None, self.bridge_mac, self.local,
                       self.disabled_reason or entry.refused)
-        self.mesh.gossip_unicast(fastdp.CHANNEL, entry.peer, hello.encode(), now)
+        entry.hello_routed = self.mesh.gossip_unicast(fastdp.CHANNEL, entry.peer, hello.encode(),
+                                                      now)
 
     def _send_probe(self, entry: _Entry, probe: fastdp.Probe) -> None:
         tx = self._tx6 if entry.ip is not None and ":" in entry.ip else self._tx

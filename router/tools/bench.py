@@ -47,6 +47,12 @@ baseline row (iperf3 runs of seconds average the drift out). A path that fails i
 a one-line reason; the other paths still run. Everything is removed at the end, on errors
 and on Ctrl-C or SIGTERM too (``Testbed.close``).
 
+``--peers``: after the paths, the userspace tunnels a user could install instead
+(wireguard-go, nebula, tinc in switch mode) run between the same two hosts, host to host,
+one row each (``weftnet.router.tools.benchpeers``; a peer not installed is skipped with
+the command that installs it), and every row gets the CPU seconds per GB of the path's
+own processes: the two routers on our paths, the tunnel daemons on the peers'.
+
 Suites: ``weft bench [data] [OPTIONS]`` runs the data paths (the default suite);
 ``weft bench dns [OPTIONS]`` measures weftDNS against dnsmasq serving the same names, both
 driven by dnsperf in one run (``weftnet.router.tools.dnsbench``; the issue asks for at least
@@ -74,6 +80,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from weftnet.router.tools.benchpeers import PEERS, PeerOptions, PeerRunner, cpu_per_gb, cpu_seconds
 from weftnet.router.tools.benchresults import (
     BASELINE,
     PING_COUNT,
@@ -150,6 +157,7 @@ class DataOptions:
     ping_count: int
     wait: float
     ipv6: bool = False  # the hosts are dual-stack (an -v6 path is among the paths)
+    peers: tuple[str, ...] = ()  # --peers: these userspace tunnels too, and CPU seconds per GB
 
 
 def _data_parser() -> argparse.ArgumentParser:
@@ -178,6 +186,11 @@ def _data_parser() -> argparse.ArgumentParser:
         f"({','.join(IPV6_PATHS)})",
     )  # fmt: skip
     p.add_argument(
+        "--peers", nargs="?", const=",".join(PEERS), default="", metavar="LIST",
+        help=f"also measure userspace tunnels host to host (default all: {','.join(PEERS)}; "
+        "tinc in switch mode), and CPU seconds per GB of every path's own processes",
+    )  # fmt: skip
+    p.add_argument(
         "--quick", action="store_true",
         help=f"a smoke run: {QUICK_DURATION} s per iperf3 run (unless --duration), "
         f"{PING_COUNT_QUICK} pings",
@@ -204,6 +217,12 @@ def parse_data_args(argv: Sequence[str]) -> DataOptions:
         raise UsageError("--paths names no path")
     if ns.ipv6:
         paths += [p + V6 for p in paths if not p.endswith(V6) and p + V6 not in paths]
+    peers = tuple(dict.fromkeys(p.strip() for p in ns.peers.split(",") if p.strip()))
+    for name in peers:
+        if name not in PEERS:
+            raise UsageError(f"unknown peer {name!r} (peers: {', '.join(PEERS)})")
+    if ns.peers and not peers:
+        raise UsageError("--peers names no peer")
     duration = ns.duration
     if duration is None:
         duration = QUICK_DURATION if ns.quick else DEFAULT_DURATION
@@ -219,6 +238,7 @@ def parse_data_args(argv: Sequence[str]) -> DataOptions:
         ping_count=PING_COUNT_QUICK if ns.quick else PING_COUNT,
         wait=ns.wait,
         ipv6=any(p.endswith(V6) for p in paths),
+        peers=peers,
     )
 
 
@@ -232,6 +252,7 @@ class _Runner:
         self.tb = tb
         self.opts = opts
         self.progress = progress
+        self.cpu_pids: Callable[[], list[int]] | None = None  # the path's processes (--peers)
 
     # -- one path --
 
@@ -283,8 +304,11 @@ class _Runner:
             say(f"ping x{self.opts.ping_count}, in turns with the baseline beside it")
             ping, beside = self._ping_beside()
         say(f"iperf3 TCP {self.opts.duration} s")
+        pids = self.cpu_pids() if self.cpu_pids is not None and self.opts.peers else []
+        before = cpu_seconds(pids)
         tcp = self._iperf3()
-        return Measurement("ok", tcp=tcp, ping=ping, ping_beside=beside)
+        cpu = cpu_per_gb(cpu_seconds(pids) - before, tcp.bytes) if pids else None
+        return Measurement("ok", tcp=tcp, ping=ping, ping_beside=beside, cpu_s_per_gb=cpu)
 
     def _ping_beside(self) -> tuple[PingResult, PingResult]:
         """Ping through the path and through a kernel VXLAN pair built beside it, in
@@ -422,6 +446,8 @@ class _Runner:
                 args += [f"[{tb.address6(h)}]:6783" if ipv6 else tb.address(h) for h in HOSTS[:i]]
                 launched.append(host)
                 tb.weft(host, *args, env=envs[host], timeout=60)
+            self.cpu_pids = lambda: [int((tb.tmpdir / "bench" / path / h / "weft.pid").read_text())
+                                     for h in HOSTS]
             conns = self._wait_established(envs, "fastdp" if fastdp else None)
             for host, conn in conns.items():
                 check_overlay(host, conn, password=password, fastdp=fastdp)
@@ -437,6 +463,7 @@ class _Runner:
                 self._wait_programmed(envs)
             yield
         finally:
+            self.cpu_pids = None
             for host, target in reversed(attached):
                 with contextlib.suppress(subprocess.SubprocessError):
                     tb.weft(host, "detach", target, env=envs[host], check=False, timeout=30)
@@ -610,6 +637,9 @@ def run_data_bench(argv: Sequence[str], *, progress: Progress | None = None) -> 
             runner = _Runner(tb, opts, say)
             for path in opts.paths:
                 result.paths.append(runner.run_path(path))
+            if opts.peers:
+                peer_opts = PeerOptions(opts.duration, opts.ping_count, opts.wait, opts.loss)
+                result.paths += PeerRunner(tb, peer_opts, say).run(opts.peers)
     except KeyboardInterrupt:
         result.interrupted = True
         say("interrupted, cleaning up")

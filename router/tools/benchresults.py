@@ -96,6 +96,9 @@ class Measurement:
     tcp: TcpResult | None = None
     ping: PingResult | None = None
     ping_beside: PingResult | None = None  # the baseline, pinged in turns with this path
+    # CPU seconds per GB received of the path's own processes (routers, tunnel daemons),
+    # measured with --peers only; None for the kernel's paths and otherwise
+    cpu_s_per_gb: float | None = None
 
     @classmethod
     def failed(cls, reason: str) -> Measurement:
@@ -199,13 +202,16 @@ def _round(x: float | None, digits: int = 4) -> float | None:
 
 
 def _measurement_json(m: Measurement) -> dict[str, Any]:
-    return {
+    doc = {
         "status": m.status,
         "reason": m.reason,
         "tcp_gbps": None if m.tcp is None else round(m.tcp.gbps, 4),
         "tcp_bytes": None if m.tcp is None else m.tcp.bytes,
         "tcp_retransmits": None if m.tcp is None else m.tcp.retransmits,
     }
+    if m.cpu_s_per_gb is not None:  # only --peers measures it: the JSON is unchanged without
+        doc["cpu_s_per_gb"] = round(m.cpu_s_per_gb, 2)
+    return doc
 
 
 # --- the table --------------------------------------------------------------------------------
@@ -216,6 +222,9 @@ def format_table(result: BenchResult) -> str:
     failed or was skipped, one indented line per reason. Newline-terminated."""
     loss = result.loss_percent
     header = ["path", "TCP Gbit/s", "x baseline", "ping ms avg/med", "RTT x baseline"]
+    cpu = any(p.clean.cpu_s_per_gb is not None for p in result.paths)  # --peers
+    if cpu:
+        header.append("CPU s/GB")
     if loss is not None:
         header += [f"TCP Gbit/s @{loss}% loss", "x baseline@loss"]
     rows: list[list[str]] = []
@@ -223,6 +232,8 @@ def format_table(result: BenchResult) -> str:
     for p in result.paths:
         row = [p.path, _gbps_cell(p.clean), _ratio_cell(result.ratio(p.path)), _ping_cell(p.clean),
                _ratio_cell(result.rtt_ratio(p.path))]
+        if cpu:
+            row.append("-" if p.clean.cpu_s_per_gb is None else f"{p.clean.cpu_s_per_gb:.1f}")
         why = []
         if p.clean.status != "ok":
             why.append(f"{p.clean.status}: {p.clean.reason}")

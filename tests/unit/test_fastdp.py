@@ -36,11 +36,13 @@ def new_link(now: float = 0.0) -> FastLink:
 
 def run_round(fl: FastLink, now: float, *, full: bool, small: bool) -> float:
     """One probe round at ``now``: answer the chosen probes, conclude; the next round's time."""
+    healthy = fl.fast and fl.misses == 0
     probes = fl.probes_due(now)
-    assert [p.size for p in probes] == [1450, fastdp.SMALL_PROBE]
+    # a healthy fast link sends the full-size probe alone (the small one explains losses)
+    assert [p.size for p in probes] == ([1450] if healthy else [1450, fastdp.SMALL_PROBE])
     if full:
         assert fl.on_ack(probes[0].probe_id)
-    if small:
+    if small and not healthy:
         assert fl.on_ack(probes[1].probe_id)
     fl.handle_timer(now + PROBE_TIMEOUT)
     return now + PROBE_INTERVAL
@@ -183,3 +185,98 @@ def test_timers_that_fired_find_their_work_due(start: float) -> None:
     assert not fl.rounds and "timed out" in fl.reason
     later = fl.get_timer()
     assert later is not None and later > due
+
+
+def test_a_healthy_fast_link_probes_at_the_steady_interval_and_rechecks_a_miss_soon() -> None:
+    fl = new_link()
+    fl.steady = 7.5
+    fl.on_hello(HELLO, 0.0)
+    run_round(fl, 0.0, full=True, small=True)
+    assert fl.fast and fl.get_timer() == PROBE_INTERVAL  # the round set before it was fast
+    run_round(fl, PROBE_INTERVAL, full=True, small=False)
+    t = PROBE_INTERVAL + 7.5
+    assert fl.get_timer() == t
+    probes = fl.probes_due(t)
+    assert len(probes) == 1
+    fl.handle_timer(t + PROBE_TIMEOUT)                   # unanswered
+    assert fl.fast and fl.get_timer() == t + PROBE_INTERVAL  # not t + 7.5
+    run_round(fl, t + PROBE_INTERVAL, full=False, small=True)  # both probes: diagnosed
+    assert not fl.fast and "MTU too small" in fl.reason
+
+
+@pytest.mark.parametrize("links", [1, 2, 4, 5, 15, 63, 200])
+def test_a_routers_idle_rounds_and_hellos_per_second_do_not_grow_with_its_links(
+        links: int) -> None:
+    assert links / fastdp.steady_interval(links) <= max(fastdp.ROUNDS_PER_SECOND,
+                                                         links / PROBE_INTERVAL)
+    assert links / fastdp.steady_interval(links) <= fastdp.ROUNDS_PER_SECOND or links < 4
+    assert links / fastdp.hello_refresh(links) <= max(fastdp.HELLOS_PER_SECOND,
+                                                       links / fastdp.HELLO_REFRESH)
+    assert fastdp.steady_interval(links) >= PROBE_INTERVAL
+
+
+def test_the_shell_paces_its_links_by_their_number() -> None:
+    import random
+
+    from weftnet.proto.mesh import MeshConfig, MeshNode
+    from weftnet.router.dataplane.fastpath import HELLO_FAST_FOR, HELLO_RETRY, FastPath
+
+    mesh = MeshNode(MeshConfig(name=1, nickname="a", uid=1), now=0.0,
+                    random_bytes=random.Random(1).randbytes, rng=random.Random(1))
+    fast = FastPath(mesh=mesh, enabled=True, disabled_reason="", port=6784, mtu=1450)
+    for conn_id in range(1, 16):
+        fast.follow(conn_id, 0x100 + conn_id, "p", f"10.0.0.{conn_id}", True, 0.0)
+    steady = {e.fl.steady for e in fast.entries.values() if e.fl is not None}
+    assert steady == {fastdp.steady_interval(15)} and fastdp.steady_interval(15) > PROBE_INTERVAL
+    for conn_id in range(2, 16):
+        fast.forget(conn_id)
+    assert [e.fl.steady for e in fast.entries.values() if e.fl] == [PROBE_INTERVAL]
+    # until the peer shows it has our hello (a probe from it), hellos go every HELLO_RETRY
+    # (no route to it yet here: its connection is not established)
+    entry = fast.entries[1]
+    assert entry.fl is not None and not entry.hello_routed and not entry.heard
+    entry.fl.hello_overdue = True  # only the hello's timer is left
+    assert fast.get_timer() == HELLO_RETRY
+    fast.handle_timer(HELLO_RETRY)
+    assert entry.hello_sent == HELLO_RETRY and fast.get_timer() == 2 * HELLO_RETRY
+    entry.heard = entry.hello_routed = True  # then the refresh interval
+    assert fast.get_timer() == HELLO_RETRY + fastdp.hello_refresh(1)
+    entry.heard = False  # and not for ever when the peer never probes (6784 blocked)
+    entry.hello_sent = HELLO_FAST_FOR
+    assert fast.get_timer() == HELLO_FAST_FOR + fastdp.hello_refresh(1)
+
+
+def test_deciding_until_the_first_verdict() -> None:
+    fl = new_link()
+    assert fl.deciding                                   # no hello yet, within HELLO_WAIT
+    fl.on_hello(HELLO, 0.0)
+    assert fl.deciding
+    run_round(fl, 0.0, full=True, small=True)
+    assert fl.fast and not fl.deciding                   # fast: the VXLAN's MTU holds
+    lost = new_link()
+    lost.on_hello(HELLO, 0.0)
+    run_round(lost, 0.0, full=False, small=True)
+    assert not lost.fast and not lost.deciding           # a verdict: the sleeve's MTU holds
+    silent = new_link()
+    silent.handle_timer(fastdp.HELLO_WAIT)
+    assert not silent.deciding
+    off = new_link()
+    off.on_hello(Hello(False, BR, frozenset(), "disabled"), 0.0)
+    assert not off.deciding
+
+
+def test_fdb_events_are_told_apart_from_the_hosts_neighbours() -> None:
+    import struct
+
+    from weftnet.router.dataplane.vxlan import bridge_fdb_changed
+
+    def msg(family: int, extra: int = 12) -> bytes:
+        body = bytes([family]) + bytes(extra - 1)   # ndmsg (family first), attributes
+        n = 16 + len(body)
+        return struct.pack("<IHHII", n, 28, 0, 0, 0) + body + bytes(-n % 4)
+
+    assert not bridge_fdb_changed(msg(2)) and not bridge_fdb_changed(msg(10, 13))  # ARP, ND
+    assert bridge_fdb_changed(msg(7))
+    assert bridge_fdb_changed(msg(2, 13) + msg(10) + msg(7))
+    assert not bridge_fdb_changed(b"") and not bridge_fdb_changed(bytes(16))
+    assert not bridge_fdb_changed(struct.pack("<IHHII", 0, 28, 0, 0, 0) + b"\x02")  # bad length

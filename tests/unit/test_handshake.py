@@ -184,7 +184,7 @@ def test_keys_are_mirrored_and_distinct() -> None:
     six = {i.confirm_send, i.confirm_recv, i.control_send, i.control_recv,
            i.sleeve.sleeve_send, i.sleeve.sleeve_recv}
     assert len(six) == 6
-    assert "k" * 8 not in repr(i) and repr(i.sleeve) == "SessionKeys()"
+    assert "k" * 8 not in repr(i) and repr(i.sleeve) == "SessionKeys(aead='chacha20-poly1305')"
 
 
 def test_confirmation_tag_binds_transcript() -> None:

@@ -11,6 +11,7 @@ from weftnet.proto.errors import RemoteProtocolError
 from weftnet.proto.link import (
     HEARTBEAT_FAST,
     HEARTBEAT_SLOW,
+    HEARTBEATS_PER_SECOND,
     LINK_TIMEOUT,
     MAX_PROBE,
     OVERLAY_OVERHEAD,
@@ -23,6 +24,7 @@ from weftnet.proto.link import (
     LinkWentUp,
     PathMtuFound,
     TrustChanged,
+    heartbeat_interval,
 )
 from weftnet.proto.sleeve import Kind
 
@@ -233,3 +235,25 @@ def test_every_timeout_says_the_same_seconds() -> None:
         wire.drop = lambda m, s: False
         wire.run(wire.now + 1.0)
         assert wire.a.up
+
+
+def test_heartbeats_slow_down_with_many_links_and_the_timeout_follows() -> None:
+    for links in (1, 4, 15, 100):
+        # a router's heartbeats per second over its links stay within the budget
+        assert links / heartbeat_interval(links) <= max(HEARTBEATS_PER_SECOND,
+                                                        links / HEARTBEAT_SLOW)
+    assert heartbeat_interval(4) == HEARTBEAT_SLOW and heartbeat_interval(15) == 7.5
+    wire = Wire(machine(True), machine(False))
+    wire.run(2.0)
+    assert wire.a.up and wire.b.up and wire.a.timeout == LINK_TIMEOUT
+    wire.a.slow = wire.b.slow = heartbeat_interval(15)
+    assert wire.a.timeout == 30.0
+    wire.sent.clear()
+    wire.run(2.0 + 75.0)
+    assert wire.a.up and wire.b.up              # 7.5 s apart (> LINK_TIMEOUT / 2): still up
+    assert kinds(wire, wire.a).count(Kind.HEARTBEAT) == 10
+    wire.drop = lambda m, s: True               # silence: down after the longer timeout
+    wire.run(2.0 + 75.0 + 29.0)
+    assert wire.a.up
+    wire.run(2.0 + 75.0 + 40.0)
+    assert not wire.a.up
