@@ -99,13 +99,17 @@ def in_force(tb: Testbed, host: str, name: str, present: bool = True) -> bool:
 
 def wait_in_force_everywhere(tb: Testbed, name: str, started: float,
                              present: bool = True) -> dict[str, float]:
-    """Seconds from ``started`` until each host's table was built with (without) ``name``."""
+    """Seconds from ``started`` (wall clock) until each host had installed its table built
+    with (without) ``name``: the router's own ``installed_at``, so the time the CLI takes
+    to ask does not count."""
     seen: dict[str, float] = {}
     deadline = time.monotonic() + 20
     while len(seen) < len(HOSTS) and time.monotonic() < deadline:
         for h in HOSTS:
-            if h not in seen and in_force(tb, h, name, present):
-                seen[h] = time.monotonic() - started
+            if h not in seen:
+                pol = report(tb, h)["policy"]
+                if pol["enforcement"]["ok"] is True and (name in pol["in_force"]) == present:
+                    seen[h] = pol["enforcement"]["installed_at"] - started
         time.sleep(0.05)
     assert len(seen) == len(HOSTS), f"{name} in force only on {sorted(seen)}"
     return seen
@@ -150,7 +154,7 @@ def test_policy_across_hosts(hosts: Testbed, overlay: str) -> None:
         assert "NetworkPolicy db-allow: spec.ingress[0].ports[0].port: named ports" in proc.stderr
         assert report(tb, "h3")["policy"]["policies"] == []
 
-        started = time.monotonic()
+        started = time.time()
         tb.weft("h3", "policy", "apply", "-", input=POLICY)
         times = wait_in_force_everywhere(tb, "db-allow", started)
         print(f"\n[{overlay}] apply on h3 -> in force: " +
@@ -166,11 +170,11 @@ def test_policy_across_hosts(hosts: Testbed, overlay: str) -> None:
         assert "db-allow" in tb.weft("h2", "status", "policy").stdout
 
         # a label changed on a running container: in force within seconds
-        started = time.monotonic()
+        started = time.time()
         tb.weft("h2", "label", tb.ns("side"), "app=web")
         wait_for("side let in after its label changed", lambda: probe(tb, "side", d5432) == ["ok"],
                  timeout=10)
-        print(f"[{overlay}] label change -> allowed after {time.monotonic() - started:.2f} s")
+        print(f"[{overlay}] label change -> allowed after {time.time() - started:.2f} s (seen by a probe)")
         tb.weft("h2", "label", tb.ns("side"), "--remove", "app")
         wait_for("side refused again", lambda: probe(tb, "side", d5432) == ["blocked"], timeout=10)
 
@@ -184,7 +188,7 @@ def test_policy_across_hosts(hosts: Testbed, overlay: str) -> None:
             wait_for("h2 back in the mesh", lambda: meshed(tb, HOSTS))
 
         # delete (on another host again) lifts it
-        started = time.monotonic()
+        started = time.time()
         tb.weft("h1", "policy", "delete", "db-allow")
         times = wait_in_force_everywhere(tb, "db-allow", started, present=False)
         print(f"[{overlay}] delete on h1 -> lifted: " +
@@ -196,7 +200,12 @@ def test_policy_across_hosts(hosts: Testbed, overlay: str) -> None:
             t0 = time.monotonic()
             bulk_tcp(tb, "db", str(db), "web", size, port=5002)
             none = size / (time.monotonic() - t0)
-            started = time.monotonic()
+            tb.weft("h1", "policy", "apply", "-", input=bench_policies(1))
+            wait_in_force_everywhere(tb, "bench-0", time.time() - 60)
+            t0 = time.monotonic()
+            bulk_tcp(tb, "db", str(db), "web", size, port=5001)
+            one = size / (time.monotonic() - t0)
+            started = time.time()
             tb.weft("h1", "policy", "apply", "-", input=bench_policies(100))
             wait_in_force_everywhere(tb, "bench-99", started)
             assert probe(tb, "other", d8080) == ["blocked"]
@@ -204,6 +213,7 @@ def test_policy_across_hosts(hosts: Testbed, overlay: str) -> None:
             t0 = time.monotonic()
             bulk_tcp(tb, "db", str(db), "web", size, port=5001)
             hundred = size / (time.monotonic() - t0)
-            print(f"[{overlay}] TCP web -> db, 64 MiB: no policy {none * 8 / 1e6:.0f} Mbit/s, "
-                  f"100 policies ({chains} chain on h2) {hundred * 8 / 1e6:.0f} Mbit/s; install "
-                  f"of 100 took {report(tb, 'h2')['policy']['enforcement']['install_seconds'] * 1000:.0f} ms")
+            install = report(tb, "h2")["policy"]["enforcement"]["install_seconds"]
+            print(f"[{overlay}] TCP web -> db, 64 MiB each: no policy {none * 8 / 1e6:.0f} Mbit/s, "
+                  f"1 policy {one * 8 / 1e6:.0f} Mbit/s, 100 policies ({chains} chain on h2) "
+                  f"{hundred * 8 / 1e6:.0f} Mbit/s; compile+install of 100 on h2: {install * 1000:.0f} ms")
