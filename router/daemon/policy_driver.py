@@ -16,7 +16,9 @@ The enforcer runs in a worker thread (``nft`` takes milliseconds) and coalesces:
 that arrive while it installs make one more round, never a queue. A failure to install
 (no ``nft``, a kernel without the hooks, a refused batch) is logged as an error at once
 and shown by ``weft status`` and /metrics (``weft_policy_enforcement_ok 0``) until an
-install succeeds; the kernel keeps the last table it accepted. Launch order: the saved
+install succeeds (tried again every REFRESH); the kernel keeps the last table it accepted.
+``weft stop`` leaves the table in place, so containers stay protected while the router is
+down; ``weft reset`` removes it (``router/host/teardown.py``). Launch order: the saved
 policies and our containers' labels come back before any peer connects (``start``), and
 the table is installed before the API answers.
 
@@ -203,15 +205,6 @@ class PolicyDriver:
             if policy is not None:
                 totals[policy] += packets
         return dict(totals)
-
-    def teardown(self) -> None:
-        """``reset``: the table goes, and the bridge switch if we turned it on."""
-        try:
-            self.host.remove()
-            if self._turned_netfilter_on:
-                self.host.bridge_netfilter(False)
-        except EnforcementError as exc:
-            log.warning("%s", exc.reason)
 
     # --- containers ----------------------------------------------------------------------------
 

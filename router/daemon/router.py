@@ -447,7 +447,6 @@ class Router:
 
     async def _reset_host(self) -> None:
         """After ``reset``: the rules, the containers' veth pairs, the devices go."""
-        await trio.to_thread.run_sync(self.policy.teardown)
         try:
             removed = await trio.to_thread.run_sync(reset_host, self.datadir)
         except LocalProtocolError as exc:   # the CLI tries again, and reports it
