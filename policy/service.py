@@ -14,10 +14,13 @@ Theory of operation. As ``weftnet.dns.service``: the daemon owns files, clocks a
 
 Workload keys for compilation are ``ORIGIN/CONTAINER`` (the peer name in hex).
 
-Persistence (``saved_state``, JSON): our containers' labels and every policy item,
-tombstones included, with their versions. ``restore`` puts the policies back and our
-containers that are still attached (with their current addresses); the gossip the mesh
-brings about our previous incarnation is corrected by origin authority. Routers gone from
+Persistence (``saved_state``, JSON): our containers' labels, every policy item (tombstones
+included, with their versions) and the other routers' containers as last known.
+``restore`` puts the policies and the others' containers back (so the table a restarted
+router installs before it hears from anyone lets in what it let in before; routers that
+do not come back lose theirs after the grace period), and our containers that are still
+attached (with their current addresses); the gossip the mesh brings about our previous
+incarnation is corrected by origin authority. Routers gone from
 the topology for ``PEER_GONE_GRACE`` lose their workloads (their addresses may be reused).
 """
 
@@ -183,7 +186,9 @@ class PolicyService:
                   if w.origin == self.our_name}
         policies = [[it.name, it.document, it.author, it.version, it.deleted_at]
                     for it in self.store.items(tombstones=True) if isinstance(it, PolicyItem)]
-        return {"labels": labels, "policies": policies}
+        others = [[it.origin, it.container, [list(kv) for kv in it.labels], list(it.ips), it.version]
+                  for it in self.store.workloads() if it.origin != self.our_name]
+        return {"labels": labels, "policies": policies, "others": others}
 
     def restore(self, saved: Any, containers: Mapping[str, list[str]], now: float) -> None:
         """At launch, before joining the mesh: the saved policies, and our containers still
@@ -195,6 +200,14 @@ class PolicyService:
                 name, document, author, version, deleted_at = entry
                 items.append(PolicyItem(str(name), str(document), int(author), int(version),
                                         int(deleted_at)))
+            except (TypeError, ValueError):
+                continue
+        for entry in saved.get("others") or []:   # other hosts' containers, as last known:
+            try:                                   # rules naming them hold across our restart
+                origin, container, labels_, ips, version = entry
+                items.append(WorkloadItem(int(origin), str(container),
+                                          tuple((str(k), str(v)) for k, v in labels_),
+                                          tuple(str(ip) for ip in ips), int(version)))
             except (TypeError, ValueError):
                 continue
         try:   # what we wrote ourselves; one bad entry must not lose the rest

@@ -255,3 +255,17 @@ def test_ps_shows_labels() -> None:
     rows = [{"container": "db", "mac": "aa:bb", "cidrs": ["10.0.0.2/24"], "labels": {"app": "db", "t": "x"}},
             {"container": "other", "mac": "cc:dd", "cidrs": ["10.0.0.3/24"], "labels": {}}]
     assert render_ps(rows) == "db    aa:bb 10.0.0.2/24 app=db,t=x\nother cc:dd 10.0.0.3/24\n"
+
+
+def test_other_routers_containers_survive_our_restart_until_their_router_is_gone() -> None:
+    a, b = PolicyService(1, 0.0, grace=30.0), PolicyService(2, 0.0)
+    b.set_container("web", {"app": "web"}, ["10.0.0.1"], 0.0)
+    a.gossiper.on_gossip(b.take_news(), 1.0)  # type: ignore[arg-type]
+    saved = json.loads(json.dumps(a.saved_state()))
+    again = PolicyService(1, 100.0, grace=30.0)
+    again.restore(saved, {}, 100.0)
+    assert [(w.key, dict(w.labels)) for w in again.workloads()] == [("000000000002/web", {"app": "web"})]
+    assert again.handle_timer(101.0, [1, 2]) == []      # b is in the topology: kept
+    assert again.handle_timer(102.0, [1]) == []          # b gone: the grace period starts
+    assert again.handle_timer(131.0, [1]) == []
+    assert again.handle_timer(132.0, [1]) == [2] and again.workloads() == []
