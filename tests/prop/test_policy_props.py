@@ -193,7 +193,9 @@ def _parse_all(docs: list[dict[str, Any]]) -> list[Any]:
         raise
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                 HealthCheck.data_too_large])
 @given(data=st.data(), n_docs=st.integers(0, 4), containers=st.lists(labels_st, min_size=1, max_size=5))
 def test_compiled_rulesets_agree_with_the_oracle(data: Any, n_docs: int,
                                                  containers: list[dict[str, str]]) -> None:
