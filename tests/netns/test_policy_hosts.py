@@ -163,6 +163,19 @@ def test_policy_across_hosts(hosts: Testbed, overlay: str) -> None:
         assert probe(tb, "other", d5432, d8080) == ["blocked", "blocked"]
         assert probe(tb, "side", d5432) == ["blocked"]          # the same host
         assert probe(tb, "db", f"{web}:80") == ["ok"]           # db's own connections out
+        # exposed hosts: db's own host (the output hook) and another one (over the overlay)
+        exposed = {h: tb.weft(h, "expose").stdout.split()[0].split("/")[0] for h in ("h1", "h2")}
+        assert probe(tb, "h2", d5432) == ["blocked"] and probe(tb, "h1", d5432) == ["blocked"]
+        hosts_doc = POLICY.replace("db-allow", "db-hosts").replace(
+            "podSelector:\n        matchLabels: {app: web}",
+            f"ipBlock: {{cidr: {exposed['h1']}/32}}\n    - ipBlock: {{cidr: {exposed['h2']}/32}}")
+        tb.weft("h1", "policy", "apply", "-", input=hosts_doc)
+        wait_for("exposed hosts let in", lambda: probe(tb, "h2", d5432) == ["ok"]
+                 and probe(tb, "h1", d5432) == ["ok"], timeout=10)
+        assert probe(tb, "h1", d8080) == ["blocked"] and probe(tb, "other", d5432) == ["blocked"]
+        tb.weft("h1", "policy", "delete", "db-hosts")
+        tb.weft("h1", "hide")
+        tb.weft("h2", "hide")
         listing = tb.weft("h1", "policy", "list").stdout
         assert listing.split()[:2] == ["db-allow", tb.ns("db")], listing
         wait_for("drops counted on db's host",
