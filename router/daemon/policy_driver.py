@@ -79,7 +79,7 @@ class PolicyDriver:
         self.installed_at: float | None = None
         self.install_seconds: float | None = None
         self.netfilter_on = False
-        self._turned_netfilter_on = False
+        self._switch_seen = False
         self._table_present: bool | None = None   # None: not looked yet
         self._live: dict[str, int] = {}            # the table's counters, read every REFRESH
         self.drops: Counter[str] = Counter()
@@ -169,7 +169,10 @@ class PolicyDriver:
 
     def _install(self, ruleset: Ruleset, text: str) -> None:
         """In a worker thread: fold the old table's counters into ours, install, switch."""
-        old = self.host.counters() if self._table_present is not False else {}
+        if self._table_present is None:   # the first time: a table of an earlier run?
+            self._table_present = self.host.exists()
+            self.netfilter_on = self._table_present   # that run turned the switch on
+        old = self.host.counters() if self._table_present else {}
         for cname, packets in old.items():
             policy = self._counter_names.get(cname)
             if policy is not None:
@@ -177,24 +180,20 @@ class PolicyDriver:
         if ruleset.empty:
             # nothing to enforce here: no table at all (a host without policies, or a test
             # router in the machine's own namespace, is never touched but to look)
-            if self._table_present is None:
-                self._table_present = self.host.exists()
             if self._table_present:
                 self.host.remove()
                 self._table_present = False
+            if self.netfilter_on:   # the bridge's own switch is ours (never the sysctls)
+                self.host.bridge_netfilter(False)
+                self.netfilter_on = False
         else:
-            if not self.netfilter_on:
-                was = self.host.bridge_netfilter(True)
-                self._turned_netfilter_on = self._turned_netfilter_on or not was
-                self.netfilter_on = True
+            if not self.netfilter_on or not self._switch_seen:   # once a run: it may have been reset
+                self.host.bridge_netfilter(True)
+                self.netfilter_on = self._switch_seen = True
             self.host.install(text)
             self._table_present = True
         self._counter_names = ruleset.counter_names()
         self._live = {}
-        if ruleset.empty and self.netfilter_on and self._turned_netfilter_on:
-            self.host.bridge_netfilter(False)
-            self.netfilter_on = False
-            self._turned_netfilter_on = False
 
     def current_drops(self) -> dict[str, int]:
         """Drops per policy since start: the folded totals plus the table's counters as
