@@ -139,7 +139,9 @@ def test_policy_across_hosts(hosts: Testbed, overlay: str) -> None:
         db = attach(tb, "h2", "db", "--label", "app=db").ip
         attach(tb, "h2", "side")
         attach(tb, "h3", "other")
-        assert report(tb, "h1")["router"]["connections"][0]["overlay"] == overlay
+        wait_for(f"every connection on {overlay}", lambda: all(
+            c["overlay"] == overlay for h in HOSTS for c in report(tb, h)["router"]["connections"]
+            if c["state"] == "established"), timeout=20)
         start_server(tb, "db", 5432, 8080)
         start_server(tb, "web", 80)
         d5432, d8080 = f"{db}:5432", f"{db}:8080"
@@ -159,6 +161,8 @@ def test_policy_across_hosts(hosts: Testbed, overlay: str) -> None:
         times = wait_in_force_everywhere(tb, "db-allow", started)
         print(f"\n[{overlay}] apply on h3 -> in force: " +
               ", ".join(f"{h} {t * 1000:.0f} ms" for h, t in sorted(times.items())))
+        assert report(tb, "h2")["policy"]["enforcement"]["bridge_netfilter"] is True
+        assert report(tb, "h1")["policy"]["enforcement"]["bridge_netfilter"] is False  # nothing here
         assert probe(tb, "web", d5432, d8080) == ["ok", "blocked"]
         assert probe(tb, "other", d5432, d8080) == ["blocked", "blocked"]
         assert probe(tb, "side", d5432) == ["blocked"]          # the same host
@@ -207,6 +211,8 @@ def test_policy_across_hosts(hosts: Testbed, overlay: str) -> None:
         print(f"[{overlay}] delete on h1 -> lifted: " +
               ", ".join(f"{h} {t * 1000:.0f} ms" for h, t in sorted(times.items())))
         assert probe(tb, "other", d5432, d8080) == ["ok", "ok"]
+        assert report(tb, "h2")["policy"]["enforcement"]["bridge_netfilter"] is False
+        assert tb.run("h2", ["nft", "list", "table", "inet", "weft-policy"], check=False).returncode != 0
 
         if overlay == "fastdp":
             size = 64 << 20
