@@ -38,7 +38,8 @@ The metrics (all prefixed ``weft_``): ``build_info``, ``router_info``, ``peers``
 ``connection_terminations_total{reason}``, ``handshake_failures_total{reason}``,
 ``mesh_*_total`` (gossip), data-plane ``*_total{overlay,direction}``,
 ``drops_total{overlay,reason}``, ``macs``; with IPAM ``ipam_*``; with DNS
-``dns_entries{origin}``, ``dns_queries_total{result}`` and friends; plus the client
+``dns_entries{origin}``, ``dns_queries_total{result}`` and friends; network policy
+``policy_enforcement_ok``, ``policies``, ``policy_drops_total{policy}``; plus the client
 library's ``process_*`` and ``python_info``.
 
 Everything comes from the snapshot: this module imports neither the daemon nor the data
@@ -246,6 +247,34 @@ def families(snap: Snapshot) -> list[Metric]:
         out += _ipam_families(router, report["ipam"])
     if report.get("dns") is not None:
         out += _dns_families(router, report["dns"])
+    if report.get("policy") is not None:
+        out += _policy_families(report["policy"])
+    return out
+
+
+def _policy_families(policy: Mapping[str, Any]) -> list[Metric]:
+    """Network policy: is it enforced here (1/0; 0 also before the first install), the
+    policies, and drops per policy (a policy that selects no container here drops nothing)."""
+    enforcement = policy.get("enforcement") or {}
+    out: list[Metric] = [
+        _gauge("policy_enforcement_ok", "1 when this host's network policy table is installed "
+               "as the policies and labels want it, 0 when it could not be (see weft status).",
+               1 if enforcement.get("ok") is True else 0),
+        _gauge("policies", "NetworkPolicies in force in the mesh.", len(policy.get("policies", []))),
+    ]
+    if isinstance(enforcement.get("install_seconds"), int | float):
+        out.append(_gauge("policy_install_seconds", "How long the last install of the policy table "
+                          "took (compile, nft), in seconds.", float(enforcement["install_seconds"])))
+    drops = CounterMetricFamily(_name("policy_drops"), "Packets dropped by network policy on this "
+                                "host, by the policy that selected the container (a packet no "
+                                "policy allowed counts once for each policy selecting it).",
+                                labels=["policy"])
+    counts = policy.get("drops") or {}
+    for p in policy.get("policies", []):
+        drops.add_metric([str(p["name"])], int(counts.get(p["name"], 0)))
+    for name in sorted(set(counts) - {str(p["name"]) for p in policy.get("policies", [])}):
+        drops.add_metric([name], int(counts[name]))   # deleted since: counters never go down
+    out.append(drops)
     return out
 
 

@@ -31,7 +31,8 @@ ours it uses (``password=N``: the line of the password file it is on; nothing se
 and the summary gets a ``PasswordFile`` line: the file, how many passwords, and a problem
 reading it if there is one (``router.password_file`` of the report).
 
-``render_ps`` is ``weft ps``: ``CONTAINER MAC CIDR...``, the name column aligned. Besides the
+``render_ps`` is ``weft ps``: ``CONTAINER MAC CIDR... [LABELS]``, the name column aligned,
+the container's labels (``app=web,tier=db``) last when it has any. Besides the
 contract's keys, a few optional ones are shown when present: ``router.discovery``
 (bool), ``router.trusted_subnets`` (list of CIDRs), ``router.protocol_min_version`` /
 ``protocol_max_version``, ``dns.ttl``, ``dns.upstream`` and ``ipam.peers[].active``.
@@ -45,8 +46,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from weftnet.proto.errors import LocalProtocolError
+from weftnet.router.api.render_policy import labels_text, policy_section, policy_view
 
-VIEWS = ("targets", "connections", "peers", "dns", "ipam")
+VIEWS = ("targets", "connections", "peers", "dns", "ipam", "policy")
 KEY_WIDTH = 15
 PROTOCOL = "weft"
 PROTOCOL_MIN_VERSION = 1
@@ -67,6 +69,7 @@ def render_status(report: Mapping[str, Any], view: str | None = None) -> str:
         "peers": _peers,
         "ipam": _ipam,
         "dns": _dns,
+        "policy": policy_view,
     }
     renderer = renderers.get(view)
     if renderer is None:
@@ -108,6 +111,8 @@ def _summary(report: Mapping[str, Any]) -> list[str]:
         lines += ["", *_ipam_section(report["ipam"])]
     if report.get("dns") is not None:
         lines += ["", *_dns_section(report["dns"])]
+    if report.get("policy") is not None:
+        lines += ["", *policy_section(report["policy"])]
     return lines
 
 
@@ -332,7 +337,8 @@ def render_ps(containers: Sequence[Mapping[str, Any]]) -> str:
     list), the container column as wide as the longest name; empty or newline-terminated.
     A malformed entry raises LocalProtocolError (one line)."""
     try:
-        rows = [(str(c["container"]), str(c["mac"]), [str(x) for x in c["cidrs"]])
+        rows = [(str(c["container"]), str(c["mac"]), [str(x) for x in c["cidrs"]]
+                 + ([labels_text(c["labels"])] if c.get("labels") else []))
                 for c in containers]
     except (KeyError, TypeError) as exc:
         detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)

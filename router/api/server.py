@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024  # API bodies are small JSON; a cap per connection bounds memory under a flood
+CONTAINER_IFNAME = "ethwe"   # netdev.CONTAINER_IFNAME (the API room imports no host code)
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 JSON_CONTENT_TYPE = "application/json"
 
@@ -83,7 +84,8 @@ class RouterControl(Protocol):
     async def wait_stopped(self) -> None: ...
 
     async def attach(self, container: str, addresses: list[str], name: str | None,
-                     without_dns: bool, ifname: str = ...) -> list[str]: ...
+                     without_dns: bool, ifname: str = ...,
+                     labels: dict[str, str] | None = ...) -> list[str]: ...
 
     async def detach(self, container: str, addresses: list[str], ifname: str | None = None,
                      missing_ok: bool = False) -> list[str]: ...
@@ -102,6 +104,12 @@ class RouterControl(Protocol):
     async def expose(self, addresses: list[str], name: str | None) -> list[str]: ...
 
     async def hide(self, addresses: list[str]) -> list[str]: ...
+
+    async def label(self, container: str, add: dict[str, str], remove: list[str]) -> dict[str, str]: ...
+
+    def policy_apply(self, text: str, source: str) -> list[str]: ...
+
+    def policy_delete(self, name: str) -> None: ...
 
 
 class ApiError(Exception):
@@ -274,13 +282,18 @@ def field_str(body: dict[str, Any], key: str, *, required: bool = True) -> str |
 
 @route("POST", "/attach")
 async def _attach(control: RouterControl, request: Request) -> Response:
-    body = request.json_object(fields=("container", "addresses", "name", "without_dns", "ifname"))
+    body = request.json_object(fields=("container", "addresses", "name", "without_dns", "ifname",
+                                       "labels"))
     container = field_str(body, "container")
     assert container is not None
     addresses = field_str_list(body, "addresses", required=False)
     name, without_dns = field_str(body, "name", required=False), field_bool(body, "without_dns")
     ifname = field_ifname(body)
-    if ifname is None:   # the control's default interface (ethwe)
+    labels = field_labels(body)
+    if labels:   # weft attach --label (or CNI args): labels for network policy
+        cidrs = await control.attach(container, addresses, name, without_dns,
+                                     ifname or CONTAINER_IFNAME, labels)
+    elif ifname is None:   # the control's default interface (ethwe)
         cidrs = await control.attach(container, addresses, name, without_dns)
     else:  # CNI ADD: the interface the runtime asked for (CNI_IFNAME)
         cidrs = await control.attach(container, addresses, name, without_dns, ifname)
@@ -361,6 +374,45 @@ async def _hide(control: RouterControl, request: Request) -> Response:
     body = request.json_object(required=False, fields=("addresses",))
     removed = await control.hide(field_str_list(body, "addresses", required=False))
     return json_response({"removed": removed})
+
+
+def field_labels(body: dict[str, Any], key: str = "labels") -> dict[str, str]:
+    """An optional mapping of label keys to values (checked again by the router)."""
+    value = body.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                              for k, v in value.items()):
+        raise ApiError(400, f"field {key!r} must be a mapping of label keys to string values")
+    return value
+
+
+@route("POST", "/label")
+async def _label(control: RouterControl, request: Request) -> Response:
+    body = request.json_object(fields=("container", "labels", "remove"))
+    container = field_str(body, "container")
+    assert container is not None
+    labels = await control.label(container, field_labels(body),
+                                 field_str_list(body, "remove", required=False))
+    return json_response({"container": container, "labels": labels})
+
+
+@route("POST", "/policy/apply")
+async def _policy_apply(control: RouterControl, request: Request) -> Response:
+    body = request.json_object(fields=("text", "source"))
+    text = body.get("text")
+    if not isinstance(text, str):
+        raise ApiError(400, "field 'text' must be the documents (YAML or JSON) as a string")
+    source = field_str(body, "source", required=False) or "input"
+    return json_response({"changed": control.policy_apply(text, source)})
+
+
+@route("POST", "/policy/delete")
+async def _policy_delete(control: RouterControl, request: Request) -> Response:
+    name = field_str(request.json_object(fields=("name",)), "name")
+    assert name is not None
+    control.policy_delete(name)
+    return json_response({"deleted": name})
 
 
 @route("GET", "/metrics")

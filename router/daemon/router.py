@@ -15,6 +15,7 @@ Times given to the mesh are trio's monotonic clock; randomness comes from the OS
     ipam_driver.py   the IPAM allocator on the mesh (unless ``--ipalloc-range ""``)
     dns_driver.py    weftDNS: the record service on the mesh, the server's listeners
     expose_driver.py ``expose`` / ``hide`` with their IPAM addresses and DNS name
+    policy_driver.py labels and NetworkPolicies on the mesh, their nftables table
     watcher.py       the one loop that notices attached namespaces gone (tells DNS, IPAM)
     timers.py        the one timer task: the mesh's, the data plane's, IPAM's and DNS's ``get_timer``
     password_file.py ``--password-file`` watched (poll and SIGHUP): new passwords to the mesh
@@ -46,6 +47,8 @@ from weftnet.dns.service import DnsService
 from weftnet.ipam.gossip import CHANNEL as IPAM_CHANNEL
 from weftnet.ipam.gossip import CHANNEL_V6 as IPAM6_CHANNEL
 from weftnet.ipam.gossip import IpamGossiper
+from weftnet.policy.service import CHANNEL as POLICY_CHANNEL
+from weftnet.policy.service import PolicyService
 from weftnet.proto.connmaker import join_host_port
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.proto.ethernet import parse_mac
@@ -83,6 +86,7 @@ from weftnet.router.daemon.ipam_driver import (
     need_ipam,
 )
 from weftnet.router.daemon.password_file import PasswordFile
+from weftnet.router.daemon.policy_driver import PolicyDriver
 from weftnet.router.daemon.punch_driver import PunchDriver
 from weftnet.router.daemon.timers import TimerLoop
 from weftnet.router.daemon.watcher import NamespaceWatcher
@@ -183,7 +187,12 @@ class Router:
             self.timers.add(self.ipam)
         if self.dns is not None:
             self.timers.add(self.dns)
-        users = [u for u in (self.dns, self.ipam) if u is not None]
+        # network policy: labels and policies on the mesh, enforced here in nftables
+        self.policy = PolicyDriver(PolicyService(name, now + wall_offset, wall_offset=wall_offset),
+                                   self.mesh, datadir, self.attachments, self._pump)
+        self.mesh.register_channel(POLICY_CHANNEL, self.policy.service.gossiper)
+        self.timers.add(self.policy)
+        users: list[Any] = [u for u in (self.dns, self.ipam) if u is not None] + [self.policy]
         self.watcher = NamespaceWatcher(users, self.attachments.forget)
         self._expose = ExposeDriver(self.exposer, self.attachments, self.ipam, self.dns,
                                     self._pump)
@@ -218,6 +227,7 @@ class Router:
             "router": router,
             "ipam": self.ipam.status() if self.ipam is not None else None,
             "dns": self.dns.report() if self.dns is not None else None,
+            "policy": self.policy.report(),
         }
 
     def _watch_password_file(self, now: float) -> PasswordFile | None:
@@ -283,8 +293,10 @@ class Router:
         await self._stopped.wait()
 
     async def attach(self, container: str, addresses: list[str], name: str | None,
-                     without_dns: bool, ifname: str = netdev.CONTAINER_IFNAME) -> list[str]:
+                     without_dns: bool, ifname: str = netdev.CONTAINER_IFNAME,
+                     labels: dict[str, str] | None = None) -> list[str]:
         specs = parse_address_specs(addresses)
+        labels = self.policy.check_labels(labels) if labels else None   # refuse early
         dns = None if without_dns else self.dns
         hostname = None if dns is None or name is None else dns.qualify(name)  # refuse early
         resolv_conf = dns.resolv_conf() if dns is not None else None
@@ -319,6 +331,7 @@ class Router:
             await self.dns.container_attached(key, result.ref)
         if dns is not None:
             dns.name_container(key, result.ref, hostname, result.record.ips)
+        self.policy.attached(key, result.record.ips, labels)
         self._pump()
         return result.cidrs
 
@@ -341,11 +354,30 @@ class Router:
             self.dns.detached(result.container, None if result.gone else result.ips)
         if self.ipam is not None:
             self.ipam.free(result.container, None if result.gone else result.ips)
+        held = self.attachments.records().get(result.container)
+        self.policy.detached(result.container, None if result.gone or held is None else held.ips)
         self._pump()
         return result.removed
 
     async def ps(self) -> list[dict[str, Any]]:
-        return await self.attachments.ps()
+        containers = await self.attachments.ps()
+        for c in containers:
+            c["labels"] = self.policy.labels_of(c["container"])
+        return containers
+
+    async def label(self, container: str, add: dict[str, str], remove: list[str]) -> dict[str, str]:
+        """``weft label``: change a running container's labels (mesh-wide)."""
+        try:
+            ref = await trio.to_thread.run_sync(netdev.resolve_netns, container)
+        except netdev.NetdevError as exc:
+            raise LocalProtocolError(str(exc)) from None
+        return self.policy.label(ref.name, add, remove)
+
+    def policy_apply(self, text: str, source: str) -> list[str]:
+        return self.policy.apply(text, source)
+
+    def policy_delete(self, name: str) -> None:
+        self.policy.delete(name)
 
     async def dns_add(self, addresses: list[str], container: str | None, name: str) -> int:
         return await need_dns(self.dns).add(addresses, container, name)
@@ -400,6 +432,7 @@ class Router:
                 self.ipam.reconcile({rec.container for rec, _ in alive} | self.exposer.idents())
             if self.dns is not None:
                 await self.dns.start(nursery, alive, self.exposer.idents())
+            await self.policy.start(nursery, {rec.container: rec.ips for rec, _ in alive})
             nursery.start_soon(self.watcher.run, self._pump)
             for listener in listeners:
                 nursery.start_soon(self.connections.accept_loop, listener)
@@ -450,6 +483,7 @@ class Router:
         self.dataplane.drain(now)  # links whose overlay changed: set_overlay first
         if self.dns is not None:
             self.dns.pump()
+        self.policy.pump()
         if self.ipam is not None:
             self.ipam.pump(now)
         punch = self.punch

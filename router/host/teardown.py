@@ -4,7 +4,7 @@ Theory of operation. What a router leaves in its namespace when it stops (``weft
 keeps all of it, so containers stay attached across a restart): the ``weft`` bridge, the
 host ends of the containers' veth pairs (``vethwepl…``; deleting one deletes the
 container's ``ethwe`` with it), the addresses ``expose`` put on the bridge, our nftables
-table ``ip weft`` and the forwarding it turned on, and a resolv.conf under
+tables ``ip weft`` (and the forwarding it turned on) and ``inet weft-policy``, and a resolv.conf under
 /etc/netns/NAME per named container. The TAP and VXLAN devices go when the router closes
 them; ``remove_all`` deletes them too in case a crash left one. ``reset_host`` removes it
 all, in that order (rules and addresses before the devices they name), and is
@@ -23,6 +23,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.router.host import attachments, expose, netdev
 from weftnet.router.host.datadir import DataDir
+from weftnet.router.host.policy_nft import EnforcementError, PolicyHost
 
 log = logging.getLogger("weft")
 
@@ -41,6 +42,13 @@ def reset_host(datadir: DataDir) -> list[str]:
     returns what was removed. A failure is a one-line LocalProtocolError, raised after
     everything else was tried."""
     removed = expose.teardown(datadir)   # logs its own failures and goes on
+    try:   # the network policy table (router/host/policy_nft.py), when there is one
+        host = PolicyHost()
+        if host.exists():
+            host.remove()
+            removed.append(f"table {host.table}")
+    except EnforcementError as exc:
+        log.warning("reset: %s", exc.reason)
     try:
         removed += attachments.forget_all(datadir)
     except LocalProtocolError as exc:    # a damaged state file: the devices still go

@@ -50,7 +50,7 @@ LAUNCH_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
 POLL_INTERVAL = 0.05
 ATTACH_TIMEOUT = 60.0
-STATUS_VIEWS = ("targets", "connections", "peers", "dns", "ipam")
+STATUS_VIEWS = ("targets", "connections", "peers", "dns", "ipam", "policy")
 MAX_DNS_NAME_ARG = 1024           # dns-lookup NAME: longer cannot be a name, nor fit a URL
 
 
@@ -286,11 +286,24 @@ def cmd_report(ns: argparse.Namespace) -> int:
     return 0
 
 
+def parse_labels(texts: Sequence[str] | None) -> dict[str, str]:
+    """``KEY=VALUE`` words as a dict (the router checks keys and values)."""
+    out: dict[str, str] = {}
+    for text in texts or ():
+        key, eq, value = text.partition("=")
+        if not eq or not key:
+            raise UsageError(f"label {text[:80]!r} is not KEY=VALUE")
+        out[key] = value
+    return out
+
+
 def cmd_attach(ns: argparse.Namespace) -> int:
     *addresses, container = ns.args
-    answer = _client(ns).call("POST", "/attach", {
-        "container": container, "addresses": addresses, "name": ns.name,
-        "without_dns": bool(ns.without_dns)}, timeout=ATTACH_TIMEOUT)
+    body: dict[str, Any] = {"container": container, "addresses": addresses, "name": ns.name,
+                            "without_dns": bool(ns.without_dns)}
+    if ns.label:
+        body["labels"] = parse_labels(ns.label)
+    answer = _client(ns).call("POST", "/attach", body, timeout=ATTACH_TIMEOUT)
     for cidr in answer.get("cidrs", []) if isinstance(answer, dict) else []:
         print(cidr)
     return 0
@@ -390,6 +403,48 @@ def cmd_hide(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label(ns: argparse.Namespace) -> int:
+    container, *texts = ns.args
+    if not texts and not ns.remove:
+        raise UsageError("label: give KEY=VALUE labels to set or --remove KEY")
+    answer = _client(ns).call("POST", "/label", {"container": container,
+                                                 "labels": parse_labels(texts),
+                                                 "remove": list(ns.remove or [])})
+    labels = answer.get("labels", {}) if isinstance(answer, dict) else {}
+    print(",".join(f"{k}={v}" for k, v in sorted(labels.items())))
+    return 0
+
+
+def cmd_policy(ns: argparse.Namespace) -> int:
+    from weftnet.router.api.render_policy import render_policy_list
+
+    client = _client(ns)
+    if ns.action == "list":
+        if ns.arg is not None:
+            raise UsageError("policy list takes no argument")
+        report = client.call("GET", "/report")
+        sys.stdout.write(render_policy_list(report.get("policy") if isinstance(report, dict) else None))
+        return 0
+    if ns.arg is None:
+        raise UsageError(f"policy {ns.action} needs {'FILE (or -)' if ns.action == 'apply' else 'NAME'}")
+    if ns.action == "delete":
+        client.call("POST", "/policy/delete", {"name": ns.arg})
+        return 0
+    if ns.arg == "-":
+        text, source = sys.stdin.read(), "stdin"
+    else:
+        try:
+            text = Path(ns.arg).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or exc
+            raise LocalProtocolError(f"cannot read {ns.arg}: {why}") from None
+        source = ns.arg
+    answer = client.call("POST", "/policy/apply", {"text": text, "source": source})
+    for name in answer.get("changed", []) if isinstance(answer, dict) else []:
+        print(name)
+    return 0
+
+
 def cmd_bench(ns: argparse.Namespace) -> int:
     bench_main = _import_attr("weftnet.router.tools.bench", "main", "the benchmark")
     status: int = bench_main(list(ns.args))
@@ -473,6 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
     api_options(p)
     p.add_argument("--name", metavar="FQDN", help="DNS name (default: the container's name)")
     p.add_argument("--without-dns", action="store_true", help="no DNS name, no resolver config")
+    p.add_argument("--label", action="append", metavar="KEY=VALUE",
+                   help="a label for network policies (repeatable)")
     p.add_argument("args", nargs="+", metavar="[ADDR...] CONTAINER",
                    help="ADDR: IP/LEN, net:CIDR or net:default; CONTAINER: a network namespace")
 
@@ -480,8 +537,20 @@ def build_parser() -> argparse.ArgumentParser:
     api_options(p)
     p.add_argument("args", nargs="+", metavar="[ADDR...] CONTAINER")
 
-    p = command("ps", cmd_ps, "attached containers: CONTAINER MAC CIDR...")
+    p = command("ps", cmd_ps, "attached containers: CONTAINER MAC CIDR... [LABELS]")
     api_options(p)
+
+    p = command("label", cmd_label, "change a running container's labels (mesh-wide, used by "
+                "network policies); print its labels")
+    api_options(p)
+    p.add_argument("--remove", action="append", metavar="KEY", help="remove this label (repeatable)")
+    p.add_argument("args", nargs="+", metavar="CONTAINER [KEY=VALUE...]")
+
+    p = command("policy", cmd_policy, "Kubernetes NetworkPolicy documents, enforced mesh-wide: "
+                "apply FILE (YAML or JSON, - for stdin), delete NAME, list")
+    api_options(p)
+    p.add_argument("action", choices=("apply", "delete", "list"))
+    p.add_argument("arg", nargs="?", metavar="FILE|NAME")
 
     p = command("dns-add", cmd_dns_add, "add DNS records: NAME for each IP (or the "
                 "container's addresses); without a CONTAINER, an external record")
@@ -536,7 +605,7 @@ def _run(argv: Sequence[str] | None) -> int:
     handler: Callable[[argparse.Namespace], int] | None = getattr(ns, "handler", None)
     if extra:
         if handler in (cmd_attach, cmd_detach, cmd_dns_add, cmd_dns_remove,
-                       cmd_expose) and not any(
+                       cmd_expose, cmd_label) and not any(
                 word.startswith("-") for word in extra):
             # positionals after an option (`attach 10.2.1.1/24 --name c1 NS`): argparse
             # leaves them over; they are more of the same list

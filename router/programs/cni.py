@@ -36,6 +36,9 @@ router's domain; extra names from ``runtimeConfig.aliases`` (podman's "aliases"
 capability). No name: no DNS record. The result's ``dns`` points at the router's DNS
 server (it listens on that address inside every attached namespace).
 
+Labels for network policy: ``args.cni.labels``, ``args.labels``, ``CNI_ARGS`` ``LABELS=k=v,..``
+(``router/programs/cnilabels.py``).
+
 Gateway. When this host is on the network (``weft expose``: an address of the ``weft``
 bridge inside the container's subnet), that address is the container's gateway and it
 gets a default route through it, unless it has one already (another network's), as with
@@ -66,6 +69,7 @@ import weftnet
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.router.api.address import DEFAULT_HTTP_ADDR, parse_http_addr
 from weftnet.router.api.client import ApiClient, Interrupted, NotRunning
+from weftnet.router.programs.cnilabels import cni_labels
 from weftnet.router.programs.cnispec import (
     DEFAULT_ROUTE,
     DEFAULT_ROUTE6,
@@ -301,6 +305,7 @@ class Plugin:
         ipam_routes(self.conf)       # refuse a bad ipam config before attaching, not after
         check_prev_result(self.conf)
         names = dns_names(self.conf, inv.args)
+        labels = cni_labels(self.conf, inv.args)   # network policy (router/programs/cnilabels.py)
         if not self.host.netns_exists(inv.netns):
             raise CniError(ERR_UNKNOWN_CONTAINER, f"no network namespace {inv.netns}")
         self.wait_router()
@@ -311,8 +316,10 @@ class Plugin:
         dns = dns_of_report(report)
         if names and not dns:
             names = []  # the router runs with --no-dns: no names to give
-        body = {"container": inv.netns, "addresses": specs, "ifname": inv.ifname,
-                "name": names[0] if names else None, "without_dns": not names}
+        body: dict[str, Any] = {"container": inv.netns, "addresses": specs, "ifname": inv.ifname,
+                                "name": names[0] if names else None, "without_dns": not names}
+        if labels:
+            body["labels"] = labels
         answer = self._call("POST", "/attach", body, timeout=ATTACH_TIMEOUT)
         cidrs = answer.get("cidrs") if isinstance(answer, dict) else None
         if not isinstance(cidrs, list) or not all(isinstance(c, str) for c in cidrs):

@@ -27,8 +27,8 @@ def test_every_core_is_a_timer_source_and_every_driver_hears_of_namespaces(tmp_p
         r = router(tmp_path)
         assert r.ipam is not None and r.dns is not None
         assert r.punch is not None  # hole punching comes with discovery
-        assert r.timers.sources == [r.mesh, r.dataplane, r.punch, r.ipam, r.dns]
-        assert r.watcher.users == [r.dns, r.ipam]
+        assert r.timers.sources == [r.mesh, r.dataplane, r.punch, r.ipam, r.dns, r.policy]
+        assert r.watcher.users == [r.dns, r.ipam, r.policy]
         # one wall-clock offset, taken at start, for DNS and IPAM alike
         assert r.dns.wall_offset == r.ipam.alloc.wall_offset
 
@@ -39,7 +39,7 @@ def test_without_dns_ipam_and_discovery_only_the_mesh_and_data_plane_want_waking
     async def main() -> None:
         r = router(tmp_path, "--no-dns", "--ipalloc-range", "", "--no-discovery")
         assert r.ipam is None and r.dns is None and r.punch is None
-        assert r.timers.sources == [r.mesh, r.dataplane] and r.watcher.users == []
+        assert r.timers.sources == [r.mesh, r.dataplane, r.policy] and r.watcher.users == [r.policy]
         assert r.report()["ipam"] is None and r.report()["dns"] is None
 
     trio.run(main)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-CORES = ("weftnet.proto", "weftnet.ipam", "weftnet.dns")
+CORES = ("weftnet.proto", "weftnet.ipam", "weftnet.dns", "weftnet.policy")
 SHELL = "weftnet.router"
 # what a core never imports: I/O, clocks, threads and processes come in from the shell
 FORBIDDEN = ("trio", "time", "os", "socket", "subprocess", "threading", "pyroute2", "hypercorn")
