@@ -92,7 +92,7 @@ from weftnet.router.daemon.timers import TimerLoop
 from weftnet.router.daemon.watcher import NamespaceWatcher
 from weftnet.router.dataplane import vxlan
 from weftnet.router.dataplane.engine import Dataplane
-from weftnet.router.dataplane.fastpath import FastdpGossiper
+from weftnet.router.dataplane.fastpath import fastdp_channel
 from weftnet.router.dataplane.ports import TapPort, UdpPort
 from weftnet.router.host import netdev
 from weftnet.router.host.attachments import Attachments, parse_address_specs
@@ -155,7 +155,7 @@ class Router:
         self.dataplane = Dataplane(self.mesh, port=config.port, host=config.host, mtu=mtu,
                                    trusted_subnets=config.trusted_subnets, fastdp=config.fastdp,
                                    wake=lambda: self.timers.changed())
-        self.mesh.register_channel(FASTDP_CHANNEL, FastdpGossiper(self.dataplane.fast))
+        self.mesh.register_channel(FASTDP_CHANNEL, fastdp_channel(self.dataplane.fast))
         self.attachments = Attachments(datadir, mtu=mtu)
         self.exposer = Exposer(datadir)   # weft expose / hide (router/host/expose.py)
         self.timers = TimerLoop([self.mesh, self.dataplane], self._pump)   # one line per timer source

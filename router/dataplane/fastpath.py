@@ -49,7 +49,7 @@ import trio
 from weftnet.proto import fastdp
 from weftnet.proto.errors import RemoteProtocolError
 from weftnet.proto.fastdp import FastLink, Hello, ProbeAck
-from weftnet.proto.gossip import GossipData
+from weftnet.proto.gossip import UnicastChannel
 from weftnet.proto.mesh import MeshNode
 from weftnet.proto.peername import PeerName, describe_peer
 from weftnet.router.dataplane import vxlan
@@ -525,29 +525,6 @@ class FastPath:
         }
 
 
-class FastdpGossiper:
+def fastdp_channel(fast: FastPath) -> UnicastChannel:
     """The ``fastdp`` channel: unicast only (hellos and probe answers to direct peers)."""
-
-    def __init__(self, fast: FastPath) -> None:
-        self.fast = fast
-
-    def decode(self, payload: bytes) -> GossipData:
-        raise RemoteProtocolError("the fastdp channel carries no gossip")
-
-    def on_gossip(self, data: GossipData, now: float) -> GossipData | None:
-        return None
-
-    def gossip(self) -> GossipData | None:
-        return None
-
-    def digest(self) -> bytes:
-        return b""
-
-    def digest_of(self, data: GossipData) -> bytes:
-        return b""
-
-    def on_gossip_broadcast(self, src: PeerName, payload: bytes, now: float) -> None:
-        return None
-
-    def on_gossip_unicast(self, src: PeerName, payload: bytes, now: float) -> None:
-        self.fast.on_unicast(src, payload, now)
+    return UnicastChannel(fastdp.CHANNEL, fast.on_unicast)

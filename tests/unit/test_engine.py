@@ -34,7 +34,7 @@ from weftnet.proto.mesh import (
 )
 from weftnet.router.dataplane.doubles import MemoryNetwork, MemoryTap, MemoryUdp
 from weftnet.router.dataplane.engine import Dataplane
-from weftnet.router.dataplane.fastpath import FastdpGossiper
+from weftnet.router.dataplane.fastpath import fastdp_channel
 from weftnet.router.dataplane.tap import PLAIN_VNET_HDR
 
 MTU = 1376
@@ -57,7 +57,7 @@ class Host:
         self.udp = udp
         self.engine = Dataplane(self.mesh, port=PORT, host="", mtu=MTU, trusted_subnets=trusted,
                                 fastdp=False, wake=self.poke, rng=random.Random(seed))
-        self.mesh.register_channel(fastdp.CHANNEL, FastdpGossiper(self.engine.fast))
+        self.mesh.register_channel(fastdp.CHANNEL, fastdp_channel(self.engine.fast))
         self.engine.open(tap=self.tap, udp=udp)
         self.other: Host | None = None
         self.wake = trio.Event()
