@@ -14,15 +14,20 @@ DF probes over IPv6 see a 1280-byte route.
 from __future__ import annotations
 
 import errno
+import json
+import os
 import random
 import select
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from weftnet.proto.link import SLEEVE_OVERHEAD
 from weftnet.router.dataplane.udpsock import (
     enable_gro,
     open_udp,
@@ -32,6 +37,7 @@ from weftnet.router.dataplane.udpsock import (
     send_segments,
 )
 from weftnet.router.host.netdev import host_addresses
+from weftnet.router.tools.namespaces import run_ip
 from weftnet.router.tools.testbed import Testbed
 
 from .weftctl import bulk_tcp, established, launch, logs_on_failure, report, wait_for
@@ -204,3 +210,52 @@ def test_dual_stack_socket_gso_gro_and_ipv6_probes(testbed_factory: Any) -> None
             probe.send(b"v4 probe")
             assert [(d, addr) for d, _, addr in _receive(a, 8)] == [
                 (b"v4 probe", (tb.address("h2"), port))]
+
+
+def test_a_router_on_the_way_teaches_the_path_mtu_with_packet_too_big(tmp_path: Path) -> None:
+    """A (1500) -- R -- (1280) B, IPv6 only: IPv6 is never fragmented on the way, so R answers
+    A's full-size probes with ICMPv6 Packet Too Big; the routers on A and B both settle on 1280
+    (overlay MTU 1155). Namespaces of our own, removed whatever happens."""
+    tag = f"wp{os.getpid() % 100000}"
+    a, r, b = f"{tag}-a", f"{tag}-r", f"{tag}-b"
+    cli = [sys.executable, "-m", "weftnet.router.programs.cli"]
+    env = {**os.environ, "WEFT_PASSWORD": "pw"}
+
+    def weft(ns: str, *args: str) -> str:
+        return subprocess.run(["ip", "netns", "exec", ns, *cli, *args], env=env, check=True,
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path).stdout
+
+    def path_mtus(ns: str) -> list[int | None]:
+        conns = json.loads(weft(ns, "report"))["router"]["connections"]
+        return [c.get("sleeve", {}).get("path_mtu") for c in conns if c["state"] == "established"]
+
+    made: list[str] = []
+    try:
+        for ns in (a, r, b):
+            run_ip("netns", "add", ns)
+            made.append(ns)
+            run_ip("-n", ns, "link", "set", "lo", "up")
+        run_ip("-n", a, "link", "add", "a0", "type", "veth", "peer", "name", "r0", "netns", r)
+        run_ip("-n", r, "link", "add", "r1", "type", "veth", "peer", "name", "b0", "netns", b)
+        for ns, dev, addr, mtu in ((a, "a0", "fd00:1::1", 1500), (r, "r0", "fd00:1::2", 1500),
+                                   (r, "r1", "fd00:2::2", 1280), (b, "b0", "fd00:2::1", 1280)):
+            run_ip("-n", ns, "link", "set", dev, "mtu", str(mtu))
+            run_ip("-n", ns, "addr", "add", f"{addr}/64", "dev", dev, "nodad")
+            run_ip("-n", ns, "link", "set", dev, "up")
+        subprocess.run(["ip", "netns", "exec", r, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+                       check=True, timeout=30)
+        run_ip("-n", a, "-6", "route", "add", "default", "via", "fd00:1::2")
+        run_ip("-n", b, "-6", "route", "add", "default", "via", "fd00:2::2")
+        weft(a, "launch", "--nickname", "a")
+        weft(b, "launch", "--nickname", "b", "[fd00:1::1]:6783")
+        wait_for("a and b to find the path MTU",
+                 lambda: path_mtus(a) == [1280] and path_mtus(b) == [1280], timeout=40)
+        conn = json.loads(weft(a, "report"))["router"]["connections"][0]
+        assert conn["mtu"] == 1280 - 48 - SLEEVE_OVERHEAD, conn   # IPv6 + UDP, then the sleeve
+    finally:
+        for ns in (a, b):
+            if ns in made:
+                subprocess.run(["ip", "netns", "exec", ns, *cli, "reset"], env=env, timeout=60,
+                               capture_output=True, cwd=tmp_path)
+        for ns in made:
+            run_ip("netns", "del", ns, check=False)
