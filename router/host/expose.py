@@ -68,6 +68,7 @@ import trio
 
 from weftnet.proto.errors import LocalProtocolError
 from weftnet.router.host.datadir import DataDir
+from weftnet.router.host.nftrun import run_nft
 
 log = logging.getLogger("weft")
 
@@ -84,7 +85,6 @@ COMMENT_PREFIX = "weft-expose "
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 IP6_FORWARD = Path("/proc/sys/net/ipv6/conf/all/forwarding")
 ULA = IPv6Network("fc00::/7")
-NFT_TIMEOUT = 30.0
 
 # the base chains of our table: name -> (type, hook, priority)
 CHAINS: dict[str, tuple[str, str, int]] = {
@@ -467,17 +467,8 @@ class Host:
     # nftables
 
     def _run_nft(self, args: list[str], data: str | None = None) -> subprocess.CompletedProcess[str]:
-        path = shutil.which(self.nft_command)
-        if path is None:
-            raise ExposeError(f"the `{self.nft_command}` command is not installed (expose "
-                              "programs masquerading with nftables: apt-get install nftables)")
-        try:
-            return subprocess.run([path, *args], input=data, capture_output=True, text=True,
-                                  timeout=NFT_TIMEOUT, check=False)
-        except subprocess.TimeoutExpired:
-            raise ExposeError(f"nft did not finish within {NFT_TIMEOUT:.0f} s") from None
-        except OSError as exc:
-            raise ExposeError(f"cannot run nft: {exc.strerror or exc}") from None
+        return run_nft(self.nft_command, args, data, fail=ExposeError,
+                       needed_for="expose programs masquerading")
 
     @staticmethod
     def _error(what: str, proc: subprocess.CompletedProcess[str]) -> ExposeError:

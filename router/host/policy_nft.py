@@ -35,8 +35,7 @@ import subprocess
 from typing import Any
 
 from weftnet.policy.compile import BRIDGE, FAMILY, TABLE, render_delete
-
-NFT_TIMEOUT = 30.0
+from weftnet.router.host.nftrun import run_nft
 
 
 class EnforcementError(Exception):
@@ -56,17 +55,8 @@ class PolicyHost:
         self.table = table
 
     def _nft(self, args: list[str], data: str | None = None) -> subprocess.CompletedProcess[str]:
-        path = shutil.which(self.nft_command)
-        if path is None:
-            raise EnforcementError(f"the `{self.nft_command}` command is not installed "
-                                   "(policies are enforced with nftables: apt-get install nftables)")
-        try:
-            return subprocess.run([path, *args], input=data, capture_output=True, text=True,
-                                  timeout=NFT_TIMEOUT, check=False)
-        except subprocess.TimeoutExpired:
-            raise EnforcementError(f"nft did not finish within {NFT_TIMEOUT:.0f} s") from None
-        except OSError as exc:
-            raise EnforcementError(f"cannot run nft: {exc.strerror or exc}") from None
+        return run_nft(self.nft_command, args, data, fail=EnforcementError,
+                       needed_for="policies are enforced")
 
     @staticmethod
     def _first_error(proc: subprocess.CompletedProcess[str]) -> str:
