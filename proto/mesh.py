@@ -130,6 +130,13 @@ class PeerConnected:
     remote_address: str
     encrypted: bool
     sleeve_keys: SessionKeys | None
+    target: str | None = None  # the address dialled, as given (a name, perhaps)
+
+    @property
+    def report_address(self) -> str:
+        """The address ``report`` shows for this connection: the target dialled, else where
+        the peer is."""
+        return self.target if self.outbound and self.target else self.remote_address
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,7 +469,8 @@ class MeshNode:
         if entry.target is not None:
             self.maker.connected(entry.target, remote.name, now)
         self._events.append(PeerConnected(entry.conn_id, remote, event.conn_uid, entry.outbound,
-                                          entry.remote_address, event.encrypted, event.sleeve_keys))
+                                          entry.remote_address, event.encrypted, event.sleeve_keys,
+                                          entry.target))
         self._update_our_record()
         for name in sorted(self._channels):
             full = self._channels[name].gossip()

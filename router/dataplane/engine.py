@@ -215,7 +215,8 @@ class Dataplane:
             now=now, rng=self._rng)
         link = Link(conn_id=event.conn_id, peer=event.peer.name, nickname=event.peer.nickname,
                     conn_uid=event.conn_uid, outbound=event.outbound,
-                    remote_address=event.remote_address, session=session, plain=plain,
+                    remote_address=event.remote_address,
+                    report_address=event.report_address, session=session, plain=plain,
                     machine=machine, punched=path is not None, sock=sock)
         old = self.links.pop(event.conn_id, None)
         if old is not None:
@@ -755,7 +756,7 @@ class Dataplane:
 
     def connection_report(self, address: str, outbound: bool) -> dict[str, Any] | None:
         for link in self.links.values():
-            if link.remote_address == address and link.outbound == outbound:
+            if link.report_address == address and link.outbound == outbound:
                 addr = link.machine.udp_addr
                 return {
                     "udp_address": join_host_port(*addr) if addr else None,

@@ -39,6 +39,7 @@ class Link:
     conn_uid: int
     outbound: bool
     remote_address: str
+    report_address: str  # the connection's address in the mesh's report (a target's name)
     session: SleeveSession  # keyed (or plain without a password)
     plain: SleeveSession  # used for DATA when both ends trust each other
     machine: LinkMachine
