@@ -41,6 +41,13 @@ Trust: each heartbeat carries ``HB_FLAG_TRUST`` when its sender trusts the recei
 underlay address (``--trusted-subnets``); DATA travels in the clear (``clear``) only when
 both ends trust each other.
 
+Loss: a peer that lost whole sleeve messages of ours (some of their fragments never came:
+``note_loss``, told by the shell's reassembler) says so at once with a heartbeat carrying
+``HB_FLAG_LOSS``, at most every ``LOSS_TELL_INTERVAL``. A link told so is ``lossy`` for
+``LOSS_HOLD`` after: the shell seals smaller units on it (proto/gsosplit.py), so that one
+lost datagram costs a few TCP segments, not a whole ~64 KiB super-frame. Authenticated like
+every heartbeat: nobody else can make a link lossy.
+
 Path MTU: once UP, and every ``PMTU_REPROBE`` after, a round of DF-marked PROBEs of
 decreasing size finds the largest IP packet that reaches the peer: ``MAX_PROBE`` first, then
 ``PROBE_SIZES``, each waited for ``PROBE_WAIT``. A size the kernel refuses locally comes back
@@ -90,6 +97,9 @@ SLEEVE_OVERHEAD = (ethernet.ETH_HLEN + ethernet.VNET_HDR_LEN + sleeve.ENTRY_OVER
                    + sleeve.HEADER_LEN + sleeve.TAG_LEN)
 OVERLAY_OVERHEAD = SLEEVE_OVERHEAD + IP_UDP_OVERHEAD  # over IPv4
 HB_FLAG_TRUST = 1  # "I trust your underlay address: send to me in the clear if you trust me"
+HB_FLAG_LOSS = 2  # "whole messages of yours were lost on the way: send smaller units"
+LOSS_TELL_INTERVAL = 0.5  # a receiver that keeps losing says so at most this often
+LOSS_HOLD = 10.0  # a link stays lossy this long after the last "loss" heard
 _ROUNDING = 1e-6  # "for Ns" changes at half seconds; a timer that fires then must see it
 
 
@@ -197,7 +207,7 @@ class LinkMachine:
     __slots__ = ("me", "uid", "config_mtu", "port", "we_trust", "encrypted", "state",
                  "udp_addr", "created", "last_rx", "last_hb", "they_trust", "mtu", "pmtu", "slow",
                  "down_reason", "next_probe", "_rng", "_round", "_said", "_hb_body",
-                 "_sends", "_events")
+                 "_sends", "_events", "lost", "peer_loss_until", "_loss_told")
 
     def __init__(self, *, me: PeerName, uid: int, mtu: int, port: int, we_trust: bool,
                  encrypted: bool, addr: Address | None, now: float,
@@ -223,6 +233,9 @@ class LinkMachine:
         self._round: _Round | None = None
         self._said: int | None = None  # N of the "for Ns" reason last said
         self._hb_body = self._heartbeat_body(0)
+        self.lost = 0  # messages of the peer's we never completed (note_loss)
+        self.peer_loss_until = float("-inf")  # lossy until then (the peer said so)
+        self._loss_told = float("-inf")
         self._sends: list[Send] = []
         self._events: deque[LinkEvent] = deque()
         self._heartbeat(now)
@@ -244,6 +257,10 @@ class LinkMachine:
     def clear(self) -> bool:
         """DATA travels unencrypted (both ends trust each other, or no password at all)."""
         return not self.encrypted or (self.we_trust and self.they_trust)
+
+    def lossy(self, now: float) -> bool:
+        """The peer lately lost whole messages of ours: send smaller units."""
+        return now < self.peer_loss_until
 
     @property
     def probing(self) -> bool:
@@ -296,6 +313,17 @@ class LinkMachine:
         elif self.up and now >= self.next_probe:
             self._start_round(now)
 
+    def note_loss(self, messages: int, now: float) -> None:
+        """``messages`` sleeve messages from the peer were lost (fragments missing): tell it
+        with a flagged heartbeat, unless we did within LOSS_TELL_INTERVAL."""
+        self.lost += messages
+        if self.udp_addr is None or not self.up or now - self._loss_told < LOSS_TELL_INTERVAL:
+            return
+        self._loss_told = now
+        self.last_hb = now
+        self._sends.append(Send(Kind.HEARTBEAT, self._heartbeat_body(0, HB_FLAG_LOSS),
+                                self.udp_addr))
+
     def probe_send_failed(self, probe_id: int, now: float, route_mtu: int | None) -> None:
         """The probe could not leave: too big for the route (``route_mtu``, what the kernel
         says the route carries), or no probe at all is possible now (None)."""
@@ -339,9 +367,9 @@ class LinkMachine:
 
     # --- internals --------------------------------------------------------------------
 
-    def _heartbeat_body(self, nonce: int) -> bytes:
+    def _heartbeat_body(self, nonce: int, flags: int = 0) -> bytes:
         return sleeve.encode_heartbeat(self.me, self.uid, nonce, self.config_mtu,
-                                       flags=HB_FLAG_TRUST if self.we_trust else 0)
+                                       flags=flags | (HB_FLAG_TRUST if self.we_trust else 0))
 
     def _heartbeat(self, now: float) -> None:
         if self.udp_addr is None:
@@ -353,6 +381,8 @@ class LinkMachine:
                       now: float) -> None:
         hb = sleeve.decode_heartbeat(body)
         trust = bool(hb.flags & HB_FLAG_TRUST)
+        if hb.flags & HB_FLAG_LOSS:
+            self.peer_loss_until = now + LOSS_HOLD
         if trust != self.they_trust:
             self.they_trust = trust
             self._events.append(TrustChanged(trust))

@@ -17,6 +17,12 @@ whole after reassembly; the fragment header is not. A forged or lost fragment th
 costs at most the message it claims to belong to: pending reassemblies are bounded in number
 and in age, and a fragment that contradicts what is pending (another count, an index seen
 twice with other bytes) restarts that message rather than mixing bytes.
+
+Loss: a sender numbers its messages in order, so when one completes, any message of the same
+sender with an earlier id still pending lost a fragment on the way (the path does not
+reorder whole messages; one that does costs a needless "loss"). Those are dropped and
+counted per sender, as are reassemblies that time out: ``take_lost`` hands the counts to
+the shell, which tells each sender (proto/link.py ``note_loss``).
 """
 
 from __future__ import annotations
@@ -91,6 +97,7 @@ class Reassembler:
         self.evicted = 0
         self.restarted = 0
         self.malformed = 0
+        self.lost: dict[Hashable, int] = {}  # sender -> messages lost since take_lost
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -126,7 +133,23 @@ class Reassembler:
             return None
         del self._pending[key]
         self.completed += 1
+        if self._pending:
+            self._older_lost(sender, msg_id)
         return b"".join(p for p in entry.parts if p is not None)
+
+    def _older_lost(self, sender: Hashable, msg_id: int) -> None:
+        """Message ``msg_id`` of ``sender`` completed: its earlier ones still pending are lost."""
+        gone = [key for key in self._pending
+                if key[0] == sender and 0 < (msg_id - key[1]) & 0xFFFFFFFF < 0x80000000]
+        for key in gone:
+            del self._pending[key]
+        if gone:
+            self.lost[sender] = self.lost.get(sender, 0) + len(gone)
+
+    def take_lost(self) -> dict[Hashable, int]:
+        """Messages lost per sender since the last call."""
+        lost, self.lost = self.lost, {}
+        return lost
 
     def add_batch(self, sender: Hashable, view: memoryview, seg: int,
                   now: float) -> list[memoryview | bytes]:
@@ -161,6 +184,8 @@ class Reassembler:
                         out.append(b"".join([view[o + HEADER_LEN:min(o + seg, stop)]
                                              for o in range(off, stop, seg)]))
                         self.completed += 1
+                        if self._pending:
+                            self._older_lost(sender, msg_id)
                         off = stop
                         continue
             try:
@@ -181,6 +206,7 @@ class Reassembler:
             if now - entry.started <= self.timeout:
                 break
             del self._pending[key]
+            self.lost[key[0]] = self.lost.get(key[0], 0) + 1
             n += 1
         self.expired += n
         return n

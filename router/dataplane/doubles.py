@@ -21,7 +21,7 @@ from __future__ import annotations
 import errno
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -122,6 +122,8 @@ class MemoryNetwork:
         self.delivered = 0
         self.lost = 0
         self.blocked: set[Address] = set()  # destinations whose datagrams are all lost
+        # a test's own choice of datagrams to lose: (src, dst, data) -> lose it?
+        self.drop: Callable[[Address, Address, bytes], bool] | None = None
         self._at: dict[Address, _Inbox] = {}
         self._next_port = 40000
 
@@ -153,7 +155,8 @@ class MemoryNetwork:
         inbox = self._at.get(dst)
         if (inbox is None or dst in self.blocked
                 or (df and len(data) + ip_udp_overhead(dst) > self.path_mtu)
-                or (self.loss and self.rng.random() < self.loss)):
+                or (self.loss and self.rng.random() < self.loss)
+                or (self.drop is not None and self.drop(src, dst, bytes(data)))):
             self.lost += 1
             return
         self.delivered += 1

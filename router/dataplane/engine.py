@@ -55,7 +55,7 @@ from typing import Any
 
 import trio
 
-from weftnet.proto import ethernet, punchwire, sleeve, sleeve_frag
+from weftnet.proto import ethernet, gsosplit, punchwire, sleeve, sleeve_frag
 from weftnet.proto.connmaker import join_host_port
 from weftnet.proto.errors import RemoteProtocolError
 from weftnet.proto.forwarding import Forwarder
@@ -74,7 +74,7 @@ from weftnet.proto.peername import describe_peer
 from weftnet.proto.routes import Routes
 from weftnet.proto.sleeve import Kind, SleeveDrop, SleeveSession
 from weftnet.proto.sleeve_rotation import SessionRotation
-from weftnet.router.dataplane import udpsock
+from weftnet.router.dataplane import pmtu, udpsock
 from weftnet.router.dataplane.fastpath import FastPath
 from weftnet.router.dataplane.links import Link, Overlay
 from weftnet.router.dataplane.pmtu import PathProbes
@@ -91,6 +91,9 @@ SWEEP_INTERVAL = 0.5  # expired MACs and fragments are looked for at most this o
 ENTRY_VNET = sleeve.FLAG_VNET
 ENTRY_RELAY_ONLY = sleeve.FLAG_RELAY_ONLY
 GROUP_BIT = 0x010000000000  # of a MAC as an int: broadcast or multicast
+# on a link whose peer loses whole messages (proto/link.py: lossy), a TCP super-frame is
+# sealed as pieces of at most this many segments (proto/gsosplit.py)
+LOSSY_UNIT_SEGS = int(os.environ.get("WEFT_LOSSY_UNIT_SEGS", "4"))
 MAX_PUNCH_INBOX = 4096  # punch datagrams waiting for the daemon; beyond: dropped, counted
 PUNCHED_NO_FASTDP = ("the peer is reached through NAT (a punched UDP path): the kernel's "
                      "VXLAN sends from other ports, which the NATs do not let through")
@@ -464,9 +467,8 @@ class Dataplane:
             self.forwarder.expire(now)
         if len(self._reassembler) and now >= self._last_sweep + SWEEP_INTERVAL:
             self._last_sweep = now
-            lost = self._reassembler.expire(now)
-            if lost:
-                self._drop("incomplete message", lost)
+            if self._reassembler.expire(now):
+                self._tell_loss(now)
 
     def _mac_timer(self) -> float | None:
         """When to sweep expired MACs: when the oldest expires, but never twice within a
@@ -519,37 +521,20 @@ class Dataplane:
                     continue
                 mtu = link.machine.mtu
                 if mtu is not None and n - shortest > mtu and not self.fast.deciding(link.conn_id) \
-                        and self._too_big(tap, frame, vnet, mtu):
+                        and pmtu.too_big(tap, frame, vnet, mtu):
+                    self._drop("too big")
                     continue
                 if link.fast and dst & GROUP_BIT:
                     self._queue(link, (me, dst_peer, flags | ENTRY_RELAY_ONLY, frame))
+                elif vnet and n > 4096 and link.machine.lossy(now) and (
+                        pieces := gsosplit.split(frame, LOSSY_UNIT_SEGS)) is not None:
+                    for piece in pieces:  # a message each: a lost datagram costs one piece
+                        self._queue(link, (me, dst_peer, flags, piece))
+                        self._flush_link(link, now)
                 else:
                     self._queue(link, (me, dst_peer, flags, frame))
         self._flush(now)
         return more
-
-    def _too_big(self, tap: TapPort, frame: bytes, vnet: int, mtu: int) -> bool:
-        """A frame whose IP packets exceed the link MTU: ICMP back if DF, else carry it.
-        Only called for a frame longer than the MTU (its segments may still fit)."""
-        if vnet:
-            hdr = ethernet.VnetHeader.decode(frame, 0)
-            size = ethernet.segment_size(hdr, len(frame) - vnet, frame, vnet) - ethernet.ETH_HLEN
-        else:
-            size = len(frame) - ethernet.ETH_HLEN
-        if size <= mtu:
-            return False
-        reply = ethernet.frag_needed_reply(memoryview(frame)[vnet:], mtu, size)
-        if reply is None:
-            return False  # no DF (or not IPv4): the kernel fragments the datagram
-        self._drop("too big")
-        try:
-            if vnet:
-                tap.writev((PLAIN_VNET_HDR, reply))
-            else:
-                tap.write(reply)
-        except OSError:
-            pass
-        return True
 
     def _queue(self, link: Link, entry: tuple[int, int, int, Any]) -> None:
         size = sleeve.ENTRY_OVERHEAD + len(entry[3])
@@ -650,8 +635,20 @@ class Dataplane:
                                    addr, now, sock)
                 if reasm.malformed != bad:
                     self._drop("malformed", reasm.malformed - bad)
+        if self._reassembler.lost:
+            self._tell_loss(now)
         self._flush(now)
         return more
+
+    def _tell_loss(self, now: float) -> None:
+        """Messages whose fragments never all came: their senders' links hear of it."""
+        for addr, n in self._reassembler.take_lost().items():
+            self._drop("incomplete message", n)
+            for link in self.links.values():
+                if link.machine.udp_addr == addr:
+                    link.machine.note_loss(n, now)
+                    self._service(link, now)
+                    break
 
     def _receive(self, data: memoryview, addr: Address, now: float, sock: int = 0) -> None:
         if sleeve_frag.is_fragment(data):
@@ -767,6 +764,9 @@ class Dataplane:
                     "path_mtu": link.machine.pmtu,
                     "epoch": link.session.epoch_send,
                     "cipher": link.session.cipher if not link.clear else None,
+                    # the peer's messages we lost; whether the peer told us it loses ours
+                    "messages_lost": link.machine.lost,
+                    "small_units": link.machine.lossy(trio.current_time()),
                     **link.counters.as_dict(),
                 }
         return None

@@ -17,12 +17,13 @@ from collections.abc import Callable
 
 import trio
 
-from weftnet.proto import sleeve
+from weftnet.proto import ethernet, sleeve
 from weftnet.proto.errors import RemoteProtocolError
 from weftnet.proto.link import Send
 from weftnet.proto.sleeve import Kind
 from weftnet.router.dataplane.links import Link
-from weftnet.router.dataplane.ports import Address, ProbePort, UdpPort
+from weftnet.router.dataplane.ports import Address, ProbePort, TapPort, UdpPort
+from weftnet.router.dataplane.tap import PLAIN_VNET_HDR
 
 log = logging.getLogger("weft")
 
@@ -137,3 +138,27 @@ class PathProbes:
                 self._service(link, now)
             self._flush(now)
             await trio.sleep(0)
+
+
+def too_big(tap: TapPort, frame: bytes, vnet: int, mtu: int) -> bool:
+    """A frame whose IP packets exceed the link MTU: ICMP "fragmentation needed" back to
+    the container if DF (True: the frame is dropped), else carry it (False). Only called for
+    a frame longer than the MTU (its segments may still fit)."""
+    if vnet:
+        hdr = ethernet.VnetHeader.decode(frame, 0)
+        size = ethernet.segment_size(hdr, len(frame) - vnet, frame, vnet) - ethernet.ETH_HLEN
+    else:
+        size = len(frame) - ethernet.ETH_HLEN
+    if size <= mtu:
+        return False
+    reply = ethernet.frag_needed_reply(memoryview(frame)[vnet:], mtu, size)
+    if reply is None:
+        return False  # no DF (or not IPv4): the kernel fragments the datagram
+    try:
+        if vnet:
+            tap.writev((PLAIN_VNET_HDR, reply))
+        else:
+            tap.write(reply)
+    except OSError:
+        pass
+    return True

@@ -21,6 +21,7 @@ This module only says what to run; ``Testbed`` runs it.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = ["NAT_TABLE", "Nat", "gateway_sysctls", "nat_ruleset", "private_net",
@@ -50,10 +51,13 @@ def private_net(host_number: int) -> ipaddress.IPv4Network:
 
 
 def nat_ruleset(subnet: ipaddress.IPv4Network, *, symmetric: bool = False,
-                ports: tuple[int, int] | None = None) -> str:
+                ports: tuple[int, int] | None = None, pin: Mapping[int, int] | None = None) -> str:
     """The gateway's nftables script (for ``nft -f -``): masquerade ``subnet`` out of
     ``pub``; accept on ``pub`` only what belongs to connections the inside started.
-    ``ports``: public ports only from this range (a rebinding moves mappings into a new one)."""
+    ``ports``: public ports only from this range (a rebinding moves mappings into a new one);
+    Linux then picks a random port of the range per flow (endpoint-dependent), so ``pin``
+    keeps UDP from an inside port on one public port for every destination, as a plain
+    (endpoint-independent) NAT does after a rebinding."""
     if not subnet.subnet_of(PRIVATE_BASE):
         raise ValueError(f"{subnet} is not inside {PRIVATE_BASE}")
     if ports is not None and not 1024 <= ports[0] <= ports[1] <= 65535:
@@ -63,6 +67,11 @@ def nat_ruleset(subnet: ipaddress.IPv4Network, *, symmetric: bool = False,
     if ports is not None:  # a port range needs a transport match; ICMP keeps the plain rule
         rule = (f'        ip saddr {subnet} oifname "pub" meta l4proto {{ tcp, udp }} '
                 f"masquerade to :{ports[0]}-{ports[1]}{how}\n" + rule)
+    for inside, public in sorted((pin or {}).items()):
+        if not 1 <= inside <= 65535 or not 1024 <= public <= 65535:
+            raise ValueError(f"cannot pin UDP port {inside} to {public}")
+        rule = (f'        ip saddr {subnet} oifname "pub" udp sport {inside} '
+                f"masquerade to :{public}\n" + rule)
     guard = ('        iifname "pub" ct state established,related accept\n'
              '        iifname "pub" drop\n')
     return (

@@ -666,13 +666,17 @@ class Testbed:
         else:
             self.run(gw, [sys.executable, "-c", FLUSH_CONNTRACK_PY], timeout=30)
 
-    def nat_rebind(self, host: str, ports: tuple[int, int]) -> None:
+    def nat_rebind(self, host: str, ports: tuple[int, int], udp_port: int = 6783) -> None:
         """A NAT rebinding: ``host``'s gateway takes its public ports from ``ports`` from now
-        on and forgets every mapping, so the host's flows reappear from other ports."""
+        on and forgets every mapping, so the host's flows reappear from other ports. A plain
+        NAT stays what it was (endpoint-independent): UDP from ``udp_port`` (the router's)
+        gets ``ports[0]`` for every destination; a symmetric one a random port per flow."""
         net = private_net(self.hosts.index(host) + 1)
+        symmetric = self.nat[host].symmetric
         self._nft(self.gateway(host), script=(
             f"flush table ip {NAT_TABLE}\n"
-            + nat_ruleset(net, symmetric=self.nat[host].symmetric, ports=ports)))
+            + nat_ruleset(net, symmetric=symmetric, ports=ports,
+                          pin=None if symmetric else {udp_port: ports[0]})))
         self.nat_flush(host)
 
     def nat_timeouts(self, host: str, udp: int | None = None,

@@ -100,3 +100,32 @@ def test_a_batch_gives_what_fragment_by_fragment_gives(
             expected.append(m)
     got = [bytes(x) for x in Reassembler().add_batch("s", memoryview(b"".join(batch)), seg, 0.0)]
     assert got == expected
+
+
+@given(st.lists(st.tuples(st.integers(2000, 9000), st.sets(st.integers(0, 9), max_size=3)),
+                min_size=1, max_size=12),
+       st.integers(0, 2**32 - 1), st.booleans())
+def test_every_message_missing_a_fragment_is_counted_lost_once(
+        plan: list[tuple[int, set[int]]], first_id: int, batch: bool) -> None:
+    """A sender's messages in order, some missing fragments: each one that got some of its
+    fragments but not all is counted lost exactly once (by a later message completing, or
+    by expiry); complete ones come out in order; nothing is counted for another sender."""
+    r = Reassembler()
+    complete, incomplete = [], 0
+    for n, (size, dropped) in enumerate(plan):
+        message = bytes([n]) * size
+        parts = segments(fragment(message, 1000, first_id + n), 1000)
+        kept = [p for i, p in enumerate(parts) if i not in dropped]
+        if len(kept) == len(parts):
+            complete.append(message)
+        elif kept:
+            incomplete += 1
+        if batch and kept:
+            got = [bytes(m) for m in r.add_batch("p", memoryview(b"".join(kept)), 1000, 0.0)]
+        else:
+            got = [m for p in kept if (m := r.add("p", p, 0.0)) is not None]
+        assert got == ([message] if len(kept) == len(parts) else [])
+    r.expire(sleeve_frag.TIMEOUT + 1)
+    lost = r.take_lost()
+    assert lost == ({"p": incomplete} if incomplete else {})
+    assert r.take_lost() == {} and len(r) == 0

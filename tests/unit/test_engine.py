@@ -376,3 +376,51 @@ def test_a_punched_link_runs_from_its_extra_socket_and_never_on_the_fast_path(
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_peer_losing_whole_messages_gets_super_frames_in_pieces() -> None:
+    """B loses one fragment of a sealed super-frame: when A's next message completes, B
+    counts the first lost and tells A (an authenticated heartbeat); A then seals its TCP
+    super-frames as pieces of LOSSY_UNIT_SEGS segments, each its own message, which B's
+    kernel turns into exactly the original's segments; after LOSS_HOLD, whole again."""
+    from tests.unit.test_gsosplit import kernel_segments, scratch_segments, super_frame
+    from weftnet.proto import sleeve_frag
+    from weftnet.proto.link import LOSS_HOLD
+    from weftnet.router.dataplane.engine import LOSSY_UNIT_SEGS
+
+    def tcp(seq: int) -> bytes:
+        raw = super_frame(False, bytes(range(256)) * 240, 1200, seq=seq)  # 52 segments
+        return raw[:10] + MAC_B + MAC_A + raw[22:]
+
+    async def scenario(a: Host, b: Host, net: MemoryNetwork) -> None:
+        await eventually("established", lambda: established(a, b))
+        await crosses(b, a, b"B is here", MAC_A, MAC_B)  # A learns B's MAC
+        dropped: list[bytes] = []
+
+        def drop_one(src: Any, dst: Any, data: bytes) -> bool:
+            if not dropped and sleeve_frag.is_fragment(data) and data[2] == 2:
+                dropped.append(data)
+                return True
+            return False
+
+        net.drop = drop_one
+        a.tap.inject(tcp(1000))
+        a.tap.inject(tcp(70000))
+        with trio.fail_after(5):
+            second = await b.tap.receive()
+        assert dropped and second == tcp(70000)  # the first never came out
+        await eventually("A told", lambda: a.sleeve()["small_units"], timeout=5)
+        assert b.sleeve()["messages_lost"] == 1 and not b.sleeve()["small_units"]
+        assert b.engine.drops == {"incomplete message": 1}
+        told = trio.current_time()
+        a.tap.inject(tcp(140000))
+        pieces = [await b.tap.receive() for _ in range(-(-52 // LOSSY_UNIT_SEGS))]
+        assert [s for p in pieces for s in kernel_segments(p)] == scratch_segments(tcp(140000))
+        await trio.sleep(told + LOSS_HOLD - trio.current_time() + 0.1)
+        assert not a.sleeve()["small_units"]
+        a.tap.inject(tcp(210000))
+        with trio.fail_after(5):
+            assert await b.tap.receive() == tcp(210000)
+        assert not b.tap.written
+
+    run_pair(scenario, vnet=(True, True))

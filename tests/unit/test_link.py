@@ -13,6 +13,8 @@ from weftnet.proto.link import (
     HEARTBEAT_SLOW,
     HEARTBEATS_PER_SECOND,
     LINK_TIMEOUT,
+    LOSS_HOLD,
+    LOSS_TELL_INTERVAL,
     MAX_PROBE,
     OVERLAY_OVERHEAD,
     PMTU_REPROBE,
@@ -257,3 +259,30 @@ def test_heartbeats_slow_down_with_many_links_and_the_timeout_follows() -> None:
     assert wire.a.up
     wire.run(2.0 + 75.0 + 40.0)
     assert not wire.a.up
+
+
+def test_a_peer_that_loses_our_messages_makes_us_send_small_units_for_a_while() -> None:
+    wire = Wire.pair()
+    wire.run(1.0)
+    assert wire.a.up and wire.b.up and not wire.a.lossy(wire.now)
+    wire.sent.clear()
+    wire.b.note_loss(3, wire.now)          # b's reassembler lost 3 of a's messages
+    wire.b.note_loss(1, wire.now + 0.1)    # told once per LOSS_TELL_INTERVAL, counted always
+    wire.flush()
+    assert wire.b.lost == 4 and kinds(wire, wire.b).count(Kind.HEARTBEAT) == 1
+    told = wire.now
+    assert wire.a.lossy(told) and not wire.b.lossy(told)
+    assert wire.a.lossy(told + LOSS_HOLD - 0.01) and not wire.a.lossy(told + LOSS_HOLD)
+    wire.now = told + LOSS_TELL_INTERVAL
+    wire.b.note_loss(1, wire.now)          # still losing: said again, held longer
+    wire.flush()
+    assert wire.a.lossy(told + LOSS_TELL_INTERVAL + LOSS_HOLD - 0.01)
+    # ordinary heartbeats never carry it: once the losses stop, the hold runs out
+    wire.run(told + LOSS_HOLD + 3 * HEARTBEAT_SLOW)
+    assert wire.a.up and not wire.a.lossy(wire.now)
+
+
+def test_loss_is_not_said_before_the_link_is_up() -> None:
+    wire = Wire.pair()
+    wire.b.note_loss(2, 0.0)
+    assert wire.b.lost == 2 and wire.b.datagrams_to_send() == []

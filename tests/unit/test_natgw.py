@@ -46,6 +46,18 @@ def test_symmetric_nat_takes_a_random_port_per_destination() -> None:
     assert 'oifname "pub" masquerade random,fully-random' in text
 
 
+def test_a_rebinding_pins_the_routers_udp_port_and_ranges_the_rest() -> None:
+    text = nat_ruleset(private_net(3), ports=(40000, 40999), pin={6783: 40000})
+    lines = [line.strip() for line in text.splitlines() if "masquerade" in line]
+    assert lines == [
+        'ip saddr 172.20.3.0/24 oifname "pub" udp sport 6783 masquerade to :40000',
+        'ip saddr 172.20.3.0/24 oifname "pub" meta l4proto { tcp, udp } masquerade to :40000-40999',
+        'ip saddr 172.20.3.0/24 oifname "pub" masquerade',
+    ]
+    with pytest.raises(ValueError):
+        nat_ruleset(private_net(3), pin={6783: 80})
+
+
 def test_only_private_testbed_subnets() -> None:
     with pytest.raises(ValueError):
         nat_ruleset(ipaddress.IPv4Network("10.0.0.0/24"))
