@@ -73,12 +73,18 @@ other fault in a run is the authenticated peer's bug and ends the connection. A
 
 Timers: the handshake must finish within ``handshake_timeout`` of construction; once
 established a Heartbeat goes out after ``heartbeat_interval`` of send-silence, and
-``timeout`` without any received byte ends the connection.
+``timeout`` without any received byte ends the connection. The owner may change both at
+any time (the mesh slows an idle connection down while its data link proves the peer
+alive), give a fresh ``grace`` before the timeout, and have a Heartbeat answered by one
+of ours when we were silent for ``answer_after`` (a peer on a short timeout then hears from
+us as often as it asks; its Heartbeat arrives right after it sent, so it never answers
+back: no ping-pong).
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -209,6 +215,7 @@ class Connection:
         self.local = local
         self._heartbeat_interval = heartbeat_interval
         self._timeout = timeout
+        self.answer_after = math.inf  # answer a Heartbeat when silent this long
         self._random_bytes = random_bytes
         self._versions = versions
         self._handshake: Handshake | None = Handshake(
@@ -355,6 +362,24 @@ class Connection:
             self._try_goodbye(reason, now)
         self._enter_closed()
 
+    @property
+    def heartbeat_interval(self) -> float:
+        return self._heartbeat_interval
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    def set_timers(self, *, heartbeat_interval: float, timeout: float) -> None:
+        """New heartbeat interval and timeout, from now on."""
+        if not heartbeat_interval > 0 or not timeout > 0:
+            raise LocalProtocolError("heartbeat interval and timeouts must be positive")
+        self._heartbeat_interval, self._timeout = heartbeat_interval, timeout
+
+    def grace(self, now: float, seconds: float) -> None:
+        """At least ``seconds`` from now before the timeout may end the connection."""
+        self._last_recv = max(self._last_recv, now - self._timeout + seconds)
+
     def handle_timer(self, now: float) -> None:
         if self._state is ConnectionState.CLOSED:
             return
@@ -405,7 +430,9 @@ class Connection:
                 raise RemoteProtocolError("unexpected key switch")
             self._opener, self._next_opener = self._next_opener, None
             self._events.append(PeerSwitchedKeys())
-        # A Heartbeat only proves liveness, which receive_data already noted.
+        elif isinstance(msg, Heartbeat) and now - self._last_send >= self.answer_after:
+            self._send_message(Heartbeat(), now)  # the peer waits on a shorter timeout
+        # Otherwise a Heartbeat only proves liveness, which receive_data already noted.
 
     # ------------------------------------------------------------------ rekeying
 

@@ -65,7 +65,7 @@ from .connection import (
 )
 from .connmaker import ConnectionMaker, LiveConnections, TargetState, join_host_port, split_host
 from .errors import LocalProtocolError, RemoteProtocolError
-from .gossip import GossipData, Gossiper, SendQueue
+from .gossip import GossipData, Gossiper, SendQueue, UnicastChannel
 from .handshake import DEFAULT_AEADS, validate_passwords
 from .messages import Gossip, GossipKind
 from .peername import PeerName, format_peer_name
@@ -79,6 +79,10 @@ PASSWORD_RETIRED = "password retired"
 
 
 MIN_FANOUT = 8  # up to this many neighbours, news goes to all of them
+
+
+CONTROL_HEARTBEATS_PER_SECOND = 0.5  # a router's control heartbeats over working links
+MAX_CONTROL_HEARTBEAT = 120.0  # never slower: NATs and firewalls forget idle TCP (AWS: 350 s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,10 @@ class MeshConfig:
     discovery: bool = True
     heartbeat_interval: float = 5.0
     timeout: float = 15.0
+    # with a data plane (require_overlay), a connection whose overlay works (its link's own
+    # heartbeats watch the peer) sends control heartbeats only this often, timing out after
+    # three of them; None: never slower. See set_overlay.
+    overlay_heartbeat_interval: float | None = None
     gossip_interval: float = 30.0
     initial_version: int = 1
     # with a data plane, a connection is only "established" once the data plane says its
@@ -409,11 +417,37 @@ class MeshNode:
             self._routes_generation = self.topology.generation
         return self._routes
 
+    def _pace_control(self, entry: _Conn, ready: bool, now: float | None) -> None:
+        """Idle cost: while the data link watches the peer (its heartbeats are answered, and
+        take routes around a silent peer), the control connection only keeps middleboxes'
+        state alive, so it goes quiet: ``overlay_heartbeat_interval``, timeout three of
+        them, per connection; the link's heartbeats stay a constant rate per router
+        (proto/link.py), and so does the sum of these (``CONTROL_HEARTBEATS_PER_SECOND``,
+        up to ``MAX_CONTROL_HEARTBEAT`` per connection). When the link goes down, the usual
+        pace at once, with a grace of half a timeout to hear from the peer (it answers a
+        Heartbeat when silent: ``answer_after``), so a peer still on the slow pace is not
+        taken for dead."""
+        c = self.config
+        slow = c.overlay_heartbeat_interval
+        assert slow is not None
+        conn = entry.conn
+        conn.answer_after = c.heartbeat_interval / 2
+        if ready:
+            # the more connections, the slower each, so that the router's total stays put
+            working = sum(1 for e in self._conns.values() if e.overlay_ready and e.ready)
+            pace = min(MAX_CONTROL_HEARTBEAT, max(slow, working / CONTROL_HEARTBEATS_PER_SECOND))
+            conn.set_timers(heartbeat_interval=pace, timeout=max(c.timeout, 3 * pace))
+        else:
+            conn.set_timers(heartbeat_interval=c.heartbeat_interval, timeout=c.timeout)
+            if now is not None:
+                conn.grace(now, c.timeout / 2)
+                self._dirty.add(entry.conn_id)
+
     def connected_peers(self) -> dict[PeerName, int]:
         return {e.remote.name: e.conn_id for e in self._conns.values() if e.ready and e.remote}
 
     def set_overlay(self, conn_id: int, *, ready: bool, overlay: str | None, reason: str = "",
-                    mtu: int | None = None) -> None:
+                    mtu: int | None = None, now: float | None = None) -> None:
         """The data plane's verdict on a connection: which overlay carries it, and whether
         it works both ways (only then is the connection established in the topology)."""
         entry = self._conns.get(conn_id)
@@ -421,6 +455,9 @@ class MeshNode:
             return
         changed = entry.overlay_ready != ready
         entry.overlay_ready, entry.overlay, entry.overlay_reason, entry.mtu = ready, overlay, reason, mtu
+        slow = self.config.overlay_heartbeat_interval
+        if slow is not None and changed:
+            self._pace_control(entry, ready, now)
         if changed and entry.ready:
             self._update_our_record()
 
@@ -627,6 +664,8 @@ class MeshNode:
         k = min(len(neighbours), max(1, math.ceil(math.log2(len(neighbours) + 1))))
         chosen = self._rng.sample(neighbours, k)
         for name in sorted(self._channels):
+            if isinstance(self._channels[name], UnicastChannel):
+                continue  # no state to reconcile: a digest would be an empty message
             digest = self._channels[name].digest()
             for entry in chosen:
                 entry.conn.send_message(Gossip(name, GossipKind.DIGEST, self.config.name, 0, digest), now)

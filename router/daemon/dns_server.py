@@ -39,6 +39,7 @@ records: the stand-in for tests and benchmarks.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import random
 import socket
@@ -154,10 +155,24 @@ def _rcode(message: bytes) -> int:
 def open_sockets(address: str, port: int = 53) -> tuple[socket.socket, socket.socket]:
     """A bound non-blocking UDP socket and a listening TCP socket on ``address``:``port``.
 
-    ``port=0`` picks a free port (the same for both). Plain sockets, no trio: call this in
-    whichever network namespace they should live in, then pass them to ``add_listener``.
-    Raises OSError (the sockets made so far are closed).
+    ``port=0`` picks a free port (the same for both: the UDP port the kernel picks may be
+    taken for TCP, so a few picks are tried). Plain sockets, no trio: call this in whichever
+    network namespace they should live in, then pass them to ``add_listener``. Raises
+    OSError (the sockets made so far are closed).
     """
+    for attempt in range(PICKS if port == 0 else 1):
+        try:
+            return _open_pair(address, port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or attempt == PICKS - 1 or port != 0:
+                raise
+    raise AssertionError("unreachable")
+
+
+PICKS = 8
+
+
+def _open_pair(address: str, port: int) -> tuple[socket.socket, socket.socket]:
     family = _family(address)
     udp = socket.socket(family, socket.SOCK_DGRAM)
     tcp: socket.socket | None = None

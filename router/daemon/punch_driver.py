@@ -50,7 +50,8 @@ log = logging.getLogger("weft")
 Address = tuple[str, int]
 
 PUNCH_AFTER = 2.0        # a peer relayed this long (its dial failing or in flight): punch
-CANDIDATES_EVERY = 30.0  # host addresses are looked at again this often
+CANDIDATES_EVERY = 300.0  # host addresses are looked at again this often (a backstop) and
+CANDIDATES_SETTLE = 1.0   # this long after the kernel says an address or link changed
 CLOSE_GRACE = 1.0        # a closing stream gets this long to deliver its Goodbye
 SPRAY_BUFFER = 256 * 1024  # a spray socket carries probes, or one punched link's traffic
 
@@ -118,6 +119,11 @@ class PunchDriver:
         # a relayed peer becomes worth punching PUNCH_AFTER after it was first seen so
         times += [since + PUNCH_AFTER for since in self._relayed_since.values()]
         return min((t for t in times if t is not None), default=None)
+
+    def addresses_changed(self, now: float) -> None:
+        """The kernel announced an address or link change (router/host/addrwatch.py): look
+        at the host candidates again once the burst settled."""
+        self._next_candidates = min(self._next_candidates, now + CANDIDATES_SETTLE)
 
     def handle_timer(self, now: float) -> None:
         if now >= self._next_candidates:

@@ -87,14 +87,14 @@ from weftnet.router.daemon.ipam_driver import (
 )
 from weftnet.router.daemon.password_file import PasswordFile
 from weftnet.router.daemon.policy_driver import PolicyDriver
-from weftnet.router.daemon.punch_driver import PunchDriver
+from weftnet.router.daemon.punch_driver import CANDIDATES_EVERY, PunchDriver
 from weftnet.router.daemon.timers import TimerLoop
 from weftnet.router.daemon.watcher import NamespaceWatcher
 from weftnet.router.dataplane import vxlan
 from weftnet.router.dataplane.engine import Dataplane
 from weftnet.router.dataplane.fastpath import fastdp_channel
 from weftnet.router.dataplane.ports import TapPort, UdpPort
-from weftnet.router.host import netdev
+from weftnet.router.host import addrwatch, netdev
 from weftnet.router.host.attachments import Attachments, parse_address_specs
 from weftnet.router.host.cpu import local_aeads
 from weftnet.router.host.datadir import IPAM6_FILE, IPAM_FILE, DataDir
@@ -106,6 +106,9 @@ log = logging.getLogger("weft")
 DEFAULT_MTU = netdev.DEFAULT_MTU
 GOODBYE_TIME = 1.0   # seconds the writers get to send the Goodbye
 PUMP_ROUNDS = 4      # bounded: a pump never spins
+# control heartbeats of a connection whose data link works (proto/mesh.py _pace_control):
+# idle messages per router then stay constant whatever the mesh size (weftnet#20)
+OVERLAY_HEARTBEAT_INTERVAL = 20.0
 
 
 def overlay_mtu(config: LaunchConfig) -> int:
@@ -142,7 +145,8 @@ class Router:
                        password_labels=config.password_lines,
                        port=config.port, conn_limit=config.conn_limit,
                        discovery=config.discovery, initial_version=int(time.time() * 1e6),
-                       require_overlay=True, aeads=local_aeads()),
+                       require_overlay=True, aeads=local_aeads(),
+                       overlay_heartbeat_interval=OVERLAY_HEARTBEAT_INTERVAL),
             now=now, random_bytes=os.urandom, rng=random.Random(os.urandom(16)),
         )
         self._initial_targets = targets
@@ -439,6 +443,8 @@ class Router:
             host, port = self.config.http_addr
             await nursery.start(functools.partial(serve_api, self, host, port, conns=self.api_conns))
             nursery.start_soon(self.timers.run)
+            if self.punch is not None and not self.punch.host:
+                self._watch_addresses(nursery)
             if self.password_file is not None:
                 nursery.start_soon(self.password_file.watch_sighup)
             self.mesh.add_targets(self._initial_targets, trio.current_time())
@@ -476,6 +482,27 @@ class Router:
         self.datadir.save_state(state)
 
     # --- the pump: carry out what the mesh asked for ------------------------------------
+
+    def _watch_addresses(self, nursery: trio.Nursery) -> None:
+        """Hole punching's host candidates follow the kernel's address events."""
+        try:
+            sock = addrwatch.address_events_socket()
+        except OSError as exc:
+            log.warning("no address events (%s): host candidates looked at every %.0f s",
+                        exc.strerror or exc, CANDIDATES_EVERY)
+            return
+        punch = self.punch
+        assert punch is not None
+
+        def changed() -> None:
+            punch.addresses_changed(trio.current_time())
+            self.timers.changed()
+
+        async def run() -> None:
+            with sock:
+                await addrwatch.watch(sock, changed)
+
+        nursery.start_soon(run)
 
     def _pump(self) -> None:
         mesh = self.mesh

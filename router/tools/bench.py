@@ -30,9 +30,12 @@ Per path: set it up; wait until ``c1`` gets an answer from ``c2``; ping (``PING_
 pings ``PING_INTERVAL`` s apart: average and median RTT); iperf3 TCP, one stream, for
 ``--duration`` s (throughput as received by the server, which must be more than zero
 bytes); then, unless ``--no-loss``, the same iperf3 run again with ``LOSS_PERCENT``% of
-the UDP arriving on each host's underlay dropped at random (``Testbed.set_loss`` on both
-hosts: an nft ``numgen random mod 100 < 1 drop`` rule on input, so each direction loses
-1%; both the VXLAN and the sleeve carry the containers' traffic in UDP). Then the path is
+the UDP datagrams arriving on each host's underlay dropped at random (``Testbed.set_loss``
+on both hosts: an nft ``numgen random mod 100 < 1 drop`` rule on input, so each direction
+loses 1%; both the VXLAN and the sleeve carry the containers' traffic in UDP). Per
+datagram, as on a wire: the switch cuts GSO sends up before they reach the host (without
+that, one drop took a whole 64 KiB send of either path at once, and the loss run measured
+something no real network does). Then the path is
 torn down (routers stopped, containers deleted, every link the testbed did not make
 removed from the hosts) before the next one starts, so paths cannot disturb each other.
 

@@ -618,10 +618,18 @@ class Testbed:
         self._delete_rules(host, tag)
 
     def set_loss(self, host: str, percent: int) -> None:
-        """Drop ``percent``% of the UDP arriving on ``host``'s underlay at random; 0 ends it."""
+        """Drop ``percent``% of the UDP datagrams arriving on ``host``'s underlay at random;
+        0 ends it. Per datagram, as on a wire: while loss is on, the switch hands the host
+        each datagram on its own (``gso_max_segs 1`` on its port: a UDP GSO send of many
+        datagrams, which veths and bridges otherwise carry as one packet all the way, is
+        cut up before the host sees it, so the drop cannot take a whole send at once)."""
         if not 0 <= percent <= 100:
             raise ValueError(f"loss must be 0..100 %, not {percent}")
         self._delete_rules(host, "loss")
+        for seg in self.host_segments(host):
+            sw = self._switch_ns(list(self.segments).index(seg))
+            run_ip("-n", sw, "link", "set", f"v{self.hosts.index(host) + 1}", "gso_max_segs",
+                   "1" if percent else "65535")
         if percent == 0:
             return
         self._ensure_table(host)

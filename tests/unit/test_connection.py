@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -471,3 +472,31 @@ def test_byte_counters_and_closed_input_ignored() -> None:
     p.b.receive_data(b"more", 2.0)
     p.b.handle_timer(100.0)
     assert p.b.bytes_received == before and p.b.next_event() is None
+
+
+def test_a_slow_side_answers_a_heartbeat_when_silent_so_a_fast_side_never_times_out() -> None:
+    """B goes slow (60 s heartbeats, 180 s timeout) while A keeps 5 s / 15 s: B answers each
+    of A's heartbeats (it was silent for answer_after), A never answers B's answer."""
+    p = established_pair(SECRET)
+    p.b.set_timers(heartbeat_interval=60.0, timeout=180.0)
+    p.b.answer_after = p.a.answer_after = 2.5
+    ea, eb = _settle(p, until=300.0)
+    assert ea == eb == [] and p.a.established and p.b.established
+    # without the answers, A (15 s timeout) would have heard B only every 60 s
+    p.b.answer_after = math.inf
+    ea, _ = _settle(p, until=400.0)
+    assert failures(ea) == ["peer timed out: nothing received for 15 s"]
+
+
+def test_grace_postpones_the_timeout_and_bad_timers_are_refused() -> None:
+    p = established_pair(None)
+    p.a.grace(14.0, 7.5)
+    assert p.a.get_timer() == 5.0  # the heartbeat first; then the timeout at 21.5, not 15
+    p.a.handle_timer(5.0)
+    p.a.handle_timer(10.0)
+    p.a.handle_timer(15.0)
+    assert p.a.established and p.a.get_timer() == 20.0
+    p.a.handle_timer(21.5)
+    assert p.a.closed
+    with pytest.raises(LocalProtocolError):
+        p.b.set_timers(heartbeat_interval=0.0, timeout=1.0)

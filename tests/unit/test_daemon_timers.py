@@ -109,3 +109,25 @@ def test_a_source_added_while_running_is_served() -> None:
         assert added.fired == [7.0] and pumps == [7.0]
 
     run(test)
+
+
+def test_changed_wakes_the_loop_only_for_an_earlier_deadline() -> None:
+    """An idle router pumps after every message; each pump says changed(). Unless a
+    deadline moved earlier, the loop sleeps on: no wake-up per pump."""
+    src = Source(5.0)
+
+    async def test(loop: TimerLoop, pumps: list[float]) -> None:
+        for i in range(100):
+            await trio.sleep_until(1.0 + i * 0.03)
+            loop.changed()
+        assert loop.wakeups == 0
+        src.deadlines = [8.0]       # later: found when the loop wakes at 5, nothing due
+        loop.changed()
+        await trio.sleep_until(6.0)
+        assert loop.wakeups == 1 and src.fired == [] and pumps == []
+        src.deadlines = [7.0, 9.0]  # earlier than the 8 now armed: moves the wake-up
+        loop.changed()
+        await trio.sleep_until(10.0)
+        assert src.fired == [7.0, 9.0] and pumps == [7.0, 9.0] and loop.wakeups == 3
+
+    run(test, src)

@@ -497,6 +497,58 @@ def test_report_of_a_pending_connection_and_its_overlay() -> None:
     assert b.mesh.routes.unicast == {a.name: a.name}
 
 
+def test_control_heartbeats_slow_down_while_the_overlay_works_and_resume_with_grace() -> None:
+    """With overlay_heartbeat_interval, a connection whose overlay works sends control
+    heartbeats rarely and tolerates three missed; when the overlay goes, the usual pace at
+    once and half a timeout of grace, so the peer (still slow) is not taken for dead: it
+    answers our heartbeats. Nothing is closed throughout."""
+    net = MiniNet(17)
+    a = net.add(1, require_overlay=True, overlay_heartbeat_interval=20.0)
+    b = net.add(2, require_overlay=True, overlay_heartbeat_interval=20.0, targets=[a.address])
+    net.pump()
+    for host, peer in ((a, b), (b, a)):
+        host.mesh.set_overlay(peer_conn(host, peer), ready=True, overlay="sleeve", now=net.now)
+    net.pump()
+    conn_a = a.mesh._conns[peer_conn(a, b)].conn
+    assert (conn_a.heartbeat_interval, conn_a.timeout) == (20.0, 60.0)
+    frames = {"a": 0, "b": 0}
+
+    def count(src: Host, dst: Host, data: bytes) -> bool:
+        frames["a" if src is a else "b"] += 1
+        return False
+
+    net.drop = count
+    net.advance(100.0)
+    slow = dict(frames)
+    a.mesh.set_overlay(peer_conn(a, b), ready=False, overlay=None, reason="link down",
+                       now=net.now)
+    assert (conn_a.heartbeat_interval, conn_a.timeout) == (5.0, 15.0)
+    frames.update(a=0, b=0)
+    net.advance(100.0)
+    # slow: a few heartbeats (and gossip digests) each way in 100 s; then A every 5 s and B
+    # answering those it was silent for
+    assert 0 < slow["a"] <= 12 and 0 < slow["b"] <= 12
+    assert frames["a"] >= 18 and frames["b"] >= 18
+    assert not a.disconnected() and not b.disconnected()
+    assert a.mesh.report(net.now)["connections"][0]["state"] == "pending"
+
+
+def test_periodic_digests_skip_unicast_only_channels() -> None:
+    """A channel with no state (UnicastChannel) never costs a periodic digest: B, which does
+    not know the channel, would count each one as an unknown channel."""
+    from weftnet.proto.gossip import UnicastChannel
+
+    net = MiniNet(19)
+    a = net.add(1, gossip_interval=5.0)
+    b = net.add(2, targets=[a.address])
+    a.mesh.register_channel("only-a", UnicastChannel("only-a", lambda *_: None))
+    net.pump()
+    sent = a.mesh.stats.gossip_messages_sent
+    net.advance(100.0)
+    assert a.mesh.stats.gossip_messages_sent >= sent + 15  # topology digests every ~5 s
+    assert b.mesh.stats.dropped_unknown_channel == 0
+
+
 # --- gossip ----------------------------------------------------------------------------------------
 
 LADDER = [(1, 0), (2, 0), (2, 1), (3, 1), (4, 2), (4, 3), (5, 3), (5, 4)]  # 6 nodes, 8 links
