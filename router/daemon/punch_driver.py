@@ -16,8 +16,9 @@ handshake, the offerer dials) inside a ``DatagramStream`` (proto/ustream.py) on 
 own socket, so it needs no TCP and outlives the peer that introduced the two: the mesh sees a
 connection like any other (``remote_address`` the punched UDP address), and the data
 plane's link for it uses that address at both ends and never the kernel's VXLAN. Its
-control heartbeats (every 5 s) and sleeve heartbeats (every 2 s) keep the NAT mappings
-alive, well inside the usual 30 s UDP timeouts.
+sleeve heartbeats (every 2-10 s, on the same socket) keep the NAT mappings alive, inside
+the usual 30 s UDP timeouts; its control heartbeats slow down like any connection's once
+the link works (proto/mesh.py ``_pace_control``).
 
 Everything runs on the trio thread, from the pump or the timer task (this driver is a
 timer source); the engine only queues punch-family datagrams for us (``take_punch``).

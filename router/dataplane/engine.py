@@ -93,8 +93,9 @@ ENTRY_RELAY_ONLY = sleeve.FLAG_RELAY_ONLY
 GROUP_BIT = 0x010000000000  # of a MAC as an int: broadcast or multicast
 # on a link whose peer loses whole messages (proto/link.py: lossy), a TCP super-frame is
 # sealed as pieces of at most this many segments (proto/gsosplit.py). weft bench at 1%
-# loss per datagram, sleeve plain/encrypted x kernel VXLAN under the same loss: whole
-# 0.01/0.02; 4 segments 0.20/0.21; 8: 0.36/0.33; 12: 0.23/0.25; 16: 0.33/0.35; 24: 0.05/0.06
+# loss per datagram, sleeve plain/encrypted x kernel VXLAN under the same loss (runs of
+# 8 s, noisy): whole 0.01/0.02; 4 segments 0.20/0.21; 8: 0.36/0.33, 0.28/0.27, 0.34/0.27,
+# 0.25/0.27; 12: 0.23/0.25; 16: 0.33/0.35, 0.23/0.24, 0.25/0.32, 0.19/0.25; 24: 0.05/0.06
 LOSSY_UNIT_SEGS = 8
 MAX_PUNCH_INBOX = 4096  # punch datagrams waiting for the daemon; beyond: dropped, counted
 PUNCHED_NO_FASTDP = ("the peer is reached through NAT (a punched UDP path): the kernel's "
