@@ -27,8 +27,10 @@ parse) is not cut: ``split`` returns None and the frame travels whole, as before
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 
+from .errors import RemoteProtocolError
 from .ethernet import (
     ETH_HLEN,
     ETHERTYPE_IPV4,
@@ -41,10 +43,10 @@ from .ethernet import (
     IPV6_HLEN,
     NEEDS_CSUM,
     VNET_HDR_LEN,
+    VnetHeader,
     checksum,
 )
 
-_VNET = struct.Struct("<BBHHHH")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 TCP_FIN = 0x01
@@ -64,9 +66,12 @@ def split(frame: bytes | bytearray | memoryview, max_segs: int) -> list[bytes] |
     ``max_segs`` segments each; None if it has no more than that or cannot be cut."""
     if max_segs < 1 or len(frame) < VNET_HDR_LEN + ETH_HLEN + 20:
         return None
-    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = _VNET.unpack_from(frame, 0)
-    gso = gso_type & ~GSO_ECN
-    if gso not in (GSO_TCPV4, GSO_TCPV6) or not flags & NEEDS_CSUM or gso_size == 0:
+    try:
+        vh = VnetHeader.decode(frame)
+    except RemoteProtocolError:
+        return None
+    gso, gso_size, csum_start = vh.gso_type & ~GSO_ECN, vh.gso_size, vh.csum_start
+    if gso not in (GSO_TCPV4, GSO_TCPV6) or not vh.flags & NEEDS_CSUM or gso_size == 0:
         return None
     eth = VNET_HDR_LEN
     ip = eth + ETH_HLEN
@@ -79,7 +84,7 @@ def split(frame: bytes | bytearray | memoryview, max_segs: int) -> list[bytes] |
         if ethertype != ETHERTYPE_IPV6 or frame[ip] >> 4 != 6 or frame[ip + 6] != IP_PROTO_TCP:
             return None
         l4 = ip + IPV6_HLEN
-    if l4 - eth != csum_start or csum_offset != 16 or l4 + 20 > len(frame):
+    if l4 - eth != csum_start or vh.csum_offset != 16 or l4 + 20 > len(frame):
         return None
     end = l4 + (frame[l4 + 12] >> 4) * 4  # the payload starts here
     if end - l4 < 20 or end > len(frame):
@@ -96,6 +101,8 @@ def split(frame: bytes | bytearray | memoryview, max_segs: int) -> list[bytes] |
     view = memoryview(frame)
     head = bytes(view[eth:end])
     step = max_segs * gso_size
+    single = dataclasses.replace(vh, gso_type=GSO_NONE, gso_size=0).encode()
+    multi = vh.encode()
     pieces: list[bytes] = []
     for a in range(0, payload, step):
         b = min(a + step, payload)
@@ -120,7 +127,5 @@ def split(frame: bytes | bytearray | memoryview, max_segs: int) -> list[bytes] |
         h[o + 13] = f
         # the pseudo-header sum: the whole TCP length out, the piece's in (RFC 1624)
         _U16.pack_into(h, o + 16, _ones_add(_ones_add(check, ~whole_len & 0xFFFF), piece_len))
-        vnet = _VNET.pack(flags, gso_type if segs > 1 else GSO_NONE, hdr_len,
-                          gso_size if segs > 1 else 0, csum_start, csum_offset)
-        pieces.append(b"".join((vnet, h, view[end + a:end + b])))
+        pieces.append(b"".join((multi if segs > 1 else single, h, view[end + a:end + b])))
     return pieces

@@ -455,8 +455,7 @@ class MeshNode:
             return
         changed = entry.overlay_ready != ready
         entry.overlay_ready, entry.overlay, entry.overlay_reason, entry.mtu = ready, overlay, reason, mtu
-        slow = self.config.overlay_heartbeat_interval
-        if slow is not None and changed:
+        if changed and self.config.overlay_heartbeat_interval is not None:
             self._pace_control(entry, ready, now)
         if changed and entry.ready:
             self._update_our_record()

@@ -530,7 +530,7 @@ class Dataplane:
                     continue
                 if link.fast and dst & GROUP_BIT:
                     self._queue(link, (me, dst_peer, flags | ENTRY_RELAY_ONLY, frame))
-                elif vnet and n > 4096 and link.machine.lossy(now) and (
+                elif vnet and link.machine.lossy(now) and (
                         pieces := gsosplit.split(frame, LOSSY_UNIT_SEGS)) is not None:
                     for piece in pieces:  # a message each: a lost datagram costs one piece
                         self._queue(link, (me, dst_peer, flags, piece))

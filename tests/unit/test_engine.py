@@ -21,9 +21,10 @@ import pytest
 import trio
 import trio.testing
 
-from weftnet.proto import fastdp
+from tests.gsoframes import kernel_segments, scratch_segments, super_frame
+from weftnet.proto import fastdp, sleeve_frag
 from weftnet.proto.connmaker import join_host_port
-from weftnet.proto.link import HEARTBEAT_SLOW, LINK_TIMEOUT, OVERLAY_OVERHEAD
+from weftnet.proto.link import HEARTBEAT_SLOW, LINK_TIMEOUT, LOSS_HOLD, OVERLAY_OVERHEAD
 from weftnet.proto.mesh import (
     KeysAgreed,
     KeysSwitched,
@@ -33,7 +34,7 @@ from weftnet.proto.mesh import (
     PeerDisconnected,
 )
 from weftnet.router.dataplane.doubles import MemoryNetwork, MemoryTap, MemoryUdp
-from weftnet.router.dataplane.engine import Dataplane
+from weftnet.router.dataplane.engine import LOSSY_UNIT_SEGS, Dataplane
 from weftnet.router.dataplane.fastpath import fastdp_channel
 from weftnet.router.dataplane.tap import PLAIN_VNET_HDR
 
@@ -383,11 +384,6 @@ def test_a_peer_losing_whole_messages_gets_super_frames_in_pieces() -> None:
     counts the first lost and tells A (an authenticated heartbeat); A then seals its TCP
     super-frames as pieces of LOSSY_UNIT_SEGS segments, each its own message, which B's
     kernel turns into exactly the original's segments; after LOSS_HOLD, whole again."""
-    from tests.unit.test_gsosplit import kernel_segments, scratch_segments, super_frame
-    from weftnet.proto import sleeve_frag
-    from weftnet.proto.link import LOSS_HOLD
-    from weftnet.router.dataplane.engine import LOSSY_UNIT_SEGS
-
     def tcp(seq: int) -> bytes:
         raw = super_frame(False, bytes(range(256)) * 240, 1200, seq=seq)  # 52 segments
         return raw[:10] + MAC_B + MAC_A + raw[22:]

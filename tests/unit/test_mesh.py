@@ -31,7 +31,7 @@ from weftnet.proto.connection import (
 )
 from weftnet.proto.errors import RemoteProtocolError
 from weftnet.proto.framing import pack, unpack
-from weftnet.proto.gossip import GossipData
+from weftnet.proto.gossip import GossipData, UnicastChannel
 from weftnet.proto.mesh import (
     Close,
     Dial,
@@ -536,8 +536,6 @@ def test_control_heartbeats_slow_down_while_the_overlay_works_and_resume_with_gr
 def test_periodic_digests_skip_unicast_only_channels() -> None:
     """A channel with no state (UnicastChannel) never costs a periodic digest: B, which does
     not know the channel, would count each one as an unknown channel."""
-    from weftnet.proto.gossip import UnicastChannel
-
     net = MiniNet(19)
     a = net.add(1, gossip_interval=5.0)
     b = net.add(2, targets=[a.address])
