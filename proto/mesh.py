@@ -186,6 +186,7 @@ class _Conn:
     remote: RemoteIdentity | None = None
     conn_uid: int = 0
     overlay_ready: bool = False
+    paced: bool = True  # control heartbeats may slow down while the overlay works
     overlay: str | None = None
     overlay_reason: str = ""
     mtu: int | None = None
@@ -300,7 +301,10 @@ class MeshNode:
     # --- end of admission ----------------------------------------------------------------
 
     def connection_made(self, conn_id: int, *, outbound: bool, remote_address: str,
-                        target: str | None, now: float) -> None:
+                        target: str | None, now: float, paced: bool = True) -> None:
+        """A new transport for a connection. ``paced=False``: its control heartbeats keep
+        the usual pace whatever the overlay (a transport that relies on them to know the
+        peer is there, as a punched path's stream does: proto/ustream.py)."""
         if conn_id in self._conns:
             raise LocalProtocolError(f"connection id {conn_id} in use")
         if not outbound and len(self._conns) >= self.config.conn_limit:
@@ -310,7 +314,8 @@ class MeshNode:
                           now=now, random_bytes=self._random_bytes,
                           heartbeat_interval=self.config.heartbeat_interval,
                           timeout=self.config.timeout, aeads=self.config.aeads)
-        self._conns[conn_id] = _Conn(conn_id, conn, outbound, remote_address, target, now)
+        self._conns[conn_id] = _Conn(conn_id, conn, outbound, remote_address, target, now,
+                                     paced=paced)
         self._dirty.add(conn_id)
 
     def set_passwords(self, passwords: Iterable[bytes], now: float, *,
@@ -455,7 +460,7 @@ class MeshNode:
             return
         changed = entry.overlay_ready != ready
         entry.overlay_ready, entry.overlay, entry.overlay_reason, entry.mtu = ready, overlay, reason, mtu
-        if changed and self.config.overlay_heartbeat_interval is not None:
+        if changed and entry.paced and self.config.overlay_heartbeat_interval is not None:
             self._pace_control(entry, ready, now)
         if changed and entry.ready:
             self._update_our_record()

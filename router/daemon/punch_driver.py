@@ -17,8 +17,9 @@ own socket, so it needs no TCP and outlives the peer that introduced the two: th
 connection like any other (``remote_address`` the punched UDP address), and the data
 plane's link for it uses that address at both ends and never the kernel's VXLAN. Its
 sleeve heartbeats (every 2-10 s, on the same socket) keep the NAT mappings alive, inside
-the usual 30 s UDP timeouts; its control heartbeats slow down like any connection's once
-the link works (proto/mesh.py ``_pace_control``).
+the usual 30 s UDP timeouts; its control heartbeats keep their 5 s pace even once the link
+works (``paced=False``: the stream has no keepalives of its own and ends after 15 s of
+silence, proto/ustream.py).
 
 Everything runs on the trio thread, from the pump or the timer task (this driver is a
 timer source); the engine only queues punch-family datagrams for us (``take_punch``).
@@ -299,7 +300,7 @@ class PunchDriver:
         self._first_address[conn_id] = join_host_port(*event.addr)
         self.mesh.connection_made(conn_id, outbound=event.initiator,
                                   remote_address=join_host_port(*event.addr), target=None,
-                                  now=now)
+                                  now=now, paced=False)
         self.wake(conn_id, now)
 
     def _drop(self, reason: str) -> None:

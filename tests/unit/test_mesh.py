@@ -533,6 +533,17 @@ def test_control_heartbeats_slow_down_while_the_overlay_works_and_resume_with_gr
     assert a.mesh.report(net.now)["connections"][0]["state"] == "pending"
 
 
+def test_an_unpaced_transport_keeps_the_usual_heartbeats() -> None:
+    """A punched path's stream knows the peer is there only from the control heartbeats:
+    its connection (paced=False) keeps them at 5 s whatever the overlay."""
+    mesh = MiniNet(23).add(1, require_overlay=True, overlay_heartbeat_interval=20.0).mesh
+    mesh.connection_made(7, outbound=True, remote_address="10.0.0.9:6783", target=None,
+                         now=0.0, paced=False)
+    mesh.set_overlay(7, ready=True, overlay="sleeve", now=0.0)
+    conn = mesh._conns[7].conn
+    assert (conn.heartbeat_interval, conn.timeout) == (5.0, 15.0)
+
+
 def test_periodic_digests_skip_unicast_only_channels() -> None:
     """A channel with no state (UnicastChannel) never costs a periodic digest: B, which does
     not know the channel, would count each one as an unknown channel."""
