@@ -16,7 +16,11 @@ other side learns the dialler's address from them, answers each (HEARTBEAT_ACK) 
 its own; an answer proves both directions, and heartbeats slow down (``HEARTBEAT_SLOW``).
 Any authenticated datagram but a path probe from a new address moves the link there (NAT
 rebinding: authenticated, so following it is safe). ``LINK_TIMEOUT`` without any datagram
-takes the link down (routes go around it) until an answer comes once more. The state is
+takes the link down (routes go around it) until an answer comes once more; so does
+``SEND_TIMEOUT`` of silence while we send DATA (``data_sent``): a live peer answers
+within a heartbeat, so from ``SUSPECT_AFTER`` of such silence we send heartbeats every
+HEARTBEAT_FAST, and the path's end (a NAT that rebound the peer's mapping, a punched
+hole that closed) costs the traffic seconds, not LINK_TIMEOUT. The state is
 what the machine waits for::
 
       inbound ──▶ PEER_HEARTBEAT ──(a datagram: address learnt)──▶ ANSWER ◀── outbound
@@ -80,6 +84,8 @@ Address = tuple[str, int]
 HEARTBEAT_FAST = 0.5  # until the link is up
 HEARTBEAT_SLOW = 2.0  # once it is
 LINK_TIMEOUT = 10.0  # no authenticated datagram for this long: the link is down
+SUSPECT_AFTER = 2.5  # silence while we send DATA: heartbeat fast to find out
+SEND_TIMEOUT = 5.0  # silence while we send DATA: the link is down
 HEARTBEATS_PER_SECOND = 2.0  # a router's heartbeats per second over all its links, once UP
 TIMEOUT_HEARTBEATS = 4  # heartbeat intervals of silence that take a link down (at least)
 NO_ANSWER_AFTER = 3.0  # say why a link is not up yet
@@ -207,7 +213,7 @@ class LinkMachine:
     __slots__ = ("me", "uid", "config_mtu", "port", "we_trust", "encrypted", "state",
                  "udp_addr", "created", "last_rx", "last_hb", "they_trust", "mtu", "pmtu", "slow",
                  "down_reason", "next_probe", "_rng", "_round", "_said", "_hb_body",
-                 "_sends", "_events", "lost", "peer_loss_until", "_loss_told")
+                 "_sends", "_events", "lost", "peer_loss_until", "_loss_told", "_sending")
 
     def __init__(self, *, me: PeerName, uid: int, mtu: int, port: int, we_trust: bool,
                  encrypted: bool, addr: Address | None, now: float,
@@ -236,6 +242,7 @@ class LinkMachine:
         self.lost = 0  # messages of the peer's we never completed (note_loss)
         self.peer_loss_until = float("-inf")  # lossy until then (the peer said so)
         self._loss_told = float("-inf")
+        self._sending = False  # DATA sent since we last heard the peer
         self._sends: list[Send] = []
         self._events: deque[LinkEvent] = deque()
         self._heartbeat(now)
@@ -251,6 +258,8 @@ class LinkMachine:
     @property
     def timeout(self) -> float:
         """Silence that takes the link down."""
+        if self._sending:
+            return SEND_TIMEOUT
         return max(LINK_TIMEOUT, TIMEOUT_HEARTBEATS * self.slow)
 
     @property
@@ -272,6 +281,7 @@ class LinkMachine:
         """An authenticated datagram from ``addr``; True if there is output to collect.
         RemoteProtocolError for a malformed heartbeat or probe body."""
         self.last_rx = now
+        self._sending = False
         moved = False
         if addr != self.udp_addr and kind is not Kind.PROBE and kind is not Kind.PROBE_ACK:
             self._events.append(AddressMoved(self.udp_addr, addr))
@@ -299,12 +309,14 @@ class LinkMachine:
         base = self.last_rx if self.last_rx is not None else self.created
         if self.state is LinkState.UP:
             if now >= base + self.timeout:
-                self._down(self._no_heartbeat(_seconds(now - base)), now - base)
+                silent = _seconds(now - base)
+                self._down(f"no answer from the peer for {silent}s while sending to it"
+                           if self._sending else self._no_heartbeat(silent), now - base)
         elif self.last_rx is None and now >= base + self._next_count():
             n = _seconds(now - base)  # at least one more than said last time
             self._said = n if self._said is None else max(n, self._said + 1)
             self._down(self._no_heartbeat(self._said))
-        if now >= self.last_hb + (self.slow if self.up else HEARTBEAT_FAST):
+        if now >= self._heartbeat_due(base):
             self._heartbeat(now)
         r = self._round
         if r is not None:
@@ -312,6 +324,14 @@ class LinkMachine:
                 self._next_size(now)  # unanswered
         elif self.up and now >= self.next_probe:
             self._start_round(now)
+
+    def data_sent(self) -> bool:
+        """We sent the peer DATA. True when that starts a wait for it to be heard (the timer
+        may come sooner: SUSPECT_AFTER of silence since the peer was last heard)."""
+        if self._sending or not self.up:
+            return False
+        self._sending = True
+        return True
 
     def note_loss(self, messages: int, now: float) -> None:
         """``messages`` sleeve messages from the peer were lost (fragments missing): tell it
@@ -353,7 +373,7 @@ class LinkMachine:
         base = self.last_rx if self.last_rx is not None else self.created
         due = float("inf")
         if self.udp_addr is not None:
-            due = self.last_hb + (self.slow if self.up else HEARTBEAT_FAST)
+            due = self._heartbeat_due(base)
         if self.up:
             due = min(due, base + self.timeout)
         elif self.last_rx is None:
@@ -370,6 +390,14 @@ class LinkMachine:
     def _heartbeat_body(self, nonce: int, flags: int = 0) -> bytes:
         return sleeve.encode_heartbeat(self.me, self.uid, nonce, self.config_mtu,
                                        flags=flags | (HB_FLAG_TRUST if self.we_trust else 0))
+
+    def _heartbeat_due(self, base: float) -> float:
+        if not self.up:
+            return self.last_hb + HEARTBEAT_FAST
+        due = self.last_hb + self.slow
+        if self._sending:  # from SUSPECT_AFTER of silence on, fast
+            due = min(due, max(base + SUSPECT_AFTER, self.last_hb + HEARTBEAT_FAST))
+        return due
 
     def _heartbeat(self, now: float) -> None:
         if self.udp_addr is None:

@@ -23,8 +23,9 @@ Life of a connection::
 
 When two connections join the same pair of peers (both dialled at once), both ends keep
 the one with the lower connection UID (the same number at both ends) and close the other
-as "duplicate connection". A connection to a newer incarnation of a peer (another UID)
-replaces the old one at once.
+as "duplicate connection". A connection to a newer incarnation of a peer (another UID), or
+a second one the same peer dialled (it gave the first up: its NAT forgot the mapping, and
+our end of it is half-open), replaces the old one at once.
 
 Every change to our own connections bumps our topology record and floods it as a delta;
 a new neighbour receives the complete state of every channel.
@@ -61,12 +62,21 @@ from .connection import (
     RekeyCompleted,
     RekeyFailed,
     RemoteIdentity,
-    SessionKeys,
 )
 from .connmaker import ConnectionMaker, LiveConnections, TargetState, join_host_port, split_host
 from .errors import LocalProtocolError, RemoteProtocolError
 from .gossip import GossipData, Gossiper, SendQueue, UnicastChannel
 from .handshake import DEFAULT_AEADS, validate_passwords
+
+# re-exported: what a mesh node hands its host
+from .mesh_events import Action as Action
+from .mesh_events import Close as Close
+from .mesh_events import Dial as Dial
+from .mesh_events import KeysAgreed as KeysAgreed
+from .mesh_events import KeysSwitched as KeysSwitched
+from .mesh_events import MeshEvent as MeshEvent
+from .mesh_events import PeerConnected as PeerConnected
+from .mesh_events import PeerDisconnected as PeerDisconnected
 from .messages import Gossip, GossipKind
 from .peername import PeerName, format_peer_name
 from .routes import Routes
@@ -111,67 +121,6 @@ class MeshConfig:
     require_overlay: bool = False
     # the sleeve ciphers we offer, preferred first (proto/handshake.py preferred_aeads)
     aeads: tuple[str, ...] = DEFAULT_AEADS
-
-
-# --- outputs ---------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Dial:
-    address: str
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    conn_id: int
-    reason: str
-
-
-Action = Dial | Close
-
-
-@dataclass(frozen=True, slots=True)
-class PeerConnected:
-    conn_id: int
-    peer: RemoteIdentity
-    conn_uid: int
-    outbound: bool
-    remote_address: str
-    encrypted: bool
-    sleeve_keys: SessionKeys | None
-    target: str | None = None  # the address dialled, as given (a name, perhaps)
-
-    @property
-    def report_address(self) -> str:
-        """The address ``report`` shows for this connection: the target dialled, else where
-        the peer is."""
-        return self.target if self.outbound and self.target else self.remote_address
-
-
-@dataclass(frozen=True, slots=True)
-class PeerDisconnected:
-    conn_id: int
-    peer: RemoteIdentity
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class KeysAgreed:
-    """A connection's new handshake completed on our side: its datagrams named
-    ``sleeve_uid`` open with ``sleeve_keys``; keep sealing with the old ones for now."""
-
-    conn_id: int
-    sleeve_uid: int
-    sleeve_keys: SessionKeys
-
-
-@dataclass(frozen=True, slots=True)
-class KeysSwitched:
-    """The peer holds the new keys too: seal with them; drop the old after an overlap."""
-
-    conn_id: int
-
-
-MeshEvent = PeerConnected | PeerDisconnected | KeysAgreed | KeysSwitched
 
 
 @dataclass(slots=True)
@@ -501,6 +450,9 @@ class MeshNode:
                 continue
             if other.remote.uid != remote.uid:
                 self._drop(other, "peer restarted", now, close=True)
+            elif not other.outbound and not entry.outbound:
+                # it dialled us again: it gave the older one up (a NAT forgot the mapping)
+                self._drop(other, "peer dialled again", now, close=True)
             elif other.conn_uid < event.conn_uid:
                 self._drop(entry, "duplicate connection", now, close=True, duplicate_of=other)
                 return

@@ -575,6 +575,10 @@ class Dataplane:
             return
         body = sleeve.encode_entries(entries)
         self._send(link, link.data_session().seal(Kind.DATA, body, now), addr)
+        if link.machine.data_sent():  # the silence that follows is watched closer
+            due = link.machine.get_timer()
+            if due is not None and due < self._armed:
+                self._wake()
 
     def _send(self, link: Link, datagram: bytes, addr: Address) -> None:
         """One sealed message: a datagram if it fits the path, else our own fragments in

@@ -244,8 +244,15 @@ def test_two_pairs_that_seeded_their_own_rings_meet(testbed_factory: Any) -> Non
 
     tb.weft("h2", "connect", tb.address("h3"))
     wait_for("all four routers connected", lambda: meshed(tb, hosts), timeout=60)
-    wait_for("every router hearing of the other ring",
-             lambda: all(len(ipam(tb, h)["merges"]) == 1 for h in hosts))
+    try:
+        wait_for("every router hearing of the other ring",
+                 lambda: all(len(ipam(tb, h)["merges"]) == 1 for h in hosts))
+    except BaseException:
+        for h in hosts:  # what each heard (this wait once timed out in CI, never here)
+            st = ipam(tb, h)
+            print(f"{h}: ring {st.get('ring')} merges {st.get('merges')} "
+                  f"connections {sorted(established(report(tb, h)))}")
+        raise
     lost = {h for h in hosts if ipam(tb, h)["merges"][0]["ours_lost"]}
     assert lost in ({"h1", "h2"}, {"h3", "h4"}), lost
     for h in hosts:

@@ -95,13 +95,19 @@ def no_tracebacks(tb: Testbed, hosts: tuple[str, ...]) -> None:
 @contextmanager
 def logs_on_failure(tb: Testbed, hosts: tuple[str, ...]) -> Iterator[None]:
     """Print the end of every router's log when the block fails (pytest shows it with the
-    error)."""
+    error), and also when it passes if WEFT_TEST_LOGS is set (run with -s to see it)."""
     try:
         yield
     except BaseException:
-        for h in hosts:
-            print(f"--- {h}'s log ---\n{log_of(tb, h)[-4000:]}")
+        _print_logs(tb, hosts)
         raise
+    if os.environ.get("WEFT_TEST_LOGS"):
+        _print_logs(tb, hosts)
+
+
+def _print_logs(tb: Testbed, hosts: tuple[str, ...]) -> None:
+    for h in hosts:
+        print(f"--- {h}'s log ---\n{log_of(tb, h)[-4000:]}")
 
 
 # --- bulk TCP between containers: every byte arrives, in order (sha256 at both ends) ----------

@@ -19,6 +19,8 @@ from weftnet.proto.link import (
     OVERLAY_OVERHEAD,
     PMTU_REPROBE,
     PROBE_WAIT,
+    SEND_TIMEOUT,
+    SUSPECT_AFTER,
     AddressMoved,
     LinkMachine,
     LinkState,
@@ -118,6 +120,60 @@ def test_silence_takes_an_up_link_down_and_an_answer_brings_it_back() -> None:
     wire.run(wire.now + HEARTBEAT_FAST)
     assert wire.a.up and wire.b.up
     assert isinstance(wire.events[id(wire.a)][-1], LinkWentUp)
+
+
+def test_silence_while_we_send_data_takes_the_link_down_in_seconds() -> None:
+    """The path ends under traffic (the peer's NAT rebound its mapping): the sender finds
+    out after SEND_TIMEOUT, not LINK_TIMEOUT, heartbeating fast from SUSPECT_AFTER on; the
+    peer, which sends nothing, keeps the idle timeout."""
+    wire = Wire.pair()
+    wire.run(1.0)
+    assert wire.a.up and wire.b.up
+    wire.drop = lambda m, s: True
+    last_rx = wire.a.last_rx
+    assert last_rx is not None
+    assert wire.a.data_sent() and not wire.a.data_sent()  # one wait per silence
+    due = wire.a.get_timer()
+    assert due is not None and due <= last_rx + SUSPECT_AFTER
+    wire.sent.clear()
+    wire.run(last_rx + SEND_TIMEOUT - 0.01)
+    assert wire.a.up
+    fast = int((SEND_TIMEOUT - SUSPECT_AFTER) / HEARTBEAT_FAST)
+    assert kinds(wire, wire.a).count(Kind.HEARTBEAT) >= fast
+    wire.run(last_rx + SEND_TIMEOUT)
+    assert not wire.a.up and wire.b.up
+    assert wire.events[id(wire.a)][-1] == LinkWentDown(
+        "no answer from the peer for 5s while sending to it", SEND_TIMEOUT)
+    b_rx = wire.b.last_rx
+    assert b_rx is not None
+    wire.run(b_rx + LINK_TIMEOUT)
+    assert not wire.b.up
+    wire.drop = lambda m, s: False  # the path is back: an answer brings both up
+    wire.run(wire.now + 2 * HEARTBEAT_FAST)
+    assert wire.a.up and wire.b.up
+    assert wire.a.timeout == LINK_TIMEOUT  # heard: the wait for an answer is over
+
+
+def test_a_one_way_sender_stays_up_while_its_heartbeats_are_answered() -> None:
+    """A one-way flow (no DATA back) over a mesh's slow heartbeats: the silence of the
+    peer, which answers each heartbeat, never reaches SEND_TIMEOUT; the watching costs about
+    a heartbeat per SUSPECT_AFTER while sending, and nothing once it stops."""
+    wire = Wire.pair()
+    wire.run(1.0)
+    wire.a.slow = wire.b.slow = heartbeat_interval(20)  # 10 s apart
+    wire.sent.clear()
+    t = wire.now
+    while t < 61.0:
+        wire.a.data_sent()
+        t += 0.1
+        wire.run(t)
+    assert wire.a.up and wire.b.up
+    assert not [e for e in wire.events[id(wire.a)] if isinstance(e, LinkWentDown)][1:]
+    beats = kinds(wire, wire.a).count(Kind.HEARTBEAT)
+    assert 60 / (SUSPECT_AFTER + 1) <= beats <= 60 / SUSPECT_AFTER + 1
+    wire.sent.clear()
+    wire.run(t + 60.0)  # not sending: the slow beat again
+    assert kinds(wire, wire.a).count(Kind.HEARTBEAT) <= 7
 
 
 def test_any_authenticated_datagram_but_a_probe_moves_the_link() -> None:

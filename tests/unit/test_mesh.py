@@ -357,6 +357,29 @@ def test_restarted_peer_replaces_the_old_connection(seed: int) -> None:
     assert [c["state"] for c in a.mesh.report(net.now)["connections"]] == ["established"]
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_peer_that_dials_again_replaces_its_half_open_connection(seed: int) -> None:
+    """b's NAT forgot the mapping of its connection to a: b sees a reset and dials again,
+    while a, which heard nothing, still holds the old one. a takes the new connection at
+    once (it used to refuse it as a duplicate until the old one timed out)."""
+    net = MiniNet(seed)
+    a = net.add(1)
+    b = net.add(2, targets=[a.address])
+    net.pump()
+    old_a, old_b = peer_conn(a, b), peer_conn(b, a)
+    net.ends.pop((a, old_a))
+    net.ends.pop((b, old_b))  # nothing more crosses it, and a is told nothing
+    b.mesh.connection_lost(old_b, "connection reset by peer", net.now)
+    net.advance(5)  # b's retry is due within its first backoff
+    assert [(e.conn_id, e.reason) for e in a.disconnected()] == [(old_a, "peer dialled again")]
+    new_a, new_b = peer_conn(a, b), peer_conn(b, a)
+    assert new_a != old_a and net.link_of(a, new_a) == net.link_of(b, new_b)
+    assert len(a.mesh.connected_peers()) == 1 and net.converged()
+    events = (len(a.events), len(b.events))
+    net.advance(120)
+    assert (len(a.events), len(b.events)) == events  # and it stays
+
+
 def test_connection_to_ourself_fails_for_good() -> None:
     net = MiniNet(9)
     a = net.add(1, targets=["10.0.0.1:6783"])
