@@ -51,9 +51,10 @@ a one-line reason; the other paths still run. Everything is removed at the end, 
 and on Ctrl-C or SIGTERM too (``Testbed.close``).
 
 ``--peers``: after the paths, the userspace tunnels a user could install instead
-(wireguard-go, nebula, tinc in switch mode) run between the same two hosts, host to host,
-one row each (``weftnet.router.tools.benchpeers``; a peer not installed is skipped with
-the command that installs it), and every row gets the CPU seconds per GB of the path's
+(wireguard-go, nebula, tinc in switch mode) run between the same two hosts, two rows
+each: container to container as our paths, then host to host
+(``weftnet.router.tools.benchpeers``; a peer not installed is skipped with the command
+that installs it), and every row gets the CPU seconds per GB of the path's
 own processes: the two routers on our paths, the tunnel daemons on the peers'.
 
 Suites: ``weft bench [data] [OPTIONS]`` runs the data paths (the default suite);
@@ -190,7 +191,8 @@ def _data_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--peers", nargs="?", const=",".join(PEERS), default="", metavar="LIST",
-        help=f"also measure userspace tunnels host to host (default all: {','.join(PEERS)}; "
+        help=f"also measure userspace tunnels, container to container and host to host "
+        f"(default all: {','.join(PEERS)}; "
         "tinc in switch mode), and CPU seconds per GB of every path's own processes",
     )  # fmt: skip
     p.add_argument(

@@ -1,6 +1,7 @@
 """``weft bench --peers`` on real namespace hosts: every peer installed here is measured
-(host to host through its tunnel, with the CPU seconds of its daemons), every other one
-is skipped with the command that installs it. Figures are checked to exist, not for size."""
+(container to container and host to host through its tunnel, with the CPU seconds of its
+daemons), every other one is skipped with the command that installs it. Figures are
+checked to exist, not for size."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 
 import pytest
 
-from weftnet.router.tools.benchpeers import PEERS, missing
+from weftnet.router.tools.benchpeers import HOST_TO_HOST, PEERS, missing
 
 from .test_bench import need_tools, run_bench
 
@@ -22,14 +23,17 @@ def test_peers_are_measured_or_skipped_with_how_to_install(capsys: pytest.Captur
                                   "--quick", "--no-loss", "--json"], capsys)
     assert status == 0, err
     doc = json.loads(out)
-    assert list(doc["paths"]) == ["kernel-vxlan", *PEERS]
+    rows = [[p] if missing(p) else [p, p + HOST_TO_HOST] for p in PEERS]
+    assert list(doc["paths"]) == ["kernel-vxlan", *(r for pair in rows for r in pair)]
     for peer in PEERS:
-        row = doc["paths"][peer]
         why = missing(peer)
         if why is not None:
+            row = doc["paths"][peer]
             assert row["status"] == "skipped" and "apt-get install" in row["reason"], row
             continue
-        assert row["status"] == "ok", row["reason"]
-        assert row["tcp_gbps"] > 0 and row["ratio"] > 0 and row["ping_ms"]["received"] > 0
-        assert row["cpu_s_per_gb"] > 0
+        for name in (peer, peer + HOST_TO_HOST):  # container to container, host to host
+            row = doc["paths"][name]
+            assert row["status"] == "ok", (name, row["reason"])
+            assert row["tcp_gbps"] > 0 and row["ratio"] > 0 and row["ping_ms"]["received"] > 0
+            assert row["cpu_s_per_gb"] > 0
     assert "cpu_s_per_gb" not in doc["paths"]["kernel-vxlan"]
