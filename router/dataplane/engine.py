@@ -535,8 +535,11 @@ class Dataplane:
                     for piece in pieces:  # a message each: a lost datagram costs one piece
                         self._queue(link, (me, dst_peer, flags, piece))
                         self._flush_link(link, now)
+                    self._sent_unicast(link)
                 else:
                     self._queue(link, (me, dst_peer, flags, frame))
+                    if not dst & GROUP_BIT:
+                        self._sent_unicast(link)
         self._flush(now)
         return more
 
@@ -575,7 +578,10 @@ class Dataplane:
             return
         body = sleeve.encode_entries(entries)
         self._send(link, link.data_session().seal(Kind.DATA, body, now), addr)
-        if link.machine.data_sent():  # the silence that follows is watched closer
+
+    def _sent_unicast(self, link: Link) -> None:
+        """A unicast frame left by ``link``: watch the silence after it (not a broadcast's)."""
+        if link.machine.data_sent():
             due = link.machine.get_timer()
             if due is not None and due < self._armed:
                 self._wake()

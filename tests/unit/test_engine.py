@@ -24,7 +24,13 @@ import trio.testing
 from tests.gsoframes import kernel_segments, scratch_segments, super_frame
 from weftnet.proto import fastdp, sleeve_frag
 from weftnet.proto.connmaker import join_host_port
-from weftnet.proto.link import HEARTBEAT_SLOW, LINK_TIMEOUT, LOSS_HOLD, OVERLAY_OVERHEAD
+from weftnet.proto.link import (
+    HEARTBEAT_SLOW,
+    LINK_TIMEOUT,
+    LOSS_HOLD,
+    OVERLAY_OVERHEAD,
+    SEND_TIMEOUT,
+)
 from weftnet.proto.mesh import (
     KeysAgreed,
     KeysSwitched,
@@ -244,6 +250,29 @@ def test_silence_takes_the_link_down_and_answers_bring_it_back() -> None:
         net.loss = 0.0
         await eventually("back up", lambda: established(a, b), timeout=5)
         await crosses(a, b, b"after the outage", b"\xff" * 6, MAC_A)
+
+    run_pair(scenario)
+
+
+@pytest.mark.parametrize("unicast", [True, False])
+def test_silence_after_a_unicast_frame_takes_the_link_down_sooner(unicast: bool) -> None:
+    """The path dies under traffic: a sender of unicast frames finds out after SEND_TIMEOUT;
+    a broadcast (idle meshes carry a few) expects no answer and changes nothing."""
+    async def scenario(a: Host, b: Host, net: MemoryNetwork) -> None:
+        await eventually("established", lambda: established(a, b))
+        await crosses(b, a, b"hello A, from B", MAC_A, MAC_B)  # A learns where B lives
+        await trio.sleep(0.5)
+        net.loss = 1.0
+        start = trio.current_time()
+        a.tap.inject(frame(MAC_B if unicast else b"\xff" * 6, MAC_A, b"into the void",
+                           a.tap.vnet_hdr))
+        await eventually("down", lambda: not established(a), timeout=LINK_TIMEOUT + 3)
+        took = trio.current_time() - start
+        info = a.connection()["info"]
+        if unicast:
+            assert took <= SEND_TIMEOUT + 0.1 and info.endswith("while sending to it"), info
+        else:
+            assert took >= LINK_TIMEOUT - HEARTBEAT_SLOW - 0.5 and BLOCKED in info, info
 
     run_pair(scenario)
 
