@@ -39,7 +39,10 @@ UP) to ``heartbeat_interval(links)`` = min(10, max(HEARTBEAT_SLOW, links / HEART
 for all its links, and the silence that takes a link down grows with it
 (``timeout`` = max(LINK_TIMEOUT, TIMEOUT_HEARTBEATS * slow)): each of our heartbeats is
 answered, so a live peer is heard at least every ``slow`` seconds whatever its own
-interval. Small meshes keep the figures above.
+interval. Small meshes keep the figures above. The longer idle timeout costs traffic
+nothing: a link that carries DATA goes down after SEND_TIMEOUT of silence whatever
+``slow`` is. ``get_timer`` keeps its answer until an input changes the state (the shell
+asks for every link after every wake-up).
 
 Trust: each heartbeat carries ``HB_FLAG_TRUST`` when its sender trusts the receiver's
 underlay address (``--trusted-subnets``); DATA travels in the clear (``clear``) only when
@@ -86,7 +89,7 @@ HEARTBEAT_SLOW = 2.0  # once it is
 LINK_TIMEOUT = 10.0  # no authenticated datagram for this long: the link is down
 SUSPECT_AFTER = 2.5  # silence while we send DATA: heartbeat fast to find out
 SEND_TIMEOUT = 5.0  # silence while we send DATA: the link is down
-HEARTBEATS_PER_SECOND = 2.0  # a router's heartbeats per second over all its links, once UP
+HEARTBEATS_PER_SECOND = 1.0  # a router's heartbeats per second over all its links, once UP
 TIMEOUT_HEARTBEATS = 4  # heartbeat intervals of silence that take a link down (at least)
 NO_ANSWER_AFTER = 3.0  # say why a link is not up yet
 PMTU_REPROBE = 600.0
@@ -211,9 +214,10 @@ class LinkMachine:
     """
 
     __slots__ = ("me", "uid", "config_mtu", "port", "we_trust", "encrypted", "state",
-                 "udp_addr", "created", "last_rx", "last_hb", "they_trust", "mtu", "pmtu", "slow",
+                 "udp_addr", "created", "last_rx", "last_hb", "they_trust", "mtu", "pmtu", "_slow",
                  "down_reason", "next_probe", "_rng", "_round", "_said", "_hb_body",
-                 "_sends", "_events", "lost", "peer_loss_until", "_loss_told", "_sending")
+                 "_sends", "_events", "lost", "peer_loss_until", "_loss_told", "_sending",
+                 "_due", "_due_ok")
 
     def __init__(self, *, me: PeerName, uid: int, mtu: int, port: int, we_trust: bool,
                  encrypted: bool, addr: Address | None, now: float,
@@ -229,7 +233,11 @@ class LinkMachine:
         self.created = now
         self.last_rx: float | None = None
         self.last_hb = float("-inf")
-        self.slow = HEARTBEAT_SLOW  # heartbeat interval once UP (heartbeat_interval)
+        self._slow = HEARTBEAT_SLOW  # heartbeat interval once UP (heartbeat_interval)
+        # get_timer's answer, kept until an input changes the state (a router asks after
+        # every wake-up, for every link)
+        self._due: float | None = None
+        self._due_ok = False
         self.they_trust = False
         self.mtu: int | None = None  # None until the link first came up
         self.pmtu: int | None = None
@@ -256,6 +264,16 @@ class LinkMachine:
         return self.state is LinkState.UP
 
     @property
+    def slow(self) -> float:
+        """The heartbeat interval once UP (the shell sets it: ``heartbeat_interval``)."""
+        return self._slow
+
+    @slow.setter
+    def slow(self, value: float) -> None:
+        self._slow = value
+        self._due_ok = False
+
+    @property
     def timeout(self) -> float:
         """Silence that takes the link down."""
         if self._sending:
@@ -280,6 +298,7 @@ class LinkMachine:
     def receive(self, kind: Kind, body: bytes | memoryview, addr: Address, now: float) -> bool:
         """An authenticated datagram from ``addr``; True if there is output to collect.
         RemoteProtocolError for a malformed heartbeat or probe body."""
+        self._due_ok = False
         self.last_rx = now
         self._sending = False
         moved = False
@@ -306,6 +325,7 @@ class LinkMachine:
 
     def handle_timer(self, now: float) -> None:
         # each test is the very sum get_timer returns: "due" must mean the same to both
+        self._due_ok = False
         base = self.last_rx if self.last_rx is not None else self.created
         if self.state is LinkState.UP:
             if now >= base + self.timeout:
@@ -331,12 +351,14 @@ class LinkMachine:
         if self._sending or not self.up:
             return False
         self._sending = True
+        self._due_ok = False
         return True
 
     def note_loss(self, messages: int, now: float) -> None:
         """``messages`` sleeve messages from the peer were lost (fragments missing): tell it
         with a flagged heartbeat, unless we did within LOSS_TELL_INTERVAL."""
         self.lost += messages
+        self._due_ok = False
         if self.udp_addr is None or not self.up or now - self._loss_told < LOSS_TELL_INTERVAL:
             return
         self._loss_told = now
@@ -350,6 +372,7 @@ class LinkMachine:
         r = self._round
         if r is None or probe_id != r.probe_id:
             return
+        self._due_ok = False
         if route_mtu is None:
             self._end_round(now, None)
             return
@@ -370,6 +393,11 @@ class LinkMachine:
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` has work; after ``handle_timer(now)`` always later than now."""
+        if not self._due_ok:
+            self._due, self._due_ok = self._compute_timer(), True
+        return self._due
+
+    def _compute_timer(self) -> float | None:
         base = self.last_rx if self.last_rx is not None else self.created
         due = float("inf")
         if self.udp_addr is not None:

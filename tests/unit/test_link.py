@@ -10,6 +10,7 @@ from weftnet.proto import sleeve
 from weftnet.proto.errors import RemoteProtocolError
 from weftnet.proto.link import (
     HEARTBEAT_FAST,
+    HEARTBEAT_MAX,
     HEARTBEAT_SLOW,
     HEARTBEATS_PER_SECOND,
     LINK_TIMEOUT,
@@ -300,20 +301,21 @@ def test_heartbeats_slow_down_with_many_links_and_the_timeout_follows() -> None:
         # a router's heartbeats per second over its links stay within the budget
         assert links / heartbeat_interval(links) <= max(HEARTBEATS_PER_SECOND,
                                                         links / HEARTBEAT_SLOW)
-    assert heartbeat_interval(4) == HEARTBEAT_SLOW and heartbeat_interval(15) == 7.5
+    assert heartbeat_interval(2) == HEARTBEAT_SLOW and heartbeat_interval(7) == 7.0
+    assert heartbeat_interval(15) == heartbeat_interval(100) == HEARTBEAT_MAX
     wire = Wire(machine(True), machine(False))
     wire.run(2.0)
     assert wire.a.up and wire.b.up and wire.a.timeout == LINK_TIMEOUT
-    wire.a.slow = wire.b.slow = heartbeat_interval(15)
-    assert wire.a.timeout == 30.0
+    wire.a.slow = wire.b.slow = heartbeat_interval(7)
+    assert wire.a.timeout == 28.0
     wire.sent.clear()
-    wire.run(2.0 + 75.0)
-    assert wire.a.up and wire.b.up              # 7.5 s apart (> LINK_TIMEOUT / 2): still up
+    wire.run(2.0 + 70.0)
+    assert wire.a.up and wire.b.up              # 7 s apart (> LINK_TIMEOUT / 2): still up
     assert kinds(wire, wire.a).count(Kind.HEARTBEAT) == 10
     wire.drop = lambda m, s: True               # silence: down after the longer timeout
-    wire.run(2.0 + 75.0 + 29.0)
+    wire.run(2.0 + 70.0 + 27.0)
     assert wire.a.up
-    wire.run(2.0 + 75.0 + 40.0)
+    wire.run(2.0 + 70.0 + 40.0)
     assert not wire.a.up
 
 
