@@ -39,7 +39,9 @@ UP) to ``heartbeat_interval(links)`` = min(10, max(HEARTBEAT_SLOW, links / HEART
 for all its links, and the silence that takes a link down grows with it
 (``timeout`` = max(LINK_TIMEOUT, TIMEOUT_HEARTBEATS * slow)): each of our heartbeats is
 answered, so a live peer is heard at least every ``slow`` seconds whatever its own
-interval. Small meshes keep the figures above. The longer idle timeout costs traffic
+interval. Small meshes keep the figures above. A link on stand-by (the fast path carries
+its traffic and probes the path) heartbeats every ``standby_interval(links on stand-by)``;
+the budget is shared by the others. The longer idle timeout costs traffic
 nothing: a link that carries DATA goes down after SEND_TIMEOUT of silence whatever
 ``slow`` is. ``get_timer`` keeps its answer until an input changes the state (the shell
 asks for every link after every wake-up).
@@ -134,6 +136,11 @@ def _seconds(silent: float) -> int:
 
 
 HEARTBEAT_MAX = 10.0  # never slower: the heartbeats keep NAT mappings (often 30 s) alive
+# but a link whose traffic the kernel's VXLAN carries (the fast path, which probes the
+# path itself) only stands by: at least NAT-keepalive pace (WireGuard's advice: 25 s),
+# slower in large meshes (STANDBY_PER_SECOND over all such links: no cap)
+STANDBY_HEARTBEAT = 25.0
+STANDBY_PER_SECOND = 0.5
 
 
 def heartbeat_interval(links: int) -> float:
@@ -141,6 +148,11 @@ def heartbeat_interval(links: int) -> float:
     heartbeats per second stay the same whatever the size of the mesh, up to HEARTBEAT_MAX
     per link (a keepalive must beat the NATs' mapping timeouts; LINK_TIMEOUT grows with it)."""
     return min(HEARTBEAT_MAX, max(HEARTBEAT_SLOW, links / HEARTBEATS_PER_SECOND))
+
+
+def standby_interval(links: int) -> float:
+    """Seconds between the heartbeats of a link on stand-by when a router has ``links`` such."""
+    return max(STANDBY_HEARTBEAT, links / STANDBY_PER_SECOND)
 
 
 class LinkState(enum.Enum):

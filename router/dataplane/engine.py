@@ -68,6 +68,7 @@ from weftnet.proto.link import (
     PathMtuFound,
     heartbeat_interval,
     ip_udp_overhead,
+    standby_interval,
 )
 from weftnet.proto.mesh import KeysAgreed, KeysSwitched, MeshNode, PeerConnected, PeerDisconnected
 from weftnet.proto.peername import describe_peer
@@ -240,10 +241,19 @@ class Dataplane:
             self._pace()
 
     def _pace(self) -> None:
-        """Heartbeats per second that do not grow with the links (proto/link.py, "Idle cost")."""
-        slow = heartbeat_interval(len(self.links))
+        """Heartbeats per second that do not grow with the links (proto/link.py, "Idle cost");
+        a fast link's sleeve stands by."""
+        standing_by = sum(link.fast for link in self.links.values())
+        slow = heartbeat_interval(len(self.links) - standing_by)
+        standby = standby_interval(standing_by)
         for link in self.links.values():
-            link.machine.slow = slow
+            m = link.machine
+            pace = standby if link.fast else slow
+            if m.slow != pace:
+                m.slow = pace
+                due = m.get_timer()
+                if due is not None and due < self._armed:
+                    self._wake()
 
     # --- hole punching: the daemon's punch driver reads and sends through our socket ------
 
@@ -374,7 +384,10 @@ class Dataplane:
         eligible = m.up and m.clear and not link.punched
         self.fast.follow(link.conn_id, link.peer, link.nickname,
                          m.udp_addr[0] if m.udp_addr is not None else None, eligible, now)
-        link.fast = fast = eligible and self.fast.carries(link.conn_id)
+        fast = eligible and self.fast.carries(link.conn_id)
+        if fast != link.fast:
+            link.fast = fast
+            self._pace()
         overlay: Overlay
         if m.up:
             overlay = (True, "fastdp" if fast else "sleeve", self._overlay_reason(link),
@@ -768,21 +781,7 @@ class Dataplane:
     def connection_report(self, address: str, outbound: bool) -> dict[str, Any] | None:
         for link in self.links.values():
             if link.report_address == address and link.outbound == outbound:
-                addr = link.machine.udp_addr
-                return {
-                    "udp_address": join_host_port(*addr) if addr else None,
-                    "punched": link.punched,
-                    "heartbeat_answered": link.machine.up,
-                    "encrypted_data": not link.clear,
-                    "fastdp": link.fast,
-                    "path_mtu": link.machine.pmtu,
-                    "epoch": link.session.epoch_send,
-                    "cipher": link.session.cipher if not link.clear else None,
-                    # the peer's messages we lost; whether the peer told us it loses ours
-                    "messages_lost": link.machine.lost,
-                    "small_units": link.machine.lossy(trio.current_time()),
-                    **link.counters.as_dict(),
-                }
+                return link.report(trio.current_time())
         return None
 
     def report(self) -> dict[str, Any]:

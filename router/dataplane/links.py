@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from weftnet.proto.connmaker import join_host_port
 from weftnet.proto.link import LinkMachine
 from weftnet.proto.sleeve import SleeveSession
 from weftnet.proto.sleeve_rotation import SessionRotation
@@ -60,3 +62,21 @@ class Link:
 
     def data_session(self) -> SleeveSession:
         return self.plain if self.session.encrypted and self.clear else self.session
+
+    def report(self, now: float) -> dict[str, Any]:
+        """The link's part of its connection in ``weft report``."""
+        addr = self.machine.udp_addr
+        return {
+            "udp_address": join_host_port(*addr) if addr else None,
+            "punched": self.punched,
+            "heartbeat_answered": self.machine.up,
+            "encrypted_data": not self.clear,
+            "fastdp": self.fast,
+            "path_mtu": self.machine.pmtu,
+            "epoch": self.session.epoch_send,
+            "cipher": self.session.cipher if not self.clear else None,
+            # the peer's messages we lost; whether the peer told us it loses ours
+            "messages_lost": self.machine.lost,
+            "small_units": self.machine.lossy(now),
+            **self.counters.as_dict(),
+        }

@@ -30,6 +30,7 @@ from weftnet.proto.link import (
     LOSS_HOLD,
     OVERLAY_OVERHEAD,
     SEND_TIMEOUT,
+    STANDBY_HEARTBEAT,
 )
 from weftnet.proto.mesh import (
     KeysAgreed,
@@ -41,7 +42,7 @@ from weftnet.proto.mesh import (
 )
 from weftnet.router.dataplane.doubles import MemoryNetwork, MemoryTap, MemoryUdp
 from weftnet.router.dataplane.engine import LOSSY_UNIT_SEGS, Dataplane
-from weftnet.router.dataplane.fastpath import fastdp_channel
+from weftnet.router.dataplane.fastpath import FastPath, fastdp_channel
 from weftnet.router.dataplane.tap import PLAIN_VNET_HDR
 
 MTU = 1376
@@ -275,6 +276,35 @@ def test_silence_after_a_unicast_frame_takes_the_link_down_sooner(unicast: bool)
             assert took >= LINK_TIMEOUT - HEARTBEAT_SLOW - 0.5 and BLOCKED in info, info
 
     run_pair(scenario)
+
+
+def test_a_link_the_fast_path_carries_stands_by_with_slow_heartbeats(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel's VXLAN carries the peer's traffic and probes the path: the sleeve link
+    only stands by (heartbeats every STANDBY_HEARTBEAT); off the fast path, the link's
+    heartbeats come back to the router's budget at once."""
+    async def scenario(a: Host, b: Host, net: MemoryNetwork) -> None:
+        await eventually("established", lambda: established(a, b))
+        (link,) = a.engine.links.values()
+        assert not link.fast and link.machine.slow == HEARTBEAT_SLOW
+        carries = False
+        real = FastPath.carries
+        monkeypatch.setattr(FastPath, "carries", lambda fp, conn_id: (
+            carries if fp is a.engine.fast else real(fp, conn_id)))
+        carries = True
+        a.engine._decide(link, trio.current_time())
+        assert link.fast and link.machine.slow == STANDBY_HEARTBEAT
+        await eventually("the mesh told", lambda: a.connection()["overlay"] == "fastdp")
+        await trio.sleep(2 * STANDBY_HEARTBEAT)
+        assert established(a, b)  # the peer hears our answers to its own heartbeats
+        carries = False
+        now = trio.current_time()
+        a.engine._decide(link, now)
+        assert not link.fast and link.machine.slow == HEARTBEAT_SLOW
+        due = link.machine.get_timer()
+        assert due is not None and due <= now + HEARTBEAT_SLOW
+
+    run_pair(scenario, password=None)  # the fast path needs the data in the clear
 
 
 def test_the_link_follows_the_peer_to_a_new_address() -> None:

@@ -21,6 +21,8 @@ from weftnet.proto.link import (
     PMTU_REPROBE,
     PROBE_WAIT,
     SEND_TIMEOUT,
+    STANDBY_HEARTBEAT,
+    STANDBY_PER_SECOND,
     SUSPECT_AFTER,
     AddressMoved,
     LinkMachine,
@@ -30,6 +32,7 @@ from weftnet.proto.link import (
     PathMtuFound,
     TrustChanged,
     heartbeat_interval,
+    standby_interval,
 )
 from weftnet.proto.sleeve import Kind
 
@@ -303,6 +306,12 @@ def test_heartbeats_slow_down_with_many_links_and_the_timeout_follows() -> None:
                                                         links / HEARTBEAT_SLOW)
     assert heartbeat_interval(2) == HEARTBEAT_SLOW and heartbeat_interval(7) == 7.0
     assert heartbeat_interval(15) == heartbeat_interval(100) == HEARTBEAT_MAX
+    # links on stand-by (the fast path carries them): NAT-keepalive pace, then a fixed
+    # budget per router with no cap (the fast path's probes watch those paths)
+    for links in (1, 12, 13, 100, 1000):
+        assert links / standby_interval(links) <= max(STANDBY_PER_SECOND,
+                                                      links / STANDBY_HEARTBEAT)
+    assert standby_interval(1) == STANDBY_HEARTBEAT and standby_interval(100) == 200.0
     wire = Wire(machine(True), machine(False))
     wire.run(2.0)
     assert wire.a.up and wire.b.up and wire.a.timeout == LINK_TIMEOUT
