@@ -152,6 +152,9 @@ def _rcode(message: bytes) -> int:
     return message[3] & 0xF
 
 
+PICKS = 8  # port 0: the free UDP ports the kernel picks tried for TCP too
+
+
 def open_sockets(address: str, port: int = 53) -> tuple[socket.socket, socket.socket]:
     """A bound non-blocking UDP socket and a listening TCP socket on ``address``:``port``.
 
@@ -167,9 +170,6 @@ def open_sockets(address: str, port: int = 53) -> tuple[socket.socket, socket.so
             if exc.errno != errno.EADDRINUSE:
                 raise
     return _open_pair(address, port)
-
-
-PICKS = 8
 
 
 def _open_pair(address: str, port: int) -> tuple[socket.socket, socket.socket]:

@@ -123,7 +123,7 @@ class PunchDriver:
         return min((t for t in times if t is not None), default=None)
 
     def addresses_changed(self, now: float) -> None:
-        """The kernel announced an address or link change (router/host/addrwatch.py): look
+        """The kernel announced an address or link change (router/host/nlevents.py): look
         at the host candidates again once the burst settled."""
         self._next_candidates = min(self._next_candidates, now + CANDIDATES_SETTLE)
 

@@ -94,7 +94,7 @@ from weftnet.router.dataplane import vxlan
 from weftnet.router.dataplane.engine import Dataplane
 from weftnet.router.dataplane.fastpath import fastdp_channel
 from weftnet.router.dataplane.ports import TapPort, UdpPort
-from weftnet.router.host import addrwatch, netdev
+from weftnet.router.host import netdev, nlevents
 from weftnet.router.host.attachments import Attachments, parse_address_specs
 from weftnet.router.host.cpu import local_aeads
 from weftnet.router.host.datadir import IPAM6_FILE, IPAM_FILE, DataDir
@@ -486,7 +486,7 @@ class Router:
     def _watch_addresses(self, nursery: trio.Nursery) -> None:
         """Hole punching's host candidates follow the kernel's address events."""
         try:
-            sock = addrwatch.address_events_socket()
+            sock = nlevents.address_events_socket()
         except OSError as exc:
             log.warning("no address events (%s): host candidates looked at every %.0f s",
                         exc.strerror or exc, CANDIDATES_EVERY)
@@ -500,7 +500,7 @@ class Router:
 
         async def run() -> None:
             with sock:
-                await addrwatch.watch(sock, changed)
+                await nlevents.watch(sock, changed)
 
         nursery.start_soon(run)
 

@@ -251,9 +251,7 @@ class Dataplane:
             pace = standby if link.fast else slow
             if m.slow != pace:
                 m.slow = pace
-                due = m.get_timer()
-                if due is not None and due < self._armed:
-                    self._wake()
+                self._rearm(m)
 
     # --- hole punching: the daemon's punch driver reads and sends through our socket ------
 
@@ -445,6 +443,10 @@ class Dataplane:
             self.probes.close(link)
         if moved:
             self._decide(link, now)
+        self._rearm(m)
+
+    def _rearm(self, m: LinkMachine) -> None:
+        """The machine's timer may have moved: wake the timer task if it is now sooner."""
         due = m.get_timer()
         if due is not None and due < self._armed:
             self._wake()
@@ -595,9 +597,7 @@ class Dataplane:
     def _sent_unicast(self, link: Link) -> None:
         """A unicast frame left by ``link``: watch the silence after it (not a broadcast's)."""
         if link.machine.data_sent():
-            due = link.machine.get_timer()
-            if due is not None and due < self._armed:
-                self._wake()
+            self._rearm(link.machine)
 
     def _send(self, link: Link, datagram: bytes, addr: Address) -> None:
         """One sealed message: a datagram if it fits the path, else our own fragments in

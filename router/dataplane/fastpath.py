@@ -53,6 +53,7 @@ from weftnet.proto.gossip import UnicastChannel
 from weftnet.proto.mesh import MeshNode
 from weftnet.proto.peername import PeerName, describe_peer
 from weftnet.router.dataplane import vxlan
+from weftnet.router.host import nlevents
 from weftnet.router.host.netdev import VXLAN, VXLAN6, NetdevError
 
 log = logging.getLogger("weft")
@@ -318,23 +319,13 @@ class FastPath:
     async def _fdb_loop(self, sock: socket.socket) -> None:
         """The bridge learnt or forgot a MAC: poll soon (a poll running now may have read
         before the change, so this also moves the next one forward)."""
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            changed = False
-            while True:
-                try:
-                    data = sock.recv(65536)
-                except BlockingIOError:
-                    break
-                except OSError:  # ENOBUFS: events were lost, so look anyway
-                    changed = True
-                    break
-                changed = changed or vxlan.bridge_fdb_changed(data)
-            if changed:
-                soon = max(trio.current_time(), self._last_poll + MAC_POLL_GAP)
-                if soon < self._next_poll:
-                    self._next_poll = soon
-                    self.wake()
+        def changed() -> None:
+            soon = max(trio.current_time(), self._last_poll + MAC_POLL_GAP)
+            if soon < self._next_poll:
+                self._next_poll = soon
+                self.wake()
+
+        await nlevents.watch(sock, changed, vxlan.bridge_fdb_changed)
 
     # --- timers -----------------------------------------------------------------------
 

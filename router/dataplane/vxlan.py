@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pyroute2.netlink.exceptions import NetlinkError
 
 from weftnet.proto.fastdp import VXLAN6_OVERHEAD, VXLAN_OVERHEAD
-from weftnet.router.host import netdev
+from weftnet.router.host import netdev, nlevents
 from weftnet.router.host.netdev import BRIDGE, TAP, VXLAN, VXLAN6, NetdevError
 
 VNI = 0x7765
@@ -228,7 +228,6 @@ def probe_sockets(ethertype: int) -> tuple[socket.socket, socket.socket]:
     return tx, rx
 
 
-RTNLGRP_NEIGH = 3
 _NLMSG_HDR = 16  # nlmsghdr: len u32, type u16, flags u16, seq u32, pid u32; ndmsg follows
 AF_BRIDGE = 7
 
@@ -236,14 +235,7 @@ AF_BRIDGE = 7
 def fdb_events_socket() -> socket.socket:
     """A non-blocking netlink socket told of neighbour changes (``bridge monitor fdb``'s
     group): what the bridge learns or forgets arrives as an AF_BRIDGE message."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-    try:
-        sock.bind((0, 1 << (RTNLGRP_NEIGH - 1)))
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    return nlevents.events_socket((nlevents.RTNLGRP_NEIGH,))
 
 
 def bridge_fdb_changed(data: bytes) -> bool:

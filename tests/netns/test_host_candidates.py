@@ -1,5 +1,5 @@
 """Hole punching's host candidates follow the host's addresses as the kernel announces them
-(router/host/addrwatch.py), not on a poll: an address added to the underlay is a candidate
+(router/host/nlevents.py), not on a poll: an address added to the underlay is a candidate
 within seconds, and gone again when it is removed."""
 
 from __future__ import annotations

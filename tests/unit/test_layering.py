@@ -70,7 +70,8 @@ ARROWS: dict[str, dict[str, May]] = {
                  "host": ALL, "tools": LAZY, "cores": ALL},
     "api": {"cores": ALL},
     "daemon": {"api": ALL, "dataplane": ALL, "host": ALL, "cores": ALL},
-    "dataplane": {"host": only("netdev"), "cores": ALL},
+    # netdev and nlevents: the kernel interfaces the data plane programs and listens to
+    "dataplane": {"host": only("netdev", "nlevents"), "cores": ALL},
     "host": {"cores": ALL},
     "tools": {},
 }
