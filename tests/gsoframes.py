@@ -36,11 +36,12 @@ def _pseudo(v6: bool, tcp_len: int) -> bytes:
 
 
 def super_frame(v6: bool, payload: bytes, mss: int, *, tcp_flags: int = 0x18, seq: int = 1000,
-                ip_id: int = 0x1234, options: bytes = b"", ecn: bool = False) -> bytes:
+                ip_id: int = 0x1234, options: bytes = b"", ecn: bool = False,
+                ack: int = 77, ports: tuple[int, int] = (40000, 5201)) -> bytes:
     """A super-frame as a container's stack hands it to the bridge: NEEDS_CSUM, the TCP
     checksum field holding the pseudo-header sum over the whole TCP length."""
     tcp_hlen = 20 + len(options)
-    tcp = bytearray(struct.pack(">HHIIBBHHH", 40000, 5201, seq, 77, (tcp_hlen // 4) << 4,
+    tcp = bytearray(struct.pack(">HHIIBBHHH", *ports, seq, ack, (tcp_hlen // 4) << 4,
                                 tcp_flags, 512, 0, 0) + options)
     struct.pack_into(">H", tcp, 16, _sum16(_pseudo(v6, tcp_hlen + len(payload))))
     if v6:
@@ -59,6 +60,17 @@ def super_frame(v6: bool, payload: bytes, mss: int, *, tcp_flags: int = 0x18, se
     vnet = VNET.pack(NEEDS_CSUM, gso | (GSO_ECN if ecn else 0), csum_start + tcp_hlen, mss,
                       csum_start, 16)
     return vnet + eth + ip + bytes(tcp) + payload
+
+
+TIMESTAMPS = b"\x01\x01\x08\x0a" + bytes(range(8))  # NOP NOP TS: what Linux puts on an ACK
+
+
+def ack_frame(v6: bool, ack: int, *, options: bytes = TIMESTAMPS, tcp_flags: int = 0x10,
+              payload: bytes = b"", ports: tuple[int, int] = (5201, 40000)) -> bytes:
+    """A TCP segment as the TAP hands it over (virtio-net header, no GSO): by default a pure
+    ACK with timestamps, from the receiving side of super_frame's flow."""
+    raw = super_frame(v6, payload, 0, tcp_flags=tcp_flags, ack=ack, options=options, ports=ports)
+    return VNET.pack(NEEDS_CSUM, GSO_NONE, 0, 0, *VNET.unpack_from(raw)[4:]) + raw[VNET_HDR_LEN:]
 
 
 def kernel_segments(frame: bytes) -> list[bytes]:

@@ -24,7 +24,8 @@ break: ``keys_agreed`` then ``keys_switched``, proto/sleeve_rotation.py)::
 
 Each direction waits for readiness once and then drains with non-blocking calls, so a
 burst costs one ``await``, not one per packet. Frames for the same next hop read in one
-drain share a datagram; a super-frame fills one. A TAP read makes one fresh ``bytes`` (the
+drain share a datagram (router/dataplane/outbox.py: a newer pure TCP ACK of a flow takes
+an older one's place there); a super-frame fills one. A TAP read makes one fresh ``bytes`` (the
 frame waits in its batch until sealed: a reused buffer would cost a copy, and an arena
 cycling through a megabyte measured slower than the allocator's hot 64 KiB chunk); UDP
 reads reuse one buffer, and a plain datagram's frames stay views into it (no copy on open).
@@ -78,6 +79,7 @@ from weftnet.proto.sleeve_rotation import SessionRotation
 from weftnet.router.dataplane import pmtu, udpsock
 from weftnet.router.dataplane.fastpath import FastPath
 from weftnet.router.dataplane.links import Link, Overlay
+from weftnet.router.dataplane.outbox import Outbox
 from weftnet.router.dataplane.pmtu import PathProbes
 from weftnet.router.dataplane.ports import Address, TapPort, UdpPort, UdpSocketPort
 from weftnet.router.dataplane.tap import PLAIN_VNET_HDR, Tap
@@ -135,8 +137,7 @@ class Dataplane:
         self.tap: TapPort | None = None
         self.udp: UdpPort | None = None
         self.drops: dict[str, int] = {}
-        self._pending: dict[int, list[tuple[int, int, int, Any]]] = {}
-        self._pending_size: dict[int, int] = {}
+        self._outbox = Outbox()  # entries per link until the flush seals them
         self._max_body = {True: sleeve.max_body(True), False: sleeve.max_body(False)}
         self._rx = bytearray(READ_SIZE)
         self._rx_view = memoryview(self._rx)
@@ -564,30 +565,23 @@ class Dataplane:
         if size > limit:
             self._drop("too big")
             return
-        pending = self._pending.get(link.conn_id)
-        if pending is None:
-            pending = self._pending[link.conn_id] = []
-            self._pending_size[link.conn_id] = 0
-        elif self._pending_size[link.conn_id] + size > limit:
+        if not self._outbox.room(link.conn_id, size, limit):
             self._flush_link(link, trio.current_time())
-            pending = self._pending[link.conn_id] = []
-            self._pending_size[link.conn_id] = 0
-        pending.append(entry)
-        self._pending_size[link.conn_id] += size
+        if not self._outbox.add(link.conn_id, entry):
+            link.counters.acks_thinned += 1
         link.counters.frames_out += 1
         link.counters.bytes_out += len(entry[3])
 
     def _flush(self, now: float) -> None:
-        for conn_id in list(self._pending):
+        for conn_id in self._outbox.waiting():
             link = self.links.get(conn_id)
             if link is None:
-                self._pending.pop(conn_id, None)
+                self._outbox.take(conn_id)
                 continue
             self._flush_link(link, now)
 
     def _flush_link(self, link: Link, now: float) -> None:
-        entries = self._pending.pop(link.conn_id, None)
-        self._pending_size.pop(link.conn_id, None)
+        entries = self._outbox.take(link.conn_id)
         addr = link.machine.udp_addr
         if not entries or addr is None:
             return

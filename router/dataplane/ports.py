@@ -142,7 +142,8 @@ class UdpSocketPort:
         self.sock.sendto(data, addr)
 
     def send_segments(self, data: Buffer, seg_size: int, addr: Address) -> None:
-        udpsock.send_segments(self.sock, data, seg_size, addr)  # maps IPv4 itself
+        udpsock.send_segments(self.sock, data, seg_size, addr,  # maps IPv4 itself
+                              socket.AF_INET6 if self._v6 else socket.AF_INET)
 
     def open_probe(self, addr: Address) -> ProbePort:
         try:

@@ -215,11 +215,13 @@ def _chunks(total: int, seg_size: int) -> list[tuple[int, int]]:
 
 
 def send_segments(
-    sock: socket.socket, data: bytes | bytearray | memoryview, seg_size: int, addr: Address
+    sock: socket.socket, data: bytes | bytearray | memoryview, seg_size: int, addr: Address,
+    family: int | None = None,
 ) -> int:
     """Send ``data`` to ``addr`` as datagrams of ``seg_size`` bytes (the last may be shorter).
 
-    ``addr`` plain: IPv4 is mapped for an AF_INET6 socket (``socket_address``).
+    ``addr`` plain: IPv4 is mapped for an AF_INET6 socket (``socket_address``); ``family``
+    is the socket's, when the caller knows it (``sock.family`` builds an enum each call).
 
     Uses ``UDP_SEGMENT`` (one call per 64 segments); where the kernel refuses it, sends
     the datagrams one by one. Returns the bytes sent: all of ``data``, or fewer when the
@@ -228,7 +230,7 @@ def send_segments(
     """
     if seg_size <= 0:
         raise ValueError(f"bad segment size {seg_size}")
-    addr = socket_address(sock.family, addr)
+    addr = socket_address(sock.family if family is None else family, addr)
     view = memoryview(data).cast("B")
     total = len(view)
     if total <= seg_size:

@@ -21,7 +21,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests.gsoframes import kernel_segments, scratch_segments, super_frame
+from tests.gsoframes import ack_frame, kernel_segments, scratch_segments, super_frame
 from weftnet.proto import fastdp, sleeve_frag
 from weftnet.proto.connmaker import join_host_port
 from weftnet.proto.link import (
@@ -477,5 +477,36 @@ def test_a_peer_losing_whole_messages_gets_super_frames_in_pieces() -> None:
         with trio.fail_after(5):
             assert await b.tap.receive() == tcp(210000)
         assert not b.tap.written
+
+    run_pair(scenario, vnet=(True, True))
+
+
+def test_a_run_of_acks_read_in_one_drain_crosses_as_its_last() -> None:
+    """B's container acknowledges three super-frames at once: B's drain seals one message
+    with the last ACK in the first one's place (with a duplicate and a SACK kept), and A's
+    container gets that; A's counters and B's say how many were thinned."""
+    def macs(frame: bytes) -> bytes:
+        return frame[:10] + MAC_A + MAC_B + frame[22:]
+
+    sack = b"\x01\x01\x05\x0a" + bytes(8)
+    run = [macs(ack_frame(False, n)) for n in (1000, 2000, 2000, 3000)]
+    run.insert(2, macs(ack_frame(False, 2500, options=sack)))
+
+    async def scenario(a: Host, b: Host, net: MemoryNetwork) -> None:
+        await eventually("established", lambda: established(a, b))
+        a.tap.inject(frame(MAC_B, MAC_A, b"A is here", True))  # B learns A's MAC
+        with trio.fail_after(5):
+            await b.tap.receive()
+        for f in run:
+            b.tap.inject(f)
+        with trio.fail_after(5):
+            got = [await a.tap.receive() for _ in range(3)]
+        # 2000 took 1000's place, the SACK stayed, the duplicate 2000 stayed, then 3000
+        # took the duplicate's place (the flow's latest pure ACK)
+        assert got == [run[1], run[2], run[4]]
+        await trio.sleep(1)
+        assert not a.tap.written
+        assert b.sleeve()["acks_thinned"] == 2 and b.sleeve()["packets_out"] == 5
+        assert a.sleeve()["packets_in"] == 3
 
     run_pair(scenario, vnet=(True, True))
