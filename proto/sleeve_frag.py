@@ -31,6 +31,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import RemoteProtocolError
 
@@ -58,6 +59,29 @@ def max_message(seg_size: int) -> int:
     return min(MAX_FRAGMENTS * (seg_size - HEADER_LEN), 65507 - MAX_FRAGMENTS * HEADER_LEN)
 
 
+# Cutting and joining with one struct call each, not a Python step per fragment (a 59 KB
+# message: ~17 -> ~7 us to cut, ~19 -> ~5 us to join, measured side by side).
+_CUTTERS: dict[tuple[int, int, int], tuple[struct.Struct, struct.Struct, list[Any]]] = {}
+_JOINERS: dict[tuple[int, int], struct.Struct] = {}
+_CACHE_MAX = 512  # (full fragments, count, chunk) of paths in use: a handful in practice
+
+
+def _cutter(full: int, count: int, chunk: int) -> tuple[struct.Struct, struct.Struct, list[Any]]:
+    """Structs that split ``full`` chunks off a message and pack them behind their headers,
+    and the arguments (headers' fields; msg_id and chunks still to fill in)."""
+    key = (full, count, chunk)
+    cut = _CUTTERS.get(key)
+    if cut is None:
+        if len(_CUTTERS) >= _CACHE_MAX:
+            _CUTTERS.clear()
+        args: list[Any] = []
+        for i in range(full):
+            args += [VERSION, FRAGMENT, i, count, 0, b""]
+        cut = _CUTTERS[key] = (struct.Struct(">" + f"BBBBI{chunk}s" * full),
+                               struct.Struct(f"{chunk}s" * full), args)
+    return cut
+
+
 def fragment(message: bytes | bytearray | memoryview, seg_size: int, msg_id: int) -> bytes:
     """The message as one buffer of ``seg_size`` segments, each led by a fragment header."""
     if seg_size < MIN_SEGMENT:
@@ -67,13 +91,31 @@ def fragment(message: bytes | bytearray | memoryview, seg_size: int, msg_id: int
     count = -(-n // chunk)
     if not 1 <= count <= MAX_FRAGMENTS:
         raise ValueError(f"a message of {n} bytes needs {count} fragments of {seg_size}")
-    view = memoryview(message)
     msg_id &= 0xFFFFFFFF
-    pack = HEADER.pack
-    parts: list[bytes | memoryview] = []
-    for i in range(count):
-        parts.append(pack(VERSION, FRAGMENT, i, count, msg_id))
-        parts.append(view[i * chunk:(i + 1) * chunk])
+    full = n // chunk
+    whole, split, template = _cutter(full, count, chunk)
+    args = template.copy()
+    args[4::6] = [msg_id] * full
+    args[5::6] = split.unpack_from(message)
+    body = whole.pack(*args)
+    if full == count:
+        return body
+    return b"".join((body, HEADER.pack(VERSION, FRAGMENT, full, count, msg_id),
+                     memoryview(message)[full * chunk:]))
+
+
+def _join(view: memoryview, seg: int) -> bytes:
+    """The chunks of consecutive fragments (``seg`` bytes each but maybe the last, which
+    has more than its header), joined."""
+    full, rest = divmod(len(view), seg)
+    joiner = _JOINERS.get((full, seg))
+    if joiner is None:
+        if len(_JOINERS) >= _CACHE_MAX:
+            _JOINERS.clear()
+        joiner = _JOINERS[(full, seg)] = struct.Struct(f"{HEADER_LEN}x{seg - HEADER_LEN}s" * full)
+    parts = joiner.unpack_from(view)
+    if rest > HEADER_LEN:
+        return b"".join((*parts, view[full * seg + HEADER_LEN:]))
     return b"".join(parts)
 
 
@@ -181,8 +223,7 @@ class Reassembler:
                                                          msg_id) and (
                             (sender, msg_id) not in self._pending):
                         stop = min(last + seg, n)
-                        out.append(b"".join([view[o + HEADER_LEN:min(o + seg, stop)]
-                                             for o in range(off, stop, seg)]))
+                        out.append(_join(view[off:stop], seg))
                         self.completed += 1
                         if self._pending:
                             self._older_lost(sender, msg_id)
