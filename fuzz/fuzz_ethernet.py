@@ -18,6 +18,7 @@ from weftnet.proto.ethernet import (
     VnetHeader,
     checksum,
     frag_needed_reply,
+    frame_segment_size,
     inner_ip_size,
     macs,
     segment_size,
@@ -62,6 +63,7 @@ def test_one_input(data: bytes) -> None:
     if vnet is not None:
         assert 0 <= segment_size(vnet, len(frame), frame) <= len(frame)
         assert 0 <= segment_size(vnet, len(frame)) <= len(frame)
+        assert frame_segment_size(rest) == segment_size(vnet, len(frame), frame, 0)
     for candidate in (frame, data):
         reply = frag_needed_reply(candidate, mtu)
         if reply is not None:

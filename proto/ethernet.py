@@ -205,13 +205,26 @@ def segment_size(vnet: VnetHeader, frame_len: int,
     ``frame[offset:]``) to measure the real Ethernet+L3+L4 header length from the packet
     instead. Never more than the frame itself.
     """
+    return _segment(vnet.gso_type, vnet.hdr_len, vnet.gso_size, frame_len, frame, offset)
+
+
+def frame_segment_size(frame: bytes | bytearray | memoryview) -> int:
+    """``segment_size`` of a frame read from a TAP with its virtio-net header in front (the
+    kernel's: not validated; no VnetHeader built, this runs for every super-frame sent)."""
+    _flags, gso_type, hdr_len, gso_size, _start, _off = _VNET.unpack_from(frame)
+    return _segment(gso_type, hdr_len, gso_size, len(frame) - VNET_HDR_LEN, frame,
+                    VNET_HDR_LEN)
+
+
+def _segment(gso_type: int, hdr_len: int, gso_size: int, frame_len: int,
+             frame: bytes | bytearray | memoryview | None, offset: int) -> int:
     whole = max(frame_len, 0)
-    if not vnet.is_gso:
+    if gso_type & ~GSO_ECN == GSO_NONE:
         return whole
     headers = _l4_header_end(frame, offset) if frame is not None else None
     if headers is None:
-        headers = vnet.hdr_len
-    return min(headers + vnet.gso_size, whole)
+        headers = hdr_len
+    return min(headers + gso_size, whole)
 
 
 def checksum(data: bytes | bytearray | memoryview) -> int:

@@ -145,8 +145,7 @@ def too_big(tap: TapPort, frame: bytes, vnet: int, mtu: int) -> bool:
     the container if DF (True: the frame is dropped), else carry it (False). Only called for
     a frame longer than the MTU (its segments may still fit)."""
     if vnet:
-        hdr = ethernet.VnetHeader.decode(frame, 0)
-        size = ethernet.segment_size(hdr, len(frame) - vnet, frame, vnet) - ethernet.ETH_HLEN
+        size = ethernet.frame_segment_size(frame) - ethernet.ETH_HLEN
     else:
         size = len(frame) - ethernet.ETH_HLEN
     if size <= mtu:

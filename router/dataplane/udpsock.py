@@ -240,7 +240,11 @@ def send_segments(
     sent = 0
     if sock not in _no_gso:
         cmsg = [(SOL_UDP, UDP_SEGMENT, _U16.pack(seg_size))]
-        for start, end in _chunks(total, seg_size):
+        if total <= MAX_UDP_PAYLOAD and total <= MAX_GSO_SEGMENTS * seg_size:
+            calls = [(0, total)]  # one call: every fragmented sleeve message
+        else:
+            calls = _chunks(total, seg_size)
+        for start, end in calls:
             try:
                 sock.sendmsg([view[start:end]], cmsg, 0, addr)
             except BlockingIOError:
