@@ -276,7 +276,8 @@ class SleeveSession:
 
     # -- sending ------------------------------------------------------------------------
 
-    def seal(self, kind: Kind, body: bytes | bytearray | memoryview, now: float) -> bytes:
+    def seal(self, kind: Kind, body: bytes | bytearray | memoryview,
+             now: float) -> bytes | bytearray:
         """The whole datagram carrying ``body``; rekeys first when the epoch is due."""
         if self._send_counter >= self.rekey_after or self._send_bytes >= REKEY_BYTES or \
                 now - self._send_started >= self.rekey_interval:
@@ -299,7 +300,11 @@ class SleeveSession:
         aead = self._send_aead
         if aead is None:
             return header + body
-        return header + aead.encrypt(_NONCE.pack(0, counter), body, header)
+        # sealed in place behind the header: no second copy of a ~64 KiB message
+        out = bytearray(HEADER_LEN + n + TAG_LEN)
+        out[:HEADER_LEN] = header
+        aead.encrypt_into(_NONCE.pack(0, counter), body, header, memoryview(out)[HEADER_LEN:])
+        return out
 
     def _rekey_send(self, now: float) -> None:
         if self._send_key is not None:

@@ -593,7 +593,7 @@ class Dataplane:
         if link.machine.data_sent():
             self._rearm(link.machine)
 
-    def _send(self, link: Link, datagram: bytes, addr: Address) -> None:
+    def _send(self, link: Link, datagram: bytes | bytearray, addr: Address) -> None:
         """One sealed message: a datagram if it fits the path, else our own fragments in
         one GSO send (see proto/sleeve_frag.py for why not IP fragmentation)."""
         udp = self._port(link.sock)
