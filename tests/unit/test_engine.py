@@ -501,8 +501,8 @@ def test_a_run_of_acks_read_in_one_drain_crosses_as_its_last() -> None:
             b.tap.inject(f)
         with trio.fail_after(5):
             got = [await a.tap.receive() for _ in range(3)]
-        # 2000 took 1000's place, the SACK stayed, the duplicate 2000 stayed, then 3000
-        # took the duplicate's place (the flow's latest pure ACK)
+        # 2000 replaced 1000, the SACK and the duplicate 2000 stayed, then 3000 replaced
+        # the duplicate (the flow's latest pure ACK); the order of what crosses is kept
         assert got == [run[1], run[2], run[4]]
         await trio.sleep(1)
         assert not a.tap.written
