@@ -17,11 +17,9 @@ probes, ECN echoes, SYN/FIN/RST and anything unparsed pass untouched.
 
 from __future__ import annotations
 
-ETH_HLEN = 14
-MAX_HEADERS = 40 + 60  # the longest IP header here (IPv6) and TCP header with options
-_IPV4 = b"\x08\x00"
-_IPV6 = b"\x86\xdd"
-_TCP = 6
+from .ethernet import ETH_HLEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IP_PROTO_TCP, IPV6_HLEN
+
+MAX_HEADERS = IPV6_HLEN + 60  # the longest IP header here (IPv6) and TCP header with options
 _ACK_ONLY = 0x10
 _OPT_EOL, _OPT_NOP, _OPT_TIMESTAMPS = 0, 1, 8
 
@@ -35,17 +33,18 @@ def pure_ack(frame: Frame, off: int = 0) -> tuple[bytes, int] | None:
     ip = off + ETH_HLEN
     if not ip + 40 <= n <= ip + MAX_HEADERS:
         return None  # too short for IP and TCP, or longer than any pure ACK (a data frame)
-    ethertype = frame[off + 12:ip]
-    if ethertype == _IPV4:
-        if frame[ip] != 0x45 or frame[ip + 9] != _TCP or frame[ip + 6] & 0x3F or frame[ip + 7]:
+    ethertype = frame[off + 12] << 8 | frame[off + 13]
+    if ethertype == ETHERTYPE_IPV4:
+        if frame[ip] != 0x45 or frame[ip + 9] != IP_PROTO_TCP or frame[ip + 6] & 0x3F or \
+                frame[ip + 7]:
             return None  # options, not TCP, or a fragment (MF or an offset)
         tcp = ip + 20
         length = int.from_bytes(frame[ip + 2:ip + 4], "big") - 20
         addrs = frame[ip + 12:ip + 20]
-    elif ethertype == _IPV6:
-        if frame[ip] >> 4 != 6 or frame[ip + 6] != _TCP:
+    elif ethertype == ETHERTYPE_IPV6:
+        if frame[ip] >> 4 != 6 or frame[ip + 6] != IP_PROTO_TCP:
             return None
-        tcp = ip + 40
+        tcp = ip + IPV6_HLEN
         length = int.from_bytes(frame[ip + 4:ip + 6], "big")
         addrs = frame[ip + 8:ip + 40]
     else:
@@ -68,8 +67,3 @@ def pure_ack(frame: Frame, off: int = 0) -> tuple[bytes, int] | None:
         pos += 10
     flow = bytes(frame[off:off + 12]) + bytes(addrs) + bytes(frame[tcp:tcp + 4])
     return flow, int.from_bytes(frame[tcp + 8:tcp + 12], "big")
-
-
-def later(a: int, b: int) -> bool:
-    """Sequence number ``a`` is after ``b`` (mod 2**32, RFC 1982)."""
-    return 0 < (a - b) & 0xFFFFFFFF < 0x80000000

@@ -227,6 +227,12 @@ def _segment(gso_type: int, hdr_len: int, gso_size: int, frame_len: int,
     return min(headers + gso_size, whole)
 
 
+def seq_after(a: int, b: int) -> bool:
+    """32-bit sequence number ``a`` comes after ``b`` (wrapping, RFC 1982): TCP's sequence
+    and acknowledgement numbers, the sleeve's fragment message ids."""
+    return 0 < (a - b) & 0xFFFFFFFF < 0x80000000
+
+
 def checksum(data: bytes | bytearray | memoryview) -> int:
     """Internet checksum (RFC 1071) of ``data``: the ones' complement of the
     ones'-complement sum of its big-endian 16-bit words (odd length: zero-padded)."""

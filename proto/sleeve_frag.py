@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import RemoteProtocolError
+from .ethernet import seq_after
 
 VERSION = 1
 FRAGMENT = 6
@@ -182,7 +183,7 @@ class Reassembler:
     def _older_lost(self, sender: Hashable, msg_id: int) -> None:
         """Message ``msg_id`` of ``sender`` completed: its earlier ones still pending are lost."""
         gone = [key for key in self._pending
-                if key[0] == sender and 0 < (msg_id - key[1]) & 0xFFFFFFFF < 0x80000000]
+                if key[0] == sender and seq_after(msg_id, key[1])]
         for key in gone:
             del self._pending[key]
         if gone:

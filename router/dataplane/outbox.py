@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from weftnet.proto import ackfilter, sleeve
-from weftnet.proto.ethernet import VNET_HDR_LEN
+from weftnet.proto.ethernet import VNET_HDR_LEN, seq_after
 
 Entry = tuple[int, int, int, Any]
 
@@ -53,7 +53,7 @@ class Outbox:
             key = (entry[0], entry[1], ack[0])
             seen = acks.get(key)
             thinned = False
-            if seen is not None and ackfilter.later(ack[1], seen[1]):
+            if seen is not None and seq_after(ack[1], seen[1]):
                 older = entries[seen[0]]
                 assert older is not None  # the flow's latest ACK: never thinned yet
                 entries[seen[0]] = None

@@ -210,6 +210,8 @@ def recv_batch(
 
 def _chunks(total: int, seg_size: int) -> list[tuple[int, int]]:
     """Split ``total`` bytes into GSO calls: (start, end) with <= 64 segments, <= 65507 B."""
+    if total <= MAX_UDP_PAYLOAD and total <= MAX_GSO_SEGMENTS * seg_size:
+        return [(0, total)]  # one call (a fragmented sleeve message always fits one)
     per_call = min(MAX_GSO_SEGMENTS, max(1, MAX_UDP_PAYLOAD // seg_size)) * seg_size
     return [(i, min(i + per_call, total)) for i in range(0, total, per_call)]
 
@@ -240,11 +242,7 @@ def send_segments(
     sent = 0
     if sock not in _no_gso:
         cmsg = [(SOL_UDP, UDP_SEGMENT, _U16.pack(seg_size))]
-        if total <= MAX_UDP_PAYLOAD and total <= MAX_GSO_SEGMENTS * seg_size:
-            calls = [(0, total)]  # one call: every fragmented sleeve message
-        else:
-            calls = _chunks(total, seg_size)
-        for start, end in calls:
+        for start, end in _chunks(total, seg_size):
             try:
                 sock.sendmsg([view[start:end]], cmsg, 0, addr)
             except BlockingIOError:

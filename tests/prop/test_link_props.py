@@ -2,9 +2,11 @@
 and reordering. Whatever happens on the wire:
 
 * a link is up only after an answer (HEARTBEAT_ACK) reached it since it last went down;
-* LINK_TIMEOUT without a datagram always leaves it down, and so does SEND_TIMEOUT of
+* LINK_TIMEOUT without a datagram (or the longer timeout of a link the shell slowed down)
+  always leaves it down, and so does SEND_TIMEOUT of
   silence since DATA was sent (``data_sent``) after the peer was last heard;
 * after ``handle_timer(now)`` the next timer is later than ``now`` (no busy loop);
+* ``get_timer``'s kept answer is always the one computed afresh (every input resets it);
 * up and down events alternate and agree with ``up``.
 """
 
@@ -30,7 +32,8 @@ TICKS = st.one_of(st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.0, LINK_TIMEOUT]),
                   st.floats(0.0, 2 * LINK_TIMEOUT, allow_nan=False))
 OPS = st.one_of(
     st.tuples(st.just("tick"), TICKS),
-    st.tuples(st.sampled_from(["deliver", "drop", "dup", "send"]), st.integers(0, 1 << 16)),
+    st.tuples(st.sampled_from(["deliver", "drop", "dup", "send", "pace", "loss"]),
+              st.integers(0, 1 << 16)),
 )
 
 
@@ -79,6 +82,7 @@ class Net:
                     w.answered = False
                 w.up = False
         assert w.up == w.m.up
+        assert w.m.get_timer() == w.m._compute_timer(), "a stale kept timer"
 
     def deliver(self, i: int, keep: bool) -> None:
         if not self.flight:
@@ -104,7 +108,8 @@ class Net:
                 later = w.m.get_timer()
                 assert later is None or later > self.now, (later, self.now)
             self.check_events(w)
-            if self.now - w.heard >= LINK_TIMEOUT:
+            # LINK_TIMEOUT at the default pace; longer once the shell slows a link ("pace")
+            if self.now - w.heard >= max(LINK_TIMEOUT, w.m.timeout):
                 assert not w.m.up, f"up after {self.now - w.heard}s of silence"
             if w.sending and self.now - w.heard >= SEND_TIMEOUT:
                 assert not w.m.up, f"up after {self.now - w.heard}s of silence while sending"
@@ -133,6 +138,14 @@ def test_link_invariants_under_loss_duplication_and_reordering(
             if w.m.data_sent():
                 w.sending = True
             assert w.sending or not w.m.up
+        elif how == "pace":  # the shell re-paces its links (proto/link.py heartbeat_interval)
+            w = net.watches()[int(value) % 2]
+            w.m.slow = (2.0, 7.0, 25.0)[int(value) % 3]
+            net.check_events(w)
+        elif how == "loss":  # the shell counted messages of the peer it never completed
+            w = net.watches()[int(value) % 2]
+            w.m.note_loss(1 + int(value) % 3, net.now)
+            net.check_events(w)
         elif how == "drop":
             if net.flight:
                 net.flight.pop(int(value) % len(net.flight))

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from tests.gsoframes import ack_frame, super_frame
 from weftnet.proto import ackfilter, sleeve
-from weftnet.proto.ethernet import VNET_HDR_LEN
+from weftnet.proto.ethernet import VNET_HDR_LEN, seq_after
 from weftnet.router.dataplane.outbox import Outbox
 
 SACK = b"\x01\x01\x05\x0a" + bytes(8)  # NOP NOP SACK with one block
@@ -59,9 +59,9 @@ def test_fragments_and_ip_options_are_not_parsed() -> None:
     assert ackfilter.pure_ack(frame, VNET_HDR_LEN) is None
 
 
-def test_later_wraps_around() -> None:
-    assert ackfilter.later(5, 0xFFFFFFF0) and not ackfilter.later(0xFFFFFFF0, 5)
-    assert not ackfilter.later(7, 7)
+def test_seq_after_wraps_around() -> None:
+    assert seq_after(5, 0xFFFFFFF0) and not seq_after(0xFFFFFFF0, 5)
+    assert not seq_after(7, 7)
 
 
 def test_a_newer_ack_replaces_the_older_one_and_order_is_kept() -> None:
@@ -96,7 +96,7 @@ def test_the_latest_ack_always_crosses_and_the_size_is_what_crosses(numbers: lis
     crossing = [ackfilter.pure_ack(e[3], VNET_HDR_LEN) for e in taken]
     assert numbers[-1] in [c[1] for c in crossing if c is not None]
     pairs = zip(numbers, numbers[1:], strict=False)
-    assert len(taken) == 1 + sum(not ackfilter.later(b, a) for a, b in pairs)
+    assert len(taken) == 1 + sum(not seq_after(b, a) for a, b in pairs)
     size = sum(sleeve.ENTRY_OVERHEAD + len(e[3]) for e in taken)
     for n in numbers:
         box.add(4, ack(n))

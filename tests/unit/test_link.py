@@ -353,3 +353,20 @@ def test_loss_is_not_said_before_the_link_is_up() -> None:
     wire = Wire.pair()
     wire.b.note_loss(2, 0.0)
     assert wire.b.lost == 2 and wire.b.datagrams_to_send() == []
+
+
+def test_the_kept_timer_follows_every_input_of_an_up_link() -> None:
+    """``get_timer`` keeps its answer between inputs: a settled link (up, its path MTU
+    found, so the heartbeat is what comes next) must see the new pace, a DATA send's
+    closer watch and a loss report at once, as the timer computed afresh does."""
+    wire = Wire(machine(True), machine(False))
+    wire.run(60.0)
+    m = wire.a
+    assert m.up and not m.probing
+    steps = [lambda: setattr(m, "slow", 7.0), lambda: m.note_loss(1, wire.now),
+             lambda: m.data_sent(), lambda: setattr(m, "slow", 2.0)]
+    for step in steps:
+        kept = m.get_timer()
+        step()
+        assert m.get_timer() == m._compute_timer() != kept  # each one moves the timer
+        wire.run(wire.now + 0.5)
