@@ -61,7 +61,9 @@ Path MTU: once UP, and every ``PMTU_REPROBE`` after, a round of DF-marked PROBEs
 decreasing size finds the largest IP packet that reaches the peer: ``MAX_PROBE`` first, then
 ``PROBE_SIZES``, each waited for ``PROBE_WAIT``. A size the kernel refuses locally comes back
 through ``probe_send_failed`` with the route's MTU: the round goes on at once with that MTU
-and the sizes below it. The first size answered is the path MTU; the link's MTU is
+and the sizes below it. The first size answered is the path MTU (an answer to a larger probe
+of the round that comes after its wait, on a slow or busy path, still counts: the sizes go
+down, so it ends the round with the larger size); the link's MTU is
 ``min(mtu, path MTU - overlay overhead)``, the overhead counting the underlay's IP and UDP
 headers (28 bytes over IPv4, 48 over IPv6: ``ip_udp_overhead``). The smallest size worth
 probing is 576 over IPv4 and 1280 over IPv6 (the least every IPv6 link carries; IPv6 is
@@ -78,7 +80,7 @@ from __future__ import annotations
 import enum
 import random
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import ethernet, sleeve
 from .peername import PeerName
@@ -209,12 +211,14 @@ LinkEvent = LinkWentUp | LinkWentDown | AddressMoved | TrustChanged | PathMtuFou
 
 @dataclass(slots=True)
 class _Round:
-    """One path MTU round: the probe in flight and the sizes still to try."""
+    """One path MTU round: the probe in flight, the sizes still to try, and every probe
+    sent in the round by id (an answer that comes after its wait still names a size)."""
 
     sizes: list[int]
     size: int = 0
     probe_id: int = 0
     deadline: float = 0.0
+    sent: dict[int, int] = field(default_factory=dict)  # probe id -> size
 
 
 class LinkMachine:
@@ -331,8 +335,8 @@ class LinkMachine:
         else:
             probe_id, _ = sleeve.decode_probe(body)
             r = self._round
-            if r is not None and probe_id == r.probe_id:
-                self._end_round(now, r.size)
+            if r is not None and probe_id in r.sent:
+                self._end_round(now, r.sent[probe_id])
         return True
 
     def handle_timer(self, now: float) -> None:
@@ -498,6 +502,7 @@ class LinkMachine:
             return
         r.size = r.sizes.pop(0)
         r.probe_id = self._rng.getrandbits(32)
+        r.sent[r.probe_id] = r.size
         r.deadline = now + PROBE_WAIT
         body_size = r.size - ip_udp_overhead(self.udp_addr) - sleeve.HEADER_LEN - (
             sleeve.TAG_LEN if self.encrypted else 0)

@@ -30,6 +30,7 @@ from weftnet.proto.link import (
     LinkWentDown,
     LinkWentUp,
     PathMtuFound,
+    Send,
     TrustChanged,
     heartbeat_interval,
     standby_interval,
@@ -370,3 +371,26 @@ def test_the_kept_timer_follows_every_input_of_an_up_link() -> None:
         step()
         assert m.get_timer() == m._compute_timer() != kept  # each one moves the timer
         wire.run(wire.now + 0.5)
+
+
+def test_a_late_answer_to_a_larger_probe_still_names_the_path_mtu() -> None:
+    """On a busy path the answer to the 1280 probe comes after its wait, when the round has
+    moved on to 576: it still ends the round with 1280 (not 576 for PMTU_REPROBE)."""
+    wire = Wire.pair(route_mtu=1280, path_mtu=1280)
+    held: list[Send] = []
+
+    def hold_answers(m: LinkMachine, s: Send) -> bool:
+        if s.kind is Kind.PROBE_ACK:
+            held.append(s)
+            return True
+        return False
+
+    wire.drop = hold_answers
+    wire.run(0.2)
+    assert wire.a.up and wire.a.probing
+    wire.run(wire.now + 1.5 * PROBE_WAIT)  # 1280 unanswered in time: 576 is in flight
+    sizes = [ip_size(s, True) for m, s in wire.sent if m is wire.a and s.kind is Kind.PROBE]
+    assert sizes[-2:] == [1280, 576]
+    (late,) = [s for s in held if s.addr[0] == A_ADDR[0]][:1]  # the answer to 1280 first
+    wire.a.receive(late.kind, late.body, B_ADDR, wire.now)
+    assert wire.a.pmtu == 1280 and not wire.a.probing
