@@ -351,7 +351,7 @@ class Router:
                 return freed
             raise LocalProtocolError(str(exc)) from None
         if result.mac is not None:  # its claim on the virtual Ethernet ends now, not at expiry
-            self.dataplane.forwarder.forget_mac(parse_mac(result.mac))
+            self.dataplane.forget_mac(parse_mac(result.mac))
         if result.gone:
             self.watcher.unwatch(result.container)
         if self.dns is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import random
+import socket
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -233,3 +234,34 @@ def udp_pair(a: Address, b: Address, *, loss: float = 0.0, seed: int = 0,
     """Two UDP ports on one new network (``port.net``)."""
     net = MemoryNetwork(loss=loss, seed=seed, route_mtu=route_mtu, path_mtu=path_mtu)
     return net.udp(a), net.udp(b)
+
+
+class SocketTap:
+    """A TAP device with a file descriptor (what the data thread waits on, readers.py): one
+    end of a datagram socket pair; the test is the bridge at the other end, ``bridge``."""
+
+    def __init__(self, name: str = "socktap") -> None:
+        self.name = name
+        self.vnet_hdr = False
+        self.offloads: frozenset[str] = frozenset()
+        self._sock, self.bridge = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    async def wait_readable(self) -> None:
+        await trio.lowlevel.wait_readable(self._sock)
+
+    def read(self, size: int) -> bytes:
+        return self._sock.recv(size)
+
+    def write(self, frame: Buffer) -> None:
+        self._sock.send(frame)
+
+    def writev(self, parts: Sequence[Buffer]) -> None:
+        self._sock.sendmsg(parts)
+
+    def close(self) -> None:
+        self._sock.close()
+        self.bridge.close()

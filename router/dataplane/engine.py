@@ -23,12 +23,14 @@ break: ``keys_agreed`` then ``keys_switched``, proto/sleeve_rotation.py)::
                      ─▶ TAP write and/or relay (reseal)
 
 Each direction waits for readiness once and then drains with non-blocking calls, so a
-burst costs one ``await``, not one per packet. Frames for the same next hop read in one
-drain share a datagram (router/dataplane/outbox.py: a newer pure TCP ACK of a flow takes
-an older one's place there); a super-frame fills one. A TAP read makes one fresh ``bytes`` (the
-frame waits in its batch until sealed: a reused buffer would cost a copy, and an arena
-cycling through a megabyte measured slower than the allocator's hot 64 KiB chunk); UDP
-reads reuse one buffer, and a plain datagram's frames stay views into it (no copy on open).
+burst costs one wake, not one per packet: on a thread of its own with the host's ports
+(router/dataplane/readers.py; the daemon's entries take the engine's lock, ``locked``).
+Frames for the same next hop read in one drain share a datagram (router/dataplane/outbox.py:
+a newer pure TCP ACK of a flow takes an older one's place there); a super-frame fills one.
+A TAP read makes one fresh ``bytes`` (the frame waits in its batch until sealed: a reused
+buffer would cost a copy, and an arena cycling through a megabyte measured slower than the
+allocator's hot 64 KiB chunk); UDP reads reuse one buffer, and a plain datagram's frames
+stay views into it (no copy on open).
 
 Nothing here calls back into the daemon. What the mesh must hear (a link's overlay: ready
 or not, which one, why, its MTU) is decided by ``_decide``, the single writer of
@@ -46,11 +48,11 @@ its MTU is larger, and a container keeps a smaller one it was told for 10 minute
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import math
 import os
 import random
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -60,7 +62,6 @@ from weftnet.proto import ethernet, gsosplit, punchwire, sleeve, sleeve_frag
 from weftnet.proto.connmaker import join_host_port
 from weftnet.proto.errors import RemoteProtocolError
 from weftnet.proto.forwarding import Forwarder
-from weftnet.proto.handshake import AEAD_CHACHA
 from weftnet.proto.link import (
     AddressMoved,
     LinkMachine,
@@ -74,14 +75,15 @@ from weftnet.proto.link import (
 from weftnet.proto.mesh import KeysAgreed, KeysSwitched, MeshNode, PeerConnected, PeerDisconnected
 from weftnet.proto.peername import describe_peer
 from weftnet.proto.routes import Routes
-from weftnet.proto.sleeve import Kind, SleeveDrop, SleeveSession
+from weftnet.proto.sleeve import Kind, SleeveDrop
 from weftnet.proto.sleeve_rotation import SessionRotation
 from weftnet.router.dataplane import pmtu, udpsock
 from weftnet.router.dataplane.fastpath import FastPath
-from weftnet.router.dataplane.links import Link, Overlay
+from weftnet.router.dataplane.links import Link, Overlay, Trusted, new_link
 from weftnet.router.dataplane.outbox import Outbox
 from weftnet.router.dataplane.pmtu import PathProbes
 from weftnet.router.dataplane.ports import Address, TapPort, UdpPort, UdpSocketPort
+from weftnet.router.dataplane.readers import ThreadReaders, TrioReaders, locked
 from weftnet.router.dataplane.tap import PLAIN_VNET_HDR, Tap
 from weftnet.router.host import netdev
 
@@ -106,11 +108,6 @@ PUNCHED_NO_FASTDP = ("the peer is reached through NAT (a punched UDP path): the 
 
 
 
-def _split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def _noop() -> None:
     return None
 
@@ -125,7 +122,7 @@ class Dataplane:
         self.port = port
         self.host = host
         self.mtu = mtu
-        self.trusted = [ipaddress.ip_network(s, strict=False) for s in trusted_subnets]
+        self.trusted = Trusted(trusted_subnets)
         self._wake = wake  # asks the daemon's timer task to look at get_timer again
         self._rng = rng if rng is not None else random.Random(os.urandom(16))
         self.me = mesh.config.name
@@ -141,7 +138,10 @@ class Dataplane:
         self._max_body = {True: sleeve.max_body(True), False: sleeve.max_body(False)}
         self._rx = bytearray(READ_SIZE)
         self._rx_view = memoryview(self._rx)
-        self._nursery: trio.Nursery | None = None
+        self._lock = threading.RLock()  # held by whichever thread is in the engine
+        self._now: Callable[[], float] = trio.current_time  # readers.py: either thread's
+        self._readers: ThreadReaders | TrioReaders = TrioReaders()
+        self._later: set[int] = set()  # conn_ids the data thread left to _service
         self._reassembler = sleeve_frag.Reassembler()
         self._last_sweep = -math.inf  # of incomplete fragmented messages
         self._mac_sweep = -math.inf  # of expired MACs
@@ -155,7 +155,7 @@ class Dataplane:
         self._paths: dict[int, tuple[Address, int]] = {}
         self._socks: dict[int, UdpPort] = {}  # extra sockets (hole punching's spray), by index
         self.probes = PathProbes(port=self._port, deliver=self._receive, service=self._service,
-                                 flush=self._flush)
+                                 flush=self._flush, lock=self._lock)
         self.fast = FastPath(mesh, enabled=fastdp,
                              disabled_reason="" if fastdp else "fast path disabled (--no-fastdp)",
                              port=port + 1, mtu=mtu, wake=self._notify,
@@ -163,9 +163,13 @@ class Dataplane:
 
     # --- life cycle -------------------------------------------------------------------
 
-    def open(self, tap: TapPort | None = None, udp: UdpPort | None = None) -> None:
+    def open(self, tap: TapPort | None = None, udp: UdpPort | None = None, *,
+             threaded: bool | None = None) -> None:
         """Take the ports given, or create (or adopt) the bridge and our TAP port and bind
-        the UDP socket."""
+        the UDP socket. ``threaded``: read the ports on a thread (readers.py), by default
+        when they are the host's."""
+        if threaded if threaded is not None else tap is None and udp is None:
+            self._readers = ThreadReaders(self._lock)
         if tap is None:
             netdev.ensure_bridge(self.mtu)
             tap = Tap.open(netdev.TAP, bridge=netdev.BRIDGE, mtu=self.mtu)
@@ -194,38 +198,33 @@ class Dataplane:
             self.tap.close()
 
     async def run(self) -> None:
-        assert self.tap is not None and self.udp is not None, "open() first"
+        tap, udp, readers = self.tap, self.udp, self._readers
+        assert tap is not None and udp is not None, "open() first"
+        if isinstance(readers, ThreadReaders):
+            self._now = trio.lowlevel.current_clock().current_time
+            token, wake = trio.lowlevel.current_trio_token(), self._wake
+            self._wake = lambda: token.run_sync_soon(wake)  # from either thread
+        readers.add(tap, lambda: self._drain_tap(tap))
+        readers.add(udp, lambda: self._drain_udp(udp))
         async with trio.open_nursery() as nursery:
-            self._nursery = self.probes.nursery = nursery
-            nursery.start_soon(self._tap_loop, self.tap)
-            nursery.start_soon(self._udp_loop, self.udp)
-            for sock, udp in self._socks.items():
-                nursery.start_soon(self._udp_loop, udp, sock)
+            self.probes.nursery = nursery
+            for sock, extra in self._socks.items():
+                self._read_socket(sock, extra)
+            nursery.start_soon(readers.run)
             nursery.start_soon(self.fast.run)
+
+    def _read_socket(self, sock: int, udp: UdpPort) -> None:
+        self._readers.add(udp, lambda: self._drain_udp(udp, sock),
+                          alive=lambda: self._socks.get(sock) is udp)
 
     # --- what the mesh tells us, and what we tell it --------------------------------------
 
+    @locked
     def peer_connected(self, event: PeerConnected, now: float) -> None:
-        keys = event.sleeve_keys
-        host, port = _split_address(event.remote_address)
-        session = SleeveSession(conn_uid=event.conn_uid,
-                                send_key=keys.sleeve_send if keys else None,
-                                recv_key=keys.sleeve_recv if keys else None, now=now,
-                                aead=keys.aead if keys else AEAD_CHACHA)
-        plain = SleeveSession(conn_uid=event.conn_uid, send_key=None, recv_key=None, now=now)
         path, sock = self._paths.get(event.conn_id, (None, 0))
-        machine = LinkMachine(
-            me=self.me, uid=self.mesh.config.uid, mtu=self.mtu, port=self.port,
-            we_trust=self._trusts(host), encrypted=session.encrypted,
-            # the control port is the sleeve port too; the inbound side learns the address,
-            # except on a punched path, whose address both ends know already
-            addr=path if path is not None else (host, port) if event.outbound else None,
-            now=now, rng=self._rng)
-        link = Link(conn_id=event.conn_id, peer=event.peer.name, nickname=event.peer.nickname,
-                    conn_uid=event.conn_uid, outbound=event.outbound,
-                    remote_address=event.remote_address,
-                    report_address=event.report_address, session=session, plain=plain,
-                    machine=machine, punched=path is not None, sock=sock)
+        link = new_link(event, me=self.me, uid=self.mesh.config.uid, mtu=self.mtu,
+                        port=self.port, trusts=self.trusted, path=path, sock=sock, now=now,
+                        rng=self._rng)
         old = self.links.pop(event.conn_id, None)
         if old is not None:
             self._unindex(old)
@@ -234,6 +233,7 @@ class Dataplane:
         self._pace()
         self._service(link, now)
 
+    @locked
     def peer_disconnected(self, event: PeerDisconnected) -> None:
         self._paths.pop(event.conn_id, None)
         link = self.links.pop(event.conn_id, None)
@@ -256,6 +256,7 @@ class Dataplane:
 
     # --- hole punching: the daemon's punch driver reads and sends through our socket ------
 
+    @locked
     def punched_path(self, conn_id: int, addr: Address | None, sock: int = 0) -> None:
         """Connection ``conn_id`` runs over a punched path to ``addr`` from our socket
         ``sock`` (None: forget it)."""
@@ -264,25 +265,30 @@ class Dataplane:
         else:
             self._paths[conn_id] = (addr, sock)
 
+    @locked
     def adopt_socket(self, sock: int, udp: UdpPort) -> None:
         """Read (and send through) an extra UDP socket, index ``sock`` >= 1: what arrives
         there goes where the main socket's datagrams go, punch datagrams tagged with it."""
         assert sock >= 1
         self.release_socket(sock)
         self._socks[sock] = udp
-        if self._nursery is not None:  # else run() starts its reader
-            self._nursery.start_soon(self._udp_loop, udp, sock)
+        if self.probes.nursery is not None:  # else run() starts its reader
+            self._read_socket(sock, udp)
 
+    @locked
     def release_socket(self, sock: int) -> None:
         udp = self._socks.pop(sock, None)
         if udp is not None:
+            self._readers.remove(udp)
             udp.close()
 
+    @locked
     def sockets_in_use(self) -> set[int]:
         """Extra sockets that links use (a punched path from a spray socket)."""
         return {link.sock for link in self.links.values() if link.sock} | {
             s for _, s in self._paths.values() if s}
 
+    @locked
     def take_punch(self) -> list[tuple[bytes, Address, int]]:
         """The punch-family datagrams that arrived since the last call, with the index of
         the socket each came in on."""
@@ -292,6 +298,7 @@ class Dataplane:
     def _port(self, sock: int) -> UdpPort | None:
         return self.udp if sock == 0 else self._socks.get(sock)
 
+    @locked
     def send_punch(self, datagram: bytes, addr: Address, sock: int = 0) -> None:
         udp = self._port(sock)
         if udp is None:
@@ -304,6 +311,7 @@ class Dataplane:
         except OSError as exc:
             self._drop(f"send error: {exc.strerror}")
 
+    @locked
     def keys_agreed(self, event: KeysAgreed, now: float) -> None:
         """A rekey completed on our side: open the new session's datagrams from now on,
         keep sealing with the current one (make before break)."""
@@ -316,6 +324,7 @@ class Dataplane:
         self._by_uid[event.sleeve_uid] = link
         self._wake()
 
+    @locked
     def keys_switched(self, event: KeysSwitched, now: float) -> None:
         """The peer opens the new keys: seal with them; the old session keeps opening
         until its overlap is over (its timer), then it is erased."""
@@ -339,6 +348,12 @@ class Dataplane:
         self.fast.forget(link.conn_id)
         self._unpublished.discard(link.conn_id)
 
+    @locked
+    def forget_mac(self, mac: int) -> bool:
+        """A container left: its MAC is nobody's from now on."""
+        return self.forwarder.forget_mac(mac)
+
+    @locked
     def routes_changed(self) -> None:
         routes = self.mesh.routes
         if routes is self._routes:
@@ -350,6 +365,7 @@ class Dataplane:
             for peer in set(old.unicast) - set(routes.unicast):
                 self.forwarder.forget_peer(peer)
 
+    @locked
     def drain(self, now: float) -> None:
         """Tell the mesh each changed link's overlay (the daemon's pump calls this first)."""
         for conn_id in self.fast.take_moved():
@@ -369,13 +385,6 @@ class Dataplane:
     def _notify(self) -> None:
         self._news = True
         self._wake()
-
-    def _trusts(self, host: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(ip in net for net in self.trusted)
 
     def _decide(self, link: Link, now: float) -> None:
         """The one writer of ``link.fast`` and of what the mesh hears about the link."""
@@ -414,7 +423,12 @@ class Dataplane:
     # --- the link machines: their outputs, their timers ---------------------------------
 
     def _service(self, link: Link, now: float) -> None:
-        """Send what the link's machine asks and act on its events."""
+        """Send what the link's machine asks and act on its events: on the trio thread (the
+        data thread leaves it to the timer task, which may start probes and tell the mesh)."""
+        if threading.get_ident() == self._readers.ident:
+            self._later.add(link.conn_id)
+            self._wake()
+            return
         m = link.machine
         while sends := m.datagrams_to_send():
             for send in sends:
@@ -452,9 +466,10 @@ class Dataplane:
         if due is not None and due < self._armed:
             self._wake()
 
+    @locked
     def get_timer(self) -> float | None:
         """When ``handle_timer`` has work; in the past while news waits for the pump."""
-        if self._news or self.fast.moved:
+        if self._news or self.fast.moved or self._later:
             due = -math.inf
         else:
             times = [self.fast.get_timer(), self._mac_timer()]
@@ -469,8 +484,13 @@ class Dataplane:
         self._armed = due
         return None if due == math.inf else due
 
+    @locked
     def handle_timer(self, now: float) -> None:
         self._armed = math.inf  # the daemon asks get_timer again after this
+        for conn_id in sorted(self._later):
+            if (later := self.links.get(conn_id)) is not None:
+                self._service(later, now)
+        self._later.clear()
         for link in list(self.links.values()):
             due = link.machine.get_timer()
             if due is not None and due <= now:
@@ -498,15 +518,9 @@ class Dataplane:
 
     # --- TAP -> UDP ---------------------------------------------------------------------
 
-    async def _tap_loop(self, tap: TapPort) -> None:
-        while True:
-            await tap.wait_readable()
-            while self._drain_tap(tap):
-                await trio.sleep(0)
-
     def _drain_tap(self, tap: TapPort) -> bool:
         """Read what the TAP has (up to a batch); True if there may be more."""
-        now = trio.current_time()
+        now = self._now()
         fwd = self.forwarder
         vnet = ethernet.VNET_HDR_LEN if tap.vnet_hdr else 0
         flags = ENTRY_VNET if vnet else 0
@@ -566,7 +580,7 @@ class Dataplane:
             self._drop("too big")
             return
         if not self._outbox.room(link.conn_id, size, limit):
-            self._flush_link(link, trio.current_time())
+            self._flush_link(link, self._now())
         if not self._outbox.add(link.conn_id, entry):
             link.counters.acks_thinned += 1
         link.counters.frames_out += 1
@@ -620,19 +634,8 @@ class Dataplane:
 
     # --- UDP -> TAP ---------------------------------------------------------------------
 
-    async def _udp_loop(self, udp: UdpPort, sock: int = 0) -> None:
-        while sock == 0 or self._socks.get(sock) is udp:
-            try:
-                await udp.wait_readable()
-            except (trio.ClosedResourceError, OSError):
-                if sock == 0:
-                    raise
-                return  # an extra socket released
-            while self._drain_udp(udp, sock) and (sock == 0 or self._socks.get(sock) is udp):
-                await trio.sleep(0)
-
     def _drain_udp(self, udp: UdpPort, sock: int = 0) -> bool:
-        now = trio.current_time()
+        now = self._now()
         view = self._rx_view
         rx = self._rx
         recv_into = udp.recv_into
@@ -772,12 +775,14 @@ class Dataplane:
 
     # --- report -----------------------------------------------------------------------------
 
+    @locked
     def connection_report(self, address: str, outbound: bool) -> dict[str, Any] | None:
         for link in self.links.values():
             if link.report_address == address and link.outbound == outbound:
-                return link.report(trio.current_time())
+                return link.report(self._now())
         return None
 
+    @locked
     def report(self) -> dict[str, Any]:
         return {
             "bridge": netdev.BRIDGE,

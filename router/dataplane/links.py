@@ -4,11 +4,16 @@
 
 from __future__ import annotations
 
+import ipaddress
+import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from weftnet.proto.connmaker import join_host_port
+from weftnet.proto.handshake import AEAD_CHACHA
 from weftnet.proto.link import LinkMachine
+from weftnet.proto.mesh import PeerConnected
 from weftnet.proto.sleeve import SleeveSession
 from weftnet.proto.sleeve_rotation import SessionRotation
 from weftnet.router.dataplane.ports import Address, ProbePort
@@ -82,3 +87,42 @@ class Link:
             "small_units": self.machine.lossy(now),
             **self.counters.as_dict(),
         }
+
+
+class Trusted:
+    """The subnets whose hosts we trust (``--trusted-subnets``): no encryption with them."""
+
+    def __init__(self, subnets: Iterable[str]) -> None:
+        self.nets = [ipaddress.ip_network(s, strict=False) for s in subnets]
+
+    def __call__(self, host: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.nets)
+
+
+def new_link(event: PeerConnected, *, me: int, uid: int, mtu: int, port: int, trusts: Trusted,
+             path: Address | None, sock: int, now: float, rng: random.Random) -> Link:
+    """The link of a connection the mesh just made (``path``: a punched UDP path to the
+    peer, from our socket ``sock``)."""
+    keys = event.sleeve_keys
+    host, _, port_text = event.remote_address.rpartition(":")
+    host, peer_port = host.strip("[]"), int(port_text)
+    session = SleeveSession(conn_uid=event.conn_uid,
+                            send_key=keys.sleeve_send if keys else None,
+                            recv_key=keys.sleeve_recv if keys else None, now=now,
+                            aead=keys.aead if keys else AEAD_CHACHA)
+    plain = SleeveSession(conn_uid=event.conn_uid, send_key=None, recv_key=None, now=now)
+    machine = LinkMachine(
+        me=me, uid=uid, mtu=mtu, port=port, we_trust=trusts(host), encrypted=session.encrypted,
+        # the control port is the sleeve port too; the inbound side learns the address,
+        # except on a punched path, whose address both ends know already
+        addr=path if path is not None else (host, peer_port) if event.outbound else None,
+        now=now, rng=rng)
+    return Link(conn_id=event.conn_id, peer=event.peer.name, nickname=event.peer.nickname,
+                conn_uid=event.conn_uid, outbound=event.outbound,
+                remote_address=event.remote_address, report_address=event.report_address,
+                session=session, plain=plain, machine=machine, punched=path is not None,
+                sock=sock)

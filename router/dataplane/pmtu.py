@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 from collections.abc import Callable
 
 import trio
@@ -37,11 +38,12 @@ class PathProbes:
     def __init__(self, *, port: Callable[[int], UdpPort | None],
                  deliver: Callable[[memoryview, Address, float, int], None],
                  service: Callable[[Link, float], None],
-                 flush: Callable[[float], None]) -> None:
+                 flush: Callable[[float], None], lock: threading.RLock) -> None:
         self._port = port          # our socket by index (the link's)
         self._deliver = deliver    # a datagram that is not a probe answer: the data path's
         self._service = service    # the link's machine has news
         self._flush = flush        # send what the deliveries queued
+        self._lock = lock          # the engine's: its data thread may be in it (readers.py)
         self.nursery: trio.Nursery | None = None
 
     def send(self, link: Link, send: Send, now: float) -> None:
@@ -92,17 +94,18 @@ class PathProbes:
         and closing it unread would lose them (a peer's own probe, sent just before our
         round ended, went unanswered: its round then found a smaller path MTU). A task of
         its own, so the engine is never re-entered from the service that closed the port."""
-        now = trio.current_time()
-        try:
-            for _ in range(DRAIN_BATCH):
-                try:
-                    data = probe.recv(READ_SIZE)
-                except OSError:  # BlockingIOError: drained
-                    break
-                self._deliver(memoryview(data), addr, now, link.sock)
-        finally:
-            probe.close()
-        self._flush(now)
+        with self._lock:
+            now = trio.current_time()
+            try:
+                for _ in range(DRAIN_BATCH):
+                    try:
+                        data = probe.recv(READ_SIZE)
+                    except OSError:  # BlockingIOError: drained
+                        break
+                    self._deliver(memoryview(data), addr, now, link.sock)
+            finally:
+                probe.close()
+            self._flush(now)
 
     async def _loop(self, link: Link, probe: ProbePort) -> None:
         """Answers to one link's probes. The probe port shares the data socket's address
@@ -113,31 +116,35 @@ class PathProbes:
                 await probe.wait_readable()
             except (trio.ClosedResourceError, OSError):
                 return
-            now = trio.current_time()
-            for _ in range(DRAIN_BATCH):
-                if link.probe is not probe or link.probe_addr is None:
-                    break
-                try:
-                    data = probe.recv(READ_SIZE)
-                except BlockingIOError:
-                    break
-                except OSError:  # e.g. ICMP port unreachable, reported once
-                    break
-                try:
-                    answer = sleeve.peek(data)[::2] == (Kind.PROBE_ACK, link.conn_uid)
-                except RemoteProtocolError:
-                    answer = False
-                if not answer:
-                    self._deliver(memoryview(data), link.probe_addr, now, link.sock)
-                    continue
-                try:
-                    kind, body = link.session.open(data, now)
-                    link.machine.receive(kind, body, link.probe_addr, now)
-                except RemoteProtocolError:
-                    continue
-                self._service(link, now)
-            self._flush(now)
+            with self._lock:
+                self._drain(link, probe)
             await trio.sleep(0)
+
+    def _drain(self, link: Link, probe: ProbePort) -> None:
+        now = trio.current_time()
+        for _ in range(DRAIN_BATCH):
+            if link.probe is not probe or link.probe_addr is None:
+                break
+            try:
+                data = probe.recv(READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError:  # e.g. ICMP port unreachable, reported once
+                break
+            try:
+                answer = sleeve.peek(data)[::2] == (Kind.PROBE_ACK, link.conn_uid)
+            except RemoteProtocolError:
+                answer = False
+            if not answer:
+                self._deliver(memoryview(data), link.probe_addr, now, link.sock)
+                continue
+            try:
+                kind, body = link.session.open(data, now)
+                link.machine.receive(kind, body, link.probe_addr, now)
+            except RemoteProtocolError:
+                continue
+            self._service(link, now)
+        self._flush(now)
 
 
 def too_big(tap: TapPort, frame: bytes, vnet: int, mtu: int) -> bool:

@@ -130,6 +130,9 @@ class UdpSocketPort:
     async def wait_readable(self) -> None:
         await trio.lowlevel.wait_readable(self.sock)
 
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
     def recv_into(self, buf: bytearray | memoryview) -> tuple[int, int | None, Address]:
         if self.gro:
             return udpsock.recv_batch(self.sock, buf)

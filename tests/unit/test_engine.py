@@ -40,9 +40,10 @@ from weftnet.proto.mesh import (
     PeerConnected,
     PeerDisconnected,
 )
-from weftnet.router.dataplane.doubles import MemoryNetwork, MemoryTap, MemoryUdp
+from weftnet.router.dataplane.doubles import MemoryNetwork, MemoryTap
 from weftnet.router.dataplane.engine import LOSSY_UNIT_SEGS, Dataplane
 from weftnet.router.dataplane.fastpath import FastPath, fastdp_channel
+from weftnet.router.dataplane.ports import TapPort, UdpPort
 from weftnet.router.dataplane.tap import PLAIN_VNET_HDR
 
 MTU = 1376
@@ -55,18 +56,19 @@ BLOCKED = f"(is UDP port {PORT} blocked?)"
 class Host:
     """One router: MeshNode + Dataplane over a MemoryTap and a MemoryUdp."""
 
-    def __init__(self, name: int, nickname: str, udp: MemoryUdp, *, password: bytes | None,
-                 seed: int, vnet: bool = False, trusted: tuple[str, ...] = ()) -> None:
+    def __init__(self, name: int, nickname: str, udp: UdpPort, *, password: bytes | None,
+                 seed: int, vnet: bool = False, trusted: tuple[str, ...] = (),
+                 tap: TapPort | None = None, threaded: bool = False) -> None:
         self.mesh = MeshNode(
             MeshConfig(name=name, nickname=nickname, uid=1000 + seed, password=password,
                        port=PORT, discovery=False, require_overlay=True),
             now=0.0, random_bytes=random.Random(seed).randbytes, rng=random.Random(seed))
-        self.tap = MemoryTap(vnet_hdr=vnet)
+        self.tap: Any = tap if tap is not None else MemoryTap(vnet_hdr=vnet)
         self.udp = udp
         self.engine = Dataplane(self.mesh, port=PORT, host="", mtu=MTU, trusted_subnets=trusted,
                                 fastdp=False, wake=self.poke, rng=random.Random(seed))
         self.mesh.register_channel(fastdp.CHANNEL, fastdp_channel(self.engine.fast))
-        self.engine.open(tap=self.tap, udp=udp)
+        self.engine.open(tap=self.tap, udp=udp, threaded=threaded)
         self.other: Host | None = None
         self.wake = trio.Event()
 
