@@ -45,10 +45,14 @@ than 10% between two moments on a shared machine, so for RTT the baseline is mea
 *beside* every other path: while a path is up, a second, hand-built kernel VXLAN pair
 (containers ``k1`` 10.3.1.1 and ``k2`` 10.3.1.2, the same recipe) is up too, and the pings
 alternate between the two in ``PING_ROUNDS`` rounds; the path's RTT ratio is its median
-over that interleaved baseline's median (``RTT x baseline``). The throughput ratio uses the
-baseline row (iperf3 runs of seconds average the drift out). A path that fails is one row in the table with
-a one-line reason; the other paths still run. Everything is removed at the end, on errors
-and on Ctrl-C or SIGTERM too (``Testbed.close``).
+over that interleaved baseline's median (``RTT x baseline``). Throughput swings as much
+(a path's Gbit/s moved by 25% between runs an hour apart on the shared machine), so the
+iperf3 run is cut in ``TCP_ROUNDS`` turns too, alternating with runs through the baseline
+beside it (path, baseline, baseline, path: a steady drift favours neither), and ``x
+baseline`` is the path's Gbit/s over that interleaved baseline's (``x row`` is the ratio to
+the baseline's own row, for comparison; the lossy run uses the row). A path that fails is
+one row in the table with a one-line reason; the other paths still run. Everything is
+removed at the end, on errors and on Ctrl-C or SIGTERM too (``Testbed.close``).
 
 ``--peers``: after the paths, the userspace tunnels a user could install instead
 (wireguard-go, nebula, tinc in switch mode) run between the same two hosts, two rows
@@ -90,6 +94,7 @@ from weftnet.router.tools.benchresults import (
     PING_COUNT,
     PING_INTERVAL,
     PING_ROUNDS,
+    TCP_ROUNDS,
     BenchResult,
     Measurement,
     MeasurementFailed,
@@ -301,41 +306,51 @@ class _Runner:
     def _measure(self, say: Progress, path: str) -> Measurement:
         say(f"waiting until c1 reaches c2 ({ADDRESSES[1]})")
         self._wait_reachable(CONTAINERS[0], ADDRESSES[1])
-        beside: PingResult | None = None
+        pids = self.cpu_pids() if self.cpu_pids is not None and self.opts.peers else []
         if path == BASELINE:
             say(f"ping x{self.opts.ping_count}")
             ping = self._ping(CONTAINERS[0], ADDRESSES[1], self.opts.ping_count)
-        else:
-            say(f"ping x{self.opts.ping_count}, in turns with the baseline beside it")
-            ping, beside = self._ping_beside()
-        say(f"iperf3 TCP {self.opts.duration} s")
-        pids = self.cpu_pids() if self.cpu_pids is not None and self.opts.peers else []
-        before = cpu_seconds(pids)
-        tcp = self._iperf3()
-        cpu = cpu_per_gb(cpu_seconds(pids) - before, tcp.bytes) if pids else None
-        return Measurement("ok", tcp=tcp, ping=ping, ping_beside=beside, cpu_s_per_gb=cpu)
-
-    def _ping_beside(self) -> tuple[PingResult, PingResult]:
-        """Ping through the path and through a kernel VXLAN pair built beside it, in
-        alternating rounds, so both see the same moments of a noisy machine."""
+            say(f"iperf3 TCP {self.opts.duration} s")
+            before = cpu_seconds(pids)
+            tcp = self._iperf3(CONTAINERS, ADDRESSES[1], self.opts.duration)
+            cpu = cpu_per_gb(cpu_seconds(pids) - before, tcp.bytes) if pids else None
+            return Measurement("ok", tcp=tcp, ping=ping, cpu_s_per_gb=cpu)
         for c in BESIDE_CONTAINERS:
             self.tb.add_container(c)
         with self._kernel_vxlan(BESIDE_CONTAINERS, BESIDE_ADDRESSES, links=_BESIDE_LINKS):
             self._wait_reachable(BESIDE_CONTAINERS[0], BESIDE_ADDRESSES[1])
+            say(f"ping x{self.opts.ping_count}, in turns with the baseline beside it")
             per_round = max(1, self.opts.ping_count // PING_ROUNDS)
-            mine: list[PingResult] = []
-            base: list[PingResult] = []
+            pings: list[PingResult] = []
+            pings_beside: list[PingResult] = []
             for _ in range(PING_ROUNDS):
-                mine.append(self._ping(CONTAINERS[0], ADDRESSES[1], per_round))
-                base.append(self._ping(BESIDE_CONTAINERS[0], BESIDE_ADDRESSES[1], per_round))
-        return PingResult.combine(mine), PingResult.combine(base)
+                pings.append(self._ping(CONTAINERS[0], ADDRESSES[1], per_round))
+                pings_beside.append(self._ping(BESIDE_CONTAINERS[0], BESIDE_ADDRESSES[1], per_round))
+            rounds = max(1, min(TCP_ROUNDS, self.opts.duration))
+            turn = self.opts.duration / rounds
+            say(f"iperf3 TCP {self.opts.duration} s, in {rounds} turns with the baseline beside it")
+            runs: list[TcpResult] = []
+            runs_beside: list[TcpResult] = []
+            cpu_s = 0.0
+            for i in range(rounds):
+                if i % 2:  # path, baseline, baseline, path...: a drift favours neither
+                    runs_beside.append(self._iperf3(BESIDE_CONTAINERS, BESIDE_ADDRESSES[1], turn))
+                before = cpu_seconds(pids)
+                runs.append(self._iperf3(CONTAINERS, ADDRESSES[1], turn))
+                cpu_s += cpu_seconds(pids) - before
+                if not i % 2:
+                    runs_beside.append(self._iperf3(BESIDE_CONTAINERS, BESIDE_ADDRESSES[1], turn))
+        tcp, tcp_beside = TcpResult.combine(runs), TcpResult.combine(runs_beside)
+        return Measurement("ok", tcp=tcp, ping=PingResult.combine(pings),
+                           ping_beside=PingResult.combine(pings_beside), tcp_beside=tcp_beside,
+                           cpu_s_per_gb=cpu_per_gb(cpu_s, tcp.bytes) if pids else None)
 
     def _measure_lossy(self, say: Progress) -> Measurement:
         try:
             for host in HOSTS:
                 self.tb.set_loss(host, LOSS_PERCENT)
             say(f"iperf3 TCP {self.opts.duration} s with {LOSS_PERCENT}% underlay loss")
-            return Measurement("ok", tcp=self._iperf3())
+            return Measurement("ok", tcp=self._iperf3(CONTAINERS, ADDRESSES[1], self.opts.duration))
         except (MeasurementFailed, TestbedError, OSError, subprocess.SubprocessError) as exc:
             return Measurement.failed(one_line(exc))
         finally:
@@ -374,19 +389,20 @@ class _Runner:
         proc = self.tb.run(container, argv, check=False, timeout=n * PING_INTERVAL + 30)
         return parse_ping(proc.stdout + proc.stderr)
 
-    def _iperf3(self) -> TcpResult:
+    def _iperf3(self, containers: Sequence[str], address: str, seconds: float) -> TcpResult:
+        """One TCP stream from ``containers[0]`` to ``address`` of ``containers[1]``."""
         port = str(IPERF_PORT)
         server = self.tb.popen(
-            CONTAINERS[1], ["iperf3", "-s", "-1", "-B", ADDRESSES[1], "-p", port],
+            containers[1], ["iperf3", "-s", "-1", "-B", address, "-p", port],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
-            _wait_listening(self.tb, CONTAINERS[1], server, IPERF_PORT, timeout=15)
+            _wait_listening(self.tb, containers[1], server, IPERF_PORT, timeout=15)
             client = [
-                "iperf3", "-c", ADDRESSES[1], "-p", port, "-t", str(self.opts.duration),
+                "iperf3", "-c", address, "-p", port, "-t", f"{seconds:g}",
                 "-P", "1", "-J", "--connect-timeout", "5000",
             ]  # fmt: skip
-            proc = self.tb.run(CONTAINERS[0], client, check=False, timeout=self.opts.duration + 60)
+            proc = self.tb.run(containers[0], client, check=False, timeout=seconds + 60)
             return parse_iperf3(proc.stdout)
         finally:
             end_process(server)
@@ -589,8 +605,9 @@ def _summary(clean: Measurement, lossy: Measurement | None) -> str:
     if clean.status != "ok" or clean.tcp is None or clean.ping is None:
         return f"{clean.status}: {clean.reason}"
     text = f"{clean.tcp.gbps:.2f} Gbit/s, ping {clean.ping.avg_ms:.3f} ms"
-    if clean.ping_beside is not None:
-        text += f" (baseline beside it {clean.ping_beside.avg_ms:.3f} ms)"
+    if clean.ping_beside is not None and clean.tcp_beside is not None:
+        text += (f" (baseline beside it {clean.tcp_beside.gbps:.2f} Gbit/s,"
+                 f" {clean.ping_beside.avg_ms:.3f} ms)")
     if lossy is not None:
         text += f"; at {LOSS_PERCENT}% loss: " + (
             f"{lossy.tcp.gbps:.2f} Gbit/s" if lossy.tcp else f"{lossy.status}: {lossy.reason}"

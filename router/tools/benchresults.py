@@ -29,6 +29,7 @@ BASELINE = "kernel-vxlan"
 PING_COUNT = 60
 PING_ROUNDS = 6  # the pings of a path alternate with the beside-baseline's in this many rounds
 PING_INTERVAL = 0.05
+TCP_ROUNDS = 2  # a path's iperf3 run alternates with the beside-baseline's in this many turns
 
 Status = Literal["ok", "failed", "skipped"]
 
@@ -51,6 +52,17 @@ class TcpResult:
     gbps: float
     bytes: int
     retransmits: int | None = None
+
+    @classmethod
+    def combine(cls, runs: Sequence[TcpResult]) -> TcpResult:
+        """Several runs as one: all their bytes over all their time."""
+        if not runs:
+            raise MeasurementFailed("iperf3: no runs to combine")
+        seconds = sum(run.bytes * 8 / (run.gbps * 1e9) for run in runs)
+        nbytes = sum(run.bytes for run in runs)
+        retransmits = [run.retransmits for run in runs]
+        return cls(gbps=nbytes * 8 / seconds / 1e9, bytes=nbytes,
+                   retransmits=None if None in retransmits else sum(r or 0 for r in retransmits))
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +108,7 @@ class Measurement:
     tcp: TcpResult | None = None
     ping: PingResult | None = None
     ping_beside: PingResult | None = None  # the baseline, pinged in turns with this path
+    tcp_beside: TcpResult | None = None  # the baseline's iperf3, in turns with this path's
     # CPU seconds per GB received of the path's own processes (routers, tunnel daemons),
     # measured with --peers only; None for the kernel's paths and otherwise
     cpu_s_per_gb: float | None = None
@@ -131,8 +144,17 @@ class BenchResult:
         return next((p for p in self.paths if p.path == path), None)
 
     def ratio(self, path: str, lossy: bool = False) -> float | None:
-        """Throughput of ``path`` over the baseline's, same run and condition; None when
-        either is missing."""
+        """Throughput of ``path`` over the baseline's measured in turns with it (clean), or
+        else over the baseline's row of the same run and condition; None when either is
+        missing."""
+        mine = self._find(path)
+        beside = None if mine is None or lossy else mine.clean.tcp_beside
+        if mine is not None and mine.clean.tcp is not None and beside is not None:
+            return mine.clean.tcp.gbps / beside.gbps
+        return self.row_ratio(path, lossy)
+
+    def row_ratio(self, path: str, lossy: bool = False) -> float | None:
+        """Throughput of ``path`` over the baseline row's, same run and condition."""
         mine, base = self._find(path), self._find(BASELINE)
         if mine is None or base is None:
             return None
@@ -166,6 +188,9 @@ class BenchResult:
         for p in self.paths:
             entry = _measurement_json(p.clean)
             entry["ratio"] = _round(self.ratio(p.path))
+            entry["row_ratio"] = _round(self.row_ratio(p.path))
+            tb = p.clean.tcp_beside
+            entry["tcp_baseline_beside_gbps"] = None if tb is None else round(tb.gbps, 4)
             ping = p.clean.ping
             entry["ping_ms"] = None if ping is None else {
                 "avg": round(ping.avg_ms, 4), "median": round(ping.median_ms, 4),
@@ -191,6 +216,7 @@ class BenchResult:
             "ping_count": self.ping_count,
             "ping_interval_s": PING_INTERVAL,
             "ping_rounds": PING_ROUNDS,
+            "tcp_rounds": TCP_ROUNDS,
             "machine": self.machine,
             "paths": paths,
             "interrupted": self.interrupted,
@@ -221,7 +247,7 @@ def format_table(result: BenchResult) -> str:
     """The human-readable report: a title line, one row per path, and under a row that
     failed or was skipped, one indented line per reason. Newline-terminated."""
     loss = result.loss_percent
-    header = ["path", "TCP Gbit/s", "x baseline", "ping ms avg/med", "RTT x baseline"]
+    header = ["path", "TCP Gbit/s", "x baseline", "x row", "ping ms avg/med", "RTT x baseline"]
     cpu = any(p.clean.cpu_s_per_gb is not None for p in result.paths)  # --peers
     if cpu:
         header.append("CPU s/GB")
@@ -230,7 +256,8 @@ def format_table(result: BenchResult) -> str:
     rows: list[list[str]] = []
     notes: list[list[str]] = []
     for p in result.paths:
-        row = [p.path, _gbps_cell(p.clean), _ratio_cell(result.ratio(p.path)), _ping_cell(p.clean),
+        row = [p.path, _gbps_cell(p.clean), _ratio_cell(result.ratio(p.path)),
+               _ratio_cell(result.row_ratio(p.path)), _ping_cell(p.clean),
                _ratio_cell(result.rtt_ratio(p.path))]
         if cpu:
             row.append("-" if p.clean.cpu_s_per_gb is None else f"{p.clean.cpu_s_per_gb:.1f}")

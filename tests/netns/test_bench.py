@@ -156,8 +156,9 @@ def test_baseline_with_underlay_loss(capsys: pytest.CaptureFixture[str]) -> None
     rows = [ln for ln in out.splitlines() if ln.startswith("kernel-vxlan")]
     assert len(rows) == 1, out
     cells = rows[0].split()
-    assert float(cells[1]) > 0 and float(cells[5]) > 0, out  # TCP Gbit/s clean and at 1% loss
-    assert cells[2] == cells[4] == cells[6] == "1.00"
+    # path, Gbit/s, x baseline, x row, ping, RTT x baseline, Gbit/s at 1% loss, x baseline@loss
+    assert float(cells[1]) > 0 and float(cells[6]) > 0, out  # TCP Gbit/s clean and at 1% loss
+    assert cells[2] == cells[3] == cells[5] == cells[7] == "1.00"
     assert "@1% loss" in out
 
 
@@ -177,7 +178,7 @@ def test_a_failing_path_does_not_stop_the_others(capsys: pytest.CaptureFixture[s
     """The weft paths come and go with the data plane; whatever they do, the baseline after
     them is measured and a failure is one line, never a traceback."""
     need_tools("iperf3", "ping")
-    argv = ["--paths", "sleeve-plain,kernel-vxlan", "--duration", "1", "--no-loss", "--json", "--wait", "15"]
+    argv = ["--paths", "sleeve-plain,kernel-vxlan", "--duration", "2", "--no-loss", "--json", "--wait", "15"]
     status, out, err = run_bench(argv, capsys)
     doc = json.loads(out)
     assert list(doc["paths"]) == ["sleeve-plain", "kernel-vxlan"]
@@ -188,6 +189,11 @@ def test_a_failing_path_does_not_stop_the_others(capsys: pytest.CaptureFixture[s
         # its RTT was measured in turns with a kernel VXLAN pair built beside it
         beside = plain["ping_baseline_beside_ms"]
         assert beside["received"] > 0 and plain["rtt_ratio"] > 0
+        # and its throughput in turns with that pair's (2 turns of 1 s each)
+        base = plain["tcp_baseline_beside_gbps"]
+        assert base > 0 and plain["ratio"] == pytest.approx(plain["tcp_gbps"] / base, rel=1e-3)
+        row = doc["paths"]["kernel-vxlan"]["tcp_gbps"]
+        assert plain["row_ratio"] == pytest.approx(plain["tcp_gbps"] / row, rel=1e-3)
     else:
         assert status == 1 and plain["status"] == "failed"
         assert plain["reason"] and "\n" not in plain["reason"]

@@ -50,10 +50,13 @@ def iperf3_doc(bps: float, nbytes: int, retransmits: int = 7) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def ok(gbps: float, ping_ms: float = 0.1, beside_ms: float | None = None) -> Measurement:
+def ok(gbps: float, ping_ms: float = 0.1, beside_ms: float | None = None,
+       beside_gbps: float | None = None) -> Measurement:
     ping = PingResult(20, 20, ping_ms, ping_ms, ping_ms, ping_ms)
     beside = None if beside_ms is None else PingResult(20, 20, beside_ms, beside_ms, beside_ms, beside_ms)
-    return Measurement("ok", tcp=TcpResult(gbps, int(gbps * 1e9 / 8)), ping=ping, ping_beside=beside)
+    tcp_beside = None if beside_gbps is None else TcpResult(beside_gbps, int(beside_gbps * 1e9 / 8))
+    return Measurement("ok", tcp=TcpResult(gbps, int(gbps * 1e9 / 8)), ping=ping, ping_beside=beside,
+                       tcp_beside=tcp_beside)
 
 
 def lossy_ok(gbps: float) -> Measurement:
@@ -180,6 +183,29 @@ def test_ratios_are_to_the_baseline_of_the_same_run_and_condition() -> None:
     assert r.ratio("fastdp") is None
 
 
+def test_the_clean_ratio_is_to_the_baseline_measured_in_turns_with_the_path() -> None:
+    r = result(
+        PathResult(BASELINE, ok(10.0), lossy_ok(5.0)),
+        PathResult("sleeve-plain", ok(3.5, beside_gbps=14.0), lossy_ok(2.0)),
+    )
+    assert r.ratio("sleeve-plain") == pytest.approx(0.25)   # 3.5 / 14, not / 10
+    assert r.row_ratio("sleeve-plain") == pytest.approx(0.35)
+    assert r.ratio("sleeve-plain", lossy=True) == pytest.approx(0.4)  # the lossy run: the row
+    doc = r.to_json()["paths"]["sleeve-plain"]
+    assert doc["ratio"] == 0.25 and doc["row_ratio"] == 0.35
+    assert doc["tcp_baseline_beside_gbps"] == 14.0
+    assert r.to_json()["tcp_rounds"] == bench.TCP_ROUNDS
+
+
+def test_tcp_runs_combine_as_all_bytes_over_all_time() -> None:
+    # 1 GB at 8 Gbit/s (1 s) and 1 GB at 2 Gbit/s (4 s): 2 GB in 5 s
+    both = TcpResult.combine([TcpResult(8.0, 10**9, 3), TcpResult(2.0, 10**9, 4)])
+    assert both.bytes == 2 * 10**9 and both.gbps == pytest.approx(3.2) and both.retransmits == 7
+    assert TcpResult.combine([TcpResult(8.0, 10**9, 3), TcpResult(2.0, 10**9)]).retransmits is None
+    with pytest.raises(MeasurementFailed):
+        TcpResult.combine([])
+
+
 def test_no_ratio_without_a_working_baseline() -> None:
     alone = result(PathResult("sleeve-plain", ok(3.5)), loss=None)
     assert alone.ratio("sleeve-plain") is None
@@ -206,7 +232,7 @@ def table_rows(text: str) -> list[str]:
 def test_table_rows_columns_and_reasons() -> None:
     r = result(
         PathResult(BASELINE, ok(14.8, 0.061), lossy_ok(9.1)),
-        PathResult("sleeve-plain", ok(5.18, 0.25, beside_ms=0.1),
+        PathResult("sleeve-plain", ok(5.18, 0.25, beside_ms=0.1, beside_gbps=12.95),
                    Measurement.failed("iperf3: no data reached the server")),
         PathResult("sleeve-encrypted", Measurement.failed("on h1: `weft attach` failed: no such command"),
                    Measurement.failed("on h1: `weft attach` failed: no such command")),
@@ -218,22 +244,23 @@ def test_table_rows_columns_and_reasons() -> None:
     rows = table_rows(text)
     header = rows[0].split("  ")
     assert [h.strip() for h in header if h.strip()] == [
-        "path", "TCP Gbit/s", "x baseline", "ping ms avg/med", "RTT x baseline", "TCP Gbit/s @1% loss",
-        "x baseline@loss",
+        "path", "TCP Gbit/s", "x baseline", "x row", "ping ms avg/med", "RTT x baseline",
+        "TCP Gbit/s @1% loss", "x baseline@loss",
     ]  # fmt: skip
-    assert rows[2].split() == ["kernel-vxlan", "14.80", "1.00", "0.061/0.061", "1.00", "9.10", "1.00"]
+    assert rows[2].split() == ["kernel-vxlan", "14.80", "1.00", "1.00", "0.061/0.061", "1.00", "9.10", "1.00"]
     # the RTT ratio is to the baseline pinged beside the path (0.1 ms), not to its row (0.061)
-    assert rows[3].split() == ["sleeve-plain", "5.18", "0.35", "0.250/0.250", "2.50", "failed", "-"]
+    # the TCP ratio too, to the baseline's iperf3 in turns with the path's (12.95 Gbit/s)
+    assert rows[3].split() == ["sleeve-plain", "5.18", "0.40", "0.35", "0.250/0.250", "2.50", "failed", "-"]
     assert rows[4] == "    @1% loss failed: iperf3: no data reached the server"
-    assert rows[5].split() == ["sleeve-encrypted", "failed", "-", "-", "-", "failed", "-"]
+    assert rows[5].split() == ["sleeve-encrypted", "failed", "-", "-", "-", "-", "failed", "-"]
     # The same reason twice is shown once.
     assert rows[6] == "    failed: on h1: `weft attach` failed: no such command"
-    assert rows[7].split() == ["fastdp", "skipped", "-", "-", "-", "skipped", "-"]
+    assert rows[7].split() == ["fastdp", "skipped", "-", "-", "-", "-", "skipped", "-"]
     assert rows[8] == "    skipped: h1's connection runs over sleeve: no fast path yet"
     assert len(rows) == 9
     # Columns line up: after the (left-aligned) path, every cell ends where its dashes end.
     for row in (rows[2], rows[3], rows[5], rows[7]):
-        assert cell_ends(row)[-6:] == cell_ends(rows[1])[1:]
+        assert cell_ends(row)[-7:] == cell_ends(rows[1])[1:]
 
 
 def cell_ends(line: str) -> list[int]:
@@ -243,7 +270,7 @@ def cell_ends(line: str) -> list[int]:
 def test_table_without_loss_has_no_loss_columns() -> None:
     rows = table_rows(format_table(result(PathResult(BASELINE, ok(9.0)), loss=None)))
     assert "loss" not in rows[0]
-    assert rows[2].split() == ["kernel-vxlan", "9.00", "1.00", "0.100/0.100", "1.00"]
+    assert rows[2].split() == ["kernel-vxlan", "9.00", "1.00", "1.00", "0.100/0.100", "1.00"]
 
 
 def test_json_shape() -> None:

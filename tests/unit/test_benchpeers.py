@@ -74,8 +74,8 @@ def test_the_cpu_column_and_key_appear_only_with_cpu_figures() -> None:
     rows = format_table(peers).splitlines()
     start = next(i for i, ln in enumerate(rows) if ln.startswith("path "))
     assert rows[start].split("  ")[-1].strip() == "CPU s/GB"
-    assert rows[start + 2].split() == ["kernel-vxlan", "10.00", "1.00", "0.100/0.100", "1.00", "-"]
+    assert rows[start + 2].split() == ["kernel-vxlan", "10.00", "1.00", "1.00", "0.100/0.100", "1.00", "-"]
     assert rows[start + 3].split()[-1] == "5.1" and rows[start + 4].split()[2] == "0.05"
-    assert rows[start + 5].split() == ["nebula", "skipped", "-", "-", "-", "-"]
+    assert rows[start + 5].split() == ["nebula", "skipped", "-", "-", "-", "-", "-"]
     doc = peers.to_json()["paths"]
     assert doc["sleeve-encrypted"]["cpu_s_per_gb"] == 5.12 and "cpu_s_per_gb" not in doc[BASELINE]
