@@ -99,7 +99,6 @@ class ThreadReaders:
         self._drains: dict[int, Drain] = {}
         self._stop_r, self._stop_w = os.pipe()
         self._epoll.register(self._stop_r, select.EPOLLIN)
-        self._done = threading.Event()
         self.ident: int | None = None  # the thread's, while it runs
 
     def add(self, port: Any, drain: Drain, alive: Callable[[], bool] = lambda: True) -> None:
@@ -115,11 +114,28 @@ class ThreadReaders:
             self._epoll.unregister(fd)
 
     async def run(self) -> None:
+        """Until cancelled; an exception in the thread ends it here too."""
+        token = trio.lowlevel.current_trio_token()
+        ended = trio.Event()
+        failure: list[BaseException] = []
+
+        def main() -> None:
+            try:
+                self._loop()
+            except BaseException as exc:  # handed to the trio thread, raised there
+                failure.append(exc)
+            finally:
+                token.run_sync_soon(ended.set)
+
+        thread = threading.Thread(target=main, name="weft-data", daemon=True)
+        thread.start()
         try:
-            await trio.to_thread.run_sync(self._loop, cancellable=True)
+            await ended.wait()
+            if failure:
+                raise failure[0]
         finally:
             os.write(self._stop_w, b"x")
-            self._done.wait(10)  # the thread leaves within a batch
+            thread.join(10)  # it leaves within a batch
             self._epoll.close()
             os.close(self._stop_r)
             os.close(self._stop_w)
@@ -138,4 +154,3 @@ class ThreadReaders:
                             drain()
         finally:
             self.ident = None
-            self._done.set()
