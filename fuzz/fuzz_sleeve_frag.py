@@ -1,6 +1,7 @@
-"""Fuzz the sleeve fragment reassembler: any sequence of datagrams is taken or refused with
-RemoteProtocolError; a completed message is always made of chunks that arrived for it;
-the table of pending reassemblies stays bounded."""
+"""Fuzz the sleeve fragment reassembler: any sequence of datagrams (fragments and parity
+fragments) is taken or refused with RemoteProtocolError; a completed message is always made
+of chunks that arrived for it, or rebuilt from them; the table of pending reassemblies stays
+bounded."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ SEEDS = [
     fragment(bytes(range(200)) * 10, 300, 1),
     fragment(b"x" * 5000, 1472, 0xFFFFFFFF),
     b"\x01\x06\x00\x02\x00\x00\x00\x01abc",
+    fragment(bytes(range(256)) * 9, 400, 2, parity=True),
+    b"\x01\x07\x00\x03\x00\x00\x00\x02xyz",
 ]
 
 
@@ -43,6 +46,17 @@ def test_one_input(data: bytes) -> None:
             got = [m for k in range(0, len(buf), seg)
                    if (m := r2.add("s", buf[k:k + seg], 0.0)) is not None]
             assert got == [msg] and out == []
+            # with parity, less the segment the input picks: the message or nothing
+            parts = [buf2[k:k + seg] for buf2 in [fragment(msg, seg, data[1], parity=True)]
+                     for k in range(0, len(buf2), seg)]
+            lost = data[-1] % len(parts)
+            r3 = Reassembler()
+            got = [m for k, part in enumerate(parts)
+                   if k != lost and (m := r3.add("s", part, 0.0)) is not None]
+            rebuilt = r3.add_batch("t", memoryview(b"".join(p for k, p in enumerate(parts)
+                                                          if k != lost)), seg, 0.0)
+            assert got in ([], [msg]) and [bytes(m) for m in rebuilt] in ([], [msg])
+            assert got == [msg] or lost == len(parts) - 1  # only the short last is beyond it
 
 
 if __name__ == "__main__":

@@ -23,6 +23,14 @@ sender with an earlier id still pending lost a fragment on the way (the path doe
 reorder whole messages; one that does costs a needless "loss"). Those are dropped and
 counted per sender, as are reassemblies that time out: ``take_lost`` hands the counts to
 the shell, which tells each sender (proto/link.py ``note_loss``).
+
+Parity (a sender told of loss, ``fragment(..., parity=True)``): the buffer starts with one
+more segment, kind PARITY, whose chunk is the XOR of the message's full-size chunks (all
+but a shorter last one), so any one of those lost on the way is rebuilt from the others:
+at 1% loss per datagram a message of 9 fragments is lost 8.6% of the time without, ~1.4%
+with (its short last fragment, or two of ten). A rebuilt message is counted in
+``recovered`` (``take_recovered``): its sender keeps hearing of the loss, and so keeps
+sending parity, while nothing is lost.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from .ethernet import seq_after
 
 VERSION = 1
 FRAGMENT = 6
+PARITY = 7  # XOR of a message's full-size chunks; index 0, count of the message's fragments
 HEADER = struct.Struct(">BBBBI")
 HEADER_LEN = HEADER.size  # 8
 MAX_FRAGMENTS = 64  # UDP_SEGMENT's limit per call
@@ -47,7 +56,15 @@ TIMEOUT = 2.0
 
 
 def is_fragment(datagram: bytes | bytearray | memoryview) -> bool:
-    return len(datagram) >= 2 and datagram[0] == VERSION and datagram[1] == FRAGMENT
+    """A fragment or a parity fragment (the reassembler's business)."""
+    return len(datagram) >= 2 and datagram[0] == VERSION and datagram[1] in (FRAGMENT, PARITY)
+
+
+def _xor(chunks: list[bytes], size: int) -> bytes:
+    acc = 0
+    for c in chunks:
+        acc ^= int.from_bytes(c, "little")
+    return acc.to_bytes(size, "little")
 
 
 def fragment_count(length: int, seg_size: int) -> int:
@@ -83,8 +100,10 @@ def _cutter(full: int, count: int, chunk: int) -> tuple[struct.Struct, struct.St
     return cut
 
 
-def fragment(message: bytes | bytearray | memoryview, seg_size: int, msg_id: int) -> bytes:
-    """The message as one buffer of ``seg_size`` segments, each led by a fragment header."""
+def fragment(message: bytes | bytearray | memoryview, seg_size: int, msg_id: int, *,
+             parity: bool = False) -> bytes:
+    """The message as one buffer of ``seg_size`` segments, each led by a fragment header;
+    with ``parity``, led by a PARITY segment over its full-size chunks."""
     if seg_size < MIN_SEGMENT:
         raise ValueError(f"segment size {seg_size} below {MIN_SEGMENT}")
     chunk = seg_size - HEADER_LEN
@@ -97,11 +116,15 @@ def fragment(message: bytes | bytearray | memoryview, seg_size: int, msg_id: int
     whole, split, template = _cutter(full, count, chunk)
     args = template.copy()
     args[4::6] = [msg_id] * full
-    args[5::6] = split.unpack_from(message)
+    chunks = split.unpack_from(message)
+    args[5::6] = chunks
     body = whole.pack(*args)
+    head = b""
+    if parity and full:
+        head = HEADER.pack(VERSION, PARITY, 0, count, msg_id) + _xor(list(chunks), chunk)
     if full == count:
-        return body
-    return b"".join((body, HEADER.pack(VERSION, FRAGMENT, full, count, msg_id),
+        return head + body if head else body
+    return b"".join((head, body, HEADER.pack(VERSION, FRAGMENT, full, count, msg_id),
                      memoryview(message)[full * chunk:]))
 
 
@@ -126,6 +149,23 @@ class _Pending:
     started: float
     parts: list[bytes | None]
     got: int = 0
+    parity: bytes | None = None
+
+    def rebuilt(self) -> bytes | None:
+        """The message, if exactly one full-size chunk is missing, the parity came, and the
+        last fragment too (so the missing one is lost, not late)."""
+        parts, parity = self.parts, self.parity
+        if parity is None or self.got != self.count - 1 or parts[-1] is None:
+            return None
+        size = len(parity)
+        missing = parts.index(None)
+        others = [p for i, p in enumerate(parts) if i != missing and p is not None]
+        if len(others[-1]) < size:  # the short last chunk is not in the parity
+            others.pop()
+        if any(len(p) != size for p in others):
+            return None  # chunks of another size than the parity's: not this message's
+        parts[missing] = _xor([parity, *others], size)
+        return b"".join(p for p in parts if p is not None)
 
 
 class Reassembler:
@@ -141,6 +181,8 @@ class Reassembler:
         self.restarted = 0
         self.malformed = 0
         self.lost: dict[Hashable, int] = {}  # sender -> messages lost since take_lost
+        self.recovered: dict[Hashable, int] = {}  # sender -> rebuilt from parity, likewise
+        self.recovered_total = 0
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -152,15 +194,16 @@ class Reassembler:
         if len(datagram) <= HEADER_LEN:
             raise RemoteProtocolError("malformed: fragment without payload")
         ver, kind, index, count, msg_id = HEADER.unpack_from(datagram)
-        if ver != VERSION or kind != FRAGMENT:
+        if ver != VERSION or kind not in (FRAGMENT, PARITY):
             raise RemoteProtocolError("malformed: not a fragment")
         if count < 2 or count > MAX_FRAGMENTS or index >= count:
             raise RemoteProtocolError(f"malformed: fragment {index} of {count}")
         chunk = bytes(datagram[HEADER_LEN:])
         key = (sender, msg_id)
         entry = self._pending.get(key)
+        known = None if entry is None else entry.parity if kind == PARITY else entry.parts[index]
         if entry is not None and (entry.count != count or now - entry.started > self.timeout or (
-                entry.parts[index] is not None and entry.parts[index] != chunk)):
+                known is not None and known != chunk)):
             del self._pending[key]  # a new message reusing the id, or a contradiction
             self.restarted += 1
             entry = None
@@ -169,16 +212,24 @@ class Reassembler:
                 self._pending.popitem(last=False)
                 self.evicted += 1
             entry = self._pending[key] = _Pending(count, now, [None] * count)
-        if entry.parts[index] is None:
+        if kind == PARITY:
+            entry.parity = chunk
+        elif entry.parts[index] is None:
             entry.parts[index] = chunk
             entry.got += 1
         if entry.got < count:
-            return None
+            message = entry.rebuilt()
+            if message is None:
+                return None
+            self.recovered[sender] = self.recovered.get(sender, 0) + 1
+            self.recovered_total += 1
+        else:
+            message = b"".join(p for p in entry.parts if p is not None)
         del self._pending[key]
         self.completed += 1
         if self._pending:
             self._older_lost(sender, msg_id)
-        return b"".join(p for p in entry.parts if p is not None)
+        return message
 
     def _older_lost(self, sender: Hashable, msg_id: int) -> None:
         """Message ``msg_id`` of ``sender`` completed: its earlier ones still pending are lost."""
@@ -193,6 +244,11 @@ class Reassembler:
         """Messages lost per sender since the last call."""
         lost, self.lost = self.lost, {}
         return lost
+
+    def take_recovered(self) -> dict[Hashable, int]:
+        """Messages rebuilt from parity per sender since the last call."""
+        recovered, self.recovered = self.recovered, {}
+        return recovered
 
     def add_batch(self, sender: Hashable, view: memoryview, seg: int,
                   now: float) -> list[memoryview | bytes]:
@@ -211,20 +267,22 @@ class Reassembler:
         unpack = HEADER.unpack_from
         while off < n:
             end = min(off + seg, n)
-            if view[off] != VERSION or end - off < 2 or view[off + 1] != FRAGMENT:
+            if view[off] != VERSION or end - off < 2 or view[off + 1] not in (FRAGMENT, PARITY):
                 out.append(view[off:end])
                 off = end
                 continue
-            if end - off > HEADER_LEN:
+            if end - off > HEADER_LEN and view[off + 1] == FRAGMENT:
                 _v, _k, index, count, msg_id = unpack(view, off)
                 last = off + (count - 1) * seg
                 if index == 0 and 2 <= count <= MAX_FRAGMENTS and last + HEADER_LEN < n:
                     lv, lk, lindex, lcount, lmsg = unpack(view, last)
+                    pending = self._pending.get((sender, msg_id))
                     if (lv, lk, lindex, lcount, lmsg) == (VERSION, FRAGMENT, count - 1, count,
                                                          msg_id) and (
-                            (sender, msg_id) not in self._pending):
+                            pending is None or pending.got == 0):  # none, or its parity only
                         stop = min(last + seg, n)
                         out.append(_join(view[off:stop], seg))
+                        self._pending.pop((sender, msg_id), None)  # its parity, if it came
                         self.completed += 1
                         if self._pending:
                             self._older_lost(sender, msg_id)

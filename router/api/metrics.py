@@ -73,7 +73,7 @@ ENCRYPTIONS = ("encrypted", "unencrypted")   # of render.connection_encryption
 # shown at zero before the first link comes; one added there later appears once a link counts
 # it (tests/unit/test_metrics.py holds this list to the engine's).
 LINK_COUNTERS = ("packets_in", "bytes_in", "packets_out", "bytes_out", "datagrams_in",
-                 "datagrams_out", "acks_thinned")
+                 "datagrams_out", "acks_thinned", "messages_rebuilt")
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_]+")
 MESH_DOCS = {  # MeshStats counters; one not listed here gets a generic help text
     "gossip_messages_sent": "Gossip messages sent to direct peers.",

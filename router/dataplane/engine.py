@@ -621,9 +621,10 @@ class Dataplane:
                 link.counters.datagrams_out += 1
             else:
                 self._msg_id = (self._msg_id + 1) & 0xFFFFFFFF
-                buf = sleeve_frag.fragment(datagram, seg, self._msg_id)
+                buf = sleeve_frag.fragment(datagram, seg, self._msg_id,  # a lossy path: parity
+                                           parity=link.machine.lossy(self._now()))
                 udp.send_segments(buf, seg, addr)
-                link.counters.datagrams_out += sleeve_frag.fragment_count(len(datagram), seg)
+                link.counters.datagrams_out += -(-len(buf) // seg)
         except BlockingIOError:
             self._drop("send buffer full")
         except OSError as exc:
@@ -659,20 +660,22 @@ class Dataplane:
                                    addr, now, sock)
                 if reasm.malformed != bad:
                     self._drop("malformed", reasm.malformed - bad)
-        if self._reassembler.lost:
+        if self._reassembler.lost or self._reassembler.recovered:
             self._tell_loss(now)
         self._flush(now)
         return more
 
     def _tell_loss(self, now: float) -> None:
-        """Messages whose fragments never all came: their senders' links hear of it."""
-        for addr, n in self._reassembler.take_lost().items():
-            self._drop("incomplete message", n)
-            for link in self.links.values():
-                if link.machine.udp_addr == addr:
-                    link.machine.note_loss(n, now)
-                    self._service(link, now)
-                    break
+        """Messages whose fragments never all came, or came rebuilt from parity: their
+        senders' links hear of it (and so keep sending small units with parity)."""
+        lost, rebuilt = self._reassembler.take_lost(), self._reassembler.take_recovered()
+        if lost:
+            self._drop("incomplete message", sum(lost.values()))
+        for link in self.links.values():
+            if (addr := link.machine.udp_addr) in lost or addr in rebuilt:
+                link.counters.messages_rebuilt += rebuilt.get(addr, 0)
+                link.machine.note_loss(lost.get(addr, 0), now)
+                self._service(link, now)
 
     def _receive(self, data: memoryview, addr: Address, now: float, sock: int = 0) -> None:
         if sleeve_frag.is_fragment(data):
@@ -777,10 +780,8 @@ class Dataplane:
 
     @locked
     def connection_report(self, address: str, outbound: bool) -> dict[str, Any] | None:
-        for link in self.links.values():
-            if link.report_address == address and link.outbound == outbound:
-                return link.report(self._now())
-        return None
+        return next((link.report(self._now()) for link in self.links.values()
+                     if link.report_address == address and link.outbound == outbound), None)
 
     @locked
     def report(self) -> dict[str, Any]:

@@ -30,12 +30,13 @@ class Counters:
     datagrams_in: int = 0
     datagrams_out: int = 0
     acks_thinned: int = 0  # of packets_out: pure TCP ACKs a newer one replaced (outbox.py)
+    messages_rebuilt: int = 0  # the peer's messages rebuilt from parity (sleeve_frag.py)
 
     def as_dict(self) -> dict[str, int]:
         return {"packets_in": self.frames_in, "bytes_in": self.bytes_in,
                 "packets_out": self.frames_out, "bytes_out": self.bytes_out,
                 "datagrams_in": self.datagrams_in, "datagrams_out": self.datagrams_out,
-                "acks_thinned": self.acks_thinned}
+                "acks_thinned": self.acks_thinned, "messages_rebuilt": self.messages_rebuilt}
 
 
 @dataclass(slots=True, eq=False)

@@ -151,3 +151,59 @@ def test_fragment_lays_out_what_the_reference_does(message: bytes, seg: int, msg
     if len(expected) > seg:
         got = Reassembler().add_batch("s", memoryview(expected), seg, 0.0)
         assert [bytes(m) for m in got] == [message]
+
+
+def reference_parity(message: bytes, seg: int, msg_id: int) -> bytes:
+    """The parity segment written out byte by byte: XOR of the full-size chunks."""
+    chunk = seg - HEADER_LEN
+    count = -(-len(message) // chunk)
+    acc = bytearray(chunk)
+    for i in range(len(message) // chunk):
+        for j, b in enumerate(message[i * chunk:(i + 1) * chunk]):
+            acc[j] ^= b
+    return sleeve_frag.HEADER.pack(1, sleeve_frag.PARITY, 0, count, msg_id) + bytes(acc)
+
+
+@given(st.binary(min_size=200, max_size=6000), st.integers(sleeve_frag.MIN_SEGMENT, 1500),
+       st.integers(0, 2**32 - 1), st.data())
+def test_parity_rebuilds_any_one_lost_full_chunk(message: bytes, seg: int, msg_id: int,
+                                                 data: st.DataObject) -> None:
+    count = sleeve_frag.fragment_count(len(message), seg)
+    full = len(message) // (seg - HEADER_LEN)
+    if not 2 <= count <= sleeve_frag.MAX_FRAGMENTS or full == count:
+        return  # one datagram, or no shorter last fragment (then only a middle one may go)
+    buf = fragment(message, seg, msg_id, parity=True)
+    assert buf == reference_parity(message, seg, msg_id) + reference_fragment(message, seg, msg_id)
+    parts = segments(buf, seg)  # parity first, then the fragments
+    lost = data.draw(st.integers(1, full), label="lost")  # a full-size fragment
+    kept = [p for i, p in enumerate(parts) if i != lost]
+    order = data.draw(st.permutations(kept), label="order")
+    r = Reassembler()
+    assert [m for p in order if (m := r.add("p", p, 0.0)) is not None] == [message]
+    assert r.take_recovered() == {"p": 1} and r.recovered_total == 1 and len(r) == 0
+    batch = Reassembler()  # in order, one GRO read
+    assert [bytes(m) for m in batch.add_batch("p", memoryview(b"".join(kept)), seg, 0.0)] == [message]
+    everything = Reassembler()  # nothing lost: the fast path, and its parity not left behind
+    assert [bytes(m) for m in everything.add_batch("p", memoryview(buf), seg, 0.0)] == [message]
+    assert len(everything) == 0 and everything.take_recovered() == {}
+
+
+@given(st.binary(min_size=200, max_size=6000), st.integers(sleeve_frag.MIN_SEGMENT, 1500),
+       st.sets(st.integers(0, 64), min_size=1, max_size=3), st.booleans())
+def test_parity_never_gives_a_wrong_message_and_the_rest_is_lost(
+        message: bytes, seg: int, drop: set[int], batch: bool) -> None:
+    count = sleeve_frag.fragment_count(len(message), seg)
+    if not 2 <= count <= sleeve_frag.MAX_FRAGMENTS:
+        return
+    parts = segments(fragment(message, seg, 9, parity=True), seg)
+    kept = [p for i, p in enumerate(parts) if i not in drop]
+    r = Reassembler()
+    if batch and kept:
+        got = [bytes(m) for m in r.add_batch("p", memoryview(b"".join(kept)), seg, 0.0)]
+    else:
+        got = [m for p in kept if (m := r.add("p", p, 0.0)) is not None]
+    assert got in ([], [message])
+    r.expire(sleeve_frag.TIMEOUT + 1)
+    if not got:  # what did not come whole is counted lost (if any of it came)
+        assert r.take_lost() == ({"p": 1} if kept else {})
+    assert len(r) == 0

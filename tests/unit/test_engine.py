@@ -444,7 +444,8 @@ def test_a_peer_losing_whole_messages_gets_super_frames_in_pieces() -> None:
     """B loses one fragment of a sealed super-frame: when A's next message completes, B
     counts the first lost and tells A (an authenticated heartbeat); A then seals its TCP
     super-frames as pieces of LOSSY_UNIT_SEGS segments, each its own message, which B's
-    kernel turns into exactly the original's segments; after LOSS_HOLD, whole again."""
+    kernel turns into exactly the original's segments, each with a parity fragment that
+    rebuilds it when one of its fragments is lost; after LOSS_HOLD, whole again."""
     def tcp(seq: int) -> bytes:
         raw = super_frame(False, bytes(range(256)) * 240, 1200, seq=seq)  # 52 segments
         return raw[:10] + MAC_B + MAC_A + raw[22:]
@@ -470,9 +471,25 @@ def test_a_peer_losing_whole_messages_gets_super_frames_in_pieces() -> None:
         assert b.sleeve()["messages_lost"] == 1 and not b.sleeve()["small_units"]
         assert b.engine.drops == {"incomplete message": 1}
         told = trio.current_time()
+        # the pieces come with parity: one lost fragment of a piece is rebuilt at B
+        parities: list[bytes] = []
+
+        def drop_a_middle_one(src: Any, dst: Any, data: bytes) -> bool:
+            if sleeve_frag.is_fragment(data) and data[1] == sleeve_frag.PARITY:
+                parities.append(data)
+            if len(dropped) == 1 and sleeve_frag.is_fragment(data) and data[1] == \
+                    sleeve_frag.FRAGMENT and data[2] == 1:
+                dropped.append(data)
+                return True
+            return False
+
+        net.drop = drop_a_middle_one
         a.tap.inject(tcp(140000))
         pieces = [await b.tap.receive() for _ in range(-(-52 // LOSSY_UNIT_SEGS))]
         assert [s for p in pieces for s in kernel_segments(p)] == scratch_segments(tcp(140000))
+        assert len(dropped) == 2 and len(parities) == len(pieces)
+        assert b.sleeve()["messages_rebuilt"] == 1 and b.sleeve()["messages_lost"] == 1
+        assert b.engine.drops == {"incomplete message": 1}  # nothing more lost
         await trio.sleep(told + LOSS_HOLD - trio.current_time() + 0.1)
         assert not a.sleeve()["small_units"]
         a.tap.inject(tcp(210000))
