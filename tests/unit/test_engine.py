@@ -156,6 +156,26 @@ async def eventually(what: str, check: Callable[[], bool], timeout: float = 60.0
 Scenario = Callable[[Host, Host, MemoryNetwork], Awaitable[None]]
 
 
+async def run_connected(a: Host, b: Host, ips: tuple[str, str], port: int,
+                        go: Callable[[], Awaitable[None]], limit: float) -> None:
+    """Both daemons running and A dialling B at ``port`` (one control connection, made at
+    both ends; B sees A's ephemeral port) until ``go`` returns (at most ``limit`` s)."""
+    a.other, b.other = b, a
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.run)
+        nursery.start_soon(b.run)
+        now = trio.current_time()
+        a.mesh.connection_made(1, outbound=True, remote_address=join_host_port(ips[1], port),
+                               target=None, now=now)
+        b.mesh.connection_made(1, outbound=False, remote_address=join_host_port(ips[0], 51234),
+                               target=None, now=now)
+        a.poke()
+        b.poke()
+        with trio.fail_after(limit):
+            await go()
+        nursery.cancel_scope.cancel()
+
+
 def run_pair(scenario: Scenario, *, password: bytes | None = b"sesame", seed: int = 1,
              vnet: tuple[bool, bool] = (False, False), trusted: tuple[str, ...] = (),
              block_a: bool = False, ips: tuple[str, str] = (A_IP, B_IP), **net: Any) -> None:
@@ -168,22 +188,9 @@ def run_pair(scenario: Scenario, *, password: bytes | None = b"sesame", seed: in
                  vnet=vnet[0], trusted=trusted)
         b = Host(0x0B0000000002, "b", network.udp((b_ip, PORT)), password=password,
                  seed=seed + 100, vnet=vnet[1], trusted=trusted)
-        a.other, b.other = b, a
         if block_a:
             network.blocked.add((a_ip, PORT))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(a.run)
-            nursery.start_soon(b.run)
-            now = trio.current_time()
-            a.mesh.connection_made(1, outbound=True, remote_address=join_host_port(b_ip, PORT),
-                                   target=None, now=now)
-            b.mesh.connection_made(1, outbound=False, remote_address=join_host_port(a_ip, 51234),
-                                   target=None, now=now)
-            a.poke()
-            b.poke()
-            with trio.fail_after(600):
-                await scenario(a, b, network)
-            nursery.cancel_scope.cancel()
+        await run_connected(a, b, (a_ip, b_ip), PORT, lambda: scenario(a, b, network), 600)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 

@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 import trio
 
-from tests.unit.test_engine import MAC_A, MAC_B, Host, established, frame
+from tests.unit.test_engine import MAC_A, MAC_B, Host, established, frame, run_connected
 from weftnet.proto import punchwire
-from weftnet.proto.connmaker import join_host_port
 from weftnet.router.dataplane import udpsock
 from weftnet.router.dataplane.doubles import SocketTap
 from weftnet.router.dataplane.ports import UdpSocketPort
@@ -54,22 +53,8 @@ def run_threaded(scenario: Scenario, *, password: bytes | None = b"sesame") -> N
         a, b = hosts
         for h in hosts:
             h.engine.port = port  # what the link machines say in their heartbeats
-        a.other, b.other = b, a
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(a.run)
-                nursery.start_soon(b.run)
-                now = trio.current_time()
-                a.mesh.connection_made(1, outbound=True, remote_address=join_host_port(B_IP, port),
-                                       target=None, now=now)
-                b.mesh.connection_made(1, outbound=False,
-                                       remote_address=join_host_port(A_IP, 51234), target=None,
-                                       now=now)
-                a.poke()
-                b.poke()
-                with trio.fail_after(30):
-                    await scenario(a, b, port)
-                nursery.cancel_scope.cancel()
+            await run_connected(a, b, (A_IP, B_IP), port, lambda: scenario(a, b, port), 30)
         finally:
             for h in hosts:
                 h.engine.close()
