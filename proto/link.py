@@ -400,9 +400,20 @@ class LinkMachine:
 
     # --- outputs ----------------------------------------------------------------------
 
-    def datagrams_to_send(self) -> list[Send]:
-        sends, self._sends = self._sends, []
+    def datagrams_to_send(self, *, probes: bool = True) -> list[Send]:
+        """What to send now; without ``probes``, path MTU probes stay queued (they need the
+        shell's probe port; ``has_news`` says they wait)."""
+        if probes or all(s.probe_id is None for s in self._sends):
+            sends, self._sends = self._sends, []
+            return sends
+        sends = [s for s in self._sends if s.probe_id is None]
+        self._sends = [s for s in self._sends if s.probe_id is not None]
         return sends
+
+    @property
+    def has_news(self) -> bool:
+        """Events to collect or probes to send: work for the shell beyond sending."""
+        return bool(self._events) or any(s.probe_id is not None for s in self._sends)
 
     def next_event(self) -> LinkEvent | None:
         return self._events.popleft() if self._events else None

@@ -108,16 +108,12 @@ PUNCHED_NO_FASTDP = ("the peer is reached through NAT (a punched UDP path): the 
 
 
 
-def _noop() -> None:
-    return None
-
-
 class Dataplane:
     """Owns the bridge's TAP port, the UDP port and one Link per mesh connection."""
 
     def __init__(self, mesh: MeshNode, *, port: int, host: str, mtu: int,
                  trusted_subnets: Iterable[str], fastdp: bool,
-                 wake: Callable[[], None] = _noop, rng: random.Random | None = None) -> None:
+                 wake: Callable[[], None] = lambda: None, rng: random.Random | None = None) -> None:
         self.mesh = mesh
         self.port = port
         self.host = host
@@ -423,19 +419,21 @@ class Dataplane:
     # --- the link machines: their outputs, their timers ---------------------------------
 
     def _service(self, link: Link, now: float) -> None:
-        """Send what the link's machine asks and act on its events: on the trio thread (the
-        data thread leaves it to the timer task, which may start probes and tell the mesh)."""
-        if threading.get_ident() == self._readers.ident:
-            self._later.add(link.conn_id)
-            self._wake()
-            return
-        m = link.machine
-        while sends := m.datagrams_to_send():
+        """Send what the link's machine asks, act on its events. The data thread only sends:
+        events and path MTU probes (probe tasks, the mesh) wait for the trio thread's timers."""
+        m, data_thread = link.machine, threading.get_ident() == self._readers.ident
+        while sends := m.datagrams_to_send(probes=not data_thread):
             for send in sends:
                 if send.probe_id is None:
                     self._send(link, link.session.seal(send.kind, send.body, now), send.addr)
                 else:
                     self.probes.send(link, send, now)
+        if data_thread:
+            if m.has_news or link.probe is not None and not m.probing:
+                self._later.add(link.conn_id)
+                self._wake()
+            self._rearm(m)
+            return
         moved = False
         while (event := m.next_event()) is not None:
             moved = True

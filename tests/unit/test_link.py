@@ -394,3 +394,23 @@ def test_a_late_answer_to_a_larger_probe_still_names_the_path_mtu() -> None:
     (late,) = [s for s in held if s.addr[0] == A_ADDR[0]][:1]  # the answer to 1280 first
     wire.a.receive(late.kind, late.body, B_ADDR, wire.now)
     assert wire.a.pmtu == 1280 and not wire.a.probing
+
+
+def test_a_shell_without_its_probe_port_leaves_the_probes_queued() -> None:
+    """The data thread sends what it can (engine ``_service``); a path MTU probe needs the
+    probe port, so it stays queued and ``has_news`` says so until the shell takes it."""
+    wire = Wire.pair()
+    wire.drop = lambda m, s: s.probe_id is not None
+    wire.run(0.2)
+    a = wire.a
+    assert a.up and a.probing and not a.has_news
+    sent: list[Send] = []
+    while not a.has_news:  # the round's next probe comes with a timer
+        due = a.get_timer()
+        assert due is not None
+        a.handle_timer(due)
+        sent += a.datagrams_to_send(probes=False)
+    assert all(s.probe_id is None for s in sent)
+    assert a.datagrams_to_send(probes=False) == [] and a.has_news
+    probes = a.datagrams_to_send()
+    assert probes and all(s.probe_id is not None for s in probes) and not a.has_news
