@@ -144,13 +144,14 @@ def ipv4(size: int, *, df: bool) -> bytes:
     return head + bytes(size - len(head))
 
 
-async def eventually(what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
-    """Poll ``check`` in virtual time."""
+async def eventually(what: str, check: Callable[[], bool], timeout: float = 60.0,
+                     step: float = 0.1) -> None:
+    """Poll ``check`` every ``step`` s (virtual time here; real time in the threaded tests)."""
     with trio.move_on_after(timeout):
         while not check():
-            await trio.sleep(0.1)
+            await trio.sleep(step)
         return
-    raise AssertionError(f"not within {timeout}s (virtual): {what}")
+    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 Scenario = Callable[[Host, Host, MemoryNetwork], Awaitable[None]]

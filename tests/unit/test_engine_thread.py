@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from tests.unit.test_engine import MAC_A, MAC_B, Host, established, frame, run_connected
+from tests.unit.test_engine import eventually as polled
 from weftnet.proto import punchwire
 from weftnet.router.dataplane import udpsock
 from weftnet.router.dataplane.doubles import SocketTap
@@ -62,12 +63,8 @@ def run_threaded(scenario: Scenario, *, password: bytes | None = b"sesame") -> N
     trio.run(main)
 
 
-async def eventually(what: str, check: Callable[[], bool], timeout: float = 10.0) -> None:
-    with trio.move_on_after(timeout):
-        while not check():
-            await trio.sleep(0.01)
-        return
-    raise AssertionError(f"not within {timeout}s: {what}")
+async def eventually(what: str, check: Callable[[], bool]) -> None:
+    await polled(what, check, timeout=10.0, step=0.01)
 
 
 async def crosses(src: Host, dst: Host, data: bytes, dst_mac: bytes, src_mac: bytes) -> None:
