@@ -71,6 +71,12 @@ def split_host(address: str) -> str:
     return address.rsplit(":", 1)[0]
 
 
+def split_host_port(address: str) -> tuple[str, int]:
+    """``ip:port`` / ``[v6]:port`` as (host, port); ValueError for a port that is no number."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def join_host_port(host: str, port: int) -> str:
     """``ip:port``, with an IPv6 address in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

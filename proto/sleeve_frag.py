@@ -182,7 +182,6 @@ class Reassembler:
         self.malformed = 0
         self.lost: dict[Hashable, int] = {}  # sender -> messages lost since take_lost
         self.recovered: dict[Hashable, int] = {}  # sender -> rebuilt from parity, likewise
-        self.recovered_total = 0
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -222,7 +221,6 @@ class Reassembler:
             if message is None:
                 return None
             self.recovered[sender] = self.recovered.get(sender, 0) + 1
-            self.recovered_total += 1
         else:
             message = b"".join(p for p in entry.parts if p is not None)
         del self._pending[key]

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from weftnet.proto.connmaker import split_host_port
 from weftnet.proto.mesh import MeshNode
 
 log = logging.getLogger("weft")
@@ -119,11 +120,10 @@ class Connections:
             self._start(stream, outbound=False, remote=remote, target=None)
 
     async def _dial(self, address: str) -> None:
-        host, _, port = address.rpartition(":")
-        host = host.strip("[]")
+        host, port = split_host_port(address)
         try:
             with trio.fail_after(DIAL_TIMEOUT):
-                stream = await trio.open_tcp_stream(host, int(port))
+                stream = await trio.open_tcp_stream(host, port)
             remote = _address_of(stream.socket)
         except trio.TooSlowError:
             self.mesh.dial_failed(address, "connection timed out", trio.current_time())

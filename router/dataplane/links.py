@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from weftnet.proto.connmaker import join_host_port
+from weftnet.proto.connmaker import join_host_port, split_host_port
 from weftnet.proto.handshake import AEAD_CHACHA
 from weftnet.proto.link import LinkMachine
 from weftnet.proto.mesh import PeerConnected
@@ -109,8 +109,7 @@ def new_link(event: PeerConnected, *, me: int, uid: int, mtu: int, port: int, tr
     """The link of a connection the mesh just made (``path``: a punched UDP path to the
     peer, from our socket ``sock``)."""
     keys = event.sleeve_keys
-    host, _, port_text = event.remote_address.rpartition(":")
-    host, peer_port = host.strip("[]"), int(port_text)
+    host, peer_port = split_host_port(event.remote_address)
     session = SleeveSession(conn_uid=event.conn_uid,
                             send_key=keys.sleeve_send if keys else None,
                             recv_key=keys.sleeve_recv if keys else None, now=now,

@@ -102,7 +102,8 @@ class ThreadReaders:
         self.ident: int | None = None  # the thread's, while it runs
 
     def add(self, port: Any, drain: Drain, alive: Callable[[], bool] = lambda: True) -> None:
-        """``port``: anything with a ``fileno()`` (the TAP, a socket port)."""
+        """``port``: anything with a ``fileno()`` (the TAP, a socket port). ``alive`` is
+        TrioReaders'; here a port is read until ``remove``."""
         fd = port.fileno()
         self._drains[fd] = drain
         self._epoll.register(fd, select.EPOLLIN)

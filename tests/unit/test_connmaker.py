@@ -18,7 +18,9 @@ from weftnet.proto.connmaker import (
     ConnectionMaker,
     LiveConnections,
     TargetState,
+    join_host_port,
     split_host,
+    split_host_port,
 )
 from weftnet.proto.peername import PeerName
 
@@ -427,3 +429,9 @@ def test_same_seed_same_schedule(seed: int) -> None:
         return out
 
     assert schedule() == schedule()
+
+
+@pytest.mark.parametrize("host,port", [("10.0.0.1", 6783), ("fd00::1", 1), ("h1", 65535)])
+def test_host_and_port_split_what_join_made(host: str, port: int) -> None:
+    address = join_host_port(host, port)
+    assert split_host_port(address) == (host, port) and split_host(address) == host

@@ -105,3 +105,36 @@ def test_cancelled_at_once_its_thread_has_left_when_run_returns() -> None:
     trio.run(main)
     assert readers.ident is None
     assert not [t for t in threading.enumerate() if t.name == "weft-data"]
+
+
+def test_a_cancelled_run_waits_for_the_drain_in_progress() -> None:
+    """run() returns only once the thread has left: the engine's ports are closed after it,
+    never under a drain still reading them."""
+    readers = ThreadReaders(threading.RLock())
+    port = Port()
+    started, release = threading.Event(), threading.Event()
+    finished: list[bool] = []
+
+    def slow() -> bool:
+        started.set()
+        release.wait(10)
+        finished.append(True)
+        port.sock.recv(100)
+        return False
+
+    readers.add(port, slow)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(readers.run)
+            port.peer.send(b"x")
+            await trio.to_thread.run_sync(started.wait, 10)
+            threading.Timer(0.2, release.set).start()  # after the cancel below
+            nursery.cancel_scope.cancel()
+        assert finished == [True]
+
+    try:
+        trio.run(main)
+    finally:
+        release.set()
+        port.close()
