@@ -3,7 +3,7 @@
     h1  h2  h3  h4  h5   five hosts on one LAN; h2..h5 launched with h1 as their target,
     └───┴───┴───┴───┘    discovery completes the mesh; IPAM by consensus=5, weftDNS, encrypted
 
-For a duration (75 s here; ten minutes with ``WEFT_SOAK=1``; ``WEFT_CHURN_SECONDS`` and
+For a duration (50 s here; ten minutes with ``WEFT_SOAK=1``; ``WEFT_CHURN_SECONDS`` and
 ``WEFT_CHURN_SEED`` override) one operation follows another, drawn from a seeded rng:
 
     attach      a new namespace ``cN`` on a random live router, ``--name cN``, no address
@@ -88,7 +88,7 @@ GRACE = 3.0                      # WEFT_IPAM_GRACE: seconds a vanished container
 PORT = 6783
 
 SOAK = os.environ.get("WEFT_SOAK") == "1"
-CHURN_SECONDS = float(os.environ.get("WEFT_CHURN_SECONDS") or (600 if SOAK else 75))
+CHURN_SECONDS = float(os.environ.get("WEFT_CHURN_SECONDS") or (600 if SOAK else 50))
 SEED = int(os.environ.get("WEFT_CHURN_SEED") or 8)
 CHECK_EVERY = 60.0 if CHURN_SECONDS >= 300 else CHURN_SECONDS / 3
 SETTLE_TIMEOUT = 90.0
