@@ -31,11 +31,12 @@ pings ``PING_INTERVAL`` s apart: average and median RTT); iperf3 TCP, one stream
 ``--duration`` s (throughput as received by the server, which must be more than zero
 bytes); then, unless ``--no-loss``, the same iperf3 run again with ``LOSS_PERCENT``% of
 the UDP datagrams arriving on each host's underlay dropped at random (``Testbed.set_loss``
-on both hosts: an nft ``numgen random mod 100 < 1 drop`` rule on input, so each direction
-loses 1%; both the VXLAN and the sleeve carry the containers' traffic in UDP). Per
-datagram, as on a wire: the switch cuts GSO sends up before they reach the host (without
-that, one drop took a whole 64 KiB send of either path at once, and the loss run measured
-something no real network does). Then the path is
+on both hosts, so each direction loses 1%; both the VXLAN and the sleeve carry the
+containers' traffic in UDP). Per datagram, as on a wire, and with GRO behind it, as from a
+NIC (router/tools/wireloss.py: an XDP program on each host's underlay interface drops them
+one by one, its peer sending datagram by datagram, and GRO merges what is left; without
+the first, one drop took a whole 64 KiB send of either path at once; without the second,
+the receiver read every datagram on its own, which no NIC makes it do). Then the path is
 torn down (routers stopped, containers deleted, every link the testbed did not make
 removed from the hosts) before the next one starts, so paths cannot disturb each other.
 
@@ -175,7 +176,7 @@ def _data_parser() -> argparse.ArgumentParser:
         description="Measure the data paths side by side, container to container, on two "
         "simulated hosts (network namespaces) built for the purpose: TCP throughput "
         "(iperf3) and ping RTT, with and without 1%% underlay loss; ratios to the kernel "
-        "VXLAN baseline of the same run. Needs root, iproute2, iperf3, ping and nft.",
+        "VXLAN baseline of the same run. Needs root, iproute2, iperf3 and ping.",
         epilog=f"paths: {', '.join(PATHS + IPV6_PATHS)} (baseline: {BASELINE}). Other "
         "suites: dns (weft bench dns --help).",
     )
@@ -618,15 +619,13 @@ def _summary(clean: Measurement, lossy: Measurement | None) -> str:
 # --- entry points -----------------------------------------------------------------------------
 
 
-def _preflight(loss: bool) -> None:
+def _preflight() -> None:
     if os.geteuid() != 0:
         raise MeasurementFailed("needs root: it creates network namespaces (try: sudo weft bench)")
-    needed = ["ip", "iperf3", "ping"] + (["nft"] if loss else [])
-    missing = [tool for tool in needed if shutil.which(tool) is None]
+    missing = [tool for tool in ("ip", "iperf3", "ping") if shutil.which(tool) is None]
     if missing:
-        hint = "; or run with --no-loss" if missing == ["nft"] else ""
         raise MeasurementFailed(f"needs {', '.join(missing)} (apt-get install iproute2 iperf3 "
-                                f"iputils-ping nftables){hint}")  # fmt: skip
+                                "iputils-ping)")
 
 
 def run_data_bench(argv: Sequence[str], *, progress: Progress | None = None) -> int:
@@ -640,7 +639,7 @@ def run_data_bench(argv: Sequence[str], *, progress: Progress | None = None) -> 
         return exc.code if isinstance(exc.code, int) else 0
     say = progress or (lambda text: print(text, file=sys.stderr, flush=True))
     try:
-        _preflight(opts.loss)
+        _preflight()
     except MeasurementFailed as exc:
         print(f"weft bench: {exc}", file=sys.stderr)
         return 1

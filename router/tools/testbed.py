@@ -61,9 +61,10 @@ underlay interface ``eth0`` is on a veth to the gateway's ``priv`` leg, address
 names the gateway for ``run``/``ping``; ``nat_flush`` and ``nat_timeouts`` simulate rebinding.
 ``count_underlay(host)`` and ``underlay_bytes(host)`` count what crosses a host's underlay.
 
-Extra commands for tests: ``block_udp_port``/``unblock`` and ``set_loss`` add nftables rules
-(table ``inet weft_testbed``) inside one host namespace, matching only its underlay
-interfaces, so loopback (the router's HTTP API) is never affected. ``partition(a, b)``,
+Extra commands for tests: ``block_udp_port``/``unblock`` add nftables rules (table ``inet
+weft_testbed``) inside one host namespace, matching only its underlay interfaces, so loopback
+(the router's HTTP API) is never affected; ``set_loss`` drops datagrams on the wire into a
+host (``wireloss.py``: XDP on its underlay interfaces). ``partition(a, b)``,
 ``isolate(host)`` and ``heal(a[, b])`` drop (and stop dropping) everything between hosts'
 underlay addresses, the same way.
 
@@ -91,6 +92,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from weftnet.router.host.netdev import NetdevError
+from weftnet.router.tools import wireloss
 from weftnet.router.tools.namespaces import (
     KILL_GRACE,
     CommandFailed,
@@ -619,25 +622,14 @@ class Testbed:
 
     def set_loss(self, host: str, percent: int) -> None:
         """Drop ``percent``% of the UDP datagrams arriving on ``host``'s underlay at random;
-        0 ends it. Per datagram, as on a wire: while loss is on, the switch hands the host
-        each datagram on its own (``gso_max_segs 1`` on its port: a UDP GSO send of many
-        datagrams, which veths and bridges otherwise carry as one packet all the way, is
-        cut up before the host sees it, so the drop cannot take a whole send at once)."""
-        if not 0 <= percent <= 100:
-            raise ValueError(f"loss must be 0..100 %, not {percent}")
-        self._delete_rules(host, "loss")
-        for seg in self.host_segments(host):
-            sw = self._switch_ns(list(self.segments).index(seg))
-            run_ip("-n", sw, "link", "set", f"v{self.hosts.index(host) + 1}", "gso_max_segs",
-                   "1" if percent else "65535")
-        if percent == 0:
-            return
-        self._ensure_table(host)
-        chance = "" if percent == 100 else f"numgen random mod 100 < {percent} "
-        self._nft(host, script=(
-            f"add rule inet {NFT_TABLE} input iifname {self._underlay(host)} meta l4proto udp "
-            f'{chance}drop comment "loss"\n'
-        ))  # fmt: skip
+        0 ends it. Per datagram on the wire, before the host's GRO (router/tools/wireloss.py:
+        an XDP program on its interfaces, whose peers then send datagram by datagram, and
+        GRO on behind it, as a NIC does)."""
+        self._check_host(host)
+        try:
+            wireloss.set_loss(self.interfaces(host), percent, netns=self.ns(host))
+        except NetdevError as exc:
+            raise TestbedError(f"{host}: {exc}") from None
 
     def count_underlay(self, host: str) -> None:
         """Count (from now on, from zero) the bytes crossing ``host``'s underlay interfaces,

@@ -217,6 +217,59 @@ for _ in range(int(sys.argv[2])):
 """
 
 
+_RECEIVE_GRO = """\
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(17, 104, 1)  # UDP_GRO
+s.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE
+s.bind(("", 5000))
+s.settimeout(1)
+reads = size = 0
+print("ready", flush=True)
+try:
+    while True:
+        size += len(s.recv(65536))
+        reads += 1
+except TimeoutError:
+    print(reads, size)
+"""
+_SEND_GSO = """\
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(int(sys.argv[2])):
+    s.sendmsg([bytes(1000 * 40)], [(17, 103, (1000).to_bytes(2, "little"))], 0,
+              (sys.argv[1], 5000))  # UDP_SEGMENT: 40 datagrams of 1000 bytes in one send
+    time.sleep(0.002)
+"""
+
+
+def gso_received(tb: Testbed, src: str, dst: str, sends: int) -> tuple[int, int]:
+    """(reads, datagrams) of a UDP_GRO reader on ``dst`` after ``sends`` GSO sends of 40."""
+    receiver = tb.popen(dst, [sys.executable, "-c", _RECEIVE_GRO], stdout=subprocess.PIPE,
+                        text=True)
+    assert receiver.stdout is not None
+    assert receiver.stdout.readline().strip() == "ready"
+    tb.run(src, [sys.executable, "-c", _SEND_GSO, tb.address(dst), str(sends)])
+    out, _ = receiver.communicate(timeout=30)
+    reads, size = map(int, out.split())
+    return reads, size // 1000
+
+
+def test_loss_is_per_datagram_on_the_wire_and_gro_merges_the_rest(
+        testbed_factory: TestbedFactory) -> None:
+    """A GSO send loses single datagrams, not all of itself at once, and the survivors reach
+    a UDP_GRO reader in trains, as from a NIC with GRO (an nftables drop after GRO would
+    take whole trains; one without GRO leaves one read per datagram)."""
+    tb = testbed_factory(hosts=("h1", "h2"))
+    tb.set_loss("h2", 10)
+    reads, got = gso_received(tb, "h1", "h2", 200)  # 8000 datagrams
+    assert 8000 * 0.85 < got < 8000 * 0.95, got  # ~10 % dropped, > 9 sigma of slack
+    assert reads < got / 3, (reads, got)  # trains: ~9 datagrams on average between drops
+    tb.set_loss("h2", 0)
+    reads, got = gso_received(tb, "h1", "h2", 50)
+    assert got == 2000 and reads <= 100, (reads, got)
+
+
 def udp_received(tb: Testbed, src: str, dst: str, count: int) -> int:
     receiver = tb.popen(dst, [sys.executable, "-c", _RECEIVE], stdout=subprocess.PIPE, text=True)
     assert receiver.stdout is not None
