@@ -92,8 +92,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from weftnet.router.host.netdev import NetdevError
-from weftnet.router.tools import wireloss
 from weftnet.router.tools.namespaces import (
     KILL_GRACE,
     CommandFailed,
@@ -625,11 +623,10 @@ class Testbed:
         0 ends it. Per datagram on the wire, before the host's GRO (router/tools/wireloss.py:
         an XDP program on its interfaces, whose peers then send datagram by datagram, and
         GRO on behind it, as a NIC does)."""
-        self._check_host(host)
-        try:
-            wireloss.set_loss(self.interfaces(host), percent, netns=self.ns(host))
-        except NetdevError as exc:
-            raise TestbedError(f"{host}: {exc}") from None
+        if not 0 <= percent <= 100:
+            raise ValueError(f"loss must be 0..100 %, not {percent}")
+        self.run(host, [sys.executable, "-m", "weftnet.router.tools.wireloss", str(percent),
+                        *self.interfaces(host)])
 
     def count_underlay(self, host: str) -> None:
         """Count (from now on, from zero) the bytes crossing ``host``'s underlay interfaces,

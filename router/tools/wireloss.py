@@ -11,25 +11,22 @@ of a veth with XDP), and what it passes goes through GRO as on a NIC.
 
 The program is a dozen eBPF instructions written out here (no compiler needed): Ethernet,
 IPv4 or IPv6 (no extension headers), protocol UDP, then ``bpf_get_prandom_u32() % 100 <
-percent``: drop. Everything else passes. Loaded with ``bpf(BPF_PROG_LOAD)``, attached with
-rtnetlink (``IFLA_XDP``) inside the host's namespace; the attachment holds the program, so
-the descriptor is closed at once.
+percent``: drop. Everything else passes. Loaded with ``bpf(BPF_PROG_LOAD)`` and attached with
+rtnetlink (``IFLA_XDP``) by ``python -m weftnet.router.tools.wireloss PERCENT IFNAME...`` run
+inside the host's namespace (the testbed's ``set_loss``); the attachment holds the program,
+so the descriptor is closed at once. Standard library only, as all of router/tools/.
 """
 
 from __future__ import annotations
 
 import ctypes
 import fcntl
-import functools
 import os
 import platform
 import socket
 import struct
-from collections.abc import Iterable
-
-from pyroute2.netlink.exceptions import NetlinkError
-
-from weftnet.router.host.netdev import NetdevError, NetnsRef, _ipr, _lookup, run_in_netns
+import sys
+from collections.abc import Sequence
 
 BPF_PROG_LOAD = 5
 BPF_PROG_TYPE_XDP = 6
@@ -41,6 +38,17 @@ _ATTR = struct.Struct("<IIQQIIQII16sII")
 LOG_SIZE = 65536
 SIOCETHTOOL = 0x8946
 ETHTOOL_SGRO = 0x2C
+RTM_SETLINK = 19
+NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
+NLMSG_ERROR = 2
+IFLA_XDP = 43
+IFLA_XDP_FD = 1
+NLA_F_NESTED = 0x8000
+
+
+class WireLossError(RuntimeError):
+    """The program could not be loaded or attached (one line: what and why)."""
+
 
 # opcodes (linux/bpf.h): class | operation | source
 _LDX_W, _LDX_H, _LDX_B = 0x61, 0x69, 0x71
@@ -92,7 +100,7 @@ def load(percent: int) -> int:
     """The program loaded into the kernel: its file descriptor (the caller closes it)."""
     nr = _SYSCALL_BPF.get(platform.machine())
     if nr is None:
-        raise NetdevError(f"no bpf(2) syscall number known for {platform.machine()}")
+        raise WireLossError(f"no bpf(2) syscall number known for {platform.machine()}")
     insns = ctypes.create_string_buffer(program(percent))
     license_ = ctypes.create_string_buffer(b"GPL")
     log = ctypes.create_string_buffer(LOG_SIZE)
@@ -105,21 +113,35 @@ def load(percent: int) -> int:
     if fd < 0:
         err = ctypes.get_errno()
         detail = log.value.decode(errors="replace").strip().splitlines()
-        raise NetdevError(f"cannot load the loss program: {os.strerror(err)}"
-                          + (f" ({detail[-1]})" if detail else ""))
+        raise WireLossError(f"cannot load the loss program: {os.strerror(err)}"
+                            + (f" ({detail[-1]})" if detail else ""))
     return int(fd)
 
 
-def set_loss(ifnames: Iterable[str], percent: int, *,
-             netns: str | NetnsRef | None = None) -> None:
-    """Drop ``percent``% of the UDP datagrams arriving on each of ``ifnames``, each on its
-    own, with GRO on behind the drop as on a NIC; 0 removes the program and GRO (a veth's
-    default)."""
-    if not 0 <= percent <= 100:
-        raise ValueError(f"loss must be 0..100 %, not {percent}")
-    for ifname in ifnames:
-        attach(ifname, percent, netns=netns)
-        run_in_netns(netns, functools.partial(set_gro, ifname, bool(percent)))
+def _attr(kind: int, payload: bytes) -> bytes:
+    size = 4 + len(payload)
+    return struct.pack("=HH", size, kind) + payload + bytes(-size % 4)
+
+
+def attach_fd(ifname: str, fd: int) -> None:
+    """Attach XDP program ``fd`` to ``ifname`` in this namespace (-1: detach)."""
+    try:
+        index = socket.if_nametoindex(ifname)
+    except OSError:
+        raise WireLossError(f"no interface {ifname}") from None
+    body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, index, 0, 0) + _attr(
+        IFLA_XDP | NLA_F_NESTED, _attr(IFLA_XDP_FD, struct.pack("=i", fd)))
+    message = struct.pack("=IHHII", 16 + len(body), RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK,
+                          1, 0) + body
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as nl:
+        nl.send(message)
+        reply = nl.recv(65536)
+    _len, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", reply)
+    if kind != NLMSG_ERROR:
+        raise WireLossError(f"unexpected rtnetlink reply {kind} attaching to {ifname}")
+    (error,) = struct.unpack_from("=i", reply, 16)
+    if error:
+        raise WireLossError(f"cannot attach the loss program to {ifname}: {os.strerror(-error)}")
 
 
 def set_gro(ifname: str, on: bool) -> None:
@@ -130,21 +152,38 @@ def set_gro(ifname: str, on: bool) -> None:
         try:
             fcntl.ioctl(sock.fileno(), SIOCETHTOOL, request)
         except OSError as exc:
-            raise NetdevError(f"cannot turn GRO {'on' if on else 'off'} on {ifname}: "
-                              f"{exc.strerror}") from None
+            raise WireLossError(f"cannot turn GRO {'on' if on else 'off'} on {ifname}: "
+                                f"{exc.strerror}") from None
 
 
-def attach(ifname: str, percent: int, *, netns: str | NetnsRef | None = None) -> None:
-    """Drop ``percent``% of the UDP datagrams arriving on ``ifname``; 0 removes the program."""
-    fd = load(percent) if percent else -1
+def set_loss(ifnames: Sequence[str], percent: int) -> None:
+    """Drop ``percent``% of the UDP datagrams arriving on each of ``ifnames`` (in this
+    namespace), each on its own, with GRO on behind the drop as on a NIC; 0 removes the
+    program and GRO (a veth's default)."""
+    if not 0 <= percent <= 100:
+        raise ValueError(f"loss must be 0..100 %, not {percent}")
+    for ifname in ifnames:
+        fd = load(percent) if percent else -1
+        try:
+            attach_fd(ifname, fd)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        set_gro(ifname, bool(percent))
+
+
+def main(argv: Sequence[str]) -> int:
+    """``PERCENT IFNAME...``: what ``set_loss`` does, in this process's namespace."""
+    if len(argv) < 2 or not argv[0].isdigit():
+        print("usage: python -m weftnet.router.tools.wireloss PERCENT IFNAME...", file=sys.stderr)
+        return 2
     try:
-        with _ipr(netns) as ipr:
-            index = _lookup(ipr, ifname)
-            if index is None:
-                raise NetdevError(f"no interface {ifname}")
-            ipr.link("set", index=index, xdp={"attrs": [("IFLA_XDP_FD", fd)]})
-    except (OSError, NetlinkError) as exc:
-        raise NetdevError(f"cannot attach the loss program to {ifname}: {exc}") from None
-    finally:
-        if fd >= 0:
-            os.close(fd)
+        set_loss(argv[1:], int(argv[0]))
+    except (ValueError, WireLossError) as exc:
+        print(f"wireloss: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

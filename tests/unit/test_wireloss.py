@@ -34,3 +34,12 @@ def test_percent_out_of_range_is_refused() -> None:
     for bad in (-1, 101):
         with pytest.raises(ValueError, match="0..100"):
             wireloss.program(bad)
+
+
+def test_bad_arguments_are_one_line_and_change_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert wireloss.main(["x", "eth0"]) == 2
+    assert wireloss.main(["5"]) == 2
+    assert wireloss.main(["101", "eth0"]) == 1  # refused before anything is loaded
+    err = capsys.readouterr().err.splitlines()
+    assert err[:2] == ["usage: python -m weftnet.router.tools.wireloss PERCENT IFNAME..."] * 2
+    assert err[2] == "wireloss: loss must be 0..100 %, not 101"
