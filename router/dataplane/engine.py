@@ -97,11 +97,13 @@ ENTRY_VNET = sleeve.FLAG_VNET
 ENTRY_RELAY_ONLY = sleeve.FLAG_RELAY_ONLY
 GROUP_BIT = 0x010000000000  # of a MAC as an int: broadcast or multicast
 # on a link whose peer loses whole messages (proto/link.py: lossy), a TCP super-frame is
-# sealed as pieces of at most this many segments (proto/gsosplit.py). weft bench at 1%
-# loss per datagram, sleeve plain/encrypted x kernel VXLAN under the same loss (runs of
-# 8 s, noisy): whole 0.01/0.02; 4 segments 0.20/0.21; 8: 0.36/0.33, 0.28/0.27, 0.34/0.27,
-# 0.25/0.27; 12: 0.23/0.25; 16: 0.33/0.35, 0.23/0.24, 0.25/0.32, 0.19/0.25; 24: 0.05/0.06
-LOSSY_UNIT_SEGS = 8
+# sealed as pieces of at most this many segments (proto/gsosplit.py), each led by parity.
+# Plain sleeve at 1% loss per datagram on the wire (router/tools/wireloss.py), iperf3 8 s,
+# Gbit/s in ABBA order: 8 segments 1.06/1.07/1.05/1.01 against 16: 1.49/1.21/1.22/1.31;
+# 16: 1.36/1.29/1.15 against 24: 1.40/1.60/1.67; 24: 1.49/1.88/1.34 against whole
+# super-frames (48): 1.30/1.42/1.36. Bound by the routers' CPU per unit (8: 12.9, 24: 8.5
+# CPU s/GB), not by the TCP retransmissions (8: 10k, 24: 33-46k, whole: 80k in 8 s).
+LOSSY_UNIT_SEGS = 24
 MAX_PUNCH_INBOX = 4096  # punch datagrams waiting for the daemon; beyond: dropped, counted
 PUNCHED_NO_FASTDP = ("the peer is reached through NAT (a punched UDP path): the kernel's "
                      "VXLAN sends from other ports, which the NATs do not let through")
