@@ -9,7 +9,7 @@ alone, which no NIC makes it do. The XDP program runs on each datagram as it arr
 veth (whose peer then hands it datagrams one by one: the kernel turns off GSO on the peer
 of a veth with XDP), and what it passes goes through GRO as on a NIC.
 
-The program is a dozen eBPF instructions written out here (no compiler needed): Ethernet,
+The program is 25 eBPF instructions written out here (no compiler needed): Ethernet,
 IPv4 or IPv6 (no extension headers), protocol UDP, then ``bpf_get_prandom_u32() % 100 <
 percent``: drop. Everything else passes. Loaded with ``bpf(BPF_PROG_LOAD)`` and attached with
 rtnetlink (``IFLA_XDP``) by ``python -m weftnet.router.tools.wireloss PERCENT IFNAME...`` run
