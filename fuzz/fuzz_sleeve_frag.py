@@ -47,8 +47,8 @@ def test_one_input(data: bytes) -> None:
                    if (m := r2.add("s", buf[k:k + seg], 0.0)) is not None]
             assert got == [msg] and out == []
             # with parity, less the segment the input picks: the message or nothing
-            parts = [buf2[k:k + seg] for buf2 in [fragment(msg, seg, data[1], parity=True)]
-                     for k in range(0, len(buf2), seg)]
+            with_parity = fragment(msg, seg, data[1], parity=True)
+            parts = [with_parity[k:k + seg] for k in range(0, len(with_parity), seg)]
             lost = data[-1] % len(parts)
             r3 = Reassembler()
             got = [m for k, part in enumerate(parts)

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +60,7 @@ def is_fragment(datagram: bytes | bytearray | memoryview) -> bool:
     return len(datagram) >= 2 and datagram[0] == VERSION and datagram[1] in (FRAGMENT, PARITY)
 
 
-def _xor(chunks: list[bytes], size: int) -> bytes:
+def _xor(chunks: Iterable[bytes], size: int) -> bytes:
     acc = 0
     for c in chunks:
         acc ^= int.from_bytes(c, "little")
@@ -121,7 +121,7 @@ def fragment(message: bytes | bytearray | memoryview, seg_size: int, msg_id: int
     body = whole.pack(*args)
     head = b""
     if parity and full:
-        head = HEADER.pack(VERSION, PARITY, 0, count, msg_id) + _xor(list(chunks), chunk)
+        head = HEADER.pack(VERSION, PARITY, 0, count, msg_id) + _xor(chunks, chunk)
     if full == count:
         return head + body if head else body
     return b"".join((head, body, HEADER.pack(VERSION, FRAGMENT, full, count, msg_id),

@@ -92,6 +92,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from weftnet.router.tools import wireloss
 from weftnet.router.tools.namespaces import (
     KILL_GRACE,
     CommandFailed,
@@ -623,8 +624,7 @@ class Testbed:
         0 ends it. Per datagram on the wire, before the host's GRO (router/tools/wireloss.py:
         an XDP program on its interfaces, whose peers then send datagram by datagram, and
         GRO on behind it, as a NIC does)."""
-        if not 0 <= percent <= 100:
-            raise ValueError(f"loss must be 0..100 %, not {percent}")
+        wireloss.check_percent(percent)  # here, before anything runs in the host
         self.run(host, [sys.executable, "-m", "weftnet.router.tools.wireloss", str(percent),
                         *self.interfaces(host)])
 

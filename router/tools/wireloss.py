@@ -61,10 +61,14 @@ def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> 
     return _INSN.pack(code, dst | src << 4, off, imm)
 
 
-def program(percent: int) -> bytes:
-    """The instructions: drop ``percent``% of UDP datagrams (IPv4 or IPv6), pass the rest."""
+def check_percent(percent: int) -> None:
     if not 0 <= percent <= 100:
         raise ValueError(f"loss must be 0..100 %, not {percent}")
+
+
+def program(percent: int) -> bytes:
+    """The instructions: drop ``percent``% of UDP datagrams (IPv4 or IPv6), pass the rest."""
+    check_percent(percent)
     pass_, drop = 21, 23  # instruction indexes of the two exits
     code = [
         _insn(_LDX_W, 2, 1, 0),            # 0  r2 = ctx->data
@@ -160,8 +164,7 @@ def set_loss(ifnames: Sequence[str], percent: int) -> None:
     """Drop ``percent``% of the UDP datagrams arriving on each of ``ifnames`` (in this
     namespace), each on its own, with GRO on behind the drop as on a NIC; 0 removes the
     program and GRO (a veth's default)."""
-    if not 0 <= percent <= 100:
-        raise ValueError(f"loss must be 0..100 %, not {percent}")
+    check_percent(percent)
     for ifname in ifnames:
         fd = load(percent) if percent else -1
         try:

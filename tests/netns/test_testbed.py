@@ -243,15 +243,20 @@ for _ in range(int(sys.argv[2])):
 """
 
 
-def gso_received(tb: Testbed, src: str, dst: str, sends: int) -> tuple[int, int]:
-    """(reads, datagrams) of a UDP_GRO reader on ``dst`` after ``sends`` GSO sends of 40."""
-    receiver = tb.popen(dst, [sys.executable, "-c", _RECEIVE_GRO], stdout=subprocess.PIPE,
-                        text=True)
+def exchange(tb: Testbed, src: str, dst: str, receive: str, send: str, count: int) -> str:
+    """Start the ``receive`` script on ``dst``, run ``send`` on ``src`` (to ``dst``'s
+    address, ``count`` times); what the receiver printed when the datagrams stopped."""
+    receiver = tb.popen(dst, [sys.executable, "-c", receive], stdout=subprocess.PIPE, text=True)
     assert receiver.stdout is not None
     assert receiver.stdout.readline().strip() == "ready"
-    tb.run(src, [sys.executable, "-c", _SEND_GSO, tb.address(dst), str(sends)])
+    tb.run(src, [sys.executable, "-c", send, tb.address(dst), str(count)])
     out, _ = receiver.communicate(timeout=30)
-    reads, size = map(int, out.split())
+    return out
+
+
+def gso_received(tb: Testbed, src: str, dst: str, sends: int) -> tuple[int, int]:
+    """(reads, datagrams) of a UDP_GRO reader on ``dst`` after ``sends`` GSO sends of 40."""
+    reads, size = map(int, exchange(tb, src, dst, _RECEIVE_GRO, _SEND_GSO, sends).split())
     return reads, size // 1000
 
 
@@ -271,12 +276,7 @@ def test_loss_is_per_datagram_on_the_wire_and_gro_merges_the_rest(
 
 
 def udp_received(tb: Testbed, src: str, dst: str, count: int) -> int:
-    receiver = tb.popen(dst, [sys.executable, "-c", _RECEIVE], stdout=subprocess.PIPE, text=True)
-    assert receiver.stdout is not None
-    assert receiver.stdout.readline().strip() == "ready"
-    tb.run(src, [sys.executable, "-c", _SEND, tb.address(dst), str(count)])
-    out, _ = receiver.communicate(timeout=30)
-    return int(out)
+    return int(exchange(tb, src, dst, _RECEIVE, _SEND, count))
 
 
 def test_block_udp_port_and_loss(testbed_factory: TestbedFactory) -> None:
